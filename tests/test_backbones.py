@@ -1,0 +1,297 @@
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+import vssl.backbones as vb
+from vssl.backbones import Backbone, BackboneInfo, available, build, info, register
+from vssl.backbones import registry as registry_module
+from vssl.backbones.s3dg import SelfGating
+
+
+def _ceil_halve(n: int, times: int) -> int:
+    for _ in range(times):
+        n = -(-n // 2)
+    return n
+
+
+def _keep(n: int) -> int:
+    return n
+
+
+# name -> (out_dim, T -> T', H -> H'): the feature-map size each architecture must produce.
+ARCH: dict[str, tuple[int, Callable[[int], int], Callable[[int], int]]] = {
+    "c3d": (512, lambda t: _ceil_halve(t, 4), lambda h: _ceil_halve(h, 5)),
+    "r3d_18": (512, lambda t: _ceil_halve(t, 3), lambda h: _ceil_halve(h, 4)),
+    "mc3_18": (512, _keep, lambda h: _ceil_halve(h, 4)),
+    "r2plus1d_18": (512, lambda t: _ceil_halve(t, 3), lambda h: _ceil_halve(h, 4)),
+    # S3D's last max-pool (2x2x2, no padding) floors.
+    "s3dg": (1024, lambda t: _ceil_halve(t, 2) // 2, lambda h: _ceil_halve(h, 4) // 2),
+    "x3d_xs": (432, _keep, lambda h: _ceil_halve(h, 5)),
+    "x3d_s": (432, _keep, lambda h: _ceil_halve(h, 5)),
+    "x3d_m": (432, _keep, lambda h: _ceil_halve(h, 5)),
+    "x3d_l": (432, _keep, lambda h: _ceil_halve(h, 5)),
+    "slow_r50": (2048, _keep, lambda h: _ceil_halve(h, 5)),
+    "r3d_50": (2048, _keep, lambda h: _ceil_halve(h, 5)),
+    "tiny3d": (64, lambda t: _ceil_halve(t, 2), lambda h: _ceil_halve(h, 3)),
+    "tiny_r2plus1d": (64, lambda t: _ceil_halve(t, 2), lambda h: _ceil_halve(h, 3)),
+}
+NAMES = sorted(ARCH)
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _on_meta(name: str, **kwargs) -> Backbone:
+    with torch.device("meta"):
+        return build(name, **kwargs)
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """A copy of the registry that test registrations cannot leak out of."""
+    monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
+
+
+def test_every_registered_backbone_is_covered():
+    assert available() == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shapes_over_the_full_input_grid_on_meta(name):
+    out_dim, t_map, h_map = ARCH[name]
+    model = _on_meta(name).eval()  # eval: meta BatchNorm is much faster without batch stats
+    assert isinstance(model, Backbone) and model.out_dim == out_dim
+    for t in (8, 16, 32):
+        for h in (112, 160, 224):
+            x = torch.empty(2, 3, t, h, h, device="meta")
+            features = model.forward_features(x)
+            assert features.shape == (2, out_dim, t_map(t), h_map(h), h_map(h)), (t, h)
+    for t, h in ((8, 112), (16, 160), (32, 224)):
+        assert model(torch.empty(2, 3, t, h, h, device="meta")).shape == (2, out_dim)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cpu_forward_backward_reaches_first_layer(name):
+    torch.manual_seed(0)
+    model = build(name)
+    x = torch.randn(2, 3, 8, 32, 32)
+    out = model(x)
+    assert out.shape == (2, model.out_dim)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv3d))
+    assert first_conv.in_channels == 3
+    assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert unused == []
+    model.eval()
+    with torch.no_grad():
+        features = model.forward_features(x)
+        torch.testing.assert_close(model(x), features.mean(dim=(2, 3, 4)))
+
+
+@pytest.mark.parametrize("name", ["r3d_18", "mc3_18", "r2plus1d_18"])
+def test_torchvision_trunks_are_torchvision_minus_fc(name):
+    from torchvision.models import get_model_weights, video
+
+    with torch.device("meta"):
+        reference = getattr(video, name)(weights=None)
+    model = _on_meta(name)
+    assert _params(model) == _params(reference) - _params(reference.fc)
+    weights = get_model_weights(name).DEFAULT
+    assert _params(model) + 512 * 400 + 400 == weights.meta["num_params"]
+    # Parameter names match torchvision's once the "trunk." prefix is stripped.
+    state = {k.removeprefix("trunk."): v for k, v in build(name).state_dict().items()}
+    result = getattr(video, name)(weights=None).load_state_dict(state, strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"]
+    assert result.unexpected_keys == []
+
+
+# Output channels of each S3D-G gate: the Conv2d_2c separable conv, then the four branches of
+# each of the nine inception blocks (the Inception-v1 widths that S3D keeps).
+S3DG_GATED = [192] + [
+    c
+    for block in (
+        (64, 128, 32, 32),
+        (128, 192, 96, 64),
+        (192, 208, 48, 64),
+        (160, 224, 64, 64),
+        (128, 256, 64, 64),
+        (112, 288, 64, 64),
+        (256, 320, 128, 128),
+        (256, 320, 128, 128),
+        (384, 384, 128, 128),
+    )
+    for c in block
+]
+
+
+def test_s3dg_is_torchvision_s3d_plus_gates():
+    from torchvision.models.video import S3D_Weights, s3d
+
+    model = build("s3dg")
+    gates = [m for m in model.modules() if isinstance(m, SelfGating)]
+    assert [g.fc.in_features for g in gates] == S3DG_GATED
+    s3d_features = S3D_Weights.DEFAULT.meta["num_params"] - (1024 * 400 + 400)
+    assert _params(model) == s3d_features + sum(c * c + c for c in S3DG_GATED)
+    state = {k.removeprefix("trunk."): v for k, v in model.state_dict().items()}
+    result = s3d(weights=None).load_state_dict(state, strict=False)
+    assert sorted(result.missing_keys) == ["classifier.1.bias", "classifier.1.weight"]
+    assert len(result.unexpected_keys) == 2 * len(S3DG_GATED)
+    assert all(".fc." in k for k in result.unexpected_keys)
+
+
+def test_s3dg_gates_are_in_the_forward_path():
+    torch.manual_seed(0)
+    model = build("s3dg").eval()
+    x = torch.randn(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        assert model(x).abs().sum() > 0
+        # Closing every gate of the last inception block (the output) zeroes the features.
+        for gate in [m for m in model.modules() if isinstance(m, SelfGating)][-4:]:
+            gate.fc.weight.zero_()
+            gate.fc.bias.fill_(-1e4)
+        assert model(x).abs().max() == 0
+
+
+def test_self_gating_exact_values():
+    gate = SelfGating(2)
+    with torch.no_grad():
+        gate.fc.weight.copy_(torch.tensor([[1.0, 0.0], [0.5, -1.0]]))
+        gate.fc.bias.copy_(torch.tensor([0.0, 0.25]))
+    x = torch.zeros(1, 2, 2, 2, 2)
+    x[0, 0] = 2.0
+    x[0, 1, 0] = 4.0  # channel 1: half its values 4, half 0 -> mean 2
+    out = gate(x)
+    g0 = torch.sigmoid(torch.tensor(2.0))
+    g1 = torch.sigmoid(torch.tensor(0.5 * 2.0 - 1.0 * 2.0 + 0.25))
+    torch.testing.assert_close(out[0, 0], torch.full((2, 2, 2), 2.0) * g0)
+    torch.testing.assert_close(out[0, 1, 0], torch.full((2, 2), 4.0) * g1)
+    assert (out[0, 1, 1] == 0).all()
+
+
+def test_c3d_parameter_count_and_layers():
+    widths = [3, 64, 128, 256, 256, 512, 512, 512, 512]
+    convs = sum(a * b * 27 + b for a, b in zip(widths, widths[1:], strict=False))
+    bns = sum(2 * b for b in widths[1:])
+    model = build("c3d")
+    assert _params(model) == convs + bns == 27_661_440
+    pools = [n for n, m in model.trunk.named_children() if isinstance(m, nn.MaxPool3d)]
+    assert pools == [f"pool{i}" for i in range(1, 6)]
+    assert model.trunk.pool1.kernel_size == (1, 2, 2)
+    assert model.trunk.conv5b.out_channels == 512
+    # Caffe-style ceil pooling: 16x112 ends at 1x4x4 as in the original C3D before fc6.
+    x = torch.empty(1, 3, 16, 112, 112, device="meta")
+    assert _on_meta("c3d").forward_features(x).shape == (1, 512, 1, 4, 4)
+
+
+def test_pytorchvideo_parameter_counts_match_published():
+    fc_400 = 2048 * 400 + 400
+    # pytorchvideo model zoo: SLOW_8x8_R50 32.45M; X3D XS/S/M 3.79M, X3D-L 6.15M (with head).
+    slow = _params(_on_meta("slow_r50"))
+    assert round((slow + fc_400) / 1e6, 2) == 32.45
+    x3d_head = 432 * 2048 + fc_400
+    for name in ("x3d_xs", "x3d_s", "x3d_m"):
+        assert round((_params(_on_meta(name)) + x3d_head) / 1e6, 2) == 3.79
+    assert round((_params(_on_meta("x3d_l")) + x3d_head) / 1e6, 2) == 6.15
+    # CVRL's R3D-50 differs from Slow-R50 only in the stem's temporal kernel (5 instead of 1).
+    r3d_50 = _on_meta("r3d_50")
+    assert _params(r3d_50) - slow == 3 * 64 * 7 * 7 * (5 - 1)
+    stem_conv = next(m for m in r3d_50.modules() if isinstance(m, nn.Conv3d))
+    assert stem_conv.kernel_size == (5, 7, 7)
+    conv_a = [m.conv_a.kernel_size for m in r3d_50.modules() if hasattr(m, "conv_a")]
+    assert conv_a == [(1, 1, 1)] * 7 + [(3, 1, 1)] * 9
+
+
+def test_width_kwargs():
+    assert build("tiny3d", width=8).out_dim == 32
+    assert _on_meta("r3d_50", width=2).out_dim == 4096
+    assert _on_meta("slow_r50", width=2).out_dim == 4096
+    with pytest.raises(ValueError, match="width"):
+        build("tiny_r2plus1d", width=0)
+
+
+def test_tiny_backbones_are_tiny():
+    assert _params(build("tiny3d")) == 3 * 16 * 27 + 16 * 32 * 27 + 32 * 64 * 27 + 2 * 112
+    assert _params(build("tiny3d")) < 100_000
+    assert _params(build("tiny_r2plus1d")) < 250_000
+
+
+def test_info():
+    entry = info("r3d_50")
+    assert isinstance(entry, BackboneInfo)
+    assert entry.name == "r3d_50" and entry.source == "pytorchvideo"
+    assert entry.input_size == (16, 224)
+    assert info("c3d").input_size == (16, 112)
+    assert "gating" in info("s3dg").description
+
+
+def test_unknown_name_lists_available_names():
+    for exc in (KeyError, ValueError):
+        with pytest.raises(exc) as caught:
+            build("r3d18")
+        message = str(caught.value)
+        assert "unknown backbone 'r3d18'" in message
+        assert "Did you mean 'r3d_18'?" in message
+        assert all(name in message for name in NAMES)
+    with pytest.raises(KeyError, match="Available: c3d, mc3_18"):
+        info("nope")
+
+
+def test_register_a_custom_backbone(scratch_registry):
+    @register("my_net", input_size=(4, 48), source="user", description="two convs")
+    def my_net(channels: int = 5) -> Backbone:
+        return Backbone(nn.Conv3d(3, channels, kernel_size=1), out_dim=channels)
+
+    assert "my_net" in available() and available() == sorted(available())
+    assert info("my_net") == BackboneInfo("my_net", (4, 48), "user", "two convs")
+    model = build("my_net", channels=7)
+    assert model(torch.ones(2, 3, 4, 6, 6)).shape == (2, 7)
+    with pytest.raises(TypeError, match="backbone 'my_net'.*widht"):
+        build("my_net", widht=2)
+    with pytest.raises(ValueError, match="'my_net' is already registered"):
+        register("my_net", input_size=(4, 48), source="user", description="again")(my_net)
+
+
+def test_register_rejects_bad_definitions(scratch_registry):
+    with pytest.raises(ValueError, match="input_size must be"):
+        register("bad", input_size=(16,), source="user", description="")
+    with pytest.raises(ValueError, match="non-empty string"):
+        register("", input_size=(16, 112), source="user", description="")
+
+    @register("not_a_backbone", input_size=(8, 64), source="user", description="")
+    def not_a_backbone() -> nn.Module:
+        return nn.Identity()
+
+    with pytest.raises(TypeError, match="'not_a_backbone'.*returned Identity, not a Backbone"):
+        build("not_a_backbone")
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    model = build("tiny3d")
+    with pytest.raises(
+        ValueError, match=r"expects clips shaped \(B, 3, T, H, W\), got \(3, 8, 32, 32\)"
+    ):
+        model(torch.zeros(3, 8, 32, 32))
+    with pytest.raises(ValueError, match=r"got \(1, 8, 3, 32, 32\)"):
+        model(torch.zeros(1, 8, 3, 32, 32))
+
+
+def test_import_is_lazy():
+    code = (
+        "import sys, vssl.backbones as vb\n"
+        "assert 'pytorchvideo' not in sys.modules and 'torchvision' not in sys.modules\n"
+        "print(len(vb.available()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(len(NAMES))
+
+
+def test_public_api():
+    assert set(vb.__all__) == {"Backbone", "BackboneInfo", "available", "build", "info", "register"}
