@@ -1,0 +1,91 @@
+"""Clip samplers: which frames of a video each view of a training sample is made of.
+
+A pretext task declares the views it needs from one video by handing the data pipeline a
+`ClipSampler`; the sampler runs in the DataLoader workers and returns frame indices only, so
+that one decode pass serves every view. Indices are positions in the decodable frame sequence
+that the video index counted (never the container's own frame count).
+
+Short videos: when a clip spans more frames than the video has, the indices wrap around
+(the clip loops), so every video yields a clip of the requested length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def clip_span(clip_len: int, stride: int) -> int:
+    """Number of source frames covered by a clip of ``clip_len`` frames taken every ``stride``."""
+    if clip_len < 1 or stride < 1:
+        raise ValueError(f"clip_len and stride must be >= 1, got {clip_len} and {stride}")
+    return (clip_len - 1) * stride + 1
+
+
+def clip_indices(start: int, clip_len: int, stride: int, num_frames: int) -> np.ndarray:
+    """Frame indices of a clip starting at ``start``, wrapped modulo ``num_frames``."""
+    if num_frames < 1:
+        raise ValueError("a video must have at least one frame")
+    return (start + stride * np.arange(clip_len)) % num_frames
+
+
+class ClipSampler:
+    """Base class: maps a video's frame count to the frame indices of each view.
+
+    ``__call__`` returns ``{view_name: indices}``, where ``indices`` has shape ``(T,)`` for one
+    clip or ``(N, T)`` for a stack of N clips. The dataset decodes the union of all indices once.
+    """
+
+    def __call__(self, num_frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+@dataclass
+class RandomClip(ClipSampler):
+    """One clip of ``clip_len`` frames every ``stride`` frames at a uniformly random start.
+
+    ``extra_frames`` appends that many frames after the clip at the same stride (the statistics
+    task needs one more frame than it shows, for optical flow).
+    """
+
+    clip_len: int = 16
+    stride: int = 1
+    extra_frames: int = 0
+    view: str = "video"
+
+    def __call__(self, num_frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        length = self.clip_len + self.extra_frames
+        span = clip_span(length, self.stride)
+        start = int(rng.integers(0, num_frames - span + 1)) if num_frames >= span else 0
+        return {self.view: clip_indices(start, length, self.stride, num_frames)}
+
+
+@dataclass
+class UniformClips(ClipSampler):
+    """``num_clips`` clips with evenly spaced starts, for testing and feature extraction.
+
+    With one clip, the clip is centred in the video. Returns indices of shape ``(N, T)``, or
+    ``(T,)`` when ``stack`` is false and ``num_clips`` is 1.
+    """
+
+    clip_len: int = 16
+    stride: int = 1
+    num_clips: int = 10
+    view: str = "video"
+    stack: bool = True
+
+    def starts(self, num_frames: int) -> np.ndarray:
+        """Start frames of the clips: evenly spaced over the valid range, centred for one clip."""
+        last = max(num_frames - clip_span(self.clip_len, self.stride), 0)
+        if self.num_clips == 1:
+            return np.array([last // 2])
+        return np.round(np.linspace(0, last, self.num_clips)).astype(np.int64)
+
+    def __call__(self, num_frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        clips = np.stack(
+            [clip_indices(s, self.clip_len, self.stride, num_frames) for s in self.starts(num_frames)]
+        )
+        if not self.stack and self.num_clips == 1:
+            clips = clips[0]
+        return {self.view: clips}

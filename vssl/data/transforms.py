@@ -1,0 +1,261 @@
+"""Temporally consistent augmentation: one set of random parameters per clip, every frame alike.
+
+Two halves, following the data flow of vssl:
+
+- In the DataLoader workers, on uint8 clips ``(T, C, H, W)``: geometric transforms that change
+  the size (random resized crop, flip, resize, centre crop). These are torchvision v2 transforms
+  applied to a `tv_tensors.Video`, which draws its parameters once per call and so once per clip.
+- On the accelerator, after the batch is transferred (`BatchAugment`): photometric transforms
+  that vectorise over a batch (colour jitter, grayscale, blur, solarisation) with per-sample
+  parameters, then conversion to float, normalisation and the model's ``(B, C, T, H, W)`` layout.
+  The formulas are torchvision's, so the result equals torchvision's per-sample functional ops
+  with the same parameters (the tests check this).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+
+
+def train_clip_transform(
+    size: int,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: bool = True,
+) -> v2.Transform:
+    """Random resized crop to ``size`` x ``size`` and a random horizontal flip, per clip."""
+    steps: list[v2.Transform] = [v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True)]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
+
+
+def eval_clip_transform(size: int) -> v2.Transform:
+    """Resize the short side to ``size`` and take the centre ``size`` x ``size`` crop."""
+    return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+
+
+class ViewTransform:
+    """Applies a clip transform to every view of a sample, with fresh random parameters per clip.
+
+    A view is a uint8 tensor ``(T, C, H, W)`` or a stack of clips ``(N, T, C, H, W)``; each
+    clip of a stack gets its own parameters. Keys not in ``views`` (labels, indices) pass through.
+    """
+
+    def __init__(self, transform: Callable[[Tensor], Tensor], views: Sequence[str] = ("video",)):
+        self.transform = transform
+        self.views = tuple(views)
+
+    def _clip(self, clip: Tensor) -> Tensor:
+        return self.transform(tv_tensors.Video(clip)).as_subclass(Tensor)
+
+    def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = dict(sample)
+        for name in self.views:
+            clips = sample[name]
+            if clips.ndim == 5:
+                out[name] = torch.stack([self._clip(c) for c in clips])
+            else:
+                out[name] = self._clip(clips)
+        return out
+
+
+@dataclass
+class AugmentParams:
+    """Per-sample parameters of `BatchAugment`, one row per clip (tensors of shape ``(B,)``)."""
+
+    brightness: Tensor
+    contrast: Tensor
+    saturation: Tensor
+    hue: Tensor
+    order: Tensor  # (B, 4): a permutation of the four jitter operations per clip
+    jitter: Tensor  # bool: whether colour jitter applies
+    grayscale: Tensor  # bool
+    blur_sigma: Tensor  # 0 where no blur applies
+    solarize: Tensor  # bool
+
+
+def _gray(x: Tensor) -> Tensor:
+    r, g, b = x.unbind(dim=-3)
+    return (r * GRAY_WEIGHTS[0] + g * GRAY_WEIGHTS[1] + b * GRAY_WEIGHTS[2]).unsqueeze(-3)
+
+
+def _blend(a: Tensor, b: Tensor, ratio: Tensor) -> Tensor:
+    return (a * ratio + b * (1.0 - ratio)).clamp_(0.0, 1.0)
+
+
+def _rgb_to_hsv(x: Tensor) -> Tensor:
+    r, g, _ = x.unbind(dim=-3)
+    minc, maxc = torch.aminmax(x, dim=-3)
+    eqc = maxc == minc
+    rng = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = rng / torch.where(eqc, ones, maxc)
+    divisor = torch.where(eqc, ones, rng).unsqueeze(-3)
+    rc, gc, bc = ((maxc.unsqueeze(-3) - x) / divisor).unbind(dim=-3)
+    max_is_r = maxc == r
+    max_is_g = (maxc == g) & ~max_is_r
+    max_is_b = ~max_is_r & ~max_is_g
+    h = (bc - gc) * max_is_r + (2.0 + rc - bc) * max_is_g + (4.0 + gc - rc) * max_is_b
+    h = torch.fmod(h / 6.0 + 1.0, 1.0)
+    return torch.stack((h, s, maxc), dim=-3)
+
+
+def _hsv_to_rgb(x: Tensor) -> Tensor:
+    h, s, v = x.unbind(dim=-3)
+    h6 = h * 6
+    i = torch.floor(h6)
+    f = h6 - i
+    i = i.to(torch.int64).remainder(6)
+    p = ((1.0 - s) * v).clamp(0.0, 1.0)
+    q = ((1.0 - s * f) * v).clamp(0.0, 1.0)
+    t = ((1.0 - s + s * f) * v).clamp(0.0, 1.0)
+    vpqt = torch.stack((v, p, q, t), dim=-3)
+    select = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=x.device)
+    return vpqt.gather(-3, select[:, i].movedim(0, -3))
+
+
+def _gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+    """Blur each clip of ``x`` ``(B, T, C, H, W)`` with its own sigma (torchvision's kernel)."""
+    b, t, c, h, w = x.shape
+    lim = (kernel_size - 1) / (2.0 * math.sqrt(2.0))
+    grid = torch.linspace(-lim, lim, kernel_size, device=x.device, dtype=x.dtype)
+    kernel = torch.softmax(-(grid[None] / sigma[:, None].to(x.dtype)).pow(2), dim=1)  # (B, K)
+    kernel = kernel.repeat_interleave(t * c, dim=0)  # one kernel per (clip, frame, channel) plane
+    pad = kernel_size // 2
+    planes = x.reshape(1, b * t * c, h, w)
+    planes = nn.functional.pad(planes, (pad, pad, pad, pad), mode="reflect")
+    planes = nn.functional.conv2d(planes, kernel[:, None, None, :], groups=b * t * c)
+    planes = nn.functional.conv2d(planes, kernel[:, None, :, None], groups=b * t * c)
+    return planes.reshape(b, t, c, h, w)
+
+
+class BatchAugment(nn.Module):
+    """Per-clip photometric augmentation and normalisation of whole uint8 batches on the device.
+
+    Input: uint8 ``(B, T, C, H, W)`` (or ``(B, N, T, C, H, W)`` for stacks of clips).
+    Output: float ``(B, C, T, H, W)`` (or ``(B, N, C, T, H, W)``), normalised by ``mean``/``std``.
+    Colour jitter samples brightness, contrast, saturation in ``[max(0, 1 - s), 1 + s]`` and hue
+    in ``[-h, h]`` (torchvision's ColorJitter), applies with probability ``jitter_p``, in a
+    random order per clip when ``random_order``. Grayscale, Gaussian blur (sigma uniform in
+    ``blur_sigma``, kernel ``blur_kernel`` or about 10% of the frame size) and solarisation
+    (threshold 0.5) apply with their own probabilities. In ``eval()`` mode only normalisation runs.
+    """
+
+    def __init__(
+        self,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        saturation: float = 0.0,
+        hue: float = 0.0,
+        jitter_p: float = 0.0,
+        random_order: bool = True,
+        grayscale_p: float = 0.0,
+        blur_p: float = 0.0,
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
+        blur_kernel: int | None = None,
+        solarize_p: float = 0.0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
+        super().__init__()
+        if not 0.0 <= hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {hue}")
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+        self.jitter_p, self.random_order = jitter_p, random_order
+        self.grayscale_p, self.blur_p, self.blur_sigma = grayscale_p, blur_p, tuple(blur_sigma)
+        self.blur_kernel, self.solarize_p = blur_kernel, solarize_p
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1, 1), False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1, 1), False)
+
+    @property
+    def photometric(self) -> bool:
+        """Whether any random photometric operation is switched on."""
+        return max(self.jitter_p, self.grayscale_p, self.blur_p, self.solarize_p) > 0
+
+    def sample_params(
+        self, batch: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+    ) -> AugmentParams:
+        """Draws the random parameters of ``batch`` clips."""
+
+        def uniform(lo: float, hi: float) -> Tensor:
+            return torch.rand(batch, generator=generator, device=device) * (hi - lo) + lo
+
+        def coin(p: float) -> Tensor:
+            return torch.rand(batch, generator=generator, device=device) < p
+
+        def factor(s: float) -> Tensor:
+            return uniform(max(0.0, 1.0 - s), 1.0 + s)
+
+        if self.random_order:
+            order = torch.rand(batch, 4, generator=generator, device=device).argsort(dim=1)
+        else:
+            order = torch.arange(4, device=device).expand(batch, 4)
+        blur = coin(self.blur_p)
+        return AugmentParams(
+            brightness=factor(self.brightness),
+            contrast=factor(self.contrast),
+            saturation=factor(self.saturation),
+            hue=uniform(-self.hue, self.hue),
+            order=order,
+            jitter=coin(self.jitter_p),
+            grayscale=coin(self.grayscale_p),
+            blur_sigma=torch.where(blur, uniform(*self.blur_sigma), torch.zeros_like(blur, dtype=torch.float32)),
+            solarize=coin(self.solarize_p),
+        )
+
+    def _jitter_op(self, op: int, x: Tensor, p: AugmentParams, rows: Tensor) -> Tensor:
+        shape = (-1, 1, 1, 1, 1)
+        if op == 0:
+            return (x * p.brightness[rows].view(shape)).clamp_(0.0, 1.0)
+        if op == 1:
+            mean = _gray(x).mean(dim=(-3, -2, -1), keepdim=True)
+            return _blend(x, mean, p.contrast[rows].view(shape))
+        if op == 2:
+            return _blend(x, _gray(x), p.saturation[rows].view(shape))
+        hsv = _rgb_to_hsv(x)
+        h = (hsv[:, :, 0] + p.hue[rows].view(-1, 1, 1, 1)).remainder(1.0)
+        return _hsv_to_rgb(torch.stack((h, hsv[:, :, 1], hsv[:, :, 2]), dim=2))
+
+    def apply(self, x: Tensor, params: AugmentParams) -> Tensor:
+        """Applies ``params`` to float clips ``(B, T, C, H, W)`` in [0, 1]; returns the same layout."""
+        x = x.clone()
+        for step in range(4):
+            for op in range(4):
+                rows = (params.jitter & (params.order[:, step] == op)).nonzero().flatten()
+                if rows.numel():
+                    x[rows] = self._jitter_op(op, x[rows], params, rows)
+        gray = params.grayscale.nonzero().flatten()
+        if gray.numel():
+            x[gray] = _gray(x[gray]).expand(-1, -1, 3, -1, -1)
+        blur = (params.blur_sigma > 0).nonzero().flatten()
+        if blur.numel():
+            k = self.blur_kernel or max(3, int(0.1 * min(x.shape[-2:])) // 2 * 2 + 1)
+            x[blur] = _gaussian_blur(x[blur], params.blur_sigma[blur], k)
+        sol = params.solarize.nonzero().flatten()
+        if sol.numel():
+            x[sol] = torch.where(x[sol] >= 0.5, 1.0 - x[sol], x[sol])
+        return x
+
+    def forward(self, video: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """uint8 ``(B, [N,] T, C, H, W)`` -> normalised float ``(B, [N,] C, T, H, W)``."""
+        if video.ndim not in (5, 6):
+            raise ValueError(f"expected a uint8 batch (B, [N,] T, C, H, W), got shape {tuple(video.shape)}")
+        lead = video.shape[:-4]
+        x = video.reshape(-1, *video.shape[-4:]).float().div_(255.0)
+        if self.training and self.photometric:
+            x = self.apply(x, self.sample_params(x.shape[0], x.device, generator))
+        x = x.transpose(1, 2)  # (B, C, T, H, W)
+        x = (x - self.mean) / self.std
+        return x.reshape(*lead, *x.shape[1:])
