@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny self-written clips whose frames say their own index, and the real
+videos in ``../shared/videos`` (tests that need them skip when the folder is absent)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vssl.data.encode import write_video
+
+SHARED_VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "videos"
+
+# Frame i shows the bits of i (mod 2**16) as a 4 x 4 grid of dark (0) and light (1) blocks,
+# bit 0 at the top left, row by row: easy to read back after lossy coding and resizing.
+_GRID = 4
+_DARK, _LIGHT = 40, 215
+
+
+def code_frame(index: int, height: int, width: int) -> np.ndarray:
+    """The ``(H, W, 3)`` uint8 image of frame ``index``."""
+    bits = (index >> np.arange(_GRID * _GRID)) & 1
+    levels = np.where(bits, _LIGHT, _DARK).astype(np.uint8).reshape(_GRID, _GRID)
+    rows = np.arange(height) * _GRID // height
+    cols = np.arange(width) * _GRID // width
+    return np.repeat(levels[rows][:, cols][..., None], 3, axis=2)
+
+
+def read_frame_index(frame: torch.Tensor | np.ndarray) -> int:
+    """The index a frame written by ``code_frame`` shows; ``frame`` is ``(3, H, W)`` or
+    ``(H, W, 3)`` uint8."""
+    image = np.asarray(frame, dtype=np.float32)
+    if image.shape[0] == 3 and image.shape[-1] != 3:
+        image = image.transpose(1, 2, 0)
+    height, width = image.shape[:2]
+    index = 0
+    for bit in range(_GRID * _GRID):
+        r, c = divmod(bit, _GRID)
+        # The middle half of each block, away from edges blurred by coding or resizing.
+        top, bottom = (4 * r + 1) * height // (4 * _GRID), (4 * r + 3) * height // (4 * _GRID)
+        left, right = (4 * c + 1) * width // (4 * _GRID), (4 * c + 3) * width // (4 * _GRID)
+        block = image[top : max(bottom, top + 1), left : max(right, left + 1)]
+        index |= int(block.mean() > (_DARK + _LIGHT) / 2) << bit
+    return index
+
+
+@pytest.fixture
+def video_factory(tmp_path: Path) -> Callable[..., Path]:
+    """``make(name, num_frames=16, size=(32, 32), fps=25, gop=None, codec="libx264")`` writes
+    ``tmp_path/name`` whose frame ``i`` reads back as ``i`` with ``read_frame_index``."""
+
+    def make(
+        name: str,
+        num_frames: int = 16,
+        size: tuple[int, int] = (32, 32),
+        fps: int = 25,
+        gop: int | None = None,
+        codec: str = "libx264",
+    ) -> Path:
+        height, width = size
+        frames = np.stack([code_frame(i, height, width) for i in range(num_frames)])
+        return write_video(tmp_path / name, frames, fps=fps, codec=codec, gop=gop)
+
+    return make
+
+
+@pytest.fixture
+def frame_index() -> Callable[[torch.Tensor | np.ndarray], int]:
+    """The function that reads a ``video_factory`` frame's index back."""
+    return read_frame_index
+
+
+@pytest.fixture
+def shared_videos() -> Path:
+    """The folder of real videos next to the repository; skips the test when it is absent."""
+    if not SHARED_VIDEOS.is_dir():
+        pytest.skip(f"real test videos not found at {SHARED_VIDEOS}")
+    return SHARED_VIDEOS
