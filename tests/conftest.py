@@ -79,3 +79,14 @@ def shared_videos() -> Path:
     if not SHARED_VIDEOS.is_dir():
         pytest.skip(f"real test videos not found at {SHARED_VIDEOS}")
     return SHARED_VIDEOS
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic dataset (4 classes, 3 train + 1 test videos each, 16 frames of 32x32),
+    written once per test session."""
+    from vssl.data.synthetic import make_synthetic
+
+    return make_synthetic(
+        tmp_path_factory.mktemp("data") / "synthetic", classes=4, videos_per_class=4, frames=16, size=32
+    )

@@ -16,6 +16,22 @@ from dataclasses import dataclass
 import numpy as np
 
 
+@dataclass(frozen=True)
+class ClipSpec:
+    """The clip geometry a datamodule serves; tasks build their samplers and transforms from it.
+
+    ``flip`` is a property of the data: datasets whose labels depend on left/right direction
+    (the synthetic motion classes, "pushing left to right" in SSv2) must not be flipped.
+    ``scale`` is the area range of the random resized crop.
+    """
+
+    clip_len: int = 16
+    stride: int = 1
+    crop_size: int = 112
+    flip: bool = True
+    scale: tuple[float, float] = (0.2, 1.0)
+
+
 def clip_span(clip_len: int, stride: int) -> int:
     """Number of source frames covered by a clip of ``clip_len`` frames taken every ``stride``."""
     if clip_len < 1 or stride < 1:

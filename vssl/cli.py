@@ -1,0 +1,90 @@
+"""The command line: ``python -m vssl <subcommand>`` (also the ``vssl`` console script).
+
+``fit``, ``validate``, ``test`` and ``predict`` are a LightningCLI with the task and the
+datamodule in subclass mode: any task and any datamodule is picked in YAML with ``class_path``
+and ``init_args``. The other subcommands are plain programs with their own arguments.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from jsonargparse import lazy_instance
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+
+from vssl.callbacks import RunInfo
+from vssl.data.datamodule import VideoDataModule
+from vssl.tasks.base import VSSLTask
+
+TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+TRAINER_DEFAULTS = {"logger": lazy_instance(CSVLogger, save_dir="runs", name="vssl")}
+
+
+def _make_synthetic(argv: list[str]) -> int:
+    from vssl.data.synthetic import main
+
+    return main(argv)
+
+
+#: Subcommands that are not Trainer methods: name -> (function of argv, one-line help).
+EXTRA_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "make-synthetic": (_make_synthetic, "write the synthetic motion dataset (real video files)"),
+}
+
+
+class VSSLCLI(LightningCLI):
+    """LightningCLI with vssl's links and always-on callbacks."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch:03d}-step{step}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(RunInfo, "run_info")
+
+
+def _usage() -> str:
+    lines = ["usage: python -m vssl <subcommand> [options]", "", "subcommands:"]
+    lines += [f"  {name:<15} Lightning Trainer.{name} (--config FILE ...)" for name in TRAINER_SUBCOMMANDS]
+    lines += [f"  {name:<15} {help_}" for name, (_, help_) in EXTRA_COMMANDS.items()]
+    lines.append("\n'python -m vssl SUBCOMMAND --help' shows the options of one subcommand.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m vssl`` and the ``vssl`` script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] in EXTRA_COMMANDS:
+        return EXTRA_COMMANDS[argv[0]][0](argv[1:])
+    if argv[0] not in TRAINER_SUBCOMMANDS:
+        print(f"vssl: unknown subcommand {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    VSSLCLI(
+        VSSLTask,
+        VideoDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_defaults=TRAINER_DEFAULTS,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": False},
+        args=argv,
+    )
+    return 0
+
+
+__all__ = ["EXTRA_COMMANDS", "VSSLCLI", "main"]

@@ -1,0 +1,35 @@
+"""Video data: decoding, the video index, dataset layouts, clip sampling, augmentation, datamodule."""
+
+from vssl.data.datamodule import VideoDataModule
+from vssl.data.dataset import TooManyDecodeFailures, VideoDataset
+from vssl.data.encode import write_video
+from vssl.data.index import VideoIndex, VideoInfo, probe_video
+from vssl.data.layouts import LAYOUTS, VideoItem, load_layout
+from vssl.data.reader import VideoDecodeError, VideoReader
+from vssl.data.sampling import ClipSampler, ClipSpec, RandomClip, UniformClips
+from vssl.data.synthetic import make_synthetic
+from vssl.data.transforms import BatchAugment, ViewTransform, eval_clip_transform, train_clip_transform
+
+__all__ = [
+    "LAYOUTS",
+    "BatchAugment",
+    "ClipSampler",
+    "ClipSpec",
+    "RandomClip",
+    "TooManyDecodeFailures",
+    "UniformClips",
+    "VideoDataModule",
+    "VideoDataset",
+    "VideoDecodeError",
+    "VideoIndex",
+    "VideoInfo",
+    "VideoItem",
+    "VideoReader",
+    "ViewTransform",
+    "eval_clip_transform",
+    "load_layout",
+    "make_synthetic",
+    "probe_video",
+    "train_clip_transform",
+    "write_video",
+]

@@ -1,0 +1,221 @@
+"""`VideoDataModule`: a dataset layout on disk, indexed once, served with the task's own sampling.
+
+The datamodule knows where the videos are and how big clips are; the task (the LightningModule
+it is trained with) knows which views it needs from a video and how to transform them. In
+``setup`` the datamodule asks the attached task for its `ClipSampler` and per-clip transform
+(`VSSLTask.clip_sampler` / `VSSLTask.clip_transform`), so that a new task never needs its own
+dataset class. Without a task (used as a library), it serves one random clip per video.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from vssl.data.dataset import VideoDataset
+from vssl.data.index import VideoIndex
+from vssl.data.layouts import VideoItem, load_layout
+from vssl.data.sampling import ClipSampler, ClipSpec, RandomClip, UniformClips
+from vssl.data.transforms import ViewTransform, eval_clip_transform, train_clip_transform
+
+log = logging.getLogger("vssl")
+
+def default_clip_sampler(stage: str, spec: ClipSpec) -> ClipSampler:
+    """One random clip for training; the centre clip for validation and testing."""
+    if stage == "train":
+        return RandomClip(spec.clip_len, spec.stride)
+    return UniformClips(spec.clip_len, spec.stride, num_clips=1, stack=False)
+
+
+def default_clip_transform(stage: str, spec: ClipSpec) -> Callable:
+    """Random resized crop (and flip, where the data allows) for training; centre crop otherwise."""
+    if stage == "train":
+        return ViewTransform(train_clip_transform(spec.crop_size, scale=spec.scale, flip=spec.flip))
+    return ViewTransform(eval_clip_transform(spec.crop_size))
+
+
+class VideoDataModule(LightningDataModule):
+    """Videos of one dataset layout, split into train / val / test, as batches of uint8 clips.
+
+    Args:
+        root: the dataset folder (see `vssl.data.layouts` for each layout's files).
+        layout: ``ucf101``, ``hmdb51``, ``kinetics``, ``ssv2``, ``folder``, ``csv``, ``unlabeled``.
+        train_split / val_split / test_split: split names of the layout (None: no such loader;
+            ``test_split`` defaults to ``val_split``).
+        fold: the official split number (UCF101, HMDB51: 1-3).
+        annotations: where the layout's split or annotation files are, when not in the default place.
+        clip_len, stride: frames per clip and the step between them.
+        crop_size: the side of the square crops the network sees.
+        flip: whether training clips may be flipped horizontally (off for data whose labels
+            depend on left/right direction, such as the synthetic motion classes).
+        crop_scale: area range of the training random resized crop.
+        decode_size: short side (int) or (H, W) that frames are resized to while decoding.
+        batch_size: per process; the global batch is this times the number of processes.
+        num_workers: DataLoader worker processes (decoding runs there).
+        index_mode: ``fast`` or ``full`` video probing when the index is built (see `VideoIndex`).
+        cache_dir: where the video index is cached (default ``$VSSL_CACHE_DIR`` or ~/.cache/vssl).
+        max_decode_failures: fraction of failed reads in a worker above which training stops.
+        synthetic: settings of `vssl.data.synthetic.make_synthetic` (classes, videos_per_class,
+            seed, frames, size); when given, the synthetic dataset is written to ``root`` if it
+            is not there yet.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/synthetic",
+        layout: str = "folder",
+        train_split: str | None = "train",
+        val_split: str | None = "test",
+        test_split: str | None = None,
+        fold: int = 1,
+        annotations: str | None = None,
+        clip_len: int = 16,
+        stride: int = 1,
+        crop_size: int = 112,
+        flip: bool = True,
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        decode_size: int | tuple[int, int] | None = 128,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        pin_memory: bool | None = None,
+        backend: str = "pyav",
+        index_mode: str = "fast",
+        cache_dir: str | None = None,
+        max_decode_failures: float = 0.1,
+        synthetic: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.layout = layout
+        self.splits = {
+            "train": train_split,
+            "val": val_split,
+            "test": test_split if test_split is not None else val_split,
+        }
+        self.fold = fold
+        self.annotations = annotations
+        self.clip_spec = ClipSpec(clip_len, stride, crop_size, flip, tuple(crop_scale))
+        self.decode_size = decode_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.backend = backend
+        self.index_mode = index_mode
+        self.cache_dir = cache_dir
+        self.max_decode_failures = max_decode_failures
+        self.synthetic = synthetic
+        self.datasets: dict[str, VideoDataset] = {}
+        self._classes: list[str] | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names of the training split (for a synthetic dataset not yet written: its names)."""
+        if self._classes is None:
+            if self.synthetic is not None and not self.root.exists():
+                from vssl.data.synthetic import SYNTHETIC_CLASSES
+
+                k = int(self.synthetic.get("classes", 8))
+                return [c.name for c in SYNTHETIC_CLASSES[:k]]
+            split = self.splits["train"] or self.splits["val"] or "train"
+            _, self._classes = self._load_items(split)
+        return self._classes
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (0 for an unlabeled dataset)."""
+        return len(self.classes)
+
+    def _load_items(self, split: str) -> tuple[list[VideoItem], list[str]]:
+        return load_layout(self.layout, self.root, split=split, fold=self.fold, annotations=self.annotations)
+
+    def _index(self, items: list[VideoItem], progress: bool) -> VideoIndex:
+        workers = max(1, min(8, os.cpu_count() or 1))
+        return VideoIndex.build(
+            [item.path for item in items],
+            cache_dir=self.cache_dir,
+            workers=workers,
+            progress=progress,
+            mode=self.index_mode,
+        )
+
+    def prepare_data(self) -> None:
+        """Writes the synthetic dataset if asked for, and builds (caches) the video indices once."""
+        if self.synthetic is not None:
+            from vssl.data.synthetic import make_synthetic
+
+            make_synthetic(self.root, **self.synthetic)
+        for split in {s for s in self.splits.values() if s is not None}:
+            items, _ = self._load_items(split)
+            if items:
+                self._index(items, progress=True)
+
+    def _task_pipeline(self, stage: str) -> tuple[ClipSampler, Callable]:
+        task = self.trainer.lightning_module if self.trainer is not None else None
+        if task is not None and hasattr(task, "clip_sampler"):
+            return task.clip_sampler(stage, self.clip_spec), task.clip_transform(stage, self.clip_spec)
+        return default_clip_sampler(stage, self.clip_spec), default_clip_transform(stage, self.clip_spec)
+
+    def build_dataset(self, stage: str) -> VideoDataset:
+        """The dataset of ``stage`` (train, val or test), with the attached task's pipeline."""
+        split = self.splits[stage]
+        if split is None:
+            raise ValueError(f"no {stage} split configured for {self.layout} dataset at {self.root}")
+        items, classes = self._load_items(split)
+        if self._classes is None and stage == "train":
+            self._classes = classes
+        if not items:
+            raise ValueError(f"{self.layout} dataset at {self.root}: split '{split}' has no videos")
+        index = self._index(items, progress=False)
+        usable = [(item, index[item.path]) for item in items if index[item.path].ok]
+        if not usable:
+            raise ValueError(
+                f"{self.layout} dataset at {self.root}, split '{split}': none of the {len(items)} "
+                f"videos can be decoded.\n{index.report()}"
+            )
+        sampler, transform = self._task_pipeline(stage)
+        return VideoDataset(
+            [u[0] for u in usable],
+            [u[1] for u in usable],
+            sampler=sampler,
+            transform=transform,
+            decode_size=self.decode_size,
+            backend=self.backend,
+            max_failure_fraction=self.max_decode_failures,
+        )
+
+    def setup(self, stage: str) -> None:
+        """Builds the datasets that ``stage`` (fit, validate, test, predict) needs."""
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}
+        for name in wanted.get(stage, []):
+            if self.splits[name] is not None:
+                self.datasets[name] = self.build_dataset(name)
+
+    def _loader(self, stage: str, shuffle: bool) -> DataLoader:
+        if stage not in self.datasets:
+            raise RuntimeError(f"no {stage} dataset: call setup() first or configure a {stage} split")
+        return DataLoader(
+            self.datasets[stage],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            drop_last=shuffle and len(self.datasets[stage]) >= self.batch_size,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val", shuffle=False) if "val" in self.datasets else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,240 @@
+"""`VSSLTask`: the LightningModule every pretext task subclasses.
+
+The base owns what all tasks share: the backbone (by registry name), the optimiser and its
+schedule (with the learning-rate scaling rule of the task's paper), the batched augmentation
+that runs on the device after transfer, an online linear probe on detached features whenever
+the batch has labels, logging, and feature extraction. A task file holds only what is
+particular to the task: the views it samples (`clip_sampler`), how each clip is transformed in
+the workers (`clip_transform`), its heads, and its loss (`step`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassAccuracy
+
+from vssl import backbones
+from vssl.data.datamodule import default_clip_sampler, default_clip_transform
+from vssl.data.sampling import ClipSampler, ClipSpec
+from vssl.data.transforms import BatchAugment
+
+OPTIMIZERS = {"sgd", "adamw", "adam"}
+SCHEDULES = {"cosine", "step", "constant"}
+#: Loop stages; metric containers are keyed "<stage>_" (a bare "train" clashes with Module.train).
+STAGES = ("train", "val", "test")
+
+
+@dataclass
+class StepOutput:
+    """What a task's `step` returns: the loss, values to log, and pooled features for the probe."""
+
+    loss: Tensor
+    logs: dict[str, Tensor | float] = field(default_factory=dict)
+    features: Tensor | None = None
+
+
+class VSSLTask(LightningModule):
+    """Shared base of the pretext tasks (and of supervised training).
+
+    Args:
+        backbone: a name from `vssl.backbones.available()`.
+        backbone_kwargs: keyword arguments of that backbone's builder.
+        num_classes: classes of the labelled data; linked from the datamodule by the CLI.
+            Used by the online probe (and by tasks that classify).
+        optimizer: ``sgd``, ``adamw`` or ``adam``.
+        lr: the learning rate for a batch of ``reference_batch_size`` (or as is, when that is None).
+        reference_batch_size: the batch the paper's lr is given for; the lr used is
+            ``lr * global_batch / reference_batch_size`` (the linear scaling rule).
+        weight_decay, momentum: optimiser settings (momentum for SGD only).
+        lr_schedule: ``cosine`` (to ``lr * min_lr_ratio``), ``step`` (x ``lr_gamma`` at each
+            epoch of ``lr_milestones``) or ``constant``; stepped every optimisation step.
+        warmup_epochs: linear warm-up length, in epochs (fractions allowed).
+        online_probe: train a linear classifier on detached pooled features when labels exist.
+        probe_lr: its learning rate (not scaled, no weight decay).
+        augment: keyword arguments of `vssl.data.transforms.BatchAugment`, the per-clip
+            photometric augmentation and normalisation done on the device.
+    """
+
+    #: Views of a batch that are videos to augment on the device.
+    video_keys: tuple[str, ...] = ("video",)
+
+    def __init__(
+        self,
+        backbone: str = "r3d_18",
+        backbone_kwargs: dict[str, Any] | None = None,
+        num_classes: int | None = None,
+        optimizer: str = "sgd",
+        lr: float = 0.1,
+        reference_batch_size: int | None = None,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        lr_schedule: str = "cosine",
+        warmup_epochs: float = 0.0,
+        min_lr_ratio: float = 0.0,
+        lr_milestones: list[int] | None = None,
+        lr_gamma: float = 0.1,
+        online_probe: bool = True,
+        probe_lr: float = 0.05,
+        augment: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        if lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {sorted(SCHEDULES)}, got {lr_schedule!r}")
+        self.save_hyperparameters()
+        self.backbone = backbones.build(backbone, **(backbone_kwargs or {}))
+        self.num_classes = num_classes or 0
+        self.augment = BatchAugment(**(augment or {}))
+        self.probe: nn.Linear | None = None
+        if online_probe and self.num_classes > 0:
+            self.probe = nn.Linear(self.backbone.out_dim, self.num_classes)
+            self.probe_acc = nn.ModuleDict(
+                {f"{s}_": MulticlassAccuracy(self.num_classes, average="micro") for s in STAGES}
+            )
+
+    # ---------------------------------------------------------------- what a task defines
+    def clip_sampler(self, stage: str, spec: ClipSpec) -> ClipSampler:
+        """The views this task samples from one video at ``stage`` (train, val, test)."""
+        return default_clip_sampler(stage, spec)
+
+    def clip_transform(self, stage: str, spec: ClipSpec) -> Callable:
+        """The per-clip transform run in the DataLoader workers on a sample's views."""
+        return default_clip_transform(stage, spec)
+
+    def step(self, batch: dict[str, Tensor], stage: str) -> StepOutput:
+        """The task's loss on a batch whose videos are augmented floats ``(B, C, T, H, W)``."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- shared machinery
+    def forward(self, video: Tensor) -> Tensor:
+        """Pooled backbone features ``(B, D)`` of float clips ``(B, C, T, H, W)``."""
+        return self.backbone(video)
+
+    @torch.no_grad()
+    def extract_features(self, video: Tensor) -> Tensor:
+        """Features of clips for evaluation: uint8 ``(B, T, C, H, W)`` are normalised first."""
+        if video.dtype == torch.uint8:
+            video = self._normalise(video)
+        return self.backbone(video)
+
+    def _normalise(self, video: Tensor) -> Tensor:
+        was = self.augment.training
+        self.augment.eval()
+        try:
+            return self.augment(video)
+        finally:
+            self.augment.train(was)
+
+    def augment_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Turns the uint8 views of a batch into augmented, normalised float clips."""
+        for key in self.video_keys:
+            if key in batch and batch[key].dtype == torch.uint8:
+                batch[key] = self.augment(batch[key])
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict):
+            batch = self.augment_batch(batch)
+        return batch
+
+    def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        out = self.step(batch, stage)
+        train = stage == "train"
+        batch_size = next(iter(batch[k] for k in self.video_keys if k in batch)).shape[0]
+        opts = {"on_step": train, "on_epoch": True, "batch_size": batch_size, "sync_dist": not train}
+        self.log(f"{stage}/loss", out.loss, prog_bar=True, **opts)
+        for name, value in out.logs.items():
+            if isinstance(value, Metric):
+                self.log(f"{stage}/{name}", value, **{**opts, "sync_dist": False})
+            else:
+                self.log(f"{stage}/{name}", value, **opts)
+        loss = out.loss
+        labels = batch.get("label")
+        if self.probe is not None and out.features is not None and labels is not None:
+            known = labels >= 0
+            if known.any():
+                logits = self.probe(out.features.detach()[known])
+                probe_loss = nn.functional.cross_entropy(logits, labels[known])
+                acc = self.probe_acc[f"{stage}_"]
+                acc(logits, labels[known])
+                self.log(f"{stage}/probe_acc", acc, prog_bar=not train, **{**opts, "sync_dist": False})
+                self.log(f"{stage}/probe_loss", probe_loss, **opts)
+                if train:
+                    loss = loss + probe_loss
+        if "skipped" in batch:
+            self.log("data/skipped", batch["skipped"].sum().float(), reduce_fx="sum", on_step=False,
+                     on_epoch=True, batch_size=batch_size, sync_dist=True)
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "test")
+
+    # ---------------------------------------------------------------- optimisation
+    def global_batch_size(self) -> int:
+        """Samples per optimisation step over all processes."""
+        dm = getattr(self.trainer, "datamodule", None)
+        per_device = getattr(dm, "batch_size", None)
+        if per_device is None:
+            raise RuntimeError("the global batch size needs a datamodule with a batch_size attribute")
+        return int(per_device) * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    def effective_lr(self) -> float:
+        """The configured lr after the linear scaling rule (when ``reference_batch_size`` is set)."""
+        ref = self.hparams.reference_batch_size
+        if not ref:
+            return self.hparams.lr
+        return self.hparams.lr * self.global_batch_size() / ref
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimiser groups: everything but the probe (with weight decay), and the probe."""
+        probe_ids = {id(p) for p in self.probe.parameters()} if self.probe is not None else set()
+        main = [p for p in self.parameters() if p.requires_grad and id(p) not in probe_ids]
+        groups = [{"params": main, "lr": self.effective_lr(), "weight_decay": self.hparams.weight_decay}]
+        if self.probe is not None:
+            groups.append({"params": list(self.probe.parameters()), "lr": self.hparams.probe_lr,
+                           "weight_decay": 0.0})
+        return groups
+
+    def lr_factor(self, step: int, total_steps: int, steps_per_epoch: float) -> float:
+        """Multiplier of the base lr at optimisation ``step`` (warm-up, then the schedule)."""
+        hp = self.hparams
+        warmup = hp.warmup_epochs * steps_per_epoch
+        if step < warmup:
+            return (step + 1) / warmup
+        if hp.lr_schedule == "constant":
+            return 1.0
+        if hp.lr_schedule == "step":
+            epoch = step / steps_per_epoch
+            return hp.lr_gamma ** sum(epoch >= m for m in (hp.lr_milestones or []))
+        progress = min(1.0, (step - warmup) / max(1.0, total_steps - warmup))
+        return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        groups = self.parameter_groups()
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, momentum=hp.momentum)
+        elif hp.optimizer == "adamw":
+            opt = torch.optim.AdamW(groups)
+        else:
+            opt = torch.optim.Adam(groups)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        per_epoch = max(1.0, total / epochs)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: self.lr_factor(s, total, per_epoch))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
