@@ -30,9 +30,16 @@ def _make_synthetic(argv: list[str]) -> int:
     return main(argv)
 
 
+def _show(argv: list[str]) -> int:
+    from vssl.show import main
+
+    return main(argv)
+
+
 #: Subcommands that are not Trainer methods: name -> (function of argv, one-line help).
 EXTRA_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "make-synthetic": (_make_synthetic, "write the synthetic motion dataset (real video files)"),
+    "show": (_show, "draw what a pretext task predicts (show statistics VIDEO --out FILE.png)"),
 }
 
 
