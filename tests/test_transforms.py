@@ -2,7 +2,12 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from vssl.data.transforms import BatchAugment, ViewTransform, eval_clip_transform, train_clip_transform
+from vssl.data.transforms import (
+    BatchAugment,
+    ViewTransform,
+    eval_clip_transform,
+    train_clip_transform,
+)
 
 
 def _reference(x: torch.Tensor, aug: BatchAugment, p, i: int, kernel: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ Short videos: when a clip spans more frames than the video has, the indices wrap
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,3 +106,58 @@ class UniformClips(ClipSampler):
         if not self.stack and self.num_clips == 1:
             clips = clips[0]
         return {self.view: clips}
+
+
+def sample_cvrl_starts(
+    num_frames: int, clip_len: int, stride: int, generator: np.random.Generator
+) -> tuple[int, int]:
+    """Start frames of CVRL's two clips from one video (Qian et al., CVPR 2021).
+
+    Nearby clips are more alike than distant ones, so CVRL draws the gap between the two
+    starts from a linearly decreasing density. With ``M = num_frames - (clip_len - 1) * stride``
+    valid starts, the gap D has density ``f(D) = (2/M)(1 - D/M)`` on ``[0, M)`` and is drawn by
+    inverting the CDF ``F(D) = 2D/M - D^2/M^2``: ``D = M (1 - sqrt(1 - u))`` for ``u ~ U[0, 1)``.
+    Then ``start1 ~ U{0, ..., M - D - 1}``, ``start2 = start1 + D``, and the two are swapped with
+    probability 1/2, so either clip may come first in time.
+
+    Integer rounding: the gap is the continuous D rounded down, so ``P(gap = d) = F(d + 1) -
+    F(d)`` for ``d = 0..M-1`` (the official code's bisection on F also returns the floor). Both
+    clips then lie inside the video. A video with exactly one valid start (M = 1) gives two clips
+    of the same frames, as in the official code.
+
+    Short videos (M < 1, the clip spans more frames than the video has): both starts are drawn
+    independently and uniformly from ``[0, num_frames)`` and the clips wrap around
+    (`clip_indices`).
+    """
+    clip_span(clip_len, stride)
+    if num_frames < 1:
+        raise ValueError(f"a video must have at least one frame, got num_frames={num_frames}")
+    valid = num_frames - (clip_len - 1) * stride
+    if valid < 1:
+        return int(generator.integers(0, num_frames)), int(generator.integers(0, num_frames))
+    u = float(generator.random())
+    gap = min(int(valid * (1.0 - math.sqrt(1.0 - u))), valid - 1)
+    first = int(generator.integers(0, valid - gap))
+    second = first + gap
+    if generator.random() < 0.5:
+        first, second = second, first
+    return first, second
+
+
+@dataclass
+class CVRLClips(ClipSampler):
+    """Two clips of one video with CVRL's gap distribution (`sample_cvrl_starts`).
+
+    Returns ``{views[0]: (T,), views[1]: (T,)}`` frame indices; short videos wrap around.
+    """
+
+    clip_len: int = 16
+    stride: int = 2
+    views: tuple[str, str] = ("video", "video2")
+
+    def __call__(self, num_frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        first, second = sample_cvrl_starts(num_frames, self.clip_len, self.stride, rng)
+        return {
+            self.views[0]: clip_indices(first, self.clip_len, self.stride, num_frames),
+            self.views[1]: clip_indices(second, self.clip_len, self.stride, num_frames),
+        }

@@ -1,0 +1,1 @@
+"""Losses shared by pretext tasks, one file per family."""
