@@ -8,7 +8,12 @@ from vssl.data.layouts import LAYOUTS, VideoItem, load_layout
 from vssl.data.reader import VideoDecodeError, VideoReader
 from vssl.data.sampling import ClipSampler, ClipSpec, RandomClip, UniformClips
 from vssl.data.synthetic import make_synthetic
-from vssl.data.transforms import BatchAugment, ViewTransform, eval_clip_transform, train_clip_transform
+from vssl.data.transforms import (
+    BatchAugment,
+    ViewTransform,
+    eval_clip_transform,
+    train_clip_transform,
+)
 
 __all__ = [
     "LAYOUTS",
