@@ -123,7 +123,7 @@ class VideoDataModule(LightningDataModule):
                 from vssl.data.synthetic import SYNTHETIC_CLASSES
 
                 k = int(self.synthetic.get("classes", 8))
-                return [c.name for c in SYNTHETIC_CLASSES[:k]]
+                return sorted(c.name for c in SYNTHETIC_CLASSES[:k])  # the folder layout's order
             split = self.splits["train"] or self.splits["val"] or "train"
             _, self._classes = self._load_items(split)
         return self._classes
