@@ -1,0 +1,107 @@
+"""The shared task base: schedule, lr scaling, online probe, feature extraction; Supervised."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from vssl.tasks import StepOutput, Supervised, VSSLTask
+
+
+def tiny(**kwargs) -> Supervised:
+    return Supervised(num_classes=3, backbone="tiny3d", backbone_kwargs={"width": 4}, **kwargs)
+
+
+def test_lr_factor_warmup_then_cosine():
+    task = tiny(warmup_epochs=1, lr_schedule="cosine", min_lr_ratio=0.1)
+    total, per_epoch = 110, 10.0
+    assert task.lr_factor(0, total, per_epoch) == pytest.approx(0.1)
+    assert task.lr_factor(9, total, per_epoch) == pytest.approx(1.0)
+    assert task.lr_factor(10, total, per_epoch) == pytest.approx(1.0)
+    assert task.lr_factor(60, total, per_epoch) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert task.lr_factor(110, total, per_epoch) == pytest.approx(0.1)
+
+
+def test_lr_factor_step_schedule():
+    task = tiny(lr_schedule="step", lr_milestones=[2, 4], lr_gamma=0.1)
+    assert task.lr_factor(19, 100, 10.0) == 1.0
+    assert task.lr_factor(20, 100, 10.0) == pytest.approx(0.1)
+    assert task.lr_factor(45, 100, 10.0) == pytest.approx(0.01)
+
+
+def test_linear_lr_scaling_uses_the_global_batch():
+    task = tiny(lr=0.1, reference_batch_size=64)
+    task._trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=32), world_size=4,
+                                    accumulate_grad_batches=2)
+    assert task.global_batch_size() == 256
+    assert task.effective_lr() == pytest.approx(0.4)
+    assert tiny(lr=0.1).effective_lr() == 0.1  # no reference batch: as configured
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        tiny(optimizer="lbfgs")
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        tiny(lr_schedule="exp")
+    with pytest.raises(ValueError, match="Supervised needs num_classes"):
+        Supervised(backbone="tiny3d")
+
+
+def test_supervised_loss_is_cross_entropy_of_the_head():
+    torch.manual_seed(0)
+    task = tiny(dropout=0.0).eval()
+    video = torch.randn(4, 3, 4, 16, 16)
+    labels = torch.tensor([0, 1, 2, 1])
+    out = task.step({"video": video, "label": labels}, "val")
+    logits = task.head(task.backbone(video))
+    expected = -torch.log_softmax(logits, 1)[torch.arange(4), labels].mean()
+    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.features, task.backbone(video))
+
+
+class Dummy(VSSLTask):
+    """A pretext task whose loss only needs the features."""
+
+    def step(self, batch, stage):
+        features = self.backbone(batch["video"])
+        return StepOutput(features.pow(2).mean(), {}, features)
+
+
+def test_online_probe_learns_from_labelled_samples_on_detached_features():
+    torch.manual_seed(0)
+    task = Dummy(num_classes=3, backbone="tiny3d", backbone_kwargs={"width": 4}).eval()
+    task.log = lambda *a, **k: None
+    batch = {"video": torch.randn(4, 3, 4, 16, 16), "label": torch.tensor([0, -1, 2, -1])}
+    task._shared_step(batch, "train").backward()
+    got_probe = task.probe.weight.grad.clone()
+    got_backbone = [p.grad.clone() for p in task.backbone.parameters()]
+
+    task.zero_grad()
+    features = task.backbone(batch["video"])
+    features.pow(2).mean().backward()  # the pretext loss alone drives the backbone
+    nn.functional.cross_entropy(task.probe(features.detach()[[0, 2]]), torch.tensor([0, 2])).backward()
+    torch.testing.assert_close(got_probe, task.probe.weight.grad)
+    for got, want in zip(got_backbone, (p.grad for p in task.backbone.parameters()), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_probe_has_its_own_optimiser_group():
+    task = Dummy(num_classes=3, backbone="tiny3d", backbone_kwargs={"width": 4}, lr=0.2, probe_lr=0.05,
+                 weight_decay=1e-3)
+    main, probe = task.parameter_groups()
+    assert (main["lr"], main["weight_decay"]) == (0.2, 1e-3)
+    assert (probe["lr"], probe["weight_decay"]) == (0.05, 0.0)
+    assert {id(p) for p in probe["params"]} == {id(p) for p in task.probe.parameters()}
+    assert len(main["params"]) + len(probe["params"]) == len(list(task.parameters()))
+
+
+def test_extract_features_normalises_uint8_clips():
+    task = tiny().eval()
+    clips = torch.randint(0, 256, (2, 4, 3, 16, 16), dtype=torch.uint8)  # (B, T, C, H, W)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1, 1)
+    floats = (clips.permute(0, 2, 1, 3, 4).float() / 255 - mean) / std
+    torch.testing.assert_close(task.extract_features(clips), task.backbone(floats))
+    assert task.augment.training is False
