@@ -1,6 +1,9 @@
 """Pretext tasks: LightningModules that share `VSSLTask`, one file per task."""
 
 from vssl.tasks.base import StepOutput, VSSLTask
+from vssl.tasks.cvrl import CVRL
+from vssl.tasks.rspnet import RSPNet
+from vssl.tasks.statistics import SpatioTemporalStatistics
 from vssl.tasks.supervised import Supervised
 
-__all__ = ["StepOutput", "Supervised", "VSSLTask"]
+__all__ = ["CVRL", "RSPNet", "SpatioTemporalStatistics", "StepOutput", "Supervised", "VSSLTask"]
