@@ -1,0 +1,289 @@
+"""Backbone weights out of a training checkpoint, usable without vssl's tasks or Lightning.
+
+``python -m vssl export CKPT --out FILE`` writes the backbone's weights alone (``.safetensors``,
+``.pt``, or both when ``FILE`` has no suffix) and ``FILE``'s stem with ``.json``: how to rebuild
+the backbone (registry name, builder kwargs, ``out_dim``, vssl version, source checkpoint).
+``load_backbone(FILE)`` rebuilds it with the weights. Backbones that wrap torchvision's video
+ResNets keep torchvision's parameter names under ``trunk.``, so ``load_torchvision(FILE)`` loads
+the same weights into ``torchvision.models.video.r3d_18()`` (and mc3_18, r2plus1d_18) with only
+the classifier ``fc`` missing; ``load_into(FILE, model, head="blocks.5")`` does the same for the
+pytorchvideo models that slow_r50, r3d_50 and x3d_* wrap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vssl import backbones
+
+#: vssl backbone name -> the torchvision.models.video builder with the same parameter names.
+TORCHVISION_MODELS = {"r3d_18": "r3d_18", "mc3_18": "mc3_18", "r2plus1d_18": "r2plus1d_18"}
+
+FORMAT = "vssl-backbone/1"
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
+
+
+class ExportError(ValueError):
+    """A checkpoint or an exported file that cannot be used, with the file named."""
+
+
+def _version() -> str:
+    from vssl import __version__
+
+    return __version__
+
+
+def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
+    """Load a Lightning checkpoint on the CPU, with ``weights_only=True`` unless ``trust``.
+
+    ``trust`` allows arbitrary pickled objects: only for checkpoints from a source you trust.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):
+        raise ExportError(f"{path}: not a PyTorch checkpoint (not a torch.save zip archive)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError:
+        raise ExportError(
+            f"{path}: cannot be loaded with weights_only=True (it holds pickled objects other "
+            "than tensors and plain containers); pass --trust-checkpoint if you trust its source"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ExportError(f"{path}: not a PyTorch checkpoint ({err})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ExportError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    return ckpt
+
+
+def backbone_from_checkpoint(
+    path: str | Path, trust: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Return the backbone's state dict and its rebuild metadata from a vssl task checkpoint."""
+    path = Path(path)
+    ckpt = read_checkpoint(path, trust=trust)
+    hparams = ckpt.get("hyper_parameters") or {}
+    name = hparams.get("backbone")
+    if not isinstance(name, str):
+        raise ExportError(f"{path}: no backbone name in hyper_parameters; not a vssl task checkpoint")
+    kwargs = dict(hparams.get("backbone_kwargs") or {})
+    state = {
+        key[len("backbone.") :]: value.detach().clone().contiguous()
+        for key, value in ckpt["state_dict"].items()
+        if key.startswith("backbone.")
+    }
+    if not state:
+        raise ExportError(f"{path}: the state_dict has no 'backbone.' parameters")
+    model = backbones.build(name, **kwargs)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ExportError(
+            f"{path}: the backbone weights do not fit backbone {name!r} {kwargs}: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    meta = {
+        "format": FORMAT,
+        "backbone": name,
+        "backbone_kwargs": kwargs,
+        "out_dim": int(model.out_dim),
+        "source": backbones.info(name).source,
+        "torchvision_model": TORCHVISION_MODELS.get(name),
+        "task": hparams.get("_class_path"),
+        "vssl_version": _version(),
+        "source_checkpoint": str(path.resolve()),
+        "epoch": ckpt.get("epoch"),
+        "global_step": ckpt.get("global_step"),
+    }
+    return state, meta
+
+
+def _outputs(out: Path) -> list[Path]:
+    if out.suffix in WEIGHT_SUFFIXES:
+        return [out]
+    if out.suffix:
+        raise ExportError(
+            f"{out}: unknown weight format {out.suffix!r}; use one of {', '.join(WEIGHT_SUFFIXES)} "
+            "or no suffix to write both .safetensors and .pt"
+        )
+    return [out.with_name(out.name + ".safetensors"), out.with_name(out.name + ".pt")]
+
+
+def _meta_path(weights: Path) -> Path:
+    return weights.with_suffix(".json")
+
+
+def export_backbone(
+    checkpoint: str | Path, out: str | Path, overwrite: bool = False, trust: bool = False
+) -> list[Path]:
+    """Write the backbone of ``checkpoint`` to ``out`` (+ a ``.json``); return the files written.
+
+    Refuses to replace an existing file unless ``overwrite``.
+    """
+    out = Path(out)
+    weights = _outputs(out)
+    files = [*weights, _meta_path(weights[0])]
+    existing = [str(f) for f in files if f.exists()]
+    if existing and not overwrite:
+        raise ExportError(
+            f"{', '.join(existing)}: already exist(s); pass --overwrite to replace the export"
+        )
+    state, meta = backbone_from_checkpoint(checkpoint, trust=trust)
+    meta["weights"] = [f.name for f in weights]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path in weights:
+        if path.suffix == ".safetensors":
+            save_file(state, str(path), metadata={"format": FORMAT, "backbone": meta["backbone"]})
+        else:
+            torch.save(state, path)
+    files[-1].write_text(json.dumps(meta, indent=2) + "\n")
+    return files
+
+
+def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Return the state dict and metadata of an export (given its weights or its ``.json``)."""
+    path = Path(path)
+    meta_path = _meta_path(path)
+    if not meta_path.is_file():
+        raise ExportError(f"{path}: no {meta_path.name} next to it saying how to rebuild the backbone")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ExportError(f"{meta_path}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ExportError(f"{meta_path}: not a vssl backbone export (format is not {FORMAT!r})")
+    if path.suffix not in WEIGHT_SUFFIXES:
+        names = meta.get("weights") or []
+        if not names:
+            raise ExportError(f"{meta_path}: lists no weight files")
+        path = meta_path.with_name(names[0])
+    if not path.is_file():
+        raise ExportError(f"{path}: weight file not found")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any read failure is reported with the file named
+        raise ExportError(f"{path}: cannot read the weights ({err})") from None
+    return state, meta
+
+
+def load_backbone(path: str | Path) -> backbones.Backbone:
+    """Rebuild an exported backbone with its weights (``path``: the weights or the ``.json``)."""
+    state, meta = read_export(path)
+    model = backbones.build(meta["backbone"], **meta.get("backbone_kwargs", {}))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ExportError(f"{path}: weights do not fit backbone {meta['backbone']!r}: {err}") from None
+    return model.eval()
+
+
+def torchvision_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename backbone keys to torchvision's: drop the ``trunk.`` prefix."""
+    return {key.removeprefix("trunk."): value for key, value in state.items()}
+
+
+def load_into(path: str | Path, model: nn.Module, head: str = "fc") -> nn.Module:
+    """Load an export into the library model it wraps (torchvision, pytorchvideo); return it.
+
+    The export has no classifier, so the parameters under ``head`` (torchvision's ``fc``,
+    pytorchvideo's ``blocks.5`` for its ResNets and X3D) keep their initialisation; any other
+    missing or extra key is an error naming the file.
+    """
+    state, meta = read_export(path)
+    try:
+        missing, unexpected = model.load_state_dict(torchvision_state_dict(state), strict=False)
+    except RuntimeError as err:  # shapes differ: another architecture
+        raise ExportError(
+            f"{path}: backbone {meta['backbone']!r} does not fit {type(model).__name__}: {err}"
+        ) from None
+    outside_head = [k for k in missing if not k.startswith(f"{head}.")]
+    if outside_head or unexpected or not missing:
+        raise ExportError(
+            f"{path}: backbone {meta['backbone']!r} does not fit {type(model).__name__} with "
+            f"head {head!r}: missing {sorted(outside_head)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    return model
+
+
+def load_torchvision(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Load an exported R3D-18 / MC3-18 / R(2+1)D-18 into a torchvision video ResNet.
+
+    Builds ``torchvision.models.video.<name>()`` when ``model`` is None; ``fc`` is not in the
+    export and keeps its initialisation (train or replace it for your classes).
+    """
+    if model is None:
+        _, meta = read_export(path)
+        name = meta.get("torchvision_model")
+        if not name:
+            raise ExportError(
+                f"{path}: backbone {meta['backbone']!r} is not a torchvision architecture "
+                f"(those are {', '.join(TORCHVISION_MODELS)}); use load_into with your model"
+            )
+        from torchvision.models import video
+
+        model = getattr(video, name)(weights=None)
+    return load_into(path, model, head="fc")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vssl export CKPT --out FILE``: write a checkpoint's backbone weights alone."""
+    parser = argparse.ArgumentParser(
+        prog="python -m vssl export",
+        description="Write the backbone weights of a vssl checkpoint (.safetensors and/or .pt) "
+        "and a .json of how to rebuild it; load with vssl.load_backbone(FILE).",
+    )
+    parser.add_argument("checkpoint", type=Path, help="a Lightning checkpoint of a vssl task")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="FILE.safetensors, FILE.pt, or FILE without suffix for both",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load with weights_only=False (runs pickled code: trusted files only)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        files = export_backbone(args.checkpoint, args.out, args.overwrite, args.trust_checkpoint)
+    except (ExportError, TypeError, KeyError) as err:
+        print(f"vssl export: {err}", file=sys.stderr)
+        return 1
+    meta = json.loads(files[-1].read_text())
+    print(f"vssl export: backbone {meta['backbone']} (out_dim {meta['out_dim']}) written to")
+    for path in files:
+        print(f"  {path}")
+    if meta["torchvision_model"]:
+        print(
+            f"  loads into torchvision.models.video.{meta['torchvision_model']}() with "
+            "vssl.export.load_torchvision (fc stays untrained)"
+        )
+    return 0
+
+
+__all__ = [
+    "ExportError",
+    "backbone_from_checkpoint",
+    "export_backbone",
+    "load_backbone",
+    "load_into",
+    "load_torchvision",
+    "main",
+    "read_export",
+    "torchvision_state_dict",
+]
