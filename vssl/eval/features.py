@@ -1,0 +1,247 @@
+"""Feature extraction shared by every protocol: N evenly spaced clips x M crops per video.
+
+A model comes from a checkpoint of any vssl task (the class recorded by LightningCLI in the
+checkpoint's hyperparameters, else the first class of `vssl.tasks` that loads it) or from a bare
+backbone name with random initialisation. Features are the backbone's pooled features, averaged
+over every clip and crop of a video. Results are cached on disk as a ``.pt`` file named by a
+hash of the settings (checkpoint path and modification time, dataset, split, clips, crops,
+sizes, seed) and reused only when the stored settings equal the requested ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from torchvision.transforms.v2 import functional as TF
+
+from vssl.data.datamodule import VideoDataModule
+from vssl.data.sampling import ClipSampler, RandomClip, UniformClips
+from vssl.data.transforms import ViewTransform, train_clip_transform
+from vssl.tasks.base import VSSLTask
+
+
+@dataclass
+class FeatureSettings:
+    """Everything that determines a set of extracted features (and its cache key).
+
+    With ``random_views`` = K > 0 (training features for a probe), each video gives K randomly
+    placed clips, each with its own random resized crop (area ``crop_scale``, flipped when
+    ``flip``), kept apart rather than averaged; ``clips`` and ``crops`` are then unused.
+    """
+
+    root: str
+    split: str
+    layout: str = "folder"
+    fold: int = 1
+    annotations: str | None = None
+    ckpt: str | None = None
+    backbone: str | None = None
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    clips: int = 10
+    crops: int = 1
+    clip_len: int = 16
+    stride: int = 1
+    crop_size: int = 112
+    decode_size: int | None = 128
+    seed: int = 0
+    random_views: int = 0
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.ckpt is None) == (self.backbone is None):
+            raise ValueError("give exactly one of a checkpoint (ckpt) or a backbone name (backbone)")
+        if self.clips < 1:
+            raise ValueError(f"clips must be >= 1, got {self.clips}")
+        if self.random_views < 0:
+            raise ValueError(f"random_views must be >= 0, got {self.random_views}")
+        self.crop_scale = tuple(self.crop_scale)
+        if self.crops not in (1, 3):
+            raise ValueError(f"crops must be 1 (centre) or 3 (both ends and centre), got {self.crops}")
+
+    def key(self) -> str:
+        """Hash of the settings, including the checkpoint file's modification time."""
+        record = asdict(self)
+        if self.ckpt is not None:
+            path = Path(self.ckpt)
+            record["ckpt"] = str(path.resolve())
+            record["ckpt_mtime_ns"] = path.stat().st_mtime_ns
+        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def load_task(ckpt: str | Path) -> VSSLTask:
+    """The task stored in a Lightning checkpoint of any vssl task, in eval mode on the CPU.
+
+    Uses the class path that LightningCLI records in the hyperparameters; for checkpoints
+    without one, tries each task class exported by `vssl.tasks` in turn.
+    """
+    path = Path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable checkpoint ({err})") from err
+    if not isinstance(data, dict) or "state_dict" not in data:
+        raise ValueError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    class_path = data.get("hyper_parameters", {}).get("_class_path")
+    candidates: list[type] = []
+    if class_path:
+        module, _, name = class_path.rpartition(".")
+        candidates.append(getattr(import_module(module), name))
+    else:
+        tasks = import_module("vssl.tasks")
+        candidates += [c for n in tasks.__all__ if isinstance(c := getattr(tasks, n), type)
+                       and issubclass(c, VSSLTask) and c is not VSSLTask]
+    errors = []
+    for cls in candidates:
+        try:
+            return cls.load_from_checkpoint(path, map_location="cpu").eval()
+        except Exception as err:  # noqa: BLE001 - the next class may fit; all errors are reported
+            errors.append(f"{cls.__name__}: {err}")
+    raise ValueError(f"{path}: no vssl task class could load this checkpoint:\n  " + "\n  ".join(errors))
+
+
+def build_model(settings: FeatureSettings) -> VSSLTask:
+    """The model that ``settings`` names: a checkpoint's task, or a random-init backbone."""
+    if settings.ckpt is not None:
+        return load_task(settings.ckpt)
+    with torch.random.fork_rng():
+        torch.manual_seed(settings.seed)
+        task = VSSLTask(backbone=settings.backbone, backbone_kwargs=settings.backbone_kwargs,
+                        online_probe=False)
+    return task.eval()
+
+
+def crop_offsets(length: int, size: int, crops: int) -> list[int]:
+    """Start offsets of ``crops`` windows of ``size`` along a side of ``length``.
+
+    One crop: the centre. Three: the start, the centre and the end of the side.
+    """
+    if size > length:
+        raise ValueError(f"crop size {size} is larger than the frame side {length}")
+    centre = (length - size) // 2
+    return [centre] if crops == 1 else [0, centre, length - size]
+
+
+class MultiCrop:
+    """Worker-side transform: resize short side to ``size``, then 1 or 3 square crops per clip.
+
+    Input view: uint8 ``(N, T, C, H, W)``; output ``(N * crops, T, C, size, size)``, the crops
+    of one clip next to each other, taken along the long side (left/centre/right for landscape).
+    """
+
+    def __init__(self, size: int, crops: int = 1, view: str = "video"):
+        self.size, self.crops, self.view = size, crops, view
+
+    def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
+        clips = sample[self.view]
+        n, t = clips.shape[:2]
+        frames = TF.resize(clips.reshape(n * t, *clips.shape[2:]), self.size, antialias=True)
+        h, w = frames.shape[-2:]
+        out = []
+        for off in crop_offsets(max(h, w), self.size, self.crops):
+            top, left = (off, (w - self.size) // 2) if h > w else ((h - self.size) // 2, off)
+            out.append(frames[..., top : top + self.size, left : left + self.size])
+        crops = torch.stack(out, dim=1).reshape(n, t, len(out), *out[0].shape[1:])
+        return {**sample, self.view: crops.permute(0, 2, 1, 3, 4, 5).reshape(n * len(out), t,
+                                                                          *out[0].shape[1:])}
+
+
+@dataclass
+class RandomClips(ClipSampler):
+    """``num_clips`` independent `RandomClip` draws from one video, stacked ``(N, T)``."""
+
+    clip_len: int = 16
+    stride: int = 1
+    num_clips: int = 1
+    view: str = "video"
+
+    def __call__(self, num_frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        one = RandomClip(self.clip_len, self.stride, view=self.view)
+        return {self.view: np.stack([one(num_frames, rng)[self.view] for _ in range(self.num_clips)])}
+
+
+@dataclass
+class Features:
+    """Features of one split: per video ``(V, D)``, or ``(V, K, D)`` with K random views each;
+    labels ``(V,)``, file paths and class names."""
+
+    feats: Tensor
+    labels: Tensor
+    paths: list[str]
+    classes: list[str]
+    settings: dict[str, Any]
+
+
+def _datamodule(settings: FeatureSettings, index_cache: str | None) -> VideoDataModule:
+    return VideoDataModule(
+        root=settings.root, layout=settings.layout, train_split=settings.split, val_split=None,
+        fold=settings.fold, annotations=settings.annotations, clip_len=settings.clip_len,
+        stride=settings.stride, crop_size=settings.crop_size, decode_size=settings.decode_size,
+        cache_dir=index_cache,
+    )
+
+
+@torch.no_grad()
+def extract_features(
+    settings: FeatureSettings,
+    model: VSSLTask | None = None,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    cache_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+) -> Features:
+    """Per-video features of one split: mean pooled features over ``clips`` x ``crops`` views.
+
+    With ``cache_dir``, a cached result of identical settings is returned without decoding,
+    and a new result is written there (the video index is cached there too). ``model`` overrides building one from ``settings``
+    (it must be what the settings name; it is not part of the cache key beyond them).
+    """
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"features-{settings.key()}.pt"
+        if cache_file.is_file():
+            stored = torch.load(cache_file, map_location="cpu", weights_only=False)
+            if stored.get("settings") == asdict(settings):
+                return Features(**stored)
+    dm = _datamodule(settings, None if cache_dir is None else str(cache_dir))
+    dataset = dm.build_dataset("train")
+    if settings.random_views:
+        dataset.sampler = RandomClips(settings.clip_len, settings.stride, settings.random_views)
+        dataset.transform = ViewTransform(
+            train_clip_transform(settings.crop_size, scale=settings.crop_scale, flip=settings.flip))
+    else:
+        dataset.sampler = UniformClips(settings.clip_len, settings.stride, num_clips=settings.clips)
+        dataset.transform = MultiCrop(settings.crop_size, settings.crops)
+    model = (model or build_model(settings)).to(device).eval()
+    feats, labels = [], []
+    with torch.random.fork_rng():
+        torch.manual_seed(settings.seed)  # the random views' positions and crops
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            generator=torch.Generator().manual_seed(settings.seed))
+        for batch in loader:
+            video = batch["video"].to(device)
+            b, v = video.shape[:2]
+            out = model.extract_features(video.reshape(b * v, *video.shape[2:])).reshape(b, v, -1)
+            feats.append((out if settings.random_views else out.mean(dim=1)).float().cpu())
+            labels.append(batch["label"])
+    result = Features(
+        feats=torch.cat(feats), labels=torch.cat(labels), paths=[str(i.path) for i in dataset.items],
+        classes=list(dm.classes), settings=asdict(settings),
+    )
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        torch.save(asdict(result), tmp)
+        tmp.replace(cache_file)
+    return result

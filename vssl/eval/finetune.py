@@ -1,0 +1,139 @@
+"""``python -m vssl finetune``: train the whole network on labelled data from a pretrained backbone.
+
+The protocol of the pretext-task papers: a `Supervised` task whose backbone starts from a
+checkpoint's backbone (or from random initialisation, the baseline), trained end to end on the
+training split, then tested with N evenly spaced clips per video (centre crop): clip top-1
+classifies each clip alone, video top-1 averages the clips' class probabilities.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.loggers import CSVLogger
+from torch import Tensor
+from torch.utils.data import DataLoader
+from torchmetrics.functional.classification import multiclass_accuracy
+
+from vssl.data.datamodule import VideoDataModule
+from vssl.data.sampling import UniformClips
+from vssl.eval.commands import parse_decode_size, print_and_write
+from vssl.eval.features import MultiCrop, load_task
+from vssl.tasks.supervised import Supervised
+
+
+def build_finetune_model(
+    num_classes: int,
+    ckpt: str | None = None,
+    backbone: str | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Supervised:
+    """A `Supervised` task whose backbone is the checkpoint's (architecture and weights).
+
+    Without ``ckpt``, the backbone ``backbone`` is randomly initialised. ``kwargs`` go to
+    `Supervised` (optimiser, lr, dropout, ...).
+    """
+    if (ckpt is None) == (backbone is None):
+        raise ValueError("give exactly one of a checkpoint (ckpt) or a backbone name (backbone)")
+    if ckpt is None:
+        return Supervised(num_classes=num_classes, backbone=backbone,
+                          backbone_kwargs=backbone_kwargs or {}, **kwargs)
+    source = load_task(ckpt)
+    model = Supervised(num_classes=num_classes, backbone=source.hparams.backbone,
+                       backbone_kwargs=source.hparams.backbone_kwargs or {}, **kwargs)
+    model.backbone.load_state_dict(source.backbone.state_dict())
+    return model
+
+
+@torch.no_grad()
+def multi_clip_accuracy(
+    model: Supervised, dm: VideoDataModule, split_stage: str = "test", clips: int = 10,
+    batch_size: int = 4, num_workers: int = 0,
+) -> dict[str, float]:
+    """Clip and video top-1 of a classifier on ``clips`` evenly spaced centre-cropped clips."""
+    spec = dm.clip_spec
+    dataset = dm.build_dataset(split_stage)
+    dataset.sampler = UniformClips(spec.clip_len, spec.stride, num_clips=clips)
+    dataset.transform = MultiCrop(spec.crop_size, crops=1)
+    model.eval()
+    clip_logits: list[Tensor] = []
+    labels: list[Tensor] = []
+    for batch in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
+        video = batch["video"].to(model.device)
+        b, n = video.shape[:2]
+        logits = model.head(model.extract_features(video.reshape(b * n, *video.shape[2:])))
+        clip_logits.append(logits.reshape(b, n, -1).cpu())
+        labels.append(batch["label"])
+    logits, y = torch.cat(clip_logits), torch.cat(labels)
+    c = model.num_classes
+    clip_acc = multiclass_accuracy(logits.reshape(-1, c), y.repeat_interleave(logits.shape[1]), c,
+                                   average="micro")
+    video_acc = multiclass_accuracy(logits.softmax(-1).mean(1), y, c, average="micro")
+    return {"clip_top1": float(clip_acc), "video_top1": float(video_acc)}
+
+
+def finetune_main(argv: list[str]) -> int:
+    """Fine-tunes a checkpoint's backbone (or a random one) and reports clip and video top-1."""
+    p = argparse.ArgumentParser(prog="vssl finetune", description=finetune_main.__doc__)
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--ckpt", help="checkpoint of any vssl task")
+    model.add_argument("--backbone", help="a backbone name, randomly initialised (the baseline)")
+    p.add_argument("--backbone-kwargs", type=json.loads, default={})
+    p.add_argument("--root", required=True)
+    p.add_argument("--layout", default="folder")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--fold", type=int, default=1)
+    p.add_argument("--annotations", default=None)
+    p.add_argument("--clip-len", type=int, default=16)
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--crop-size", type=int, default=112)
+    p.add_argument("--decode-size", type=parse_decode_size, default=128)
+    p.add_argument("--no-flip", action="store_true", help="never flip training clips")
+    p.add_argument("--clips", type=int, default=10, help="evenly spaced clips per test video")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw", "adam"))
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--devices", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", default="runs", help="where Lightning logs and checkpoints go")
+    p.add_argument("--out", type=Path, default=None, help="write the results and settings as JSON")
+    args = p.parse_args(argv)
+    seed_everything(args.seed, workers=True)
+    dm = VideoDataModule(
+        root=args.root, layout=args.layout, train_split=args.train_split, val_split=args.test_split,
+        fold=args.fold, annotations=args.annotations, clip_len=args.clip_len, stride=args.stride,
+        crop_size=args.crop_size, flip=not args.no_flip, decode_size=args.decode_size,
+        batch_size=args.batch_size, num_workers=args.workers,
+    )
+    net = build_finetune_model(dm.num_classes, ckpt=args.ckpt, backbone=args.backbone,
+                               backbone_kwargs=args.backbone_kwargs, optimizer=args.optimizer,
+                               lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout)
+    trainer = Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=args.devices,
+                      logger=CSVLogger(args.run_dir, name="finetune"), default_root_dir=args.run_dir,
+                      enable_progress_bar=False, log_every_n_steps=1)
+    trainer.fit(net, datamodule=dm)
+    if not trainer.is_global_zero:
+        return 0
+    results = multi_clip_accuracy(net.cpu(), dm, "test", clips=args.clips,
+                                  batch_size=args.batch_size, num_workers=args.workers)
+    record = {"protocol": "finetune", "settings": {**vars(args), "out": str(args.out)},
+              "classes": dm.classes, "results": results}
+    rows = [(f"clip top-1 ({args.clips} clips)", f"{100 * results['clip_top1']:.2f}"),
+            ("video top-1", f"{100 * results['video_top1']:.2f}")]
+    print_and_write("fine-tuning", args.ckpt or args.backbone, rows, record, args.out)
+    return 0
+
+
+__all__ = ["build_finetune_model", "finetune_main", "multi_clip_accuracy"]
