@@ -7,6 +7,7 @@ and ``init_args``. The other subcommands are plain programs with their own argum
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 
@@ -15,7 +16,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
-from vssl.callbacks import RunInfo
+from vssl.callbacks import RNGState, RunInfo
 from vssl.data.datamodule import VideoDataModule
 from vssl.tasks.base import VSSLTask
 
@@ -24,22 +25,41 @@ TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 TRAINER_DEFAULTS = {"logger": lazy_instance(CSVLogger, save_dir="runs", name="vssl")}
 
 
-def _make_synthetic(argv: list[str]) -> int:
-    from vssl.data.synthetic import main
+def _lazy(module: str, function: str) -> Callable[[list[str]], int]:
+    """A subcommand whose code is imported only when it runs (keeps ``--help`` fast)."""
 
-    return main(argv)
+    def run(argv: list[str]) -> int:
+        return getattr(importlib.import_module(module), function)(argv)
 
-
-def _show(argv: list[str]) -> int:
-    from vssl.show import main
-
-    return main(argv)
+    return run
 
 
 #: Subcommands that are not Trainer methods: name -> (function of argv, one-line help).
 EXTRA_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "make-synthetic": (_make_synthetic, "write the synthetic motion dataset (real video files)"),
-    "show": (_show, "draw what a pretext task predicts (show statistics VIDEO --out FILE.png)"),
+    "make-synthetic": (
+        _lazy("vssl.data.synthetic", "main"),
+        "write the synthetic motion dataset (real video files)",
+    ),
+    "show": (
+        _lazy("vssl.show", "main"),
+        "draw what a pretext task predicts (show statistics VIDEO --out FILE.png)",
+    ),
+    "probe": (
+        _lazy("vssl.eval.commands", "probe_main"),
+        "linear probe (100/10/1% labels) and kNN on frozen features (probe --ckpt CKPT --root DIR)",
+    ),
+    "retrieve": (
+        _lazy("vssl.eval.commands", "retrieve_main"),
+        "video retrieval R@k: test videos query training videos (retrieve --ckpt CKPT --root DIR)",
+    ),
+    "finetune": (
+        _lazy("vssl.eval.finetune", "finetune_main"),
+        "train a checkpoint's backbone end to end on labels; clip and video top-1 (finetune --ckpt)",
+    ),
+    "export": (
+        _lazy("vssl.export", "main"),
+        "write a checkpoint's backbone weights alone (export CKPT --out FILE.safetensors)",
+    ),
 }
 
 
@@ -60,6 +80,7 @@ class VSSLCLI(LightningCLI):
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(RunInfo, "run_info")
+        parser.add_lightning_class_args(RNGState, "rng_state")
 
 
 def _usage() -> str:

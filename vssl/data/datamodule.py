@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from vssl.data.dataset import VideoDataset
 from vssl.data.index import VideoIndex
@@ -39,6 +39,37 @@ def default_clip_transform(stage: str, spec: ClipSpec) -> Callable:
     if stage == "train":
         return ViewTransform(train_clip_transform(spec.crop_size, scale=spec.scale, flip=spec.flip))
     return ViewTransform(eval_clip_transform(spec.crop_size))
+
+
+class EpochShuffle(Sampler):
+    """A shuffled order that is a function of ``(seed, epoch)`` alone, giving ``(index, epoch)``
+    pairs; ``start`` skips the first positions of the next pass (a run resumed mid-epoch).
+
+    Lightning calls :meth:`set_epoch` at each epoch; the default shuffling draws its order from
+    the process's RNG, which a resumed run does not share with the run it continues.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch, self.start = size, seed, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose order the next pass gives."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        start, self.start = self.start, 0
+        return iter([(i, self.epoch) for i in order[start:]])
+
+
+def _run_seed() -> int | None:
+    """The seed ``seed_everything`` set for this run (Lightning puts it in PL_GLOBAL_SEED)."""
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    return int(seed) if seed is not None and seed.lstrip("-").isdigit() else None
 
 
 class VideoDataModule(LightningDataModule):
@@ -65,6 +96,8 @@ class VideoDataModule(LightningDataModule):
         synthetic: settings of `vssl.data.synthetic.make_synthetic` (classes, videos_per_class,
             seed, frames, size); when given, the synthetic dataset is written to ``root`` if it
             is not there yet.
+        decode_timeout: seconds one sample's decoding may take before it counts as a decode
+            failure and is skipped (None: no limit); see `vssl.data.reader` for what it covers.
     """
 
     def __init__(
@@ -90,6 +123,7 @@ class VideoDataModule(LightningDataModule):
         cache_dir: str | None = None,
         max_decode_failures: float = 0.1,
         synthetic: dict[str, Any] | None = None,
+        decode_timeout: float | None = 60.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -112,8 +146,10 @@ class VideoDataModule(LightningDataModule):
         self.cache_dir = cache_dir
         self.max_decode_failures = max_decode_failures
         self.synthetic = synthetic
+        self.decode_timeout = decode_timeout
         self.datasets: dict[str, VideoDataset] = {}
         self._classes: list[str] | None = None
+        self._resume_at: tuple[int, int] | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -189,6 +225,8 @@ class VideoDataModule(LightningDataModule):
             decode_size=self.decode_size,
             backend=self.backend,
             max_failure_fraction=self.max_decode_failures,
+            decode_timeout=self.decode_timeout,
+            seed=self._resumable_seed(),
         )
 
     def setup(self, stage: str) -> None:
@@ -198,13 +236,57 @@ class VideoDataModule(LightningDataModule):
             if self.splits[name] is not None:
                 self.datasets[name] = self.build_dataset(name)
 
+    def _resumable_seed(self) -> int | None:
+        """The run's seed when one process trains (a seeded, resumable data order), else None.
+
+        Under DDP, Lightning's DistributedSampler shuffles by ``seed + epoch``; a mid-epoch
+        resume there restarts the epoch's order (Lightning warns about it)."""
+        trainer = self.trainer
+        return _run_seed() if trainer is not None and trainer.world_size == 1 else None
+
+    def _train_sampler(self, size: int) -> EpochShuffle | None:
+        """The seeded order, positioned where a restored run left off within its epoch."""
+        seed = self._resumable_seed()
+        if seed is None:
+            return None
+        sampler = EpochShuffle(size, seed)
+        if self._resume_at is not None:
+            epoch, done = self._resume_at
+            sampler.set_epoch(epoch)
+            if 0 < done * self.batch_size < size:
+                sampler.start = done * self.batch_size
+            self._resume_at = None
+        return sampler
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training is in the data: the epoch and the batches of it already taken (saved
+        in checkpoints, so that a resumed run continues the same order)."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        epoch = trainer.current_epoch
+        if done >= trainer.num_training_batches:
+            epoch, done = epoch + 1, 0
+        return {"epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores the position :meth:`state_dict` saved (Lightning calls this on resume,
+        before the training dataloader is built)."""
+        if "epoch" in state_dict:
+            self._resume_at = (int(state_dict["epoch"]), int(state_dict["batches_done"]))
+
     def _loader(self, stage: str, shuffle: bool) -> DataLoader:
         if stage not in self.datasets:
             raise RuntimeError(f"no {stage} dataset: call setup() first or configure a {stage} split")
+        sampler = self._train_sampler(len(self.datasets[stage])) if shuffle else None
+        seed = self._resumable_seed()
         return DataLoader(
             self.datasets[stage],
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            generator=None if seed is None else torch.Generator().manual_seed(seed),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             drop_last=shuffle and len(self.datasets[stage]) >= self.batch_size,

@@ -41,6 +41,11 @@ class VideoDataset(Dataset):
 
     ``items`` and ``infos`` are aligned: ``infos[i]`` is the video index entry of ``items[i]``
     (only usable entries; the datamodule drops the ones the index reported as bad).
+    ``decode_timeout`` (seconds, None: none) limits the decoding of one sample; a sample that
+    runs over counts as a decode failure and is replaced like one. With a ``seed``, a
+    sample's random choices (clip positions, crops, replacements) are a function of
+    ``(seed, epoch, index)`` (the sampler may give ``(index, epoch)`` pairs), so that a run
+    resumed mid-epoch sees the same samples as an uninterrupted one.
     A sample is a dict: one uint8 tensor ``(T, 3, H, W)`` (or ``(N, T, 3, H, W)``) per view,
     plus ``label`` (-1 when unlabeled), ``index`` (the item's position) and ``skipped``.
     """
@@ -56,6 +61,8 @@ class VideoDataset(Dataset):
         decode_threads: int = 1,
         max_failure_fraction: float = 0.1,
         min_failures: int = 10,
+        decode_timeout: float | None = None,
+        seed: int | None = None,
     ):
         if len(items) != len(infos):
             raise ValueError(f"{len(items)} items but {len(infos)} index entries")
@@ -73,6 +80,8 @@ class VideoDataset(Dataset):
         self.decode_threads = decode_threads
         self.max_failure_fraction = max_failure_fraction
         self.min_failures = min_failures
+        self.decode_timeout = decode_timeout
+        self.seed = seed
         self.attempts = 0
         self.failures: list[str] = []
 
@@ -91,7 +100,11 @@ class VideoDataset(Dataset):
         wanted = np.concatenate([v.ravel() for v in views.values()])
         unique, inverse = np.unique(wanted, return_inverse=True)
         with VideoReader(
-            item.path, backend=self.backend, threads=self.decode_threads, num_frames=info.num_frames
+            item.path,
+            backend=self.backend,
+            threads=self.decode_threads,
+            num_frames=info.num_frames,
+            decode_timeout=self.decode_timeout,
         ) as reader:
             frames = reader.get_frames(unique, size=self.decode_size)
         inverse = torch.from_numpy(inverse.reshape(-1))
@@ -106,7 +119,9 @@ class VideoDataset(Dataset):
         sample["index"] = torch.tensor(index)
         return sample
 
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Tensor]:
+        if self.seed is not None:
+            return self._seeded_item(index)
         skipped = 0
         while True:
             rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
@@ -118,6 +133,28 @@ class VideoDataset(Dataset):
                 skipped += 1
                 index = int(torch.randint(0, len(self.items), ()))
                 continue
+            sample["skipped"] = torch.tensor(skipped)
+            return sample
+
+    def _seeded_item(self, key: int | tuple[int, int]) -> dict[str, Tensor]:
+        """Item ``key`` (an index or an ``(index, epoch)`` pair) with randomness that depends
+        only on ``(seed, epoch, index)``: the same sample whichever worker makes it, and after
+        a resume. The process's torch RNG is left as it was."""
+        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
+        first, skipped = index, 0
+        while True:
+            seeds = np.random.SeedSequence([self.seed, epoch, first, skipped])
+            rng = np.random.default_rng(seeds)
+            self.attempts += 1
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seeds.generate_state(1, np.uint64)[0] >> 1))
+                try:
+                    sample = self.load(index, rng)
+                except DECODE_ERRORS as err:
+                    self._record_failure(self.items[index].path, err)
+                    skipped += 1
+                    index = int(rng.integers(len(self.items)))
+                    continue
             sample["skipped"] = torch.tensor(skipped)
             return sample
 

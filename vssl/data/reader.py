@@ -11,6 +11,12 @@ The reader decodes only what it needs: it seeks to the keyframe at or before the
 frame, decodes forward, converts (and resizes, inside swscale) only the wanted frames straight
 into one preallocated ``uint8`` output, and seeks again across gaps longer than a keyframe
 interval.
+
+``decode_timeout`` bounds the time one reader spends on a clip: it is given to FFmpeg as the
+open and read timeout (a stalled network or FUSE mount raises instead of blocking), and the
+decode loop checks the deadline between packets, so a clip that takes longer (a huge or
+pathological file) raises :class:`VideoDecodeError`. A single packet inside the decoder is not
+interrupted; a packet decodes in milliseconds, so the limit holds to that granularity.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import itertools
 import math
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -61,8 +68,10 @@ class _NoTimestamps(Exception):
     the reader must count frames from the start instead."""
 
 
-def _open_container(path: str, threads: int) -> tuple[Any, Any]:
-    """Open ``path`` and its best video stream, or raise VideoDecodeError saying why not."""
+def _open_container(path: str, threads: int, timeout: float | None = None) -> tuple[Any, Any]:
+    """Open ``path`` and its best video stream, or raise VideoDecodeError saying why not.
+
+    ``timeout`` (seconds) is FFmpeg's limit on a blocking open or read."""
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -74,9 +83,11 @@ def _open_container(path: str, threads: int) -> tuple[Any, Any]:
     if info.st_size == 0:
         raise VideoDecodeError(path, "empty file (0 bytes)")
     try:
-        container = av.open(path, metadata_errors="ignore")
+        container = av.open(path, metadata_errors="ignore", timeout=timeout)
     except PermissionError:
         raise VideoDecodeError(path, "permission denied") from None
+    except av.error.ExitError:
+        raise VideoDecodeError(path, f"opening timed out (timeout {timeout} s)") from None
     except av.error.InvalidDataError:
         raise VideoDecodeError(
             path, "FFmpeg cannot read it (invalid data: not a video, or damaged/truncated)"
@@ -109,13 +120,17 @@ def _pts_scale(stream: Any, fps: float | None) -> float | None:
 
 
 def _decoded_frames(
-    container: Any, stream: Any, skip_before: Callable[[], int | None] | None = None
+    container: Any,
+    stream: Any,
+    skip_before: Callable[[], int | None] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> Iterator[Any]:
     """Frames from the current position to the end; packets the decoder rejects are skipped.
 
     ``skip_before`` returns a pts below which nobody wants frames: the decoder then drops the
     non-reference frames there (nothing depends on them), which halves the cost of decoding
-    from a keyframe up to a wanted frame in typical H.264.
+    from a keyframe up to a wanted frame in typical H.264. ``check`` runs before each packet
+    (the reader's deadline) and may raise.
     """
     context = stream.codec_context
     context.skip_frame = "DEFAULT"
@@ -126,13 +141,17 @@ def _decoded_frames(
             packet = next(packets)
         except StopIteration:
             return
-        except av.error.FFmpegError:
+        except av.error.FFmpegError as exc:
+            if isinstance(exc, av.error.ExitError):  # FFmpeg's read timeout: not a damaged file
+                raise VideoDecodeError(container.name, "reading timed out") from None
             # The file breaks off (truncated or damaged): flush what the decoder still holds.
             try:
                 yield from stream.codec_context.decode(None)
             except av.error.FFmpegError:
                 pass
             return
+        if check is not None:
+            check()
         if skip_before is not None:
             limit = skip_before()
             skip = limit is not None and packet.pts is not None and packet.pts < limit
@@ -245,6 +264,8 @@ class VideoReader:
     ``num_frames`` from the video index is trusted; without it the file is probed the way the
     index probes it. ``backend`` picks an implementation from :data:`BACKENDS`; ``threads`` is
     the decoder's thread count (1 suits DataLoader workers, 0 lets FFmpeg choose).
+    ``decode_timeout`` (seconds, None: no limit) bounds opening the file and each
+    :meth:`get_frames` call (see the module notes for what it covers).
     """
 
     def __new__(
@@ -254,6 +275,7 @@ class VideoReader:
         backend: str = "pyav",
         threads: int = 1,
         num_frames: int | None = None,
+        decode_timeout: float | None = None,
     ) -> VideoReader:
         if cls is VideoReader:
             if backend not in BACKENDS:
@@ -270,10 +292,16 @@ class VideoReader:
         backend: str = "pyav",
         threads: int = 1,
         num_frames: int | None = None,
+        decode_timeout: float | None = None,
     ) -> None:
         self.path = str(path)
         self.threads = threads
-        self._container, self._stream = _open_container(self.path, threads)
+        if decode_timeout is not None and not decode_timeout > 0:
+            raise ValueError(f"{path}: decode_timeout must be positive seconds, got {decode_timeout}")
+        self.decode_timeout = decode_timeout
+        self._deadline = math.inf
+        self._start_clock()
+        self._container, self._stream = _open_container(self.path, threads, decode_timeout)
         self._fresh = True
         try:
             fps = _stream_fps(self._stream)
@@ -329,6 +357,16 @@ class VideoReader:
         self._frames, self._pending, self._prev = None, None, None
         self._container.close()
 
+    def _start_clock(self) -> None:
+        if self.decode_timeout is not None:
+            self._deadline = time.monotonic() + self.decode_timeout
+
+    def _check_deadline(self) -> None:
+        if time.monotonic() > self._deadline:
+            raise VideoDecodeError(
+                self.path, f"decoding took longer than decode_timeout={self.decode_timeout:g} s"
+            )
+
     def _check_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         idx = np.asarray(indices)
         if idx.size == 0:
@@ -361,6 +399,7 @@ class VideoReader:
         out = torch.empty((len(idx), 3, height, width), dtype=torch.uint8)
         if len(idx) == 0:
             return out
+        self._start_clock()
         wanted, inverse, counts = np.unique(idx, return_inverse=True, return_counts=True)
         rows = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
         try:
@@ -394,7 +433,9 @@ class VideoReader:
         self._pending = first
 
     def _decode_from_here(self) -> Iterator[Any]:
-        return _decoded_frames(self._container, self._stream, lambda: self._skip_before)
+        return _decoded_frames(
+            self._container, self._stream, lambda: self._skip_before, self._check_deadline
+        )
 
     def _next_frame(self) -> Any:
         if self._pending is not None:
@@ -425,7 +466,9 @@ class VideoReader:
         """Decode from the first frame of the file (reopening it unless still untouched)."""
         if not self._fresh:
             self._container.close()
-            self._container, self._stream = _open_container(self.path, self.threads)
+            self._container, self._stream = _open_container(
+                self.path, self.threads, self.decode_timeout
+            )
         self._fresh = False
         self._frames, self._pending = self._decode_from_here(), None
         self._skip_before = None
@@ -526,7 +569,9 @@ class TorchCodecReader(VideoReader):
     """The optional torchcodec backend (needs the torchcodec package and system FFmpeg).
 
     Frame indices are torchcodec's own (its exact scan); resizing uses torchvision's
-    antialiased uint8 resize after decoding.
+    antialiased uint8 resize after decoding. torchcodec cannot be interrupted: a
+    ``decode_timeout`` is checked when a call returns, which turns a slow clip into a
+    :class:`VideoDecodeError` but does not stop a hang.
     """
 
     def __init__(
@@ -536,6 +581,7 @@ class TorchCodecReader(VideoReader):
         backend: str = "torchcodec",
         threads: int = 1,
         num_frames: int | None = None,
+        decode_timeout: float | None = None,
     ) -> None:
         try:
             from torchcodec.decoders import VideoDecoder
@@ -548,6 +594,8 @@ class TorchCodecReader(VideoReader):
             ) from exc
         self.path = str(path)
         self.threads = threads
+        self.decode_timeout = decode_timeout
+        self._deadline = math.inf
         try:
             self._decoder = VideoDecoder(
                 self.path, dimension_order="NCHW", num_ffmpeg_threads=threads, seek_mode="exact"
@@ -574,10 +622,12 @@ class TorchCodecReader(VideoReader):
         height, width = output_size(self.height, self.width, size)
         if len(idx) == 0:
             return torch.empty((0, 3, height, width), dtype=torch.uint8)
+        self._start_clock()
         try:
             frames = self._decoder.get_frames_at(indices=idx.tolist()).data
         except (RuntimeError, IndexError) as exc:
             raise VideoDecodeError(self.path, f"cannot decode frames: {exc}") from exc
+        self._check_deadline()
         if tuple(frames.shape[-2:]) != (height, width):
             frames = resize(frames, [height, width], antialias=True)
         return frames
