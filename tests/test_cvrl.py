@@ -278,7 +278,7 @@ def test_ddp_step_loss_and_gradients_equal_one_process_on_the_whole_batch(tiny_s
     cfg = _cvrl_config(tiny_synthetic, tmp_path / "cache", strategy="ddp", devices=2, max_steps=1,
                        limit_val_batches=0)
     cfg["model"]["init_args"]["online_probe"] = False
-    cfg["data"]["init_args"]["batch_size"] = 3
+    cfg["data"]["init_args"].update(batch_size=3, num_workers=0)  # see test_cli's DDP test
     cfg["trainer"]["callbacks"] = [{"class_path": "test_cvrl.RecordFirstStep",
                                     "init_args": {"out_dir": str(tmp_path / "rec")}}]
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
