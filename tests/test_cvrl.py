@@ -268,7 +268,7 @@ MILD_AUGMENT = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.
 def _cvrl_config(root, cache, **trainer):
     cfg = tiny_config(root, cache, **trainer)
     cfg["model"] = {"class_path": "vssl.tasks.CVRL",
-                    "init_args": {**TINY, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.01,
+                    "init_args": {**TINY, "optimizer": "adamw", "lr": 0.005, "weight_decay": 0.01,
                                   "reference_batch_size": None, "warmup_epochs": 0,
                                   "augment": MILD_AUGMENT}}
     return cfg
