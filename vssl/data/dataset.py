@@ -88,11 +88,6 @@ class VideoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    @property
-    def labels(self) -> list[int]:
-        """The label of every item, in order."""
-        return [item.label for item in self.items]
-
     def load(self, index: int, rng: np.random.Generator) -> dict[str, Tensor]:
         """Samples, decodes and transforms item ``index``; raises on a decode failure."""
         item, info = self.items[index], self.infos[index]
