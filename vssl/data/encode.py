@@ -33,8 +33,8 @@ def write_video(
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
-        # One encoder thread: libx264's threaded encoding is not bit-reproducible on small
-        # clips, and the synthetic dataset promises identical files for a seed.
+        # One encoder thread: threaded x264 differs from run to run on small clips (one thread
+        # made repeated writes identical in isolation, though not in every loaded run).
         stream.codec_context.thread_count = 1
         if gop is not None:
             stream.codec_context.gop_size = gop
