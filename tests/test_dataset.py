@@ -39,6 +39,22 @@ def test_views_hold_the_sampled_frames(video_factory, frame_index):
     assert sample["label"].item() == 0 and sample["index"].item() == 0 and sample["skipped"].item() == 0
 
 
+class ViewsAndTarget(ClipSampler):
+    def __call__(self, num_frames, rng):
+        rate = int(rng.choice([1, 2, 3]))
+        return {"video": np.arange(3) * rate, "rate": np.int64(rate)}
+
+
+def test_sampler_targets_reach_the_sample_undecoded(video_factory, frame_index):
+    path = video_factory("a.mp4", num_frames=12, gop=4)
+    ds = _dataset([path], ViewsAndTarget(), seed=0)
+    for i in range(4):
+        sample = ds[(0, i)]
+        rate = sample["rate"]
+        assert rate.shape == () and rate.dtype == torch.int64
+        assert [frame_index(f) for f in sample["video"]] == [0, int(rate), 2 * int(rate)]
+
+
 def test_random_clip_frames_are_consecutive_at_stride(video_factory, frame_index):
     path = video_factory("a.mp4", num_frames=20, gop=5)
     ds = _dataset([path], RandomClip(clip_len=4, stride=3), decode_size=(16, 16))

@@ -92,6 +92,8 @@ class VideoDataset(Dataset):
         """Samples, decodes and transforms item ``index``; raises on a decode failure."""
         item, info = self.items[index], self.infos[index]
         views = self.sampler(info.num_frames, rng)
+        targets = {name: torch.as_tensor(v) for name, v in views.items() if np.ndim(v) == 0}
+        views = {name: np.asarray(v) for name, v in views.items() if name not in targets}
         wanted = np.concatenate([v.ravel() for v in views.values()])
         unique, inverse = np.unique(wanted, return_inverse=True)
         with VideoReader(
@@ -110,6 +112,7 @@ class VideoDataset(Dataset):
             offset += idx.size
         if self.transform is not None:
             sample = self.transform(sample)
+        sample.update(targets)
         sample["label"] = torch.tensor(item.label)
         sample["index"] = torch.tensor(index)
         return sample

@@ -52,6 +52,8 @@ class ClipSampler:
 
     ``__call__`` returns ``{view_name: indices}``, where ``indices`` has shape ``(T,)`` for one
     clip or ``(N, T)`` for a stack of N clips. The dataset decodes the union of all indices once.
+    A 0-d integer array is not a view but a target the sampler chose (a playback rate, say): the
+    dataset puts it in the sample as a scalar tensor under its name, untouched by transforms.
     """
 
     def __call__(self, num_frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
