@@ -79,8 +79,16 @@ def cpu_overrides(config: Path, root: Path, cache: Path) -> list[str]:
         "trainer.enable_progress_bar": "false",
         "trainer.enable_model_summary": "false",
     }
-    if "clip_len" in (_load(config)["model"].get("init_args") or {}):
+    model_args = _load(config)["model"].get("init_args") or {}
+    if "clip_len" in model_args:
         args["model.init_args.clip_len"] = "4"  # the statistics task: must equal the data's
+    if "tasks" in model_args:  # a task mixture: the same for its members
+        tasks = {name: {**spec, "init_args": {**(spec.get("init_args") or {})}}
+                 for name, spec in model_args["tasks"].items()}
+        for spec in tasks.values():
+            if "clip_len" in spec["init_args"]:
+                spec["init_args"]["clip_len"] = 4
+        args["model.init_args.tasks"] = json.dumps(tasks)
     return [f"--{name}={value}" for name, value in args.items()]
 
 

@@ -2,8 +2,9 @@
 
 from vssl.tasks.base import StepOutput, VSSLTask
 from vssl.tasks.cvrl import CVRL
+from vssl.tasks.mixture import TaskMixture
 from vssl.tasks.rspnet import RSPNet
 from vssl.tasks.statistics import SpatioTemporalStatistics
 from vssl.tasks.supervised import Supervised
 
-__all__ = ["CVRL", "RSPNet", "SpatioTemporalStatistics", "StepOutput", "Supervised", "VSSLTask"]
+__all__ = ["CVRL", "RSPNet", "SpatioTemporalStatistics", "StepOutput", "Supervised", "TaskMixture", "VSSLTask"]

@@ -224,6 +224,14 @@ class VSSLTask(LightningModule):
         progress = min(1.0, (step - warmup) / max(1.0, total_steps - warmup))
         return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimiser step, then `after_optimizer_step` (where momentum encoders follow)."""
+        super().optimizer_step(*args, **kwargs)
+        self.after_optimizer_step()
+
+    def after_optimizer_step(self) -> None:
+        """Runs after every optimiser step; a task with state that follows the weights updates it here."""
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         groups = self.parameter_groups()

@@ -313,9 +313,8 @@ class RSPNet(VSSLTask):
             keys = self.all_gather(keys).flatten(0, 1)
         self.queue.enqueue(keys)
 
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """The optimiser step, then the momentum update of the key encoder."""
-        super().optimizer_step(*args, **kwargs)
+    def after_optimizer_step(self) -> None:
+        """The momentum update of the key encoder, after every optimiser step."""
         self.update_momentum_encoder()
 
     # ---------------------------------------------------------------- loss
