@@ -1,4 +1,4 @@
-"""Callbacks that every vssl run gets from the CLI."""
+"""Callbacks: those every vssl run gets from the CLI, and the kNN monitor a config can add."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import torch
 import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
 
 PACKAGES = ("vssl", "torch", "torchvision", "lightning", "av", "pytorchvideo", "opencv-python-headless")
 
@@ -107,3 +108,83 @@ class RNGState(Callback):
             name, keys, pos, has_gauss, cached = state["numpy"]
             np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
             random.setstate(state["python"])
+
+
+class KNNMonitor(Callback):
+    """Logs ``val/knn_acc``: a weighted kNN classifier on frozen features, as pretraining goes.
+
+    After validation (every ``every_n_epochs`` epochs, not in the sanity check), the model's
+    `extract_features` encodes the centre clip (centre crop) of every training video, the
+    feature bank, and of every validation video; each validation video takes the label voted
+    by its ``k`` most cosine-similar training videos with weights ``exp(sim / temperature)``
+    (`vssl.eval.knn_accuracy`, Wu et al. 2018). It needs a labelled datamodule with train and
+    val splits (a `VideoDataModule`). Under DDP each process encodes a share of the videos and
+    the features are gathered. ``max_train_videos`` caps the bank (a fixed random subset).
+    Its DataLoaders draw nothing from the global random generators, so training is the same
+    with the monitor as without.
+    """
+
+    def __init__(self, k: int = 20, temperature: float = 0.07, every_n_epochs: int = 1,
+                 max_train_videos: int | None = None, batch_size: int | None = None):
+        if k < 1 or temperature <= 0 or every_n_epochs < 1:
+            raise ValueError(
+                f"KNNMonitor needs k >= 1, temperature > 0 and every_n_epochs >= 1, got k={k}, "
+                f"temperature={temperature}, every_n_epochs={every_n_epochs}"
+            )
+        self.k, self.temperature, self.every_n_epochs = k, temperature, every_n_epochs
+        self.max_train_videos, self.batch_size = max_train_videos, batch_size
+        self._datasets: dict[str, Any] = {}
+
+    def _dataset(self, trainer: Trainer, stage: str) -> Any:
+        if stage not in self._datasets:
+            from vssl.data.datamodule import default_clip_sampler, default_clip_transform
+
+            dm = trainer.datamodule
+            if dm is None or not hasattr(dm, "build_dataset") or dm.splits.get(stage) is None:
+                raise ValueError(f"KNNMonitor needs a VideoDataModule with a {stage} split")
+            dataset = dm.build_dataset(stage, default_clip_sampler("val", dm.clip_spec),
+                                       default_clip_transform("val", dm.clip_spec))
+            if stage == "train" and self.max_train_videos and len(dataset) > self.max_train_videos:
+                keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
+                dataset = torch.utils.data.Subset(dataset, keep[: self.max_train_videos].tolist())
+            self._datasets[stage] = dataset
+        return self._datasets[stage]
+
+    @torch.no_grad()
+    def features(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> tuple[Tensor, Tensor]:
+        """Features and labels of every video of ``stage`` (gathered from all processes)."""
+        dataset = self._dataset(trainer, stage)
+        world, rank = trainer.world_size, trainer.global_rank
+        mine = list(range(rank, len(dataset), world))
+        dm = trainer.datamodule
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, mine), batch_size=self.batch_size or dm.batch_size,
+            num_workers=dm.num_workers, generator=torch.Generator().manual_seed(0),
+        )
+        feats, labels = [], []
+        for batch in loader:
+            feats.append(pl_module.extract_features(batch["video"].to(pl_module.device)).float())
+            labels.append(batch["label"].to(pl_module.device))
+        dim = pl_module.backbone.out_dim
+        share = -(-len(dataset) // world)  # every process pads its share to the same length
+        f = torch.zeros(share, dim, device=pl_module.device)
+        y = torch.full((share,), -1, dtype=torch.long, device=pl_module.device)
+        if feats:
+            f[: len(mine)], y[: len(mine)] = torch.cat(feats), torch.cat(labels)
+        if world > 1:
+            f, y = pl_module.all_gather(f).flatten(0, 1), pl_module.all_gather(y).flatten(0, 1)
+        return f[y >= 0], y[y >= 0]
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        from vssl.eval.classifiers import knn_accuracy
+
+        bank, bank_labels = self.features(trainer, pl_module, "train")
+        query, query_labels = self.features(trainer, pl_module, "val")
+        if len(bank) == 0 or len(query) == 0:
+            rank_zero_warn("KNNMonitor: no labelled videos in the train or val split; val/knn_acc not logged")
+            return
+        num_classes = int(max(bank_labels.max(), query_labels.max())) + 1
+        acc = knn_accuracy(bank, bank_labels, query, query_labels, num_classes, self.k, self.temperature)
+        pl_module.log("val/knn_acc", acc, on_epoch=True, sync_dist=False, rank_zero_only=False)

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
 from vssl.data.dataset import VideoDataset
 from vssl.data.index import VideoIndex
@@ -41,29 +42,37 @@ def default_clip_transform(stage: str, spec: ClipSpec) -> Callable:
     return ViewTransform(eval_clip_transform(spec.crop_size))
 
 
-class EpochShuffle(Sampler):
+class EpochShuffle(DistributedSampler):
     """A shuffled order that is a function of ``(seed, epoch)`` alone, giving ``(index, epoch)``
     pairs; ``start`` skips the first positions of the next pass (a run resumed mid-epoch).
 
     Lightning calls :meth:`set_epoch` at each epoch; the default shuffling draws its order from
     the process's RNG, which a resumed run does not share with the run it continues.
+
+    Under DDP (``num_replicas`` processes) the order is the same on every process and process
+    ``rank`` takes every ``num_replicas``-th position from ``rank`` on (the tail that does not
+    divide evenly is dropped), so that with a per-process batch B the processes' batches of
+    step k together are positions ``k * W * B`` to ``(k + 1) * W * B`` of the order: the batch
+    one process with batch ``W * B`` trains on at step k. It is a `DistributedSampler`, so
+    Lightning uses it as it is instead of putting its own in.
     """
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch, self.start = size, seed, 0, 0
+    def __init__(self, size: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(range(size), num_replicas, rank, shuffle=True, seed=seed, drop_last=True)
+        self.size, self.start = size, 0
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch whose order the next pass gives."""
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.size
+        return self.num_samples
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator).tolist()
+        order = torch.randperm(self.size, generator=generator).tolist()[: self.total_size]
         start, self.start = self.start, 0
-        return iter([(i, self.epoch) for i in order[start:]])
+        return iter([(i, self.epoch) for i in order[start + self.rank :: self.num_replicas]])
 
 
 def _run_seed() -> int | None:
@@ -199,8 +208,12 @@ class VideoDataModule(LightningDataModule):
             return task.clip_sampler(stage, self.clip_spec), task.clip_transform(stage, self.clip_spec)
         return default_clip_sampler(stage, self.clip_spec), default_clip_transform(stage, self.clip_spec)
 
-    def build_dataset(self, stage: str) -> VideoDataset:
-        """The dataset of ``stage`` (train, val or test), with the attached task's pipeline."""
+    def build_dataset(
+        self, stage: str, sampler: ClipSampler | None = None, transform: Callable | None = None
+    ) -> VideoDataset:
+        """The dataset of ``stage`` (train, val or test), with the attached task's pipeline, or
+        with ``sampler`` and ``transform`` when given (a monitor reading the training videos
+        with evaluation clips, say)."""
         split = self.splits[stage]
         if split is None:
             raise ValueError(f"no {stage} split configured for {self.layout} dataset at {self.root}")
@@ -216,7 +229,9 @@ class VideoDataModule(LightningDataModule):
                 f"{self.layout} dataset at {self.root}, split '{split}': none of the {len(items)} "
                 f"videos can be decoded.\n{index.report()}"
             )
-        sampler, transform = self._task_pipeline(stage)
+        if sampler is None or transform is None:
+            task_sampler, task_transform = self._task_pipeline(stage)
+            sampler, transform = sampler or task_sampler, transform or task_transform
         return VideoDataset(
             [u[0] for u in usable],
             [u[1] for u in usable],
@@ -237,24 +252,23 @@ class VideoDataModule(LightningDataModule):
                 self.datasets[name] = self.build_dataset(name)
 
     def _resumable_seed(self) -> int | None:
-        """The run's seed when one process trains (a seeded, resumable data order), else None.
-
-        Under DDP, Lightning's DistributedSampler shuffles by ``seed + epoch``; a mid-epoch
-        resume there restarts the epoch's order (Lightning warns about it)."""
-        trainer = self.trainer
-        return _run_seed() if trainer is not None and trainer.world_size == 1 else None
+        """The run's seed (set by ``seed_everything``): a seeded, resumable data order and
+        per-sample randomness, the same for any number of processes; None without a seed."""
+        return _run_seed() if self.trainer is not None else None
 
     def _train_sampler(self, size: int) -> EpochShuffle | None:
-        """The seeded order, positioned where a restored run left off within its epoch."""
+        """The seeded order, split across processes, positioned where a restored run left off
+        within its epoch."""
         seed = self._resumable_seed()
         if seed is None:
             return None
-        sampler = EpochShuffle(size, seed)
+        world = self.trainer.world_size
+        sampler = EpochShuffle(size, seed, num_replicas=world, rank=self.trainer.global_rank)
         if self._resume_at is not None:
             epoch, done = self._resume_at
             sampler.set_epoch(epoch)
-            if 0 < done * self.batch_size < size:
-                sampler.start = done * self.batch_size
+            if 0 < done * self.batch_size * world < sampler.total_size:
+                sampler.start = done * self.batch_size * world
             self._resume_at = None
         return sampler
 
@@ -280,6 +294,7 @@ class VideoDataModule(LightningDataModule):
         if stage not in self.datasets:
             raise RuntimeError(f"no {stage} dataset: call setup() first or configure a {stage} split")
         sampler = self._train_sampler(len(self.datasets[stage])) if shuffle else None
+        per_process = len(sampler) if sampler is not None else len(self.datasets[stage])
         seed = self._resumable_seed()
         return DataLoader(
             self.datasets[stage],
@@ -289,7 +304,7 @@ class VideoDataModule(LightningDataModule):
             generator=None if seed is None else torch.Generator().manual_seed(seed),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            drop_last=shuffle and len(self.datasets[stage]) >= self.batch_size,
+            drop_last=shuffle and per_process >= self.batch_size,
             persistent_workers=self.num_workers > 0,
         )
 
