@@ -1,10 +1,24 @@
 """Pretext tasks: LightningModules that share `VSSLTask`, one file per task."""
 
 from vssl.tasks.base import StepOutput, VSSLTask
+from vssl.tasks.clip_order import ClipOrder
 from vssl.tasks.cvrl import CVRL
 from vssl.tasks.mixture import TaskMixture
+from vssl.tasks.playback_rate import PlaybackRate
+from vssl.tasks.rotation import Rotation
 from vssl.tasks.rspnet import RSPNet
 from vssl.tasks.statistics import SpatioTemporalStatistics
 from vssl.tasks.supervised import Supervised
 
-__all__ = ["CVRL", "RSPNet", "SpatioTemporalStatistics", "StepOutput", "Supervised", "TaskMixture", "VSSLTask"]
+__all__ = [
+    "CVRL",
+    "ClipOrder",
+    "PlaybackRate",
+    "RSPNet",
+    "Rotation",
+    "SpatioTemporalStatistics",
+    "StepOutput",
+    "Supervised",
+    "TaskMixture",
+    "VSSLTask",
+]
