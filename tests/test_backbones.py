@@ -10,6 +10,7 @@ import vssl.backbones as vb
 from vssl.backbones import Backbone, BackboneInfo, available, build, info, register
 from vssl.backbones import registry as registry_module
 from vssl.backbones.s3dg import SelfGating
+from vssl.backbones.vit import VideoViT
 
 
 def _ceil_halve(n: int, times: int) -> int:
@@ -38,6 +39,10 @@ ARCH: dict[str, tuple[int, Callable[[int], int], Callable[[int], int]]] = {
     "r3d_50": (2048, _keep, lambda h: _ceil_halve(h, 5)),
     "tiny3d": (64, lambda t: _ceil_halve(t, 2), lambda h: _ceil_halve(h, 3)),
     "tiny_r2plus1d": (64, lambda t: _ceil_halve(t, 2), lambda h: _ceil_halve(h, 3)),
+    # Video ViTs: one token per tubelet (2x16x16, or 2x8x8 for the tiny one).
+    "vit_s_16": (384, lambda t: t // 2, lambda h: h // 16),
+    "vit_b_16": (768, lambda t: t // 2, lambda h: h // 16),
+    "vit_tiny_8": (64, lambda t: t // 2, lambda h: h // 8),
 }
 NAMES = sorted(ARCH)
 
@@ -92,7 +97,10 @@ def test_cpu_forward_backward_reaches_first_layer(name):
     model.eval()
     with torch.no_grad():
         features = model.forward_features(x)
-        torch.testing.assert_close(model(x), features.mean(dim=(2, 3, 4)))
+        pooled = features.mean(dim=(2, 3, 4))
+        if isinstance(model, VideoViT):  # the token mean, then the fine-tuning LayerNorm
+            pooled = model.fc_norm(pooled)
+        torch.testing.assert_close(model(x), pooled)
 
 
 @pytest.mark.parametrize("name", ["r3d_18", "mc3_18", "r2plus1d_18"])

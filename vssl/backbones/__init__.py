@@ -6,7 +6,7 @@ import torchvision or pytorchvideo; builders import what they need when called.
 """
 
 # Importing the family modules registers their builders.
-from vssl.backbones import c3d, resnet, s3dg, tiny, torchvision_video, x3d  # noqa: F401
+from vssl.backbones import c3d, resnet, s3dg, tiny, torchvision_video, vit, x3d  # noqa: F401
 from vssl.backbones.base import Backbone
 from vssl.backbones.registry import BackboneInfo, available, build, info, register
 

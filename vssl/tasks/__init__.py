@@ -9,6 +9,7 @@ from vssl.tasks.rotation import Rotation
 from vssl.tasks.rspnet import RSPNet
 from vssl.tasks.statistics import SpatioTemporalStatistics
 from vssl.tasks.supervised import Supervised
+from vssl.tasks.videomae import VideoMAE
 
 __all__ = [
     "CVRL",
@@ -21,4 +22,5 @@ __all__ = [
     "Supervised",
     "TaskMixture",
     "VSSLTask",
+    "VideoMAE",
 ]
