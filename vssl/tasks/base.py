@@ -151,7 +151,9 @@ class VSSLTask(LightningModule):
         train = stage == "train"
         batch_size = next(iter(batch[k] for k in self.video_keys if k in batch)).shape[0]
         opts = {"on_step": train, "on_epoch": True, "batch_size": batch_size, "sync_dist": not train}
-        self.log(f"{stage}/loss", out.loss, prog_bar=True, **opts)
+        # The loss is averaged over processes in every stage, so that its curve is the global
+        # batch's whatever the number of processes (no cost on one process).
+        self.log(f"{stage}/loss", out.loss, prog_bar=True, **{**opts, "sync_dist": True})
         for name, value in out.logs.items():
             if isinstance(value, Metric):
                 self.log(f"{stage}/{name}", value, **{**opts, "sync_dist": False})
