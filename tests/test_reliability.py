@@ -285,7 +285,23 @@ TASK_CONFIGS = {
     "CVRL": "configs/cvrl/synthetic_tiny.yaml",
     "RSPNet": "configs/rspnet/synthetic_tiny.yaml",
     "SpatioTemporalStatistics": "configs/statistics/synthetic_tiny.yaml",
+    "ClipOrder": "configs/clip_order/synthetic_tiny.yaml",
+    "Rotation": "configs/rotation/synthetic_tiny.yaml",
+    "PlaybackRate": "configs/playback_rate/synthetic_tiny.yaml",
+    "VideoMAE": "configs/videomae/synthetic_tiny.yaml",
+    "TaskMixture": "configs/mixtures/synthetic_tiny.yaml",
 }
+
+
+def test_every_task_has_a_same_seed_config():
+    import vssl.tasks
+
+    tasks = {name for name in vssl.tasks.__all__ if name not in ("StepOutput", "VSSLTask")}
+    assert set(TASK_CONFIGS) == tasks
+    for task, path in TASK_CONFIGS.items():
+        if path is not None:
+            class_path = yaml.safe_load((REPO / path).read_text())["model"]["class_path"]
+            assert class_path.startswith("vssl.tasks.") and class_path.endswith(f".{task}"), path
 
 
 NO_NETWORK = """
@@ -301,15 +317,24 @@ socket.socket.connect_ex = _refuse
 
 
 def _task_config(task: str, root: Path, cache: Path) -> dict:
-    """The task's synthetic_tiny config (Supervised: the tests' tiny config), shrunk to 3 steps."""
+    """The task's synthetic_tiny config (Supervised: the tests' tiny config), shrunk to 3 steps:
+    a narrow backbone (CNNs: width 4; the ViT: 32-d, one block), clips of at most 8 frames."""
     if TASK_CONFIGS[task] is None:
         cfg = tiny_config(root, cache)
     else:
         cfg = yaml.safe_load((REPO / TASK_CONFIGS[task]).read_text())
-        cfg["model"]["init_args"]["backbone_kwargs"] = {"width": 4}
+        model = cfg["model"]["init_args"]
+        if model["backbone"].startswith("vit"):
+            model["backbone_kwargs"] = {**model.get("backbone_kwargs", {}), "dim": 32, "depth": 1}
+        else:
+            model["backbone_kwargs"] = {"width": 4}
+        for member in model.get("tasks", {}).values():  # a mixture's own clip lengths
+            if "clip_len" in member.get("init_args", {}):
+                member["init_args"]["clip_len"] = min(member["init_args"]["clip_len"], 8)
         data = cfg["data"]["init_args"]
         data.pop("synthetic", None)
-        data.update(root=str(root), cache_dir=str(cache), crop_size=24, decode_size=32, num_workers=0)
+        data.update(root=str(root), cache_dir=str(cache), crop_size=24, decode_size=32, num_workers=0,
+                    clip_len=min(data.get("clip_len", 8), 8))
     cfg["data"]["init_args"]["batch_size"] = 4
     cfg["trainer"].update(max_epochs=1, limit_train_batches=3, limit_val_batches=1, accelerator="cpu",
                           log_every_n_steps=1, enable_progress_bar=False,
@@ -325,28 +350,49 @@ def _train_losses(run: Path) -> list[str]:
 
 def test_same_seed_gives_the_same_losses_for_every_task(tiny_synthetic, tmp_path):
     """Two processes each run ``fit`` for every task (one process for all tasks: the imports
-    cost more than the training); each task's train losses agree to the last digit. The
-    processes refuse every internet connection: nothing may reach the network unasked."""
+    cost more than the training), and CVRL once more with a DataLoader worker for 3 epochs;
+    each run's train losses agree to the last digit. The processes refuse every internet
+    connection: nothing may reach the network unasked."""
+    runs = {task: _task_config(task, tiny_synthetic, tmp_path / "cache") for task in TASK_CONFIGS}
+    workers = _task_config("CVRL", tiny_synthetic, tmp_path / "cache")
+    workers["data"]["init_args"]["num_workers"] = 1
+    workers["trainer"]["max_epochs"] = 3
+    runs["CVRL-worker"] = workers
     configs = []
-    for task in TASK_CONFIGS:
-        cfg = _task_config(task, tiny_synthetic, tmp_path / "cache")
-        cfg["trainer"]["logger"]["init_args"]["name"] = task
-        (tmp_path / f"{task}.yaml").write_text(yaml.safe_dump(cfg))
-        configs.append(str(tmp_path / f"{task}.yaml"))
+    for name, cfg in runs.items():
+        cfg["trainer"]["logger"]["init_args"]["name"] = name
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        configs.append(str(tmp_path / f"{name}.yaml"))
     script = NO_NETWORK + (f"from vssl.cli import main\nfor c in {configs!r}:\n"
                            "    main(['fit', '--config', c])\n")
     env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
-    runs = []
-    for name in ("one", "two"):
-        (tmp_path / name).mkdir()
-        runs.append(subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path / name, env=env,
-                                     text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    for proc in runs:
+    procs = []
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        procs.append(subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path / folder, env=env,
+                                      text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
-    for task in TASK_CONFIGS:
-        first, second = (_train_losses(tmp_path / n / "runs" / task / "version_0") for n in ("one", "two"))
-        assert len(first) == 3 and first == second, task  # the exact strings CSVLogger wrote
+    for name in runs:
+        first, second = (_train_losses(tmp_path / f / "runs" / name / "version_0") for f in ("one", "two"))
+        steps = 9 if name == "CVRL-worker" else 3
+        assert len(first) == steps and first == second, name  # the exact strings CSVLogger wrote
+
+
+def test_synthetic_dataset_written_twice_is_byte_identical(tmp_path):
+    """Runs of one seed on two copies of the synthetic data (each test session writes its own)
+    can only agree if the copies do: x264's macroblock-tree rate control made some of these
+    32x32 clips come out different from one write to the next."""
+    from vssl.data.synthetic import make_synthetic
+
+    copies = [make_synthetic(tmp_path / f"s{i}", classes=4, videos_per_class=4, frames=16, size=32)
+              for i in range(3)]
+    files = sorted(p.relative_to(copies[0]) for p in copies[0].rglob("*.mp4"))
+    assert len(files) == 16
+    for name in files:
+        first = (copies[0] / name).read_bytes()
+        assert all((c / name).read_bytes() == first for c in copies[1:]), name
 
 
 def test_epoch_shuffle_order_depends_on_seed_and_epoch_only():
@@ -417,5 +463,101 @@ def test_killed_run_resumes_from_last_and_ends_like_an_uninterrupted_one(tiny_sy
     assert ckpt_a["global_step"] == ckpt_b["global_step"] == 8
     for key in ("val/loss", "val/acc"):
         assert float(metrics_b[key]) == pytest.approx(float(metrics_a[key]), rel=1e-5, abs=1e-6), key
+    for name, value in ckpt_a["state_dict"].items():
+        torch.testing.assert_close(ckpt_b["state_dict"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_rng_state_restores_each_process_its_own_generators(monkeypatch):
+    """A checkpoint of two processes gives rank 1 rank 1's states; one written by another number
+    of processes restores nothing and says so."""
+    from types import SimpleNamespace
+
+    from vssl.callbacks import RNGState
+
+    callback = RNGState()
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        states.append(callback.state_dict())
+    torch.manual_seed(2)
+    np.random.seed(2)
+    draws = (torch.rand(3), np.random.rand(3))  # what rank 1's saved generators draw next
+    callback.load_state_dict({**states[0], "ranks": states})
+    torch.manual_seed(99)
+    np.random.seed(99)
+    callback.on_train_start(SimpleNamespace(world_size=2, global_rank=1), None)
+    assert torch.equal(torch.rand(3), draws[0]) and np.array_equal(np.random.rand(3), draws[1])
+
+    warnings = []
+    monkeypatch.setattr("vssl.callbacks.rank_zero_warn", warnings.append)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    callback.load_state_dict(states[0])  # one process's checkpoint
+    callback.on_train_start(SimpleNamespace(world_size=2, global_rank=1), None)
+    assert torch.equal(torch.rand(3), expected)
+    assert len(warnings) == 1 and "states of 1 process(es), this run has 2" in warnings[0]
+
+
+class RecordBatches(Callback):
+    """Test callback: appends the global step, epoch and dataset indices of every training batch
+    to ``out_dir/rank<r>.jsonl`` as it is taken, so that a killed run keeps what it saw."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        row = {"step": trainer.global_step, "epoch": trainer.current_epoch, "indices": batch["index"].tolist()}
+        with (self.out_dir / f"rank{trainer.global_rank}.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _batches(folder: Path) -> list[list[dict]]:
+    return [[json.loads(line) for line in (folder / f"rank{r}.jsonl").read_text().splitlines()]
+            for r in (0, 1)]
+
+
+def test_ddp_run_killed_mid_epoch_resumes_with_the_same_samples(tiny_synthetic, tmp_path):
+    """Two gloo processes, 3 steps an epoch (12 videos, 2 per process and step); both processes
+    are killed at step 5, mid-epoch 2. The resumed run trains on the samples the uninterrupted
+    run trained on at steps 4 and 5, on each process, and ends with the same weights (dropout
+    0.5: each process's random generators are restored too)."""
+    cfg = tiny_config(tiny_synthetic, tmp_path / "cache", strategy="ddp", devices=2, max_epochs=2)
+    cfg["model"]["init_args"]["dropout"] = 0.5
+    cfg["data"]["init_args"].update(batch_size=2, num_workers=0)  # see test_cli's DDP test
+
+    def with_callbacks(*callbacks: dict) -> dict:
+        return {**cfg, "trainer": {**cfg["trainer"], "callbacks": list(callbacks)}}
+
+    def record(name: str) -> dict:
+        return {"class_path": "test_reliability.RecordBatches", "init_args": {"out_dir": str(tmp_path / name)}}
+
+    kill = {"class_path": "test_reliability.KillAtStep", "init_args": {"step": 5}}
+    whole = _fit(with_callbacks(record("whole_seen")), tmp_path / "whole")
+    killed = _fit(with_callbacks(record("killed_seen"), kill), tmp_path / "resumed")
+    _, err = whole.communicate(timeout=300)
+    assert whole.returncode == 0, err[-3000:]
+    killed.communicate(timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    last = tmp_path / "resumed" / "ckpts" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
+
+    resumed = _fit(with_callbacks(record("resumed_seen")), tmp_path / "resumed", "--ckpt_path", "last")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+
+    whole_seen, resumed_seen = _batches(tmp_path / "whole_seen"), _batches(tmp_path / "resumed_seen")
+    for rank in (0, 1):
+        assert [b["step"] for b in whole_seen[rank]] == list(range(6))
+        assert [(b["step"], b["epoch"]) for b in resumed_seen[rank]] == [(4, 1), (5, 1)]
+        assert resumed_seen[rank] == whole_seen[rank][4:], rank
+    epoch2 = [i for rank in (0, 1) for b in whole_seen[rank][3:] for i in b["indices"]]
+    assert sorted(epoch2) == list(range(12))  # the two processes share the epoch out
+
+    ckpt_a, ckpt_b = (torch.load(f / "ckpts" / "last.ckpt", map_location="cpu", weights_only=True)
+                      for f in (tmp_path / "whole", tmp_path / "resumed"))
+    assert ckpt_a["global_step"] == ckpt_b["global_step"] == 6
     for name, value in ckpt_a["state_dict"].items():
         torch.testing.assert_close(ckpt_b["state_dict"][name], value, rtol=1e-5, atol=1e-6, msg=name)

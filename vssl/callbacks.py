@@ -75,24 +75,54 @@ class RunInfo(Callback):
         rank_zero_info("\n".join(lines))
 
 
+def _process_rng_state() -> dict[str, Any]:
+    """This process's torch, numpy and python generator states, as plain lists and tensors (so
+    that checkpoints load with weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+
+
+def _set_process_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    random.setstate(tuple(state["python"]))
+
+
 class RNGState(Callback):
-    """Keeps the process's random generators (torch, numpy, python) in every checkpoint and
+    """Keeps the processes' random generators (torch, numpy, python) in every checkpoint and
     restores them when a resumed run starts training (after the sanity check, before the
     first batch is augmented), so that it draws the same augmentations and dropout masks as an
-    uninterrupted run."""
+    uninterrupted run.
+
+    Under DDP every process has its own generators and only rank 0 writes the checkpoint, so
+    the states of all processes are gathered into it (``ranks``, one entry per process; saving
+    is a collective, as `Trainer.save_checkpoint` already is) and each process of a resumed run
+    with the same number of processes takes its own. With another number of processes the
+    generators are left as seeded (a warning says so): giving every process rank 0's state
+    would make their random draws identical.
+    """
 
     def __init__(self) -> None:
         self._to_restore: dict[str, Any] | None = None
+        self._trainer: Trainer | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._trainer = trainer
 
     def state_dict(self) -> dict[str, Any]:
-        """The generators' states, saved into the checkpoint."""
-        # Plain lists and tensors only, so that checkpoints load with weights_only=True.
-        name, keys, pos, has_gauss, cached = np.random.get_state()
-        return {
-            "torch": torch.get_rng_state(),
-            "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-            "python": random.getstate(),
-        }
+        """This process's generator states and, under DDP, every process's (``ranks``)."""
+        state = _process_rng_state()
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1 and torch.distributed.is_initialized():
+            ranks: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(ranks, state)
+            state["ranks"] = ranks
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keeps the checkpoint's states until training starts (restoring them now would be
@@ -101,13 +131,17 @@ class RNGState(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         state, self._to_restore = self._to_restore, None
-        # One process's state: under DDP every rank has its own generators, and giving them
-        # all rank 0's would make their random draws identical.
-        if state is not None and trainer.world_size == 1:
-            torch.set_rng_state(state["torch"])
-            name, keys, pos, has_gauss, cached = state["numpy"]
-            np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-            random.setstate(state["python"])
+        if state is None:
+            return
+        saved = state.get("ranks") or [state]
+        if len(saved) == trainer.world_size:
+            _set_process_rng_state(saved[trainer.global_rank])
+        else:
+            rank_zero_warn(
+                f"the checkpoint holds the random generator states of {len(saved)} process(es), "
+                f"this run has {trainer.world_size}: the generators are not restored, so "
+                "augmentations and dropout after the resume differ from an uninterrupted run"
+            )
 
 
 class KNNMonitor(Callback):

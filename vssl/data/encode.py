@@ -33,13 +33,14 @@ def write_video(
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
-        # One encoder thread: threaded x264 differs from run to run on small clips (one thread
-        # made repeated writes identical in isolation, though not in every loaded run).
+        # One encoder thread and no macroblock-tree rate control: threaded x264 differs from run
+        # to run on small clips, and so does single-threaded x264 with mbtree (32x32 clips written
+        # repeatedly in one process came out different, with different decoded pixels).
         stream.codec_context.thread_count = 1
         if gop is not None:
             stream.codec_context.gop_size = gop
         if codec == "libx264":
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
+            stream.options = {"crf": str(crf), "preset": "veryfast", "x264-params": "mbtree=0"}
         elif codec == "mpeg4":
             stream.codec_context.bit_rate = max(200_000, h * w * fps * 2)
         for image in frames:
