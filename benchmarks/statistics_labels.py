@@ -1,12 +1,16 @@
 """Cost of the spatio-temporal statistics labels: clips per second on one core, and their share
 of a CPU training step.
 
-For each clip of 16 + 1 frames at 112x112: optical flow (OpenCV DIS, preset fast, by default),
+For each clip of 16 + 1 frames at 112x112: optical flow (OpenCV DIS with the default setting
+``fast_vr3``, see `vssl.data.flow`; ``--preset`` picks another, e.g. ``fast`` for comparison),
 the 14 motion labels and the 13 appearance labels, all on one thread, as one DataLoader worker
 does them. Clips come from the real videos of ../shared/videos (resized to a short side of 128
 and centre-cropped, as the task does) when that folder exists, and from the synthetic dataset's
 renderer. Times are the median over clips of the best of ``--repeats`` runs per stage (the least
 disturbed by other processes); CPU time per clip is reported beside wall time.
+
+``--agreement``: how often each DIS setting's motion labels equal those from DIS "medium" flow
+(per label and on average), the check behind the default setting (`vssl.data.flow`).
 
 The share of a training step: the labels of one batch (``--batch`` clips) against one forward
 and backward pass of the backbone on that batch, both on one thread. In training the labels run
@@ -15,6 +19,8 @@ training process keep the step fed.
 
     python benchmarks/statistics_labels.py
     python benchmarks/statistics_labels.py --clips 16 --backbones tiny3d r3d_18 --method farneback
+    python benchmarks/statistics_labels.py --preset fast --backbones
+    python benchmarks/statistics_labels.py --agreement --clips 40 --backbones
 """
 
 from __future__ import annotations
@@ -30,10 +36,15 @@ import numpy as np
 import torch
 
 from vssl import backbones
-from vssl.data.flow import FLOW_METHODS, compute_flow
+from vssl.data.flow import DEFAULT_DIS_PRESET, DIS_PRESETS, FLOW_METHODS, compute_flow
 from vssl.data.reader import VideoReader
 from vssl.data.synthetic import SYNTHETIC_CLASSES, clip_rng, render_clip
-from vssl.tasks.statistics import StatisticsTransform, appearance_statistics, motion_statistics
+from vssl.tasks.statistics import (
+    MOTION_LABELS,
+    StatisticsTransform,
+    appearance_statistics,
+    motion_statistics,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "videos"
@@ -77,18 +88,31 @@ def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
 
 
 def label_times(
-    clips: list[np.ndarray], method: str, repeats: int
+    clips: list[np.ndarray], method: str, preset: str, repeats: int
 ) -> dict[str, tuple[float, float]]:
     """Median per-clip (wall, cpu) seconds of flow, motion labels, appearance labels."""
     out: dict[str, list[tuple[float, float]]] = {"flow": [], "motion": [], "appearance": []}
     for clip in clips:
-        flow = compute_flow(clip, method=method)
-        out["flow"].append(best_time(lambda c=clip: compute_flow(c, method=method), repeats))
+        flow = compute_flow(clip, method=method, preset=preset)
+        out["flow"].append(
+            best_time(lambda c=clip: compute_flow(c, method=method, preset=preset), repeats)
+        )
         out["motion"].append(best_time(lambda f=flow: motion_statistics(f), repeats))
         out["appearance"].append(best_time(lambda c=clip: appearance_statistics(c[:-1]), repeats))
     return {
         k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
         for k, v in out.items()
+    }
+
+
+def label_agreement(
+    clips: list[np.ndarray], presets: list[str], reference: str = "medium"
+) -> dict[str, np.ndarray]:
+    """Per-label rate at which each DIS preset's motion labels equal ``reference``'s: (14,)."""
+    ref = np.stack([motion_statistics(compute_flow(c, preset=reference)) for c in clips])
+    return {
+        p: (np.stack([motion_statistics(compute_flow(c, preset=p)) for c in clips]) == ref).mean(0)
+        for p in presets
     }
 
 
@@ -111,9 +135,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16, help="frames the network sees (16)")
     parser.add_argument("--size", type=int, default=112, help="crop side (112)")
     parser.add_argument("--method", choices=FLOW_METHODS, default="dis")
+    parser.add_argument(
+        "--preset", choices=tuple(DIS_PRESETS), default=DEFAULT_DIS_PRESET, help="DIS setting"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="runs per stage and clip (5)")
     parser.add_argument("--batch", type=int, default=8, help="training batch for the share (8)")
     parser.add_argument("--backbones", nargs="*", default=["tiny3d", "r3d_18"])
+    parser.add_argument(
+        "--agreement", action="store_true", help="also compare DIS settings' labels with medium's"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -124,7 +154,8 @@ def main() -> None:
         sources["real videos"] = real
     print(
         f"\nlabels of {args.frames}x{args.size}x{args.size} clips ({args.frames} flow fields, "
-        f"{args.method}), one thread, median per clip over {args.clips} clips"
+        f"{args.method}{f' {args.preset}' if args.method == 'dis' else ''}), one thread, "
+        f"median per clip over {args.clips} clips"
     )
     print(
         "| clips | flow ms | motion ms | appearance ms | total ms (wall) | total ms (cpu) "
@@ -133,7 +164,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     totals = {}
     for name, clips in sources.items():
-        t = label_times(clips, args.method, args.repeats)
+        t = label_times(clips, args.method, args.preset, args.repeats)
         wall = sum(v[0] for v in t.values())
         cpu = sum(v[1] for v in t.values())
         totals[name] = wall
@@ -142,6 +173,16 @@ def main() -> None:
             f"{t['appearance'][0] * 1e3:.2f} | {wall * 1e3:.2f} | {cpu * 1e3:.2f} "
             f"| {1 / wall:.0f} |"
         )
+
+    if args.agreement:
+        presets = [p for p in DIS_PRESETS if p != "medium"]
+        print("\nmotion labels equal to those of DIS medium flow (rate, over the clips)")
+        print("| clips | preset | mean | per label (" + ", ".join(MOTION_LABELS) + ") |")
+        print("|---|---|---|---|")
+        for name, clips in sources.items():
+            for preset, rate in label_agreement(clips, presets).items():
+                per_label = " ".join(f"{r:.2f}" for r in rate)
+                print(f"| {name} | {preset} | {rate.mean():.3f} | {per_label} |")
 
     if args.backbones:
         per_clip = max(totals.values())

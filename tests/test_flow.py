@@ -1,9 +1,13 @@
+import inspect
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
 from vssl.data.flow import (
+    DEFAULT_DIS_PRESET,
+    DIS_PRESETS,
     compute_flow,
     decode_flow,
     encode_flow,
@@ -61,6 +65,21 @@ def test_compute_flow_bad_input():
         compute_flow(clip, method="tvl1")
     with pytest.raises(ValueError, match="unknown DIS preset 'slow'"):
         compute_flow(clip, preset="slow")
+
+
+def test_default_dis_setting_is_fast_with_three_refinement_iterations():
+    """Pins the default flow: OpenCV's "fast" DIS preset with 3 variational refinement iterations
+    instead of 5 (17% faster; its labels agree with DIS "medium" as well as "fast"'s do, see the
+    measurement in vssl.data.flow's docstring)."""
+    assert DEFAULT_DIS_PRESET == "fast_vr3"
+    assert inspect.signature(compute_flow).parameters["preset"].default == DEFAULT_DIS_PRESET
+    assert DIS_PRESETS["fast_vr3"] == (cv2.DISOPTICAL_FLOW_PRESET_FAST, 3)
+    assert DIS_PRESETS["fast"] == (cv2.DISOPTICAL_FLOW_PRESET_FAST, None)
+    clip = translating_texture(frames=3, size=32)
+    flow = compute_flow(clip)
+    np.testing.assert_array_equal(flow, compute_flow(clip, preset="fast_vr3"))
+    assert not np.array_equal(flow, compute_flow(clip, preset="fast"))  # the setting takes effect
+    assert not np.array_equal(flow, compute_flow(clip, preset="ultrafast"))
 
 
 def test_compute_flow_restores_thread_settings():

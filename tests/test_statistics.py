@@ -16,6 +16,9 @@ from vssl.tasks.statistics import (
     MOTION_LABELS,
     SpatioTemporalStatistics,
     StatisticsTransform,
+    _atom_octant_counts,
+    _geometry,
+    appearance_regions,
     appearance_statistics,
     colour_octants,
     mirror_appearance_labels,
@@ -263,6 +266,35 @@ def test_still_clip_and_input_layouts():
     a = appearance_statistics(clip)
     np.testing.assert_array_equal(a, appearance_statistics(torch.from_numpy(clip)))
     np.testing.assert_array_equal(a, appearance_statistics(clip.transpose(0, 3, 1, 2)))
+
+
+def test_appearance_regions_match_a_direct_count():
+    """Colour-histogram IoU and octant counts of every region against a count, region by region,
+    of the pixels of its mask (p3 diagonal pixels in both triangles)."""
+    rng = np.random.default_rng(11)
+    clip = np.repeat(rng.integers(0, 256, (1, 16, 16, 3), dtype=np.uint8), 5, axis=0)
+    changed = rng.random((5, 16, 16)) < np.linspace(0, 0.6, 16)  # more change to the right
+    clip[changed] = rng.integers(0, 256, (int(changed.sum()), 3), dtype=np.uint8)
+    clip[:, :8] //= 3  # darker top half: a spread of octants
+    stats = appearance_regions(clip)
+    octants = colour_octants(clip)
+    for pattern, masks in region_masks(16).items():
+        for r, mask in enumerate(masks):
+            pixels = clip[:, mask]  # (T, n, 3)
+            hists = np.stack(
+                [[np.bincount(f[:, c], minlength=256) for c in range(3)] for f in pixels]
+            )  # (T, 3, 256)
+            iou = (hists.min(0).sum(-1) / hists.max(0).sum(-1)).mean()
+            assert stats.iou[pattern][r] == pytest.approx(iou, rel=1e-12), (pattern, r)
+            counts = np.bincount(octants[:, mask].ravel(), minlength=9)[1:]
+            assert stats.octant_counts[pattern][r].tolist() == counts.tolist(), (pattern, r)
+    assert stats.global_counts.tolist() == np.bincount(octants.ravel(), minlength=9)[1:].tolist()
+    # Counting in runs of frames (float32 histograms stay exact) changes nothing.
+    n_atoms = _geometry(16).atom_members.shape[1]
+    whole = _atom_octant_counts(clip, n_atoms)
+    assert whole.sum() == clip[..., 0].size
+    for max_pixels in (2 * 16 * 16 + 1, 16 * 16 + 1, 1):  # runs of 2, 1 and 1 frames
+        np.testing.assert_array_equal(_atom_octant_counts(clip, n_atoms, max_pixels), whole)
 
 
 # ----------------------------------------------------------------------------- flips

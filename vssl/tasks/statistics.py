@@ -92,7 +92,7 @@ class _Geometry:
     region_pixels: dict[str, tuple[np.ndarray, ...]]  # pattern -> flat pixel indices per region
     atom_map: np.ndarray  # intp (S, S): the atom of each pixel
     atom_members: np.ndarray  # float32 (28, A): which atoms make up each region
-    channel_offsets: np.ndarray  # intp (S, S, 3): (atom * 3 + channel) * 256
+    channel_offsets: np.ndarray  # int32 (S, S, 3): (atom * 3 + channel) * 256
     mirror: dict[str, np.ndarray]  # pattern -> region index of the horizontally mirrored region
 
 
@@ -131,7 +131,7 @@ def _geometry(size: int) -> _Geometry:
     atom_map = atom_map.reshape(s, s).astype(np.intp)
     first_pixel = np.unique(atom_map.ravel(), return_index=True)[1]
     members = np.concatenate([flat[name][:, first_pixel] for name in PATTERNS]).astype(np.float32)
-    offsets = ((atom_map[:, :, None] * 3 + np.arange(3)) * 256).astype(np.intp)
+    offsets = ((atom_map[:, :, None] * 3 + np.arange(3)) * 256).astype(np.int32)
     mirror = {}
     for name, m in flat.items():
         flipped = masks[name][:, :, ::-1].reshape(len(m), -1)
@@ -315,7 +315,23 @@ def motion_statistics(flow: np.ndarray | Tensor) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- appearance
-_OCTANT_WEIGHTS = np.array([[2, 1, -4, 4]], dtype=np.float32)
+def _octant_gray(image: np.ndarray) -> np.ndarray:
+    """uint8 RGB ``(H, W, 3)`` -> uint8 ``(H, W)``: each pixel's octant corner as a gray value.
+
+    Thresholding sends every pixel to a corner of the RGB cube (each channel 0 or 255); the gray
+    values of the 8 corners are distinct (`_OCTANT_GRAY`), so the gray image names the octant
+    with one byte per pixel, in two of OpenCV's fastest passes.
+    """
+    corner = cv2.threshold(image, 127, 255, cv2.THRESH_BINARY)[1]
+    return cv2.cvtColor(corner, cv2.COLOR_RGB2GRAY)
+
+
+_OCTANT_GRAY = _octant_gray(255 * (OCTANT_COLOURS[None] >= 128).astype(np.uint8))[0]
+"""The `_octant_gray` value of the octants 1..8 (in that order)."""
+if len(set(_OCTANT_GRAY.tolist())) != NUM_BINS:
+    raise RuntimeError(f"OpenCV's RGB2GRAY maps two colour octants alike: {_OCTANT_GRAY}")
+_GRAY_TO_OCTANT = np.zeros((1, 256), dtype=np.uint8)
+_GRAY_TO_OCTANT[0, _OCTANT_GRAY] = np.arange(1, NUM_BINS + 1)
 
 
 def colour_octants(clip: np.ndarray) -> np.ndarray:
@@ -324,9 +340,41 @@ def colour_octants(clip: np.ndarray) -> np.ndarray:
     clip = np.ascontiguousarray(clip, dtype=np.uint8)
     if clip.ndim < 2 or clip.shape[-1] != 3:
         raise ValueError(f"colour_octants needs uint8 RGB (..., 3), got shape {clip.shape}")
-    high = cv2.threshold(clip.reshape(-1, 3), 127, 1, cv2.THRESH_BINARY)[1]
-    code = cv2.transform(high.reshape(-1, 1, 3), _OCTANT_WEIGHTS)  # 2r + g + 4(1 - b), 0..7
-    return (code + np.uint8(1)).reshape(clip.shape[:-1])
+    gray = _octant_gray(clip.reshape(-1, 1, 3))
+    return cv2.LUT(gray, _GRAY_TO_OCTANT).reshape(clip.shape[:-1])
+
+
+@functools.lru_cache(maxsize=16)
+def _atom_image(size: int, frames: int) -> np.ndarray:
+    """The atom of every pixel of ``frames`` stacked frames: read-only uint8 ``(frames * S, S)``."""
+    atom_map = _geometry(size).atom_map
+    if atom_map.max() > 255:
+        raise ValueError(f"{size}x{size} frames have more than 256 atoms")
+    image = np.broadcast_to(atom_map.astype(np.uint8), (frames, size, size))
+    image = np.ascontiguousarray(image).reshape(frames * size, size)
+    image.setflags(write=False)
+    return image
+
+
+def _atom_octant_counts(clip: np.ndarray, n_atoms: int, max_pixels: int = 1 << 24) -> np.ndarray:
+    """Pixels of each colour octant in each atom over all frames of ``(T, S, S, 3)``: ``(A, 8)``.
+
+    One 2-D histogram (atom x `_octant_gray` value) per run of frames. calcHist counts in
+    float32, exact below 2**24, so runs hold fewer than ``max_pixels`` pixels.
+    """
+    t, s = clip.shape[:2]
+    step = max(1, (max_pixels - 1) // (s * s))
+    atoms = _atom_image(s, min(t, step))
+    counts = np.zeros((n_atoms, NUM_BINS), dtype=np.int64)
+    for start in range(0, t, step):
+        part = clip[start : start + step]
+        n = len(part)
+        gray = _octant_gray(part.reshape(n * s, s, 3))
+        hist = cv2.calcHist(
+            [atoms[: n * s], gray], [0, 1], None, [n_atoms, 256], [0, n_atoms, 0, 256]
+        )
+        counts += hist[:, _OCTANT_GRAY].astype(np.int64)
+    return counts
 
 
 def _clip_hwc(clip: np.ndarray | Tensor) -> np.ndarray:
@@ -373,24 +421,23 @@ def appearance_regions(clip: np.ndarray | Tensor) -> AppearanceRegions:
     n_atoms = geo.atom_members.shape[1]
     members = torch.from_numpy(geo.atom_members)
     ones = torch.ones(s * s * 3)
-    atom_hist = torch.empty(n_atoms * 768)
-    lowest = highest = None
+    # Buffers reused for every frame; int32 keys halve the cost of computing them.
+    keys = np.empty((s, s, 3), dtype=np.int32)
+    flat_keys = torch.from_numpy(keys).view(-1)
+    atom_hist = torch.empty(n_atoms, 768)
+    hist = torch.empty(len(members), 768)
+    lowest, highest = torch.full_like(hist, np.inf), torch.zeros_like(hist)
     for frame in clip:  # one frame at a time keeps the histograms in cache
-        keys = torch.from_numpy(np.add(geo.channel_offsets, frame, dtype=np.int64).ravel())
-        atom_hist.zero_().index_add_(0, keys, ones)  # counts as floats: no conversion later
-        hist = members @ atom_hist.view(n_atoms, 768)  # (28, 3 * 256), exact integers
-        if lowest is None:
-            lowest, highest = hist, hist.clone()
-        else:
-            torch.minimum(lowest, hist, out=lowest)
-            torch.maximum(highest, hist, out=highest)
+        np.add(geo.channel_offsets, frame, out=keys)
+        atom_hist.zero_().view(-1).index_add_(0, flat_keys, ones)  # float counts: no conversion
+        torch.mm(members, atom_hist, out=hist)  # (28, 3 * 256), exact integers
+        torch.minimum(lowest, hist, out=lowest)
+        torch.maximum(highest, hist, out=highest)
     lowest, highest = lowest.numpy(), highest.numpy()
     inter = lowest.reshape(28, 3, 256).sum(axis=-1, dtype=np.float64)
     union = highest.reshape(28, 3, 256).sum(axis=-1, dtype=np.float64)
     iou = (inter / union).mean(axis=-1)
-    octant_keys = np.add(geo.atom_map * NUM_BINS, colour_octants(clip) - np.uint8(1), dtype=np.intp)
-    atom_octants = np.bincount(octant_keys.ravel(), minlength=n_atoms * NUM_BINS)
-    atom_octants = atom_octants.reshape(n_atoms, NUM_BINS)
+    atom_octants = _atom_octant_counts(clip, n_atoms)
     counts = _region_sums(geo, atom_octants)  # (28, 8)
     bounds = {"p1": slice(0, 16), "p2": slice(16, 20), "p3": slice(20, 28)}
     return AppearanceRegions(
