@@ -105,3 +105,31 @@ def test_extract_features_normalises_uint8_clips():
     floats = (clips.permute(0, 2, 1, 3, 4).float() / 255 - mean) / std
     torch.testing.assert_close(task.extract_features(clips), task.backbone(floats))
     assert task.augment.training is False
+
+
+def test_channels_last_keeps_the_outputs_and_converts_weights_and_inputs():
+    torch.manual_seed(0)
+    plain = Supervised(backbone="tiny3d", backbone_kwargs={"width": 4}, num_classes=3)
+    fast = Supervised(backbone="tiny3d", backbone_kwargs={"width": 4}, num_classes=3, channels_last=True)
+    fast.load_state_dict(plain.state_dict())
+    fast.configure_model()
+    fast.configure_model()  # idempotent: one hook, one conversion
+    conv = [m.weight for m in fast.backbone.modules() if isinstance(m, nn.Conv3d)]
+    assert conv and all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in conv)
+    seen = []
+    fast.backbone.trunk[0].register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    x = torch.randn(2, 3, 4, 16, 16)
+    plain.eval(), fast.eval()
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-6)
+    assert len(seen) == 1 and seen[0].is_contiguous(memory_format=torch.channels_last_3d)
+    assert len(fast.backbone._forward_pre_hooks) == 1
+
+
+def test_compile_option_compiles_the_backbone_and_keeps_checkpoint_keys():
+    task = Supervised(backbone="tiny3d", backbone_kwargs={"width": 4}, num_classes=3,
+                      compile_backbone={"dynamic": False})
+    keys = list(task.state_dict())
+    assert task.backbone._compiled_call_impl is None
+    task.configure_model()
+    assert task.backbone._compiled_call_impl is not None
+    assert list(task.state_dict()) == keys

@@ -41,6 +41,14 @@ class StepOutput:
     features: Tensor | None = None
 
 
+def _channels_last_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Forward pre-hook: 5-d clip inputs in the channels-last-3d memory format."""
+    return tuple(
+        a.contiguous(memory_format=torch.channels_last_3d) if isinstance(a, Tensor) and a.ndim == 5 else a
+        for a in args
+    )
+
+
 class VSSLTask(LightningModule):
     """Shared base of the pretext tasks (and of supervised training).
 
@@ -61,6 +69,11 @@ class VSSLTask(LightningModule):
         probe_lr: its learning rate (not scaled, no weight decay).
         augment: keyword arguments of `vssl.data.transforms.BatchAugment`, the per-clip
             photometric augmentation and normalisation done on the device.
+        channels_last: keep the backbone's weights and its input clips in the channels-last-3d
+            memory format (faster convolutions on recent GPUs under mixed precision).
+        compile_backbone: compile the backbone with `torch.compile` when fitting starts
+            (``True``, or a dict of `torch.compile` options such as ``{mode: max-autotune}``);
+            the state dict keeps its keys, so checkpoints stay interchangeable.
     """
 
     #: Views of a batch that are videos to augment on the device.
@@ -84,6 +97,8 @@ class VSSLTask(LightningModule):
         online_probe: bool = True,
         probe_lr: float = 0.05,
         augment: dict[str, Any] | None = None,
+        channels_last: bool = False,
+        compile_backbone: bool | dict[str, Any] = False,
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -115,6 +130,18 @@ class VSSLTask(LightningModule):
         raise NotImplementedError
 
     # ---------------------------------------------------------------- shared machinery
+    def configure_model(self) -> None:
+        """Applies the accelerator options (channels-last, compilation) to the backbone once."""
+        if getattr(self, "_accelerator_options_applied", False):
+            return
+        self._accelerator_options_applied = True
+        if self.hparams.get("channels_last"):
+            self.backbone.to(memory_format=torch.channels_last_3d)
+            self.backbone.register_forward_pre_hook(_channels_last_input)
+        options = self.hparams.get("compile_backbone")
+        if options:
+            self.backbone.compile(**(options if isinstance(options, dict) else {}))
+
     def forward(self, video: Tensor) -> Tensor:
         """Pooled backbone features ``(B, D)`` of float clips ``(B, C, T, H, W)``."""
         return self.backbone(video)
