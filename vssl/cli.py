@@ -93,6 +93,8 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m vssl`` and the ``vssl`` script."""
+    # From the command line LightningCLI reads sys.argv itself (given both, it warns).
+    cli_args = None if argv is None else list(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer_defaults=TRAINER_DEFAULTS,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": False},
-        args=argv,
+        args=cli_args,
     )
     return 0
 
