@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from vssl.data.encode import write_video
+
 TESTS = Path(__file__).resolve().parent
 
 
@@ -31,3 +35,24 @@ def tiny_config(root: Path, cache: Path, **trainer) -> dict:
                                "decode_size": 32, "batch_size": 3, "num_workers": 1,
                                "cache_dir": str(cache), "flip": False}},
     }
+
+
+def ramp_videos(root: Path, slope: tuple[float, float] = (8, 11), frames: int = 16,
+                train_videos: int = 12) -> Path:
+    """Videos under ``root/{train,test}/{a,b}/`` (``train_videos`` and 4) that brighten over time:
+    a random start level, a slope (grey levels per frame) drawn from ``slope``, a fixed texture;
+    two arbitrary classes.
+
+    The synthetic motion dataset says little about time itself: its scenes are statistically
+    the same in every frame and its classes come in time-reversed pairs. In these videos the
+    order of clips and the stride between frames are readable from brightness, so a pipeline
+    whose labels match its clips learns them in a few steps, and one whose labels do not cannot.
+    """
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train_videos), ("test", 4)):
+        for i in range(count):
+            level = rng.uniform(30, 60) + rng.uniform(*slope) * np.arange(frames)
+            texture = rng.uniform(-15, 15, (1, 32, 32, 1))
+            pixels = np.clip(level[:, None, None, None] + texture, 0, 255).repeat(3, axis=3)
+            write_video(root / split / "ab"[i % 2] / f"{i}.mp4", pixels.astype(np.uint8))
+    return root

@@ -3,17 +3,15 @@ augmentation draw per tuple, the head and loss by hand, and training through the
 
 import csv
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import run_vssl, tiny_config
+from cli_helpers import ramp_videos, run_vssl, tiny_config
 from torch.nn import functional as F
 
 from vssl.data.dataset import VideoDataset
-from vssl.data.encode import write_video
 from vssl.data.index import VideoIndex
 from vssl.data.layouts import VideoItem
 from vssl.data.sampling import ClipSpec
@@ -123,26 +121,8 @@ def test_head_and_loss_by_hand():
     assert torch.allclose(out.features, features.mean(1), atol=1e-6)
 
 
-def ramp_videos(root: Path) -> Path:
-    """Videos that brighten over time (random start level and slope), two arbitrary classes.
-
-    The synthetic motion dataset gives no clue to clip order: its scenes are statistically the
-    same in every frame and its classes come in time-reversed pairs (the four classes of
-    ``tiny_synthetic`` are translations of a periodic scene, which pooled features do not see).
-    Here the order of three clips is readable from their brightness, so a pipeline whose labels
-    match its clips learns it in a few steps and one whose labels do not cannot.
-    """
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 12), ("test", 4)):
-        for i in range(count):
-            level = rng.uniform(30, 60) + rng.uniform(8, 11) * np.arange(16)
-            texture = rng.uniform(-15, 15, (1, 32, 32, 1))
-            frames = np.clip(level[:, None, None, None] + texture, 0, 255).repeat(3, axis=3)
-            write_video(root / split / "ab"[i % 2] / f"{i}.mp4", frames.astype(np.uint8))
-    return root
-
-
 def test_cli_training_lowers_the_order_loss(tmp_path):
+    # order is readable from brightness (the synthetic motion classes give no clue to it)
     root = ramp_videos(tmp_path / "ramps")
     cfg = tiny_config(root, tmp_path / "cache", max_epochs=30, limit_val_batches=0,
                       num_sanity_val_steps=0,

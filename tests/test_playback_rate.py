@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import run_vssl, tiny_config
+from cli_helpers import ramp_videos, run_vssl, tiny_config
 from torch.nn import functional as F
 
 from vssl.data.dataset import VideoDataset
@@ -88,23 +88,29 @@ def test_loss_by_hand():
     assert torch.equal(out.features, features)
 
 
-def test_cli_training_lowers_the_rate_loss(tiny_synthetic, tmp_path):
-    cfg = tiny_config(tiny_synthetic, tmp_path / "cache", max_epochs=40, limit_val_batches=0,
+def test_cli_training_lowers_the_rate_loss(tmp_path):
+    # The stride between frames is readable from how much brighter each frame is than the one
+    # before (4-5 grey levels a frame); in the synthetic motion data speed classes and rates
+    # are confounded.
+    root = ramp_videos(tmp_path / "ramps", slope=(4, 5), frames=36, train_videos=48)
+    cfg = tiny_config(root, tmp_path / "cache", max_epochs=15, limit_val_batches=0,
                       num_sanity_val_steps=0,
                       logger={"class_path": "lightning.pytorch.loggers.CSVLogger",
                               "init_args": {"save_dir": "runs", "name": "rate"}})
     cfg["model"] = {"class_path": "vssl.tasks.PlaybackRate",
                     "init_args": {"backbone": "tiny3d", "backbone_kwargs": {"width": 8},
-                                  "rates": [1, 2, 4, 8], "optimizer": "adamw", "lr": 0.005,
+                                  "rates": [1, 2, 4, 8], "optimizer": "adamw", "lr": 0.01,
                                   "lr_schedule": "constant"}}
     cfg["checkpoint"] = {"monitor": None}
-    # 2 frames at a stride of up to 8 span 9 of the 16 frames: no clip wraps around
-    cfg["data"]["init_args"].update(clip_len=2, stride=1, batch_size=4, crop_scale=[1.0, 1.0])
+    # 4 frames at a stride of up to 8 span 25 of the 36 frames: no clip wraps around
+    cfg["data"]["init_args"].update(clip_len=4, stride=1, batch_size=8, crop_scale=[1.0, 1.0])
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     run_vssl(["fit", "--config", "run.yaml"], tmp_path)
     rows = list(csv.DictReader((tmp_path / "runs" / "rate" / "version_0" / "metrics.csv").open()))
     losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
     acc = [float(r["train/rate_acc_epoch"]) for r in rows if r.get("train/rate_acc_epoch")]
-    assert len(losses) == len(acc) == 40
-    assert np.mean(losses[-8:]) < np.mean(losses[:8]) - 0.1, losses
-    assert np.mean(acc[-8:]) > 0.35, acc  # chance 1/4 (0.044 the sd over 96 clips)
+    assert len(losses) == len(acc) == 15
+    # chance: loss ln 4 = 1.39, accuracy 1/4 (sd 0.03 over the last 5 epochs' 240 clips);
+    # measured 0.75 and 0.71
+    assert np.mean(losses[-5:]) < 0.95, losses
+    assert np.mean(acc[-5:]) > 0.5, acc

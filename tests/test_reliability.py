@@ -328,9 +328,9 @@ def _task_config(task: str, root: Path, cache: Path) -> dict:
             model["backbone_kwargs"] = {**model.get("backbone_kwargs", {}), "dim": 32, "depth": 1}
         else:
             model["backbone_kwargs"] = {"width": 4}
-        for member in model.get("tasks", {}).values():  # a mixture's own clip lengths
-            if "clip_len" in member.get("init_args", {}):
-                member["init_args"]["clip_len"] = min(member["init_args"]["clip_len"], 8)
+        for init in (model, *(m.get("init_args", {}) for m in model.get("tasks", {}).values())):
+            if "clip_len" in init:  # the statistics task's (or a mixture member's) clip length
+                init["clip_len"] = min(init["clip_len"], 8)
         data = cfg["data"]["init_args"]
         data.pop("synthetic", None)
         data.update(root=str(root), cache_dir=str(cache), crop_size=24, decode_size=32, num_workers=0,
