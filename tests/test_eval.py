@@ -3,6 +3,7 @@ and the ``probe`` / ``retrieve`` commands end to end."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -269,6 +270,16 @@ def test_load_task_with_and_without_recorded_class(tiny_ckpt, tmp_path):
     assert _same_weights(task.backbone, tuned.backbone)
     assert not _same_weights(task.backbone, build_finetune_model(4, backbone="tiny3d",
                                                                  backbone_kwargs={"width": 4}).backbone)
+
+
+def test_load_task_refuses_pickled_objects_unless_trusted(tiny_ckpt, tmp_path):
+    data = torch.load(tiny_ckpt, weights_only=False)
+    data["extra"] = argparse.Namespace(note="any pickled object can run code when loaded")
+    pickled = tmp_path / "pickled.ckpt"
+    torch.save(data, pickled)
+    with pytest.raises(ValueError, match="pickled.ckpt: cannot be loaded with weights_only=True.*--trust-checkpoint"):
+        load_task(pickled)
+    assert _same_weights(load_task(pickled, trust=True).backbone, load_task(tiny_ckpt).backbone)
 
 
 def test_probe_and_retrieve_end_to_end(tiny_synthetic, tiny_ckpt, tmp_path):

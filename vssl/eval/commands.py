@@ -36,6 +36,8 @@ def _parser(prog: str, description: str, clips: int, crops: int) -> argparse.Arg
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--ckpt", help="checkpoint of any vssl task")
     model.add_argument("--backbone", help="a backbone name, randomly initialised (a baseline)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load --ckpt with weights_only=False (runs pickled code: trusted files only)")
     p.add_argument("--backbone-kwargs", type=json.loads, default={},
                    help="JSON keyword arguments of the backbone builder (with --backbone)")
     p.add_argument("--root", required=True, help="dataset folder")
@@ -76,7 +78,7 @@ def _features(args: argparse.Namespace, train: tuple[int, int], test: tuple[int,
               train_views: int = 0) -> tuple[Features, Features]:
     train_s = _settings(args, args.train_split, *train, random_views=train_views)
     test_s = _settings(args, args.test_split, *test)
-    model = build_model(train_s)
+    model = build_model(train_s, trust=args.trust_checkpoint)
     cache = None if str(args.cache_dir).lower() == "none" else args.cache_dir
     opts = {"model": model, "batch_size": args.batch_size, "num_workers": args.workers,
             "cache_dir": cache, "device": args.device}

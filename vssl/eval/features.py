@@ -78,21 +78,20 @@ class FeatureSettings:
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def load_task(ckpt: str | Path) -> VSSLTask:
+def load_task(ckpt: str | Path, trust: bool = False) -> VSSLTask:
     """The task stored in a Lightning checkpoint of any vssl task, in eval mode on the CPU.
 
     Uses the class path that LightningCLI records in the hyperparameters; for checkpoints
-    without one, tries each task class exported by `vssl.tasks` in turn.
+    without one, tries each task class exported by `vssl.tasks` in turn. The file is read with
+    ``weights_only=True`` (tensors and plain containers only) unless ``trust``, which allows
+    pickled objects and so runs code from the file: only for checkpoints you trust.
     """
+    from vssl.export import read_checkpoint
+
     path = Path(ckpt)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable checkpoint ({err})") from err
-    if not isinstance(data, dict) or "state_dict" not in data:
-        raise ValueError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    data = read_checkpoint(path, trust=trust)
     class_path = data.get("hyper_parameters", {}).get("_class_path")
     candidates: list[type] = []
     if class_path:
@@ -105,16 +104,17 @@ def load_task(ckpt: str | Path) -> VSSLTask:
     errors = []
     for cls in candidates:
         try:
-            return cls.load_from_checkpoint(path, map_location="cpu").eval()
+            return cls.load_from_checkpoint(path, map_location="cpu", weights_only=not trust).eval()
         except Exception as err:  # noqa: BLE001 - the next class may fit; all errors are reported
             errors.append(f"{cls.__name__}: {err}")
     raise ValueError(f"{path}: no vssl task class could load this checkpoint:\n  " + "\n  ".join(errors))
 
 
-def build_model(settings: FeatureSettings) -> VSSLTask:
-    """The model that ``settings`` names: a checkpoint's task, or a random-init backbone."""
+def build_model(settings: FeatureSettings, trust: bool = False) -> VSSLTask:
+    """The model that ``settings`` names: a checkpoint's task (``trust``: see `load_task`), or a
+    random-init backbone."""
     if settings.ckpt is not None:
-        return load_task(settings.ckpt)
+        return load_task(settings.ckpt, trust=trust)
     with torch.random.fork_rng():
         torch.manual_seed(settings.seed)
         task = VSSLTask(backbone=settings.backbone, backbone_kwargs=settings.backbone_kwargs,

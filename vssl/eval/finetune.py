@@ -32,19 +32,20 @@ def build_finetune_model(
     ckpt: str | None = None,
     backbone: str | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
+    trust: bool = False,
     **kwargs: Any,
 ) -> Supervised:
     """A `Supervised` task whose backbone is the checkpoint's (architecture and weights).
 
-    Without ``ckpt``, the backbone ``backbone`` is randomly initialised. ``kwargs`` go to
-    `Supervised` (optimiser, lr, dropout, ...).
+    Without ``ckpt``, the backbone ``backbone`` is randomly initialised. ``trust``: see
+    `vssl.eval.load_task`. ``kwargs`` go to `Supervised` (optimiser, lr, dropout, ...).
     """
     if (ckpt is None) == (backbone is None):
         raise ValueError("give exactly one of a checkpoint (ckpt) or a backbone name (backbone)")
     if ckpt is None:
         return Supervised(num_classes=num_classes, backbone=backbone,
                           backbone_kwargs=backbone_kwargs or {}, **kwargs)
-    source = load_task(ckpt)
+    source = load_task(ckpt, trust=trust)
     model = Supervised(num_classes=num_classes, backbone=source.hparams.backbone,
                        backbone_kwargs=source.hparams.backbone_kwargs or {}, **kwargs)
     model.backbone.load_state_dict(source.backbone.state_dict())
@@ -84,6 +85,8 @@ def finetune_main(argv: list[str]) -> int:
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--ckpt", help="checkpoint of any vssl task")
     model.add_argument("--backbone", help="a backbone name, randomly initialised (the baseline)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load --ckpt with weights_only=False (runs pickled code: trusted files only)")
     p.add_argument("--backbone-kwargs", type=json.loads, default={})
     p.add_argument("--root", required=True)
     p.add_argument("--layout", default="folder")
@@ -118,7 +121,8 @@ def finetune_main(argv: list[str]) -> int:
         batch_size=args.batch_size, num_workers=args.workers,
     )
     net = build_finetune_model(dm.num_classes, ckpt=args.ckpt, backbone=args.backbone,
-                               backbone_kwargs=args.backbone_kwargs, optimizer=args.optimizer,
+                               backbone_kwargs=args.backbone_kwargs, trust=args.trust_checkpoint,
+                               optimizer=args.optimizer,
                                lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout)
     trainer = Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=args.devices,
                       logger=CSVLogger(args.run_dir, name="finetune"), default_root_dir=args.run_dir,
