@@ -131,3 +131,22 @@ def test_synthetic_num_classes_before_it_is_written(tmp_path):
     dm = VideoDataModule(root=str(tmp_path / "absent"), synthetic={"classes": 6})
     assert dm.num_classes == 6
     assert not (tmp_path / "absent").exists()
+
+
+def test_default_workers_share_the_cpus_among_the_node_processes(monkeypatch):
+    from types import SimpleNamespace
+
+    from vssl.data.datamodule import default_num_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    assert default_num_workers() == 8  # capped
+    assert default_num_workers(4) == 4 and default_num_workers(32) == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert default_num_workers() == 2
+    dm = VideoDataModule()
+    assert dm.num_workers == 2
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    dm.trainer = SimpleNamespace(num_devices=2)  # two training processes on this node
+    assert dm.num_workers == 8 and VideoDataModule(num_workers=3).num_workers == 3
+    dm.trainer = SimpleNamespace(num_devices=4)
+    assert dm.num_workers == 4

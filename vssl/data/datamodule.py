@@ -81,6 +81,20 @@ def _run_seed() -> int | None:
     return int(seed) if seed is not None and seed.lstrip("-").isdigit() else None
 
 
+def default_num_workers(processes_per_node: int = 1, cap: int = 8) -> int:
+    """DataLoader workers per training process when none are configured: the CPUs this process
+    may run on, divided among the node's training processes, between 1 and ``cap``.
+
+    Decoding is the CPU-heavy part of a video pipeline and the usual bottleneck on a GPU; more
+    than about 8 workers per process rarely helps and multiplies memory.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cap, cpus // max(1, processes_per_node)))
+
+
 class VideoDataModule(LightningDataModule):
     """Videos of one dataset layout, split into train / val / test, as batches of uint8 clips.
 
@@ -98,7 +112,9 @@ class VideoDataModule(LightningDataModule):
         crop_scale: area range of the training random resized crop.
         decode_size: short side (int) or (H, W) that frames are resized to while decoding.
         batch_size: per process; the global batch is this times the number of processes.
-        num_workers: DataLoader worker processes (decoding runs there).
+        num_workers: DataLoader worker processes per training process (decoding runs there);
+            None: the CPUs this process may use, shared by the processes of the node, at most 8
+            (`default_num_workers`).
         index_mode: ``fast`` or ``full`` video probing when the index is built (see `VideoIndex`).
         cache_dir: where the video index is cached (default ``$VSSL_CACHE_DIR`` or ~/.cache/vssl).
         max_decode_failures: fraction of failed reads in a worker above which training stops.
@@ -125,7 +141,7 @@ class VideoDataModule(LightningDataModule):
         crop_scale: tuple[float, float] = (0.2, 1.0),
         decode_size: int | tuple[int, int] | None = 128,
         batch_size: int = 8,
-        num_workers: int = 2,
+        num_workers: int | None = None,
         pin_memory: bool | None = None,
         backend: str = "pyav",
         index_mode: str = "fast",
@@ -148,7 +164,7 @@ class VideoDataModule(LightningDataModule):
         self.clip_spec = ClipSpec(clip_len, stride, crop_size, flip, tuple(crop_scale))
         self.decode_size = decode_size
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self._num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.backend = backend
         self.index_mode = index_mode
@@ -290,22 +306,32 @@ class VideoDataModule(LightningDataModule):
         if "epoch" in state_dict:
             self._resume_at = (int(state_dict["epoch"]), int(state_dict["batches_done"]))
 
+    @property
+    def num_workers(self) -> int:
+        """Worker processes of each DataLoader: the ``num_workers`` given, else
+        `default_num_workers` for the processes that the attached trainer runs on this node."""
+        if self._num_workers is not None:
+            return self._num_workers
+        per_node = self.trainer.num_devices if self.trainer is not None else 1
+        return default_num_workers(per_node)
+
     def _loader(self, stage: str, shuffle: bool) -> DataLoader:
         if stage not in self.datasets:
             raise RuntimeError(f"no {stage} dataset: call setup() first or configure a {stage} split")
         sampler = self._train_sampler(len(self.datasets[stage])) if shuffle else None
         per_process = len(sampler) if sampler is not None else len(self.datasets[stage])
         seed = self._resumable_seed()
+        workers = self.num_workers
         return DataLoader(
             self.datasets[stage],
             batch_size=self.batch_size,
             shuffle=shuffle and sampler is None,
             sampler=sampler,
             generator=None if seed is None else torch.Generator().manual_seed(seed),
-            num_workers=self.num_workers,
+            num_workers=workers,
             pin_memory=self.pin_memory,
             drop_last=shuffle and per_process >= self.batch_size,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
