@@ -4,19 +4,25 @@ Every task's ``configs/<task>/synthetic_tiny.yaml`` is pretrained through ``pyth
 on one synthetic dataset (written to ``--root`` if missing: ``--classes`` motion classes x
 ``--videos-per-class`` videos of ``--frames`` frames at ``--size`` px, the quick start's data),
 with one backbone for all of them (``--backbone``, default the quick start's tiny R(2+1)D; a task
-that needs a video ViT, VideoMAE, keeps its own) and ``--max-epochs`` epochs. The task configs
-keep their own clip sampling and optimisation; data root, crop and decode sizes, the crop area
-range (0.7-1 by default: stronger zooms blur the motion of 32 px clips), flips (off: the classes
-are directions) and workers are the benchmark's. The quick start's supervised training of each
-backbone on the same data is the upper reference, the randomly initialised backbone the lower one. Every
-model is then evaluated with one shared protocol (``python -m vssl probe`` and ``python -m vssl
-retrieve``, settings below), and the script writes ``results.md`` (a markdown table),
-``linear_probe.png`` (a bar chart), ``results.json`` and the resolved ``configs/`` into
-``--out-dir``.
+that needs a video ViT, VideoMAE, keeps its own) for ``--max-epochs`` epochs (40: the
+statistics task's features only take off after about 20). The task configs keep their own clip
+sampling and optimisation; data root, crop and decode sizes, the crop area range (0.7-1 by
+default: stronger zooms blur the motion of 32 px clips), flips (off: the classes are
+directions) and workers are the benchmark's. The quick start's supervised training of each
+backbone on the same data, for as many epochs, is the upper reference.
+
+Every model is then evaluated with one shared protocol (``python -m vssl probe`` and ``python -m
+vssl retrieve``, settings below) on clips of the length and frame stride it was pretrained on
+(``--clip-len`` / ``--stride`` force one setting for all): a network trained on 4-frame clips at
+stride 2 reads 16 consecutive frames as a much slower video. The lower reference of each row
+is the randomly initialised backbone evaluated on the same clips; the gain over it comes with
+its standard error over the test videos, and the verdict names the tasks whose gain exceeds
+two of them. The script writes ``results.md`` (a markdown table), ``linear_probe.png`` (a bar
+chart), ``results.json`` and the resolved ``configs/`` into ``--out-dir``.
 
     python benchmarks/linear_probe.py --out-dir bench/linear_probe
 
-About an hour on two CPU cores with the defaults; ``--configs`` picks tasks, ``--reuse``
+About 30 minutes on two CPU cores with the defaults; ``--configs`` picks tasks, ``--reuse``
 evaluates the checkpoints of an earlier run again.
 """
 
@@ -80,9 +86,11 @@ def supervised_config(backbone: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def evaluate(model_args: list[str], name: str, out_dir: Path, args: argparse.Namespace) -> dict:
-    """Probe (with kNN) and retrieval of one model with the shared protocol."""
-    data = ["--root", str(args.root), "--clip-len", str(args.clip_len), "--stride", str(args.stride),
+def evaluate(model_args: list[str], name: str, out_dir: Path, args: argparse.Namespace,
+             clips: tuple[int, int]) -> dict:
+    """Probe (with kNN) and retrieval of one model with the shared protocol, on clips of
+    ``clips`` = (frames, stride)."""
+    data = ["--root", str(args.root), "--clip-len", str(clips[0]), "--stride", str(clips[1]),
             "--crop-size", str(args.crop_size), "--decode-size", str(args.decode_size),
             "--batch-size", "16", "--workers", str(args.workers), "--device", args.device,
             "--cache-dir", str(out_dir / "features")]
@@ -93,45 +101,76 @@ def evaluate(model_args: list[str], name: str, out_dir: Path, args: argparse.Nam
     retrieve_main([*model_args, *data, "--clips", str(args.clips), "--crops", "1",
                    "--out", str(retrieve_json)])
     return {"probe": json.loads(probe_json.read_text()),
-            "retrieve": json.loads(retrieve_json.read_text())}
+            "retrieve": json.loads(retrieve_json.read_text()), "clips": list(clips)}
 
 
 def table(rows: dict[str, dict]) -> str:
-    """The markdown table of the results (percentages; the gain is linear 100% minus the
-    random initialisation of the same backbone)."""
-    head = "| model | backbone | linear 100% | vs random | linear 10% | linear 1% | kNN | R@1 | R@5 | R@10 |\n"
-    head += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    """The markdown table of the results (percentages; the gain is linear 100% minus the random
+    initialisation of the same backbone on the same clips, ± its standard error)."""
+    head = ("| model | backbone | clips | linear 100% | vs random | linear 10% | linear 1% | kNN "
+            "| R@1 | R@5 | R@10 |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     for name, r in rows.items():
         lin, rec = r["probe"]["results"]["linear"], r["retrieve"]["results"]
         vals = [lin.get("1.0"), gain(rows, name), lin.get("0.1"), lin.get("0.01"),
                 r["probe"]["results"]["knn"], rec.get("R@1"), rec.get("R@5"), rec.get("R@10")]
         cells = ["-" if v is None else f"{100 * v:.1f}" for v in vals]
         if vals[1] is not None:
-            cells[1] = f"{100 * vals[1]:+.1f}"
-        head += f"| {name} | {r['backbone']} | " + " | ".join(cells) + " |\n"
+            cells[1] = f"{100 * vals[1]:+.1f} ± {100 * gain_se(rows, name):.1f}"
+        frames, stride = r["clips"]
+        head += f"| {name} | {r['backbone']} | {frames}x{stride} | " + " | ".join(cells) + " |\n"
     return head
 
 
+def reference(rows: dict[str, dict], name: str) -> dict | None:
+    """The random-init row of the same backbone and clips as ``name`` (None for a random-init
+    row itself)."""
+    if rows[name].get("random"):
+        return None
+    return next((r for r in rows.values() if r.get("random") and r["backbone"] == rows[name]["backbone"]
+                 and r["clips"] == rows[name]["clips"]), None)
+
+
 def gain(rows: dict[str, dict], name: str) -> float | None:
-    """Linear-probe top-1 of ``name`` minus that of the random init of its backbone."""
-    random = next((r for n, r in rows.items() if n.startswith("random init")
-                   and r["backbone"] == rows[name]["backbone"]), None)
-    if random is None or name.startswith("random init"):
+    """Linear-probe top-1 of ``name`` minus that of its `reference`."""
+    random = reference(rows, name)
+    if random is None:
         return None
     return rows[name]["probe"]["results"]["linear"]["1.0"] - random["probe"]["results"]["linear"]["1.0"]
 
 
+def gain_se(rows: dict[str, dict], name: str) -> float | None:
+    """Standard error of `gain` (two independent binomial proportions over the test videos)."""
+    random = reference(rows, name)
+    if random is None:
+        return None
+    var = 0.0
+    for r in (rows[name], random):
+        p, n = r["probe"]["results"]["linear"]["1.0"], r["probe"]["num_test"]
+        var += p * (1 - p) / n
+    return var ** 0.5
+
+
 def verdict(rows: dict[str, dict]) -> str:
-    """Whether every pretext task beats random initialisation, and the best one's margin."""
-    pretext = {n: gain(rows, n) for n in rows if not n.startswith(("random init", "supervised"))}
+    """Which pretext tasks beat random initialisation by more than two standard errors, which
+    are within noise of it, and the best one's margin."""
+    pretext = {n: gain(rows, n) for n, r in rows.items() if not r.get("random") and not r.get("supervised")}
     pretext = {n: g for n, g in pretext.items() if g is not None}
     if not pretext:
         return "no pretext task evaluated"
-    losers = [n for n, g in pretext.items() if g <= 0]
     best = max(pretext, key=pretext.get)
-    return (f"best pretext task: {best}, {100 * pretext[best]:+.1f} points over random init; "
-            + ("every pretext task beats random init" if not losers
-               else f"not above random init: {', '.join(losers)}"))
+    above = [n for n, g in pretext.items() if g > 2 * gain_se(rows, n)]
+    noise = [n for n in pretext if n not in above and pretext[n] > 0]
+    below = [n for n, g in pretext.items() if g <= 0]
+    parts = [f"best pretext task: {best}, {100 * pretext[best]:+.1f} points over random init"]
+    if len(above) == len(pretext):
+        parts.append("every pretext task beats random init by more than 2 standard errors")
+    else:
+        parts.append("above random init by more than 2 standard errors: " + (", ".join(above) or "none"))
+        if noise:
+            parts.append("above by less (within noise): " + ", ".join(noise))
+        if below:
+            parts.append("not above random init: " + ", ".join(below))
+    return "; ".join(parts)
 
 
 def chart(rows: dict[str, dict], file: Path) -> None:
@@ -164,14 +203,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--backbone", default="tiny_r2plus1d", help="backbone of every non-ViT task")
     p.add_argument("--out-dir", type=Path, default=Path("bench/linear_probe"))
-    p.add_argument("--max-epochs", type=int, default=15, help="pretraining epochs of every run")
+    p.add_argument("--max-epochs", type=int, default=40, help="pretraining epochs of every run")
     p.add_argument("--reuse", action="store_true",
                    help="evaluate existing checkpoints in --out-dir instead of pretraining again")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--device", default="cpu", help="device of feature extraction")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--clip-len", type=int, default=16, help="clip length of the evaluation")
-    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--clip-len", type=int, default=None,
+                   help="clip length of every evaluation (default: each model's pretraining clips)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="frame stride of every evaluation (default: each model's pretraining stride)")
     p.add_argument("--crop-size", type=int, default=32)
     p.add_argument("--crop-scale", type=float, nargs=2, default=(0.7, 1.0),
                    help="area range of the pretraining crops (larger zooms blur 32 px motion)")
@@ -183,29 +224,42 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
-    backbones: dict[str, dict[str, Any]] = {}
     if not (args.root / "synthetic.json").is_file():
         make_synthetic(args.root, classes=args.classes, videos_per_class=args.videos_per_class,
                        frames=args.frames, size=args.size, seed=0)
+
+    def clips_of(cfg: dict[str, Any]) -> tuple[int, int]:
+        data = cfg["data"]["init_args"]
+        return (args.clip_len or data.get("clip_len", 16), args.stride or data.get("stride", 1))
+
+    baselines: dict[str, set[tuple[int, int]]] = {}  # backbone (JSON) -> clip settings to probe
     for cfg in (yaml.safe_load(Path(c).read_text()) for c in args.configs):
         name = cfg["model"]["class_path"].rsplit(".", 1)[-1]
         init = cfg["model"]["init_args"]
         if not str(init.get("backbone", "")).startswith("vit_"):
             init["backbone"], init["backbone_kwargs"] = args.backbone, {}
         key = json.dumps([init.get("backbone", "r3d_18"), init.get("backbone_kwargs") or {}])
-        backbones.setdefault(key, init)
+        baselines.setdefault(key, set()).add(clips_of(cfg))
         ckpt = pretrain(cfg, name, args.out_dir, args)
-        rows[name] = {**evaluate(["--ckpt", str(ckpt)], name, args.out_dir, args),
+        rows[name] = {**evaluate(["--ckpt", str(ckpt)], name, args.out_dir, args, clips_of(cfg)),
                       "backbone": init["backbone"]}
-    for key in backbones:
+    supervised = {key: supervised_config(*json.loads(key)) for key in baselines}
+    for key, cfg in supervised.items():
+        baselines[key].add(clips_of(cfg))
+    several_clips = len(set().union(*baselines.values())) > 1
+    for key in baselines:
         backbone, kwargs = json.loads(key)
-        suffix = "" if len(backbones) == 1 else f" {backbone}"
-        rows[f"random init{suffix}"] = {**evaluate(
-            ["--backbone", backbone, "--backbone-kwargs", json.dumps(kwargs)],
-            f"random-{backbone}", args.out_dir, args), "backbone": backbone}
-        ckpt = pretrain(supervised_config(backbone, kwargs), f"supervised-{backbone}", args.out_dir, args)
+        suffix = "" if len(baselines) == 1 else f" {backbone}"
+        for clips in sorted(baselines[key], reverse=True):
+            label = suffix + (f" {clips[0]}x{clips[1]}" if several_clips else "")
+            rows[f"random init{label}"] = {**evaluate(
+                ["--backbone", backbone, "--backbone-kwargs", json.dumps(kwargs)],
+                f"random-{backbone}-{clips[0]}x{clips[1]}", args.out_dir, args, clips),
+                "backbone": backbone, "random": True}
+        ckpt = pretrain(supervised[key], f"supervised-{backbone}", args.out_dir, args)
         rows[f"supervised{suffix}"] = {**evaluate(["--ckpt", str(ckpt)], f"supervised-{backbone}",
-                                                  args.out_dir, args), "backbone": backbone}
+                                                  args.out_dir, args, clips_of(supervised[key])),
+                                       "backbone": backbone, "supervised": True}
     md = table(rows) + "\n" + verdict(rows) + "\n"
     (args.out_dir / "results.md").write_text(md)
     (args.out_dir / "results.json").write_text(json.dumps(rows, indent=2))
