@@ -12,13 +12,15 @@ directions) and workers are the benchmark's. The quick start's supervised traini
 backbone on the same data, for as many epochs, is the upper reference.
 
 Every model is then evaluated with one shared protocol (``python -m vssl probe`` and ``python -m
-vssl retrieve``, settings below) on clips of the length and frame stride it was pretrained on
-(``--clip-len`` / ``--stride`` force one setting for all): a network trained on 4-frame clips at
-stride 2 reads 16 consecutive frames as a much slower video. The lower reference of each row
-is the randomly initialised backbone evaluated on the same clips; the gain over it comes with
-its standard error over the test videos, and the verdict names the tasks whose gain exceeds
-two of them. The script writes ``results.md`` (a markdown table), ``linear_probe.png`` (a bar
-chart), ``results.json`` and the resolved ``configs/`` into ``--out-dir``.
+vssl retrieve``, settings below) on the shared clips (``--clip-len`` 16 frames at ``--stride``
+1, the setting of the supervised reference and the papers' clip length), and also on the clip
+length and stride it was pretrained on, when they differ (``--no-own-clips``: not): a network
+trained on 4-frame clips at stride 2 reads 16 consecutive frames as a much slower video than
+any it saw. The lower reference is the randomly initialised backbone on the same clips; each
+gain over it comes with its standard error over the test videos, and the verdict names, for
+each of the two clip settings, the tasks whose gain exceeds two of them. The script writes
+``results.md`` (a markdown table), ``linear_probe.png`` (a bar chart), ``results.json`` (with
+every probe's and retrieval's settings) and the resolved ``configs/`` into ``--out-dir``.
 
     python benchmarks/linear_probe.py --out-dir bench/linear_probe
 
@@ -94,98 +96,137 @@ def evaluate(model_args: list[str], name: str, out_dir: Path, args: argparse.Nam
             "--crop-size", str(args.crop_size), "--decode-size", str(args.decode_size),
             "--batch-size", "16", "--workers", str(args.workers), "--device", args.device,
             "--cache-dir", str(out_dir / "features")]
-    probe_json, retrieve_json = out_dir / f"{name}.probe.json", out_dir / f"{name}.retrieve.json"
+    stem = f"{name}.{clips[0]}x{clips[1]}"
+    probe_json, retrieve_json = out_dir / f"{stem}.probe.json", out_dir / f"{stem}.retrieve.json"
     probe_main([*model_args, *data, "--clips", str(args.clips), "--crops", str(args.crops),
                 "--train-views", str(args.train_views), "--crop-scale", "0.3", "1.0",
                 "--out", str(probe_json)])
     retrieve_main([*model_args, *data, "--clips", str(args.clips), "--crops", "1",
                    "--out", str(retrieve_json)])
     return {"probe": json.loads(probe_json.read_text()),
-            "retrieve": json.loads(retrieve_json.read_text()), "clips": list(clips)}
+            "retrieve": json.loads(retrieve_json.read_text())}
 
 
-def table(rows: dict[str, dict]) -> str:
-    """The markdown table of the results (percentages; the gain is linear 100% minus the random
-    initialisation of the same backbone on the same clips, ± its standard error)."""
-    head = ("| model | backbone | clips | linear 100% | vs random | linear 10% | linear 1% | kNN "
-            "| R@1 | R@5 | R@10 |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-    for name, r in rows.items():
-        lin, rec = r["probe"]["results"]["linear"], r["retrieve"]["results"]
-        vals = [lin.get("1.0"), gain(rows, name), lin.get("0.1"), lin.get("0.01"),
-                r["probe"]["results"]["knn"], rec.get("R@1"), rec.get("R@5"), rec.get("R@10")]
-        cells = ["-" if v is None else f"{100 * v:.1f}" for v in vals]
-        if vals[1] is not None:
-            cells[1] = f"{100 * vals[1]:+.1f} ± {100 * gain_se(rows, name):.1f}"
-        frames, stride = r["clips"]
-        head += f"| {name} | {r['backbone']} | {frames}x{stride} | " + " | ".join(cells) + " |\n"
-    return head
+def clip_key(clips: tuple[int, int] | list[int]) -> str:
+    """``16x1``: 16 frames at stride 1."""
+    return f"{clips[0]}x{clips[1]}"
+
+
+def linear(row: dict, key: str) -> float | None:
+    """Linear-probe top-1 (all labels) of a row on clips ``key``, if it was evaluated there."""
+    result = row["results"].get(key)
+    return None if result is None else result["probe"]["results"]["linear"]["1.0"]
 
 
 def reference(rows: dict[str, dict], name: str) -> dict | None:
-    """The random-init row of the same backbone and clips as ``name`` (None for a random-init
-    row itself)."""
+    """The random-init row of ``name``'s backbone (None for a random-init row itself)."""
     if rows[name].get("random"):
         return None
-    return next((r for r in rows.values() if r.get("random") and r["backbone"] == rows[name]["backbone"]
-                 and r["clips"] == rows[name]["clips"]), None)
+    return next((r for r in rows.values() if r.get("random") and r["backbone"] == rows[name]["backbone"]),
+                None)
 
 
-def gain(rows: dict[str, dict], name: str) -> float | None:
-    """Linear-probe top-1 of ``name`` minus that of its `reference`."""
+def gain(rows: dict[str, dict], name: str, key: str) -> float | None:
+    """Linear-probe top-1 of ``name`` minus that of its `reference`, both on clips ``key``."""
     random = reference(rows, name)
-    if random is None:
+    if random is None or linear(rows[name], key) is None or linear(random, key) is None:
         return None
-    return rows[name]["probe"]["results"]["linear"]["1.0"] - random["probe"]["results"]["linear"]["1.0"]
+    return linear(rows[name], key) - linear(random, key)
 
 
-def gain_se(rows: dict[str, dict], name: str) -> float | None:
+def gain_se(rows: dict[str, dict], name: str, key: str) -> float | None:
     """Standard error of `gain` (two independent binomial proportions over the test videos)."""
-    random = reference(rows, name)
-    if random is None:
+    if gain(rows, name, key) is None:
         return None
     var = 0.0
-    for r in (rows[name], random):
-        p, n = r["probe"]["results"]["linear"]["1.0"], r["probe"]["num_test"]
+    for r in (rows[name], reference(rows, name)):
+        p, n = linear(r, key), r["results"][key]["probe"]["num_test"]
         var += p * (1 - p) / n
     return var ** 0.5
 
 
-def verdict(rows: dict[str, dict]) -> str:
-    """Which pretext tasks beat random initialisation by more than two standard errors, which
-    are within noise of it, and the best one's margin."""
-    pretext = {n: gain(rows, n) for n, r in rows.items() if not r.get("random") and not r.get("supervised")}
-    pretext = {n: g for n, g in pretext.items() if g is not None}
+def _gain_cell(rows: dict[str, dict], name: str, key: str) -> str:
+    g = gain(rows, name, key)
+    return "-" if g is None else f"{100 * g:+.1f} ± {100 * gain_se(rows, name, key):.1f}"
+
+
+def table(rows: dict[str, dict], shared: str) -> str:
+    """The markdown table of the results in percent: every metric on the shared clips, then
+    the linear probe on each model's own pretraining clips. Gains are over the random
+    initialisation of the same backbone on the same clips, ± their standard error."""
+    out = ("| model | backbone | pretrained on | linear 100% | vs random | linear 10% | linear 1% "
+           "| kNN | R@1 | R@5 | R@10 | linear, own clips | vs random, own clips |\n"
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    for name, r in rows.items():
+        res = r["results"][shared]
+        lin, rec = res["probe"]["results"]["linear"], res["retrieve"]["results"]
+        vals = [lin.get("1.0"), lin.get("0.1"), lin.get("0.01"), res["probe"]["results"]["knn"],
+                rec.get("R@1"), rec.get("R@5"), rec.get("R@10")]
+        cells = ["-" if v is None else f"{100 * v:.1f}" for v in vals]
+        cells.insert(1, _gain_cell(rows, name, shared))
+        own = clip_key(r["clips"]) if r.get("clips") else None
+        if own == shared:
+            cells += ["same", "same"]
+        elif own is None or linear(r, own) is None:
+            cells += ["-", "-"]
+        else:
+            cells += [f"{100 * linear(r, own):.1f}", _gain_cell(rows, name, own)]
+        trained = clip_key(r["clips"]) if r.get("clips") else "-"
+        out += f"| {name} | {r['backbone']} | {trained} | " + " | ".join(cells) + " |\n"
+    return out
+
+
+def verdict(rows: dict[str, dict], shared: str) -> str:
+    """Which pretext tasks beat random initialisation by more than two standard errors, on the
+    shared clips and on their own, which are within noise of it, and the best one's margin."""
+    pretext = [n for n, r in rows.items() if not r.get("random") and not r.get("supervised")]
     if not pretext:
         return "no pretext task evaluated"
-    best = max(pretext, key=pretext.get)
-    above = [n for n, g in pretext.items() if g > 2 * gain_se(rows, n)]
-    noise = [n for n in pretext if n not in above and pretext[n] > 0]
-    below = [n for n, g in pretext.items() if g <= 0]
-    parts = [f"best pretext task: {best}, {100 * pretext[best]:+.1f} points over random init"]
-    if len(above) == len(pretext):
-        parts.append("every pretext task beats random init by more than 2 standard errors")
-    else:
-        parts.append("above random init by more than 2 standard errors: " + (", ".join(above) or "none"))
-        if noise:
-            parts.append("above by less (within noise): " + ", ".join(noise))
-        if below:
-            parts.append("not above random init: " + ", ".join(below))
-    return "; ".join(parts)
+    lines = []
+    for label, key_of in ((f"on {shared} clips", lambda n: shared),
+                          ("on each model's pretraining clips", lambda n: clip_key(rows[n]["clips"]))):
+        gains = {n: gain(rows, n, key_of(n)) for n in pretext}
+        gains = {n: g for n, g in gains.items() if g is not None}
+        if not gains:
+            continue
+        best = max(gains, key=gains.get)
+        above = [n for n, g in gains.items() if g > 2 * gain_se(rows, n, key_of(n))]
+        noise = [n for n, g in gains.items() if n not in above and g > 0]
+        below = [n for n, g in gains.items() if g <= 0]
+        parts = [f"{label}: best pretext task {best}, {100 * gains[best]:+.1f} points over random init"]
+        if len(above) == len(gains):
+            parts.append("every pretext task beats random init by more than 2 standard errors")
+        else:
+            parts.append("above random init by more than 2 standard errors: " + (", ".join(above) or "none"))
+            if noise:
+                parts.append("above by less (within noise): " + ", ".join(noise))
+            if below:
+                parts.append("not above random init: " + ", ".join(below))
+        lines.append("; ".join(parts))
+    return "\n\n".join(lines)
 
 
-def chart(rows: dict[str, dict], file: Path) -> None:
-    """Bar chart of the linear-probe top-1 (all labels) and R@1 of every model."""
+def chart(rows: dict[str, dict], shared: str, file: Path) -> None:
+    """Bar chart of every model's linear-probe top-1 (all labels) on the shared clips and on its
+    own pretraining clips, and its R@1 on the shared clips."""
     names = list(rows)
-    lin = [100 * rows[n]["probe"]["results"]["linear"]["1.0"] for n in names]
-    r1 = [100 * rows[n]["retrieve"]["results"]["R@1"] for n in names]
+    own = [linear(rows[n], clip_key(rows[n]["clips"])) if rows[n].get("clips") else None
+           for n in names]  # None: not evaluated there (random init, --no-own-clips)
+    bars = {
+        f"linear probe top-1, {shared} clips": [100 * linear(rows[n], shared) for n in names],
+        "linear probe top-1, own pretraining clips": [0 if v is None else 100 * v for v in own],
+        f"retrieval R@1, {shared} clips": [100 * rows[n]["results"][shared]["retrieve"]["results"]["R@1"]
+                                           for n in names],
+    }
     xs = range(len(names))
-    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.5))
-    ax.bar([x - 0.2 for x in xs], lin, width=0.4, label="linear probe top-1")
-    ax.bar([x + 0.2 for x in xs], r1, width=0.4, label="retrieval R@1")
-    ax.set_xticks(list(xs), names, rotation=15)
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 4))
+    for i, (label, values) in enumerate(bars.items()):
+        ax.bar([x + (i - 1) * width for x in xs], values, width=width, label=label)
+    ax.set_xticks(list(xs), [n.replace(" ", "\n", 2) for n in names], fontsize=8)
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(file, dpi=120)
     plt.close(fig)
@@ -209,10 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--device", default="cpu", help="device of feature extraction")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--clip-len", type=int, default=None,
-                   help="clip length of every evaluation (default: each model's pretraining clips)")
-    p.add_argument("--stride", type=int, default=None,
-                   help="frame stride of every evaluation (default: each model's pretraining stride)")
+    p.add_argument("--clip-len", type=int, default=16, help="clip length of the shared evaluation")
+    p.add_argument("--stride", type=int, default=1, help="frame stride of the shared evaluation")
+    p.add_argument("--own-clips", action=argparse.BooleanOptionalAction, default=True,
+                   help="also evaluate each model on its pretraining clip length and stride")
     p.add_argument("--crop-size", type=int, default=32)
     p.add_argument("--crop-scale", type=float, nargs=2, default=(0.7, 1.0),
                    help="area range of the pretraining crops (larger zooms blur 32 px motion)")
@@ -223,47 +264,55 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-views", type=int, default=3, help="random training views per video")
     args = p.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, dict] = {}
     if not (args.root / "synthetic.json").is_file():
         make_synthetic(args.root, classes=args.classes, videos_per_class=args.videos_per_class,
                        frames=args.frames, size=args.size, seed=0)
+    shared = (args.clip_len, args.stride)
 
-    def clips_of(cfg: dict[str, Any]) -> tuple[int, int]:
+    def pretrained_on(cfg: dict[str, Any]) -> tuple[int, int]:
         data = cfg["data"]["init_args"]
-        return (args.clip_len or data.get("clip_len", 16), args.stride or data.get("stride", 1))
+        return data.get("clip_len", 16), data.get("stride", 1)
 
-    baselines: dict[str, set[tuple[int, int]]] = {}  # backbone (JSON) -> clip settings to probe
+    def clip_settings(cfg: dict[str, Any]) -> list[tuple[int, int]]:
+        own = pretrained_on(cfg)
+        return [shared] + ([own] if args.own_clips and own != shared else [])
+
+    def evaluated(model_args: list[str], name: str, settings: list[tuple[int, int]]) -> dict:
+        return {clip_key(c): evaluate(model_args, name, args.out_dir, args, c) for c in settings}
+
+    rows: dict[str, dict] = {}
+    baselines: dict[str, set[tuple[int, int]]] = {}  # backbone (JSON) -> clips to evaluate on
     for cfg in (yaml.safe_load(Path(c).read_text()) for c in args.configs):
         name = cfg["model"]["class_path"].rsplit(".", 1)[-1]
         init = cfg["model"]["init_args"]
         if not str(init.get("backbone", "")).startswith("vit_"):
             init["backbone"], init["backbone_kwargs"] = args.backbone, {}
         key = json.dumps([init.get("backbone", "r3d_18"), init.get("backbone_kwargs") or {}])
-        baselines.setdefault(key, set()).add(clips_of(cfg))
+        settings = clip_settings(cfg)
+        baselines.setdefault(key, set()).update(settings)
         ckpt = pretrain(cfg, name, args.out_dir, args)
-        rows[name] = {**evaluate(["--ckpt", str(ckpt)], name, args.out_dir, args, clips_of(cfg)),
-                      "backbone": init["backbone"]}
-    supervised = {key: supervised_config(*json.loads(key)) for key in baselines}
-    for key, cfg in supervised.items():
-        baselines[key].add(clips_of(cfg))
-    several_clips = len(set().union(*baselines.values())) > 1
+        rows[name] = {"backbone": init["backbone"], "clips": list(pretrained_on(cfg)),
+                      "results": evaluated(["--ckpt", str(ckpt)], name, settings)}
     for key in baselines:
         backbone, kwargs = json.loads(key)
         suffix = "" if len(baselines) == 1 else f" {backbone}"
-        for clips in sorted(baselines[key], reverse=True):
-            label = suffix + (f" {clips[0]}x{clips[1]}" if several_clips else "")
-            rows[f"random init{label}"] = {**evaluate(
-                ["--backbone", backbone, "--backbone-kwargs", json.dumps(kwargs)],
-                f"random-{backbone}-{clips[0]}x{clips[1]}", args.out_dir, args, clips),
-                "backbone": backbone, "random": True}
-        ckpt = pretrain(supervised[key], f"supervised-{backbone}", args.out_dir, args)
-        rows[f"supervised{suffix}"] = {**evaluate(["--ckpt", str(ckpt)], f"supervised-{backbone}",
-                                                  args.out_dir, args, clips_of(supervised[key])),
-                                       "backbone": backbone, "supervised": True}
-    md = table(rows) + "\n" + verdict(rows) + "\n"
+        sup_cfg = supervised_config(backbone, kwargs)
+        settings = clip_settings(sup_cfg)
+        baselines[key].update(settings)
+        rows[f"random init{suffix}"] = {
+            "backbone": backbone, "random": True,
+            "results": evaluated(["--backbone", backbone, "--backbone-kwargs", json.dumps(kwargs)],
+                                 f"random-{backbone}", sorted(baselines[key], reverse=True))}
+        ckpt = pretrain(sup_cfg, f"supervised-{backbone}", args.out_dir, args)
+        rows[f"supervised{suffix}"] = {"backbone": backbone, "supervised": True,
+                                       "clips": list(pretrained_on(sup_cfg)),
+                                       "results": evaluated(["--ckpt", str(ckpt)],
+                                                            f"supervised-{backbone}", settings)}
+    shared_key = clip_key(shared)
+    md = table(rows, shared_key) + "\n" + verdict(rows, shared_key) + "\n"
     (args.out_dir / "results.md").write_text(md)
     (args.out_dir / "results.json").write_text(json.dumps(rows, indent=2))
-    chart(rows, args.out_dir / "linear_probe.png")
+    chart(rows, shared_key, args.out_dir / "linear_probe.png")
     print(md)
     return 0
 

@@ -28,31 +28,42 @@ def test_linear_probe_benchmark_writes_table_chart_and_verdict(tiny_synthetic, t
     rows = json.loads((out / "results.json").read_text())
     assert list(rows) == ["PlaybackRate", "random init", "supervised"]
     assert {r["backbone"] for r in rows.values()} == {"tiny3d"}
-    assert all(r["clips"] == [4, 2] for r in rows.values())  # as asked, for every model
+    # the shared clips (4x2, as asked) for every model, and the pretraining clips where they
+    # differ: PlaybackRate's config pretrains on 4x1, the supervised reference on 16x1
+    assert rows["PlaybackRate"]["clips"] == [4, 1] and rows["supervised"]["clips"] == [16, 1]
+    assert set(rows["PlaybackRate"]["results"]) == {"4x2", "4x1"}
+    assert set(rows["random init"]["results"]) == {"4x2", "4x1", "16x1"}
+    assert set(rows["supervised"]["results"]) == {"4x2", "16x1"}
+    assert rows["PlaybackRate"]["results"]["4x1"]["probe"]["test_features"]["stride"] == 1
     md = (out / "results.md").read_text()
-    gain = rows["PlaybackRate"]["probe"]["results"]["linear"]["1.0"] - rows["random init"]["probe"]["results"]["linear"]["1.0"]
-    assert "| PlaybackRate | tiny3d | 4x2 | " in md and f"{100 * gain:+.1f} ± " in md
-    assert "best pretext task: PlaybackRate" in md
+    lin = {k: v["probe"]["results"]["linear"]["1.0"] for k, v in rows["PlaybackRate"]["results"].items()}
+    base = {k: v["probe"]["results"]["linear"]["1.0"] for k, v in rows["random init"]["results"].items()}
+    assert f"| PlaybackRate | tiny3d | 4x1 | {100 * lin['4x2']:.1f} | {100 * (lin['4x2'] - base['4x2']):+.1f} ± " in md
+    assert f"| {100 * lin['4x1']:.1f} | {100 * (lin['4x1'] - base['4x1']):+.1f} ± " in md
+    assert "on 4x2 clips: best pretext task PlaybackRate" in md
+    assert "on each model's pretraining clips: best pretext task PlaybackRate" in md
     assert (out / "linear_probe.png").stat().st_size > 1000
     # the resolved configs of every run are kept
     cfg = (out / "configs" / "PlaybackRate.yaml").read_text()
     assert "tiny3d" in cfg and str(tiny_synthetic) in cfg
 
 
-def _row(acc: float, clips: list[int], n: int = 200, **flags) -> dict:
-    return {"probe": {"results": {"linear": {"1.0": acc}}, "num_test": n}, "backbone": "b",
-            "clips": clips, **flags}
+def _row(accs: dict[str, float], clips: list[int] | None = None, n: int = 200, **flags) -> dict:
+    return {"results": {k: {"probe": {"results": {"linear": {"1.0": a}}, "num_test": n}}
+                        for k, a in accs.items()}, "backbone": "b", "clips": clips, **flags}
 
 
 def test_linear_probe_gains_are_against_random_init_on_the_same_clips():
     bench = _load("linear_probe")
-    rows = {"A": _row(0.50, [4, 2]), "B": _row(0.20, [16, 1]), "C": _row(0.14, [16, 1]),
-            "random init 16x1": _row(0.125, [16, 1], random=True),
-            "random init 4x2": _row(0.25, [4, 2], random=True)}
-    assert bench.gain(rows, "A") == 0.25 and bench.gain(rows, "B") == 0.20 - 0.125
-    assert bench.gain(rows, "random init 4x2") is None
+    rows = {"A": _row({"16x1": 0.13, "4x2": 0.50}, [4, 2]), "B": _row({"16x1": 0.20}, [16, 1]),
+            "C": _row({"16x1": 0.14}, [16, 1]),
+            "random init": _row({"16x1": 0.125, "4x2": 0.25}, random=True)}
+    assert bench.gain(rows, "A", "4x2") == 0.25 and bench.gain(rows, "B", "16x1") == 0.20 - 0.125
+    assert bench.gain(rows, "B", "4x2") is None and bench.gain(rows, "random init", "16x1") is None
     se = (0.2 * 0.8 / 200 + 0.125 * 0.875 / 200) ** 0.5
-    assert abs(bench.gain_se(rows, "B") - se) < 1e-12  # 0.036: B's +7.5 is above 2 se
-    verdict = bench.verdict(rows)
-    assert verdict.startswith("best pretext task: A, +25.0 points")
-    assert "more than 2 standard errors: A, B" in verdict and "within noise): C" in verdict
+    assert abs(bench.gain_se(rows, "B", "16x1") - se) < 1e-12  # 0.036: B's +7.5 is above 2 se
+    shared, own = bench.verdict(rows, "16x1").split("\n\n")
+    assert shared.startswith("on 16x1 clips: best pretext task B, +7.5 points")
+    assert "more than 2 standard errors: B;" in shared and "within noise): A, C" in shared
+    assert own.startswith("on each model's pretraining clips: best pretext task A, +25.0 points")
+    assert own.endswith("above random init by more than 2 standard errors: A, B; above by less (within noise): C")
