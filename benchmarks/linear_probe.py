@@ -80,6 +80,21 @@ def pretrain(config: dict[str, Any], name: str, out_dir: Path, args: argparse.Na
     return versions[-1] / "checkpoints" / "last.ckpt"
 
 
+def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``config`` with each ``dotted.key=value`` of ``overrides`` set (values parsed as YAML),
+    for example ``model.init_args.head=regression`` or ``seed_everything=1``."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not KEY=VALUE")
+        *path, last = key.split(".")
+        node = config
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(value)
+    return config
+
+
 def supervised_config(backbone: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The quick start's supervised training (its data and schedule) of ``backbone``: the upper
     reference."""
@@ -236,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     """Pretrains, evaluates and tabulates the grid; see the module docstring."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides of every task config (not of the references), e.g. "
+                        "model.init_args.head=regression seed_everything=1")
     p.add_argument("--root", type=Path, default=Path("bench/data/synthetic"),
                    help="the synthetic dataset (written there if missing)")
     p.add_argument("--classes", type=int, default=8)
@@ -282,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: dict[str, dict] = {}
     baselines: dict[str, set[tuple[int, int]]] = {}  # backbone (JSON) -> clips to evaluate on
-    for cfg in (yaml.safe_load(Path(c).read_text()) for c in args.configs):
+    for cfg in (apply_overrides(yaml.safe_load(Path(c).read_text()), args.set) for c in args.configs):
         name = cfg["model"]["class_path"].rsplit(".", 1)[-1]
         init = cfg["model"]["init_args"]
         if not str(init.get("backbone", "")).startswith("vit_"):

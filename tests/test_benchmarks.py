@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -67,3 +69,14 @@ def test_linear_probe_gains_are_against_random_init_on_the_same_clips():
     assert "more than 2 standard errors: B;" in shared and "within noise): A, C" in shared
     assert own.startswith("on each model's pretraining clips: best pretext task A, +25.0 points")
     assert own.endswith("above random init by more than 2 standard errors: A, B; above by less (within noise): C")
+
+
+def test_linear_probe_overrides_set_dotted_keys_as_yaml():
+    bench = _load("linear_probe")
+    cfg = {"model": {"init_args": {"head": "classification"}}, "seed_everything": 0}
+    bench.apply_overrides(cfg, ["model.init_args.head=regression", "seed_everything=1",
+                                "data.init_args.crop_scale=[0.5, 1.0]"])
+    assert cfg == {"model": {"init_args": {"head": "regression"}}, "seed_everything": 1,
+                   "data": {"init_args": {"crop_scale": [0.5, 1.0]}}}
+    with pytest.raises(ValueError, match="is not KEY=VALUE"):
+        bench.apply_overrides(cfg, ["seed_everything"])
