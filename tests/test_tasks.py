@@ -133,3 +133,50 @@ def test_compile_option_compiles_the_backbone_and_keeps_checkpoint_keys():
     task.configure_model()
     assert task.backbone._compiled_call_impl is not None
     assert list(task.state_dict()) == keys
+
+
+class Counting(VSSLTask):
+    """Logs each batch's mean ``value`` the vssl way and, as a reference, Lightning's way."""
+
+    def step(self, batch, stage):
+        features = self.backbone(batch["video"])
+        seen = batch["value"].float().mean()
+        if stage == "train":
+            self.log("ref/seen", seen, on_step=True, on_epoch=True, batch_size=len(batch["value"]))
+        return StepOutput(features.pow(2).mean(), {"seen": seen}, features)
+
+
+def test_training_values_are_logged_as_lightning_would_log_them(tmp_path):
+    import csv
+
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader
+
+    items = [{"video": torch.randn(3, 4, 16, 16), "value": torch.tensor(float(i)), "label": torch.tensor(i % 3)}
+             for i in range(7)]  # batches of 3, 3 and 1: the epoch mean is weighted by samples
+    task = Counting(num_classes=3, backbone="tiny3d", backbone_kwargs={"width": 2}, optimizer="sgd", lr=0.01)
+    trainer = Trainer(max_epochs=2, log_every_n_steps=2, logger=CSVLogger(tmp_path, name="t"),
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task, DataLoader(items, batch_size=3, shuffle=True))
+    rows = list(csv.DictReader((tmp_path / "t" / "version_0" / "metrics.csv").open()))
+    steps = [(r["step"], r["train/seen_step"]) for r in rows if r.get("train/seen_step")]
+    assert steps == [(r["step"], r["ref/seen_step"]) for r in rows if r.get("ref/seen_step")]
+    assert [s for s, _ in steps] == ["1", "3", "5"]  # every 2nd of the 6 steps
+    epochs = [float(r["train/seen_epoch"]) for r in rows if r.get("train/seen_epoch")]
+    assert epochs == pytest.approx([float(r["ref/seen_epoch"]) for r in rows if r.get("ref/seen_epoch")])
+    assert epochs == pytest.approx([3.0, 3.0])  # the mean of 0..6 over the samples
+    probe = [float(r["train/probe_acc_epoch"]) for r in rows if r.get("train/probe_acc_epoch")]
+    assert len(probe) == 2 and all(round(7 * p) == pytest.approx(7 * p) for p in probe)  # hits / 7
+
+
+def test_running_training_sums_survive_a_checkpoint():
+    task = Dummy(backbone="tiny3d", backbone_kwargs={"width": 2})
+    task._log_train_values({"x": (torch.tensor(0.5), 4), "y": (torch.tensor(2.0), 1)})
+    task._log_train_values({"x": (torch.tensor(1.0), 2)})
+    checkpoint: dict = {}
+    task.on_save_checkpoint(checkpoint)
+    assert checkpoint["vssl_train_sums"] == {"x": (4.0, 6), "y": (2.0, 1)}
+    again = Dummy(backbone="tiny3d", backbone_kwargs={"width": 2})
+    again.on_load_checkpoint(checkpoint)
+    assert again._train_sums == {"x": (4.0, 6), "y": (2.0, 1)}

@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from vssl.tasks.base import STAGES, StepOutput, VSSLTask
+from vssl.tasks.base import EVAL_STAGES, StepOutput, VSSLTask
 
 
 class Supervised(VSSLTask):
@@ -38,13 +38,16 @@ class Supervised(VSSLTask):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.backbone.out_dim, num_classes))
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.accuracy = nn.ModuleDict(
-            {f"{s}_": MulticlassAccuracy(num_classes, average="micro") for s in STAGES}
+            {f"{s}_": MulticlassAccuracy(num_classes, average="micro") for s in EVAL_STAGES}
         )
 
     def step(self, batch: dict[str, Tensor], stage: str) -> StepOutput:
         features = self.backbone(batch["video"])
         logits = self.head(features)
         labels = batch["label"]
-        acc = self.accuracy[f"{stage}_"]
-        acc(logits, labels)
+        if stage == "train":
+            acc: Tensor | MulticlassAccuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
+        else:
+            acc = self.accuracy[f"{stage}_"]
+            acc(logits, labels)
         return StepOutput(self.criterion(logits, labels), {"acc": acc}, features)
