@@ -186,8 +186,7 @@ def table(rows: dict[str, dict], shared: str) -> str:
             cells += ["-", "-"]
         else:
             cells += [f"{100 * linear(r, own):.1f}", _gain_cell(rows, name, own)]
-        trained = clip_key(r["clips"]) if r.get("clips") else "-"
-        out += f"| {name} | {r['backbone']} | {trained} | " + " | ".join(cells) + " |\n"
+        out += f"| {name} | {r['backbone']} | {own or '-'} | " + " | ".join(cells) + " |\n"
     return out
 
 

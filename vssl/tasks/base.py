@@ -28,9 +28,8 @@ from vssl.data.transforms import BatchAugment
 
 OPTIMIZERS = {"sgd", "adamw", "adam"}
 SCHEDULES = {"cosine", "step", "constant"}
-#: Loop stages; metric containers are keyed "<stage>_" (a bare "train" clashes with Module.train).
-STAGES = ("train", "val", "test")
-#: The stages whose values are logged through torchmetrics and ``self.log`` on every step.
+#: The stages whose values go through torchmetrics and ``self.log`` on every step (training
+#: values go through `VSSLTask._log_train_values`). Metric containers are keyed "<stage>_".
 EVAL_STAGES = ("val", "test")
 
 
@@ -188,7 +187,7 @@ class VSSLTask(LightningModule):
         self.log(f"{stage}/loss", out.loss, prog_bar=True, **{**opts, "sync_dist": True})
         extras: dict[str, tuple[Tensor, int]] = {}
         for name, value in out.logs.items():
-            if train:
+            if train and not isinstance(value, Metric):
                 extras[name] = (torch.as_tensor(value), batch_size)
             elif isinstance(value, Metric):
                 self.log(f"{stage}/{name}", value, **{**opts, "sync_dist": False})

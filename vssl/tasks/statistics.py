@@ -258,8 +258,8 @@ def motion_boundaries(flow: np.ndarray | Tensor) -> MotionBoundaries:
     _square_side(h, w, "motion statistics")
     dx, dy = prewitt(flow)
     # torch's float32 sums: several times faster than numpy's pairwise ones on these sizes
-    magnitude = torch.from_numpy(cv2.magnitude(dx.reshape(-1, w), dy.reshape(-1, w)))
-    per_field = magnitude.view(t, 2, -1).sum(-1).numpy()
+    field_magnitude = torch.from_numpy(cv2.magnitude(dx.reshape(-1, w), dy.reshape(-1, w)))
+    per_field = field_magnitude.view(t, 2, -1).sum(-1).numpy()
     sx, sy = torch.from_numpy(dx).sum(0).numpy(), torch.from_numpy(dy).sum(0).numpy()
     magnitude = cv2.magnitude(sx.reshape(-1, w), sy.reshape(-1, w)).reshape(sx.shape)
     return MotionBoundaries(sx, sy, magnitude, per_field)
