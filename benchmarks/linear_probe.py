@@ -14,7 +14,7 @@ backbone on the same data, for as many epochs, is the upper reference.
 Every model is then evaluated with one shared protocol (``python -m vssl probe`` and ``python -m
 vssl retrieve``, settings below) on the shared clips (``--clip-len`` 16 frames at ``--stride``
 1, the setting of the supervised reference and the papers' clip length), and also on the clip
-length and stride it was pretrained on, when they differ (``--no-own-clips``: not): a network
+length and stride it was pretrained on when they differ, unless ``--no-own-clips``: a network
 trained on 4-frame clips at stride 2 reads 16 consecutive frames as a much slower video than
 any it saw. The lower reference is the randomly initialised backbone on the same clips; each
 gain over it comes with its standard error over the test videos, and the verdict names, for

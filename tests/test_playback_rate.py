@@ -88,7 +88,7 @@ def test_loss_by_hand():
     assert torch.equal(out.features, features)
 
 
-def test_cli_training_lowers_the_rate_loss(tmp_path):
+def test_cli_training_learns_the_playback_rate(tmp_path):
     # The stride between frames is readable from how much brighter each frame is than the one
     # before (4-5 grey levels a frame); in the synthetic motion data speed classes and rates
     # are confounded.
