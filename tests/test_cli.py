@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from cli_helpers import run_vssl, tiny_config
 
@@ -87,3 +88,20 @@ def test_bad_option_is_reported(tiny_synthetic, tmp_path, bad):
                          env=env, text=True, capture_output=True, timeout=120)
     assert out.returncode != 0
     assert "optimizer must be one of" in out.stderr
+
+
+def test_last_checkpoint_is_the_last_epoch_when_later_epochs_do_not_improve(tiny_synthetic, tmp_path):
+    # Monitoring the epoch number in "min" mode makes epoch 0 the best and no later epoch an
+    # improvement: Lightning's own ModelCheckpoint then leaves last.ckpt at epoch 0.
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(tiny_synthetic, tmp_path / "cache", max_epochs=3)))
+    run_vssl(["fit", "--config", str(cfg), "--trainer.logger.init_args.name", "t",
+              "--checkpoint.monitor", "epoch", "--checkpoint.filename", "best-{epoch}"], tmp_path)
+    ckpts = tmp_path / "runs" / "t" / "version_0" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best-0.ckpt", "last.ckpt"]
+    last = torch.load(ckpts / "last.ckpt", weights_only=True, map_location="cpu")
+    best = torch.load(ckpts / "best-0.ckpt", weights_only=True, map_location="cpu")
+    steps_per_epoch = best["global_step"]
+    assert (last["epoch"], last["global_step"]) == (2, 3 * steps_per_epoch)
+    # The callback state is under ModelCheckpoint's key, so either class resumes it.
+    assert any(k.startswith("ModelCheckpoint{") for k in last["callbacks"])

@@ -53,6 +53,38 @@ def _log_config_to_wandb(trainer: Trainer, log_dir: Path) -> None:
         run.config.update(update, allow_val_change=True)
 
 
+class Checkpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose ``last.ckpt`` is always the latest state.
+
+    With ``save_last=True`` Lightning rewrites ``last.ckpt`` only when a top-k checkpoint is
+    saved at the same step, so after epochs that do not improve the monitored value it holds an
+    older state, and resuming from it, validating it or exporting it silently uses that state.
+    This subclass also writes it at every epoch end (or validation end, wherever Lightning would
+    save) that saved no top-k checkpoint. Its state key is ModelCheckpoint's, so checkpoints
+    written with either resume with the other.
+    """
+
+    @property
+    def state_key(self) -> str:
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_stale(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_stale(trainer)
+
+    def _save_last_if_stale(self, trainer: Trainer) -> None:
+        # Skipped when this step was saved already (then last.ckpt was written with it), in
+        # sanity checks, outside fit and in fast_dev_run, as Lightning's own saves are.
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 class RunInfo(Callback):
     """Saves the library versions next to the run's logs and says where logs and checkpoints are."""
 

@@ -12,11 +12,11 @@ import sys
 from collections.abc import Callable
 
 from jsonargparse import lazy_instance
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
-from vssl.callbacks import RNGState, RunInfo
+from vssl.callbacks import Checkpoint, RNGState, RunInfo
 from vssl.data.datamodule import VideoDataModule
 from vssl.tasks.base import VSSLTask
 
@@ -68,7 +68,7 @@ class VSSLCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
