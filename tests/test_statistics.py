@@ -114,7 +114,7 @@ def test_motion_location_labels(pattern, offset):
 
 @pytest.mark.parametrize("bin_index", range(8))
 def test_motion_orientation_in_each_bin(bin_index):
-    theta = np.radians(22.5 + 45 * bin_index)
+    theta = np.radians(45 * bin_index)  # bin k (1-based) is centred at 45 (k - 1) degrees
     y, x = np.mgrid[0:64, 0:64].astype(np.float32)
     ramp = 0.05 * (np.cos(theta) * x + np.sin(theta) * y)
     flow = np.zeros((4, 2, 64, 64), np.float32)
@@ -127,37 +127,60 @@ def test_motion_orientation_in_each_bin(bin_index):
 
 
 def test_orientation_histogram_splits_votes_linearly():
-    np.testing.assert_allclose(orientation_histogram([22.5], [2.0]), [2, 0, 0, 0, 0, 0, 0, 0])
-    np.testing.assert_allclose(orientation_histogram([45.0], [1.0]), [0.5, 0.5, 0, 0, 0, 0, 0, 0])
-    np.testing.assert_allclose(orientation_histogram([0.0], [1.0]), [0.5, 0, 0, 0, 0, 0, 0, 0.5])
-    np.testing.assert_allclose(
-        orientation_histogram([350.0], [1.0]), [12.5 / 45, 0, 0, 0, 0, 0, 0, 32.5 / 45]
+    # The official code: a votes 1 - r into bin floor(a / 45) + 1, r into the next, r = (a mod 45) / 45.
+    np.testing.assert_allclose(orientation_histogram([0.0], [2.0]), [2, 0, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_allclose(orientation_histogram([22.5], [1.0]), [0.5, 0.5, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_allclose(orientation_histogram([45.0], [1.0]), [0, 1, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_allclose(orientation_histogram([315.0], [1.0]), [0, 0, 0, 0, 0, 0, 0, 1])
+    np.testing.assert_allclose(orientation_histogram([337.5], [1.0]), [0.5, 0, 0, 0, 0, 0, 0, 0.5])
+    np.testing.assert_allclose(  # wraps: mostly bin 1
+        orientation_histogram([350.0], [1.0]), [35 / 45, 0, 0, 0, 0, 0, 0, 10 / 45]
     )
     np.testing.assert_allclose(
         orientation_histogram([30.0, 300.0], [1.0, 3.0]),
-        [37.5 / 45, 7.5 / 45, 0, 0, 0, 0, 3 * 37.5 / 45, 3 * 7.5 / 45],
+        [15 / 45, 30 / 45, 0, 0, 0, 0, 3 * 15 / 45, 3 * 30 / 45],
     )
-    # Two populations, neither in bin 2, whose split votes make bin 2 the largest.
-    hist = orientation_histogram([44.0, 91.0], [1.0, 1.0])
+    # Two populations, each nearest to another bin centre, whose split votes make bin 2 the largest.
+    hist = orientation_histogram([21.0, 69.0], [1.0, 1.0])
     assert hist.argmax() == 1
-    grouped = orientation_histogram([22.5, 200.0], [1.0, 1.0], groups=[1, 0], num_groups=2)
+    grouped = orientation_histogram([0.0, 200.0], [1.0, 1.0], groups=[1, 0], num_groups=2)
     assert grouped.shape == (2, 8) and grouped[1, 0] == 1.0 and grouped[0].argmax() == 4
 
 
+def official_cell_gradient(magnitude: np.ndarray, angle: np.ndarray) -> list[float]:
+    """The official ``cell_gradient`` (laura-wang/video_repres_sts), pixel by pixel."""
+    centres = [0.0] * 8
+    for strength, a in zip(magnitude.ravel(), angle.ravel(), strict=True):
+        low = int(a / 45) % 8
+        mod = a % 45
+        centres[low] += strength * (1 - mod / 45)
+        centres[(low + 1) % 8] += strength * (mod / 45)
+    return centres
+
+
+def test_orientation_histogram_equals_the_official_cell_gradient():
+    rng = np.random.default_rng(3)
+    angle = np.concatenate([rng.uniform(0, 360, 200), np.arange(0, 360, 22.5)])
+    magnitude = rng.uniform(0, 2, angle.size)
+    np.testing.assert_allclose(
+        orientation_histogram(angle, magnitude), official_cell_gradient(magnitude, angle)
+    )
+
+
 def test_motion_orientation_uses_the_linear_vote():
-    # u = ramp at 44 degrees left of the midline, at 91 degrees right of it, continuous at the
-    # seam: no pixel of the centre region has a direction in bin 2 (45..90), yet the split votes
-    # make bin 2 the dominant one there. A nearest-bin vote would say 1 (a tie of bins 1 and 3).
+    # u = ramp at 21 degrees left of the midline, at 69 degrees right of it, continuous at the
+    # seam: every pixel of the centre region is nearer to another bin centre than bin 2's (45),
+    # yet the split votes make bin 2 the dominant one there. A nearest-bin vote would say 1.
     s = 64
     y, x = np.mgrid[0:s, 0:s].astype(np.float32)
-    gx = np.where(x < s / 2, 1 / np.tan(np.radians(44.0)), 1 / np.tan(np.radians(91.0)))
+    gx = np.where(x < s / 2, 1 / np.tan(np.radians(21.0)), 1 / np.tan(np.radians(69.0)))
     u = 0.05 * (gx * (x - s / 2 + 0.5) + y)
     flow = np.zeros((2, 2, s, s), np.float32)
     flow[:, 0] = u
     labels = motion_statistics(flow)
     assert labels[4] in (1, 2, 3)  # a p2 region that both halves share
     assert labels[5] == 2
-    assert labels[1] == 1  # the chosen p1 block is in the steeper left half: all votes in bin 1
+    assert labels[1] == 1  # the chosen p1 block is in the steeper left half: most votes in bin 1
 
 
 def test_global_motion_label():
@@ -307,7 +330,7 @@ def mirror_flow(flow: np.ndarray) -> np.ndarray:
 def test_mirror_maps_follow_the_geometry():
     labels = np.array([1, 1, 5, 1, 2, 2, 3, 5, 1, 3, 7, 8, 4, 9])
     out = mirror_motion_labels(labels)
-    assert out.tolist() == [4, 8, 8, 4, 2, 7, 3, 8, 4, 6, 6, 5, 4, 9]
+    assert out.tolist() == [4, 1, 8, 5, 2, 8, 3, 1, 4, 7, 6, 6, 4, 9]
     assert [mirror_motion_labels([0] * 8 + [k, 0, 0, 0, 0, 0])[8] for k in range(1, 9)] == P3_MIRROR
     assert mirror_motion_labels([0] * 14).tolist() == [0] * 14
     app = mirror_appearance_labels([2, 3, 16, 4, 1, 5, 4, 6, 5, 7, 1, 8, 2])
@@ -357,7 +380,7 @@ def test_transform_computes_labels_after_the_flip():
     torch.testing.assert_close(flipped["video"], plain["video"].flip(-1))
     # u: the square's block and its boundary direction, mirrored (block 1 -> 4, angle -> -angle)
     assert plain["motion"][:2].tolist() == [1, 7]
-    assert flipped["motion"][:2].tolist() == [4, 2]
+    assert flipped["motion"][:2].tolist() == [4, 3]  # bin 7 (270 degrees) -> bin 3 (90)
     expected_flow = compute_flow(clip.flip(-1))
     np.testing.assert_array_equal(flipped["motion"].numpy(), motion_statistics(expected_flow))
     frames = flipped["video"].permute(0, 2, 3, 1).numpy()

@@ -2,7 +2,8 @@
 statistics of a clip: where the largest motion is and in which direction it goes, where the
 colours change most and least, and which colours dominate, over three spatial partitions.
 
-The labels are defined in ``specs/pretext-tasks.md`` section 1; this module follows it exactly.
+The labels are defined in ``specs/pretext-tasks.md`` section 1; this module follows it exactly,
+including the official code's orientation bins (bin k centred at ``45 (k - 1)`` degrees).
 Differences from the official code, on purpose:
 
 - Flow is computed on the fly (`vssl.data.flow.compute_flow`, OpenCV DIS by default) on the
@@ -45,7 +46,7 @@ PATTERNS: dict[str, int] = {"p1": 16, "p2": 4, "p3": 8}
 """The three spatial partitions and their numbers of regions."""
 
 NUM_BINS = 8
-"""Orientation bins (45 degrees each, the first starting at 0) and colour octants."""
+"""Orientation bins (centred every 45 degrees, bin 1 at 0 degrees) and colour octants."""
 
 MOTION_LABELS: tuple[str, ...] = tuple(
     f"{p}_{c}_{k}" for p in PATTERNS for c in ("u", "v") for k in ("loc", "ori")
@@ -206,14 +207,15 @@ def orientation_histogram(
 ) -> np.ndarray:
     """The 8-bin histogram of ``angle`` (degrees), each value voting with its ``magnitude``.
 
-    Bins are 45 degrees wide, bin k (0-based) centred at ``22.5 + 45 k``; a vote is split
-    linearly between the two nearest bin centres (circularly: 0 degrees splits evenly between
-    the last and the first bin). With ``groups`` (an int per value, < ``num_groups``), one
-    histogram per group. Returns float64 ``(8,)``, or ``(num_groups, 8)`` with ``groups``.
+    Bin k (0-based) is centred at ``45 k`` degrees, as in the official code: an angle ``a``
+    votes ``1 - r`` into bin ``floor(a / 45)`` and ``r`` into the next one (bin 7 wraps to 0),
+    ``r = (a mod 45) / 45``, a linear split between the two nearest bin centres. With ``groups``
+    (an int per value, < ``num_groups``), one histogram per group. Returns float64 ``(8,)``, or
+    ``(num_groups, 8)`` with ``groups``.
     """
     angle = np.asarray(angle, dtype=np.float64).ravel()
     magnitude = np.asarray(magnitude, dtype=np.float64).ravel()
-    position = (angle - 22.5) / 45.0
+    position = angle / 45.0
     below = np.floor(position)
     upper = position - below
     lo = below.astype(np.int64) % NUM_BINS
@@ -433,8 +435,9 @@ def appearance_regions(clip: np.ndarray | Tensor) -> AppearanceRegions:
     lowest, highest = torch.full_like(hist, np.inf), torch.zeros_like(hist)
     ranges = [0, 3 * n_atoms, 0, 256]
     for frame in clip:  # one frame at a time keeps the histograms in cache
-        atom_hist = cv2.calcHist([geo.channel_atoms, frame.reshape(s, 3 * s)], [0, 1], None,
-                                 [3 * n_atoms, 256], ranges)
+        atom_hist = cv2.calcHist(
+            [geo.channel_atoms, frame.reshape(s, 3 * s)], [0, 1], None, [3 * n_atoms, 256], ranges
+        )
         torch.mm(members, torch.from_numpy(atom_hist).view(n_atoms, 3 * 256), out=hist)
         torch.minimum(lowest, hist, out=lowest)
         torch.maximum(highest, hist, out=highest)
@@ -471,8 +474,8 @@ def appearance_statistics(clip: np.ndarray | Tensor) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- flips
-_U_ORI_MIRROR = np.array([0, 8, 7, 6, 5, 4, 3, 2, 1])  # angle -> -angle
-_V_ORI_MIRROR = np.array([0, 4, 3, 2, 1, 8, 7, 6, 5])  # angle -> 180 - angle
+_U_ORI_MIRROR = np.array([0, 1, 8, 7, 6, 5, 4, 3, 2])  # angle -> -angle (bin 1 at 0 degrees)
+_V_ORI_MIRROR = np.array([0, 5, 4, 3, 2, 1, 8, 7, 6])  # angle -> 180 - angle
 
 
 def _mirror_location(pattern: str, label: int) -> int:
