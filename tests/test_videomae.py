@@ -363,6 +363,23 @@ def test_paper_defaults():
     assert not task.augment.photometric  # normalisation only
 
 
+def test_encoder_to_decoder_keeps_the_default_linear_init_and_the_decoder_is_xavier():
+    # The official encoder_to_decoder is outside the modules its Xavier _init_weights is applied
+    # to: PyTorch's default, uniform in +-1/sqrt(fan_in), less than half of Xavier's range here.
+    torch.manual_seed(0)
+    task = VideoMAE(**{**TINY, "backbone_kwargs": {"dim": 256, "depth": 1, "heads": 2}})
+    w = task.encoder_to_decoder.weight
+    bound = 1 / math.sqrt(256)
+    assert w.shape == (32, 256) and w.abs().max() <= bound
+    assert abs(w.std().item() - bound / math.sqrt(3)) < 0.03 * bound / math.sqrt(3)
+    xavier = math.sqrt(6 / (256 + 32))
+    assert xavier > 2 * bound
+    head = task.head.weight  # decoder Linear layers stay Xavier-uniform with zero biases
+    fan = sum(head.shape)
+    assert abs(head.std().item() - math.sqrt(2 / fan)) < 0.05 * math.sqrt(2 / fan)
+    assert torch.all(task.head.bias == 0)
+
+
 # ---------------------------------------------------------------- command line
 def test_cli_training_lowers_the_loss(tiny_synthetic, tmp_path):
     cfg = tiny_config(tiny_synthetic, tmp_path / "cache", max_epochs=6)

@@ -11,7 +11,8 @@ Follows ``specs/pretext-tasks.md`` section 4 and the official code (``modeling_p
   visible tokens. 0.9 is the paper's ratio for Kinetics and SSv2, 0.75 for UCF101.
 - The encoder sees only the visible tokens (with their sinusoidal positions), then the
   pretraining LayerNorm (``encoder_norm``, the official encoder's ``norm``) and
-  ``Linear(D, decoder_dim, bias=False)``. The decoder input is the visible tokens followed by a
+  ``Linear(D, decoder_dim, bias=False)`` (PyTorch's default initialisation, as the official
+  ``encoder_to_decoder``, which its Xavier ``_init_weights`` never reaches). The decoder input is the visible tokens followed by a
   learned mask token for every masked position, each plus its sinusoidal position; after
   ``decoder_depth`` pre-norm blocks and a LayerNorm, ``Linear(decoder_dim, 3 * 2 * 16 * 16)``
   predicts the pixels of the masked tubelets only.
@@ -196,13 +197,9 @@ class VideoMAE(VSSLTask):
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
         pt, ph, pw = self.tubelet
         self.head = nn.Linear(decoder_dim, 3 * pt * ph * pw)
-        for module in (
-            self.encoder_norm,
-            self.encoder_to_decoder,
-            self.decoder,
-            self.decoder_norm,
-            self.head,
-        ):
+        # The official code applies its Xavier `_init_weights` inside the encoder and the decoder
+        # only: ``encoder_to_decoder`` keeps PyTorch's default Linear initialisation.
+        for module in (self.encoder_norm, self.decoder, self.decoder_norm, self.head):
             module.apply(init_vit_weights)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
