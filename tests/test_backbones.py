@@ -1,3 +1,4 @@
+import math
 import subprocess
 import sys
 from collections.abc import Callable
@@ -27,6 +28,11 @@ def _keep(n: int) -> int:
 ARCH: dict[str, tuple[int, Callable[[int], int], Callable[[int], int]]] = {
     "c3d": (512, lambda t: _ceil_halve(t, 4), lambda h: _ceil_halve(h, 5)),
     "r3d_18": (512, lambda t: _ceil_halve(t, 3), lambda h: _ceil_halve(h, 4)),
+    # Hara's: the stem's max-pool halves T too.
+    "r3d_18_hara": (512, lambda t: _ceil_halve(t, 4), lambda h: _ceil_halve(h, 5)),
+    "r3d_34_hara": (512, lambda t: _ceil_halve(t, 4), lambda h: _ceil_halve(h, 5)),
+    "r3d_10": (512, lambda t: _ceil_halve(t, 3), lambda h: _ceil_halve(h, 4)),
+    "r2plus1d_10": (512, lambda t: _ceil_halve(t, 3), lambda h: _ceil_halve(h, 4)),
     "mc3_18": (512, _keep, lambda h: _ceil_halve(h, 4)),
     "r2plus1d_18": (512, lambda t: _ceil_halve(t, 3), lambda h: _ceil_halve(h, 4)),
     # S3D's last max-pool (2x2x2, no padding) floors.
@@ -36,7 +42,7 @@ ARCH: dict[str, tuple[int, Callable[[int], int], Callable[[int], int]]] = {
     "x3d_m": (432, _keep, lambda h: _ceil_halve(h, 5)),
     "x3d_l": (432, _keep, lambda h: _ceil_halve(h, 5)),
     "slow_r50": (2048, _keep, lambda h: _ceil_halve(h, 5)),
-    "r3d_50": (2048, _keep, lambda h: _ceil_halve(h, 5)),
+    "r3d_50": (2048, lambda t: _ceil_halve(t, 1), lambda h: _ceil_halve(h, 5)),
     "tiny3d": (64, lambda t: _ceil_halve(t, 2), lambda h: _ceil_halve(h, 3)),
     "tiny_r2plus1d": (64, lambda t: _ceil_halve(t, 2), lambda h: _ceil_halve(h, 3)),
     # Video ViTs: one token per tubelet (2x16x16, or 2x8x8 for the tiny one).
@@ -45,6 +51,15 @@ ARCH: dict[str, tuple[int, Callable[[int], int], Callable[[int], int]]] = {
     "vit_tiny_8": (64, lambda t: t // 2, lambda h: h // 8),
 }
 NAMES = sorted(ARCH)
+# Builder options that change the architecture: case id -> (name, kwargs, as ARCH).
+VARIANTS: dict[str, tuple[str, dict, tuple[int, Callable[[int], int], Callable[[int], int]]]] = {
+    "c3d-no-pool5": (
+        "c3d",
+        {"pool5": False},
+        (512, lambda t: _ceil_halve(t, 3), lambda h: _ceil_halve(h, 4)),
+    ),
+}
+CASES = {name: (name, {}, ARCH[name]) for name in NAMES} | VARIANTS
 
 
 def _params(model: nn.Module) -> int:
@@ -66,10 +81,10 @@ def test_every_registered_backbone_is_covered():
     assert available() == NAMES
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_shapes_over_the_full_input_grid_on_meta(name):
-    out_dim, t_map, h_map = ARCH[name]
-    model = _on_meta(name).eval()  # eval: meta BatchNorm is much faster without batch stats
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_shapes_over_the_full_input_grid_on_meta(case):
+    name, kwargs, (out_dim, t_map, h_map) = CASES[case]
+    model = _on_meta(name, **kwargs).eval()  # eval: meta BatchNorm is faster without batch stats
     assert isinstance(model, Backbone) and model.out_dim == out_dim
     for t in (8, 16, 32):
         for h in (112, 160, 224):
@@ -80,10 +95,11 @@ def test_shapes_over_the_full_input_grid_on_meta(name):
         assert model(torch.empty(2, 3, t, h, h, device="meta")).shape == (2, out_dim)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_cpu_forward_backward_reaches_first_layer(name):
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cpu_forward_backward_reaches_first_layer(case):
+    name, kwargs, _ = CASES[case]
     torch.manual_seed(0)
-    model = build(name)
+    model = build(name, **kwargs)
     x = torch.randn(2, 3, 8, 32, 32)
     out = model(x)
     assert out.shape == (2, model.out_dim)
@@ -207,13 +223,173 @@ def test_pytorchvideo_parameter_counts_match_published():
     for name in ("x3d_xs", "x3d_s", "x3d_m"):
         assert round((_params(_on_meta(name)) + x3d_head) / 1e6, 2) == 3.79
     assert round((_params(_on_meta("x3d_l")) + x3d_head) / 1e6, 2) == 6.15
-    # CVRL's R3D-50 differs from Slow-R50 only in the stem's temporal kernel (5 instead of 1).
+    # CVRL's R3D-50 differs from Slow-R50 in the stem's temporal kernel (5 instead of 1), which
+    # adds parameters, and its temporal stride (2 instead of 1), which adds none.
     r3d_50 = _on_meta("r3d_50")
     assert _params(r3d_50) - slow == 3 * 64 * 7 * 7 * (5 - 1)
-    stem_conv = next(m for m in r3d_50.modules() if isinstance(m, nn.Conv3d))
-    assert stem_conv.kernel_size == (5, 7, 7)
-    conv_a = [m.conv_a.kernel_size for m in r3d_50.modules() if hasattr(m, "conv_a")]
-    assert conv_a == [(1, 1, 1)] * 7 + [(3, 1, 1)] * 9
+
+
+def test_r3d_50_is_cvrls_official_network():
+    """tensorflow/models official/projects/video_ssl cvrl_pretrain_k600_200ep.yaml: stem conv
+    temporal kernel 5 stride 2, stem pool temporal stride 1 (pool 1x3x3), temporal kernels
+    (1,1,1), (1,1,1,1), (3,)*6, (3,)*3 in the four block groups, temporal strides 1."""
+    r3d_50 = _on_meta("r3d_50").eval()
+    stem = r3d_50.trunk.blocks[0]
+    assert (stem.conv.kernel_size, stem.conv.stride) == ((5, 7, 7), (2, 2, 2))
+    assert (stem.pool.kernel_size, stem.pool.stride) == ((1, 3, 3), (1, 2, 2))
+    # a 16-frame clip leaves the stem with 8 time steps and the network with 8
+    assert stem(torch.empty(1, 3, 16, 224, 224, device="meta")).shape == (1, 64, 8, 56, 56)
+    assert r3d_50.forward_features(torch.empty(1, 3, 16, 224, 224, device="meta")).shape == (
+        1,
+        2048,
+        8,
+        7,
+        7,
+    )
+    blocks = [m for m in r3d_50.modules() if hasattr(m, "conv_a")]
+    assert [b.conv_a.kernel_size for b in blocks] == [(1, 1, 1)] * 7 + [(3, 1, 1)] * 9
+    assert all(b.conv_b.kernel_size == (1, 3, 3) for b in blocks)
+    assert [b.conv_b.stride for b in blocks if b.conv_b.stride != (1, 1, 1)] == [(1, 2, 2)] * 3
+    assert all(b.conv_a.stride == (1, 1, 1) for b in blocks)
+
+
+def _hara_params(layers: list[int]) -> int:
+    """Parameters of kenshohara/3D-ResNets-PyTorch models/resnet.py ResNet(BasicBlock, layers,
+    shortcut_type="B") without fc, counted from its layer definitions."""
+    total = 3 * 64 * 7**3 + 2 * 64  # conv1 (7x7x7, no bias), bn1
+    inplanes = 64
+    for planes, blocks, stride in zip((64, 128, 256, 512), layers, (1, 2, 2, 2), strict=True):
+        for i in range(blocks):
+            total += 27 * inplanes * planes + 27 * planes * planes + 4 * planes  # conv1/2, bn1/2
+            if i == 0 and (stride != 1 or inplanes != planes):
+                total += inplanes * planes + 2 * planes  # type B shortcut: 1x1x1 conv + BN
+            inplanes = planes
+    return total
+
+
+def test_hara_resnets_match_the_official_definition():
+    assert _params(_on_meta("r3d_18_hara")) == _hara_params([2, 2, 2, 2]) == 33_203_904
+    assert _params(_on_meta("r3d_34_hara")) == _hara_params([3, 4, 6, 3]) == 63_513_536
+    trunk = _on_meta("r3d_18_hara").trunk
+    assert list(trunk._modules)[:4] == ["conv1", "bn1", "relu", "maxpool"]
+    conv1 = trunk.conv1
+    assert (conv1.kernel_size, conv1.stride, conv1.padding) == ((7, 7, 7), (1, 2, 2), (3, 3, 3))
+    assert conv1.bias is None
+    pool = trunk.maxpool
+    assert (pool.kernel_size, pool.stride, pool.padding) == (3, 2, 1)
+    for name, stride in (("layer1", 1), ("layer2", 2), ("layer3", 2), ("layer4", 2)):
+        first = getattr(trunk, name)[0]
+        assert first.conv1[0].kernel_size == (3, 3, 3)
+        assert first.conv1[0].stride == (stride,) * 3
+        if stride == 2:
+            assert first.downsample[0].kernel_size == (1, 1, 1)
+            assert first.downsample[0].stride == (2, 2, 2)
+        else:
+            assert first.downsample is None
+    # 16 x 112 (Hara's and RSPNet's input): 16x56x56 after conv1, 8x28x28 after the pool.
+    x = torch.empty(1, 3, 16, 112, 112, device="meta")
+    assert trunk[:4](x).shape == (1, 64, 8, 28, 28)
+
+
+def _vcop_conv(in_c: int, out_c: int, k: tuple[int, int, int], factorised: bool) -> int:
+    """Parameters of VCOP's SpatioTemporalConv: r3d.py (one t x h x w conv) or r21d.py
+    (1 x h x w conv to M channels, BN, t x 1 x 1 conv; M from the paper's formula)."""
+    t, h, w = k
+    if not factorised:
+        return in_c * out_c * t * h * w
+    mid = math.floor(t * h * w * in_c * out_c / (h * w * in_c + t * out_c))
+    return in_c * mid * h * w + 2 * mid + mid * out_c * t
+
+
+def _vcop_params(factorised: bool) -> int:
+    """Parameters of VCOP's R3DNet / R2Plus1DNet((1, 1, 1, 1)) without the classifier."""
+    total = _vcop_conv(3, 64, (3, 7, 7), factorised) + 2 * 64  # conv1, bn1
+    for in_c, out_c in ((64, 64), (64, 128), (128, 256), (256, 512)):
+        total += _vcop_conv(in_c, out_c, (3, 3, 3), factorised) + 2 * out_c  # conv1, bn1
+        total += _vcop_conv(out_c, out_c, (3, 3, 3), factorised) + 2 * out_c  # conv2, bn2
+        if in_c != out_c:  # downsampleconv (1x1x1, stride 2), downsamplebn
+            total += _vcop_conv(in_c, out_c, (1, 1, 1), factorised) + 2 * out_c
+    return total
+
+
+def test_vcop_networks_match_the_official_definition():
+    assert _params(_on_meta("r3d_10")) == _vcop_params(factorised=False) == 14_361_792
+    assert _params(_on_meta("r2plus1d_10")) == _vcop_params(factorised=True) == 14_365_303
+    r21d = _on_meta("r2plus1d_10").trunk
+    spatial = [
+        (m.in_channels, m.out_channels)
+        for m in r21d.modules()
+        if isinstance(m, nn.Conv3d) and m.kernel_size[0] == 1 and m.stride[0] == 1
+    ]
+    # stem, then per stage conv1, conv2 (and the factorised shortcut); e.g. 3*49*3*64 /
+    # (49*3 + 3*64) = 83.3 and 27*128*128 / (9*128 + 3*128) = 288
+    assert spatial == [
+        (3, 83),
+        (64, 144),
+        (64, 144),
+        (64, 230),
+        (128, 288),
+        (64, 42),
+        (128, 460),
+        (256, 576),
+        (128, 85),
+        (256, 921),
+        (512, 1152),
+        (256, 170),
+    ]
+    shortcut = r21d.layer2[0].downsample[0]
+    assert [(c.kernel_size, c.stride) for c in (shortcut[0], shortcut[3])] == [
+        ((1, 1, 1), (1, 2, 2)),
+        ((1, 1, 1), (2, 1, 1)),
+    ]
+
+
+def test_r3d_10_is_torchvisions_r3d_18_with_one_block_per_stage():
+    from torchvision.models import video
+
+    state = {k.removeprefix("trunk."): v for k, v in build("r3d_10").state_dict().items()}
+    result = video.r3d_18(weights=None).load_state_dict(state, strict=False)
+    assert result.unexpected_keys == []
+    assert {k.split(".")[0] + "." + k.split(".")[1] for k in result.missing_keys} == {
+        "layer1.1",
+        "layer2.1",
+        "layer3.1",
+        "layer4.1",
+        "fc.weight",
+        "fc.bias",
+    }
+
+
+@pytest.mark.parametrize("name", ["r3d_10", "r2plus1d_10"])
+def test_vcop_networks_keep_pytorchs_default_init(name):
+    """VCOP's code never re-initialises: conv weights are uniform within 1/sqrt(fan_in)
+    (kaiming_uniform with a=sqrt(5)), not torchvision's Kaiming normal (fan_out)."""
+    torch.manual_seed(0)
+    for conv in (m for m in build(name).modules() if isinstance(m, nn.Conv3d)):
+        fan_in = conv.weight[0].numel()
+        bound = 1 / math.sqrt(fan_in)
+        assert conv.weight.abs().max() <= bound
+        assert conv.weight.abs().max() > 0.9 * bound
+
+
+def test_c3d_without_pool5_averages_conv5b():
+    torch.manual_seed(0)
+    with_pool5, without = build("c3d").eval(), build("c3d", pool5=False).eval()
+    assert "pool5" not in without.trunk._modules and "pool5" in with_pool5.trunk._modules
+    # the same parameters: a checkpoint of either loads into the other
+    without.load_state_dict(with_pool5.state_dict())
+    x = torch.randn(1, 3, 16, 32, 32)
+    with torch.no_grad():
+        conv5b = without.forward_features(x)
+        assert conv5b.shape == (1, 512, 2, 2, 2)
+        torch.testing.assert_close(without(x), conv5b.mean(dim=(2, 3, 4)))
+        pooled = nn.functional.max_pool3d(conv5b, 2, ceil_mode=True)
+        torch.testing.assert_close(with_pool5.forward_features(x), pooled)
+        assert not torch.allclose(with_pool5(x), without(x))
+    x = torch.empty(1, 3, 16, 112, 112, device="meta")
+    assert _on_meta("c3d", pool5=False).forward_features(x).shape == (1, 512, 2, 7, 7)
+    with pytest.raises(TypeError, match="c3d: pool5 must be true or false, got 'no'"):
+        build("c3d", pool5="no")
 
 
 def test_width_kwargs():

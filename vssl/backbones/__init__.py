@@ -6,7 +6,17 @@ import torchvision or pytorchvideo; builders import what they need when called.
 """
 
 # Importing the family modules registers their builders.
-from vssl.backbones import c3d, resnet, s3dg, tiny, torchvision_video, vit, x3d  # noqa: F401
+from vssl.backbones import (  # noqa: F401
+    c3d,
+    hara,
+    resnet,
+    s3dg,
+    tiny,
+    torchvision_video,
+    vcop,
+    vit,
+    x3d,
+)
 from vssl.backbones.base import Backbone
 from vssl.backbones.registry import BackboneInfo, available, build, info, register
 

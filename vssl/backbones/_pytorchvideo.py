@@ -24,14 +24,19 @@ def resnet_trunk(
     *,
     depth: int,
     stem_kernel: tuple[int, int, int],
+    stem_stride: tuple[int, int, int],
     conv_a_kernels: tuple[tuple[int, int, int], ...],
     stem_width: int,
 ) -> tuple[nn.Module, int]:
-    """Build a pytorchvideo 3D ResNet without its head; return it and its output channels."""
+    """Build a pytorchvideo 3D ResNet without its head; return it and its output channels.
+
+    The stem max-pool is pytorchvideo's default, 1x3x3 with stride (1, 2, 2).
+    """
     net = create_resnet(
         model_depth=depth,
         stem_dim_out=stem_width,
         stem_conv_kernel_size=stem_kernel,
+        stem_conv_stride=stem_stride,
         stage_conv_a_kernel_size=conv_a_kernels,
         head=None,
     )
