@@ -78,7 +78,9 @@ def test_decoded_clips_come_in_the_order_the_label_says(video_factory, frame_ind
         assert sample["order"].dtype == torch.int64 and sample["order"].ndim == 0
     assert len(labels) >= 4
     # under the dataset's seed an item is the same tuple in the same order every time
-    seeded = VideoDataset([VideoItem(path, 0)], [info], sampler, task.clip_transform("val", spec), seed=3)
+    seeded = VideoDataset(
+        [VideoItem(path, 0)], [info], sampler, task.clip_transform("val", spec), seed=3
+    )
     a, b = seeded[(0, 0)], seeded[(0, 0)]
     assert int(a["order"]) == int(b["order"]) and torch.equal(a["video"], b["video"])
 
@@ -90,7 +92,9 @@ def test_clips_of_a_tuple_share_their_crop_and_colour_draw():
     transform = task.clip_transform("train", spec)
     assert isinstance(transform, TupleTransform)
     clip = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    tuples = [transform({"video": clip.expand(3, -1, -1, -1, -1).clone()})["video"] for _ in range(2)]
+    tuples = [
+        transform({"video": clip.expand(3, -1, -1, -1, -1).clone()})["video"] for _ in range(2)
+    ]
     for t in tuples:
         assert t.shape == (3, 2, 3, 16, 16)
         assert torch.equal(t[0], t[1]) and torch.equal(t[0], t[2])
@@ -101,6 +105,54 @@ def test_clips_of_a_tuple_share_their_crop_and_colour_draw():
     assert torch.equal(video[0, 0], video[0, 1]) and torch.equal(video[0, 0], video[0, 2])
     plain = task._normalise(torch.stack(tuples)[:, 0])
     assert not torch.allclose(video[0, 0], plain[0])  # the colour jitter was applied
+
+
+def _window_of(frames: torch.Tensor, crop: torch.Tensor) -> tuple[int, int] | None:
+    """Where ``crop`` ``(T, C, s, s)`` lies in ``frames`` ``(T, C, H, W)`` unscaled, or None."""
+    s = crop.shape[-1]
+    for i in range(frames.shape[-2] - s + 1):
+        for j in range(frames.shape[-1] - s + 1):
+            if torch.equal(frames[..., i : i + s, j : j + s], crop):
+                return i, j
+    return None
+
+
+def test_official_crops_one_fixed_window_per_clip_without_flip():
+    torch.manual_seed(0)
+    task = ClipOrder(shared_crop=False, crop="fixed", **TINY)
+    assert task.hparams.shared_crop is False and task.hparams.crop == "fixed"
+    spec = ClipSpec(clip_len=2, crop_size=12, flip=False)
+    transform = task.clip_transform("train", spec)
+    frames = torch.randint(0, 256, (2, 3, 20, 24), dtype=torch.uint8)
+    windows = set()
+    for _ in range(4):
+        out = transform({"video": frames.expand(3, -1, -1, -1, -1).clone()})["video"]
+        assert out.shape == (3, 2, 3, 12, 12)
+        for clip in out:  # an unscaled, unflipped window of the frames, the same in every frame
+            window = _window_of(frames, clip)
+            assert window is not None
+            windows.add(window)
+    assert len(windows) > 4  # each clip of a tuple has its own position
+    # the default: one random resized crop shared by the tuple's clips
+    shared = ClipOrder(**TINY).clip_transform("train", ClipSpec(clip_len=2, crop_size=12))
+    out = shared({"video": frames.expand(3, -1, -1, -1, -1).clone()})["video"]
+    assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
+
+
+def test_per_clip_resized_crops_differ_within_a_tuple():
+    torch.manual_seed(0)
+    task = ClipOrder(shared_crop=False, **TINY)
+    spec = ClipSpec(clip_len=2, crop_size=8, scale=(0.1, 0.5))
+    frames = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    out = task.clip_transform("train", spec)({"video": frames.expand(3, -1, -1, -1, -1).clone()})
+    video = out["video"]
+    assert video.shape == (3, 2, 3, 8, 8)
+    assert not torch.equal(video[0], video[1]) or not torch.equal(video[0], video[2])
+
+
+def test_bad_crop_name_is_refused():
+    with pytest.raises(ValueError, match="crop must be one of"):
+        ClipOrder(crop="centre", **TINY)
 
 
 def test_head_and_loss_by_hand():
@@ -124,13 +176,29 @@ def test_head_and_loss_by_hand():
 def test_cli_training_lowers_the_order_loss(tmp_path):
     # order is readable from brightness (the synthetic motion classes give no clue to it)
     root = ramp_videos(tmp_path / "ramps")
-    cfg = tiny_config(root, tmp_path / "cache", max_epochs=30, limit_val_batches=0,
-                      num_sanity_val_steps=0,
-                      logger={"class_path": "lightning.pytorch.loggers.CSVLogger",
-                              "init_args": {"save_dir": "runs", "name": "vcop"}})
-    cfg["model"] = {"class_path": "vssl.tasks.ClipOrder",
-                    "init_args": {**TINY, "hidden_dim": 32, "dropout": 0.0, "interval": 1,
-                                  "optimizer": "adamw", "lr": 0.01, "lr_schedule": "constant"}}
+    cfg = tiny_config(
+        root,
+        tmp_path / "cache",
+        max_epochs=30,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger={
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": "runs", "name": "vcop"},
+        },
+    )
+    cfg["model"] = {
+        "class_path": "vssl.tasks.ClipOrder",
+        "init_args": {
+            **TINY,
+            "hidden_dim": 32,
+            "dropout": 0.0,
+            "interval": 1,
+            "optimizer": "adamw",
+            "lr": 0.01,
+            "lr_schedule": "constant",
+        },
+    }
     cfg["checkpoint"] = {"monitor": None}
     cfg["data"]["init_args"].update(clip_len=2, stride=2, batch_size=4, crop_scale=[1.0, 1.0])
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))

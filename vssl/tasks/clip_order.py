@@ -16,9 +16,12 @@ Learning via Video Clip Order Prediction").
 - Augmentation: all clips of a tuple share one random crop and flip (`TupleTransform`, one
   call on the stacked frames in the workers) and one photometric draw on the device
   (`ClipOrder.augment_batch`), so that the order can only be read from motion and not from
-  crop or colour differences between clips. (The official code seeds the crop of each clip
-  separately; vssl shares it on purpose.) Validation and test take centre crops and the same
-  random tuples and orders, seeded by the dataset.
+  crop or colour differences between clips. The official code (``UCF101VCOPDataset`` and
+  ``train_vcop.py``) instead resizes frames to 128x171, draws a separate random 112x112 crop
+  (no rescaling) for each clip of a tuple and never flips: ``shared_crop=False`` and
+  ``crop="fixed"`` with the datamodule's ``flip: false`` and ``decode_size: [128, 171]`` give
+  exactly that. vssl shares the crop by default on purpose. Validation and test take centre
+  crops and the same random tuples and orders, seeded by the dataset.
 - Model: the shared backbone encodes each clip to a pooled feature (all clips of the batch in
   one pass); each pair ``i < j`` of clip features is concatenated and goes through
   Linear(2D, 512) + ReLU (one layer shared by all pairs); the pair features are concatenated,
@@ -43,10 +46,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from vssl.data.sampling import ClipSampler, ClipSpec, clip_indices, clip_span
-from vssl.data.transforms import eval_clip_transform, train_clip_transform
+from vssl.data.transforms import ViewTransform, eval_clip_transform, train_clip_transform
 from vssl.tasks.base import StepOutput, VSSLTask
+
+CROPS = ("resized", "fixed")
+"""Training crops of `ClipOrder`: a random resized crop (area in the datamodule's ``crop_scale``)
+or a ``crop_size`` window at a random position without rescaling (the official ``RandomCrop``)."""
 
 
 def clip_orders(tuple_len: int) -> list[tuple[int, ...]]:
@@ -72,7 +80,9 @@ class ClipTupleSampler(ClipSampler):
     def __post_init__(self) -> None:
         clip_span(self.clip_len, self.stride)
         if self.tuple_len < 2:
-            raise ValueError(f"tuple_len must be at least 2 (one clip has no order), got {self.tuple_len}")
+            raise ValueError(
+                f"tuple_len must be at least 2 (one clip has no order), got {self.tuple_len}"
+            )
         if self.interval < 0:
             raise ValueError(f"interval must be >= 0 frames, got {self.interval}")
         self.orders = clip_orders(self.tuple_len)
@@ -96,8 +106,10 @@ class ClipTupleSampler(ClipSampler):
 
     def views(self, start: int, label: int, num_frames: int) -> dict[str, np.ndarray]:
         """The shuffled clips of the tuple starting at ``start`` under order ``label``."""
-        clips = [clip_indices(start + i * self.step, self.clip_len, self.stride, num_frames)
-                 for i in range(self.tuple_len)]
+        clips = [
+            clip_indices(start + i * self.step, self.clip_len, self.stride, num_frames)
+            for i in range(self.tuple_len)
+        ]
         shuffled = np.stack([clips[i] for i in self.orders[label]])
         return {self.view: shuffled, self.target: np.array(label, dtype=np.int64)}
 
@@ -120,7 +132,9 @@ class TupleTransform:
         out = dict(sample)
         clips = sample[self.view]
         if clips.ndim != 5:
-            raise ValueError(f"expected a tuple of clips (N, T, C, H, W), got shape {tuple(clips.shape)}")
+            raise ValueError(
+                f"expected a tuple of clips (N, T, C, H, W), got shape {tuple(clips.shape)}"
+            )
         n, t = clips.shape[:2]
         frames = self.transform(tv_tensors.Video(clips.flatten(0, 1))).as_subclass(Tensor)
         out[self.view] = frames.reshape(n, t, *frames.shape[1:])
@@ -159,6 +173,10 @@ class ClipOrder(VSSLTask):
         dropout: dropout before the order classifier (paper: 0.5).
         optimizer, lr, weight_decay, momentum: the paper's SGD (lr 0.01, momentum 0.9,
             weight decay 5e-4), used as is (no reference batch).
+        shared_crop: one crop and flip draw for all clips of a tuple (default, vssl's choice);
+            False draws them for each clip separately, as the official code.
+        crop: the training crop, ``resized`` (default) or ``fixed`` (`CROPS`; the official
+            code's is ``fixed``, a 112 window of 128x171 frames).
         **kwargs: the other settings of `VSSLTask` (backbone, schedule, probe, augment, ...).
 
     Clip length and stride are the datamodule's. Logged: ``order_acc`` (top-1 of the order).
@@ -175,11 +193,18 @@ class ClipOrder(VSSLTask):
         lr: float = 0.01,
         weight_decay: float = 5e-4,
         momentum: float = 0.9,
+        shared_crop: bool = True,
+        crop: str = "resized",
         **kwargs: Any,
     ):
-        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum, **kwargs)
+        if crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+        super().__init__(
+            optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum, **kwargs
+        )
         ClipTupleSampler(tuple_len=tuple_len, interval=interval)  # checks the settings
         self.tuple_len, self.interval = tuple_len, interval
+        self.shared_crop, self.crop = bool(shared_crop), crop
         self.head = VCOPHead(self.backbone.out_dim, tuple_len, hidden_dim, dropout)
 
     # ---------------------------------------------------------------- data
@@ -188,10 +213,16 @@ class ClipOrder(VSSLTask):
         return ClipTupleSampler(spec.clip_len, spec.stride, self.interval, self.tuple_len)
 
     def clip_transform(self, stage: str, spec: ClipSpec) -> Callable:
-        """One random resized crop (and flip) per tuple in training; centre crops otherwise."""
-        if stage == "train":
-            return TupleTransform(train_clip_transform(spec.crop_size, scale=spec.scale, flip=spec.flip))
-        return TupleTransform(eval_clip_transform(spec.crop_size))
+        """In training a random crop (and flip, where the data allows) per tuple, or per clip
+        without ``shared_crop``; centre crops otherwise."""
+        if stage != "train":
+            return TupleTransform(eval_clip_transform(spec.crop_size))
+        if self.crop == "fixed":
+            flip = [v2.RandomHorizontalFlip()] if spec.flip else []
+            transform = v2.Compose([v2.RandomCrop(spec.crop_size), *flip])
+        else:
+            transform = train_clip_transform(spec.crop_size, scale=spec.scale, flip=spec.flip)
+        return TupleTransform(transform) if self.shared_crop else ViewTransform(transform)
 
     def augment_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         """uint8 ``(B, N, T, C, H, W)`` -> float ``(B, N, C, T, H, W)``, one photometric draw per
