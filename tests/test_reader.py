@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import av
@@ -203,15 +203,25 @@ def test_backends_registry(video_factory):
     path = video_factory("clip.mp4", num_frames=4)
     assert BACKENDS["pyav"] is VideoReader
     assert type(VideoReader(path, backend="pyav")) is VideoReader
-    with pytest.raises(ValueError, match=r"unknown video backend 'nope'.*pyav.*torchcodec"):
+    with pytest.raises(ValueError, match=r"unknown video backend 'nope'.*decord.*pyav.*torchcodec"):
         VideoReader(path, backend="nope")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torchcodec") is not None, reason="installed")
-def test_torchcodec_missing_says_how_to_install(video_factory):
+@pytest.mark.parametrize(
+    "backend,modules,hint",
+    [
+        ("torchcodec", ["torchcodec", "torchcodec.decoders"], "pip install torchcodec"),
+        ("decord", ["decord"], "pip install decord"),
+    ],
+)
+def test_missing_backend_package_says_how_to_install(
+    video_factory, monkeypatch, backend, modules, hint
+):
     path = video_factory("clip.mp4", num_frames=4)
-    with pytest.raises(ImportError, match="pip install torchcodec"):
-        VideoReader(path, backend="torchcodec")
+    for module in modules:  # as if the package were not installed
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ImportError, match=hint):
+        VideoReader(path, backend=backend)
 
 
 @pytest.mark.timeout(120)

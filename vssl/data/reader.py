@@ -1,11 +1,15 @@
-"""Decoding frames by index: PyAV by default, torchcodec as an optional backend.
+"""Decoding frames by index: PyAV by default; torchcodec (CPU or CUDA) and decord as options.
+
+:func:`open_reader` (or ``VideoReader(path, backend=...)``) picks the backend; every backend
+numbers frames as below and returns ``get_frames`` as uint8 RGB ``(T, 3, H, W)``.
 
 Frame ``i`` of a video is the frame whose presentation timestamp maps to ``i`` by
 ``round((pts - start_pts) * time_base * fps)``, where ``start_pts`` is the timestamp of the
 first decoded frame. The video index (:mod:`vssl.data.index`) counts frames by the same rule,
 so every index it reports usable is one the reader delivers. Files whose frames carry no
 timestamps, or whose timestamps go backwards in decoding order, fall back to counting decoded
-frames from the start.
+frames from the start. In MPEG program streams (``.mpg``, ``.vob``) FFmpeg's seeks are not
+frame-accurate, so their frames are reached, and counted, by decoding from the start.
 
 The reader decodes only what it needs: it seeks to the keyframe at or before the first wanted
 frame, decodes forward, converts (and resizes, inside swscale) only the wanted frames straight
@@ -21,6 +25,7 @@ interrupted; a packet decodes in milliseconds, so the limit holds to that granul
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
 import os
@@ -41,6 +46,11 @@ MIN_SEEK_GAP = 32
 # Seeks that land past the wanted frame are retried this many times, further back each time,
 # before decoding from the start of the file.
 _MAX_SEEK_RETRIES = 4
+# Containers whose seeks are not frame-accurate: FFmpeg seeks in MPEG program streams by a
+# binary search on timestamps that lands inside a frame, after which the demuxer gives the
+# following packets the timestamps of their neighbours (off by a frame or more). Frames of these
+# files are reached by decoding from the start instead.
+_INEXACT_SEEK_FORMATS = frozenset({"mpeg"})
 # swscale's area filter is both the most accurate and the fastest for downscaling.
 _INTERPOLATION = Interpolation.AREA
 # swscale emits planar G, B, R; these are their channel positions in RGB order.
@@ -68,10 +78,8 @@ class _NoTimestamps(Exception):
     the reader must count frames from the start instead."""
 
 
-def _open_container(path: str, threads: int, timeout: float | None = None) -> tuple[Any, Any]:
-    """Open ``path`` and its best video stream, or raise VideoDecodeError saying why not.
-
-    ``timeout`` (seconds) is FFmpeg's limit on a blocking open or read."""
+def _check_file(path: str) -> None:
+    """Raise VideoDecodeError unless ``path`` is an existing, non-empty regular file."""
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -82,6 +90,13 @@ def _open_container(path: str, threads: int, timeout: float | None = None) -> tu
         raise VideoDecodeError(path, "not a regular file")
     if info.st_size == 0:
         raise VideoDecodeError(path, "empty file (0 bytes)")
+
+
+def _open_container(path: str, threads: int, timeout: float | None = None) -> tuple[Any, Any]:
+    """Open ``path`` and its best video stream, or raise VideoDecodeError saying why not.
+
+    ``timeout`` (seconds) is FFmpeg's limit on a blocking open or read."""
+    _check_file(path)
     try:
         container = av.open(path, metadata_errors="ignore", timeout=timeout)
     except PermissionError:
@@ -102,6 +117,11 @@ def _open_container(path: str, threads: int, timeout: float | None = None) -> tu
     stream.codec_context.thread_count = threads
     stream.codec_context.thread_type = "SLICE" if threads == 1 else "AUTO"
     return container, stream
+
+
+def _seeks_exactly(container: Any) -> bool:
+    """Whether a seek in this container lands on a frame with its true timestamp."""
+    return not _INEXACT_SEEK_FORMATS.intersection(container.format.name.split(","))
 
 
 def _stream_fps(stream: Any) -> float | None:
@@ -212,7 +232,7 @@ def _scan_frames(path: str, container: Any, stream: Any, mode: str) -> _Scan:
     start = first.pts
     if start is None or scale is None:
         return _Scan(1 + sum(1 for _ in frames), None, width, height)
-    if mode == "fast":
+    if mode == "fast" and _seeks_exactly(container):
         last = _tail_index(container, stream, start, scale)
         if last is not None and last >= 0:
             return _Scan(last + 1, start, width, height)
@@ -276,13 +296,10 @@ class VideoReader:
         threads: int = 1,
         num_frames: int | None = None,
         decode_timeout: float | None = None,
+        device: str = "cpu",
     ) -> VideoReader:
         if cls is VideoReader:
-            if backend not in BACKENDS:
-                raise ValueError(
-                    f"{path}: unknown video backend {backend!r}; available: {sorted(BACKENDS)}"
-                )
-            cls = BACKENDS[backend]
+            cls = reader_class(backend, path)
         return super().__new__(cls)
 
     def __init__(
@@ -293,13 +310,14 @@ class VideoReader:
         threads: int = 1,
         num_frames: int | None = None,
         decode_timeout: float | None = None,
+        device: str = "cpu",
     ) -> None:
-        self.path = str(path)
-        self.threads = threads
-        if decode_timeout is not None and not decode_timeout > 0:
-            raise ValueError(f"{path}: decode_timeout must be positive seconds, got {decode_timeout}")
-        self.decode_timeout = decode_timeout
-        self._deadline = math.inf
+        self._setup(path, threads, decode_timeout)
+        if device != "cpu":
+            raise ValueError(
+                f"{path}: the 'pyav' backend decodes on the CPU only, got device={device!r} "
+                "(backend='torchcodec' decodes on 'cuda')"
+            )
         self._start_clock()
         self._container, self._stream = _open_container(self.path, threads, decode_timeout)
         self._fresh = True
@@ -310,6 +328,7 @@ class VideoReader:
             self.fps = fps
             self._scale = _pts_scale(self._stream, fps)
             self._sequential = self._scale is None
+            self._exact_seek = _seeks_exactly(self._container)
             self._start_pts: int | None = None
             self.width = self._stream.codec_context.width
             self.height = self._stream.codec_context.height
@@ -339,6 +358,17 @@ class VideoReader:
         self._from_start = False
         self._last_key: int | None = None
         self._gop = 0
+
+    def _setup(self, path: str | Path, threads: int, decode_timeout: float | None) -> None:
+        """The settings every backend shares, checked."""
+        self.path = str(path)
+        self.threads = threads
+        if decode_timeout is not None and not decode_timeout > 0:
+            raise ValueError(
+                f"{path}: decode_timeout must be positive seconds, got {decode_timeout}"
+            )
+        self.decode_timeout = decode_timeout
+        self._deadline = math.inf
 
     def __enter__(self) -> VideoReader:
         return self
@@ -452,7 +482,9 @@ class VideoReader:
         self._pending = following
 
     def _seek_gap(self) -> float:
-        return math.inf if self._sequential else max(MIN_SEEK_GAP, self._gop)
+        if self._sequential or not self._exact_seek:
+            return math.inf
+        return max(MIN_SEEK_GAP, self._gop)
 
     def _can_continue_to(self, target: int) -> bool:
         return (
@@ -479,7 +511,7 @@ class VideoReader:
         """Position the decoder at the keyframe at or before ``target`` (further back on retry)."""
         if retries:
             target -= 4 << retries
-        if self._sequential or target <= 0 or retries > _MAX_SEEK_RETRIES:
+        if self._sequential or not self._exact_seek or target <= 0 or retries > _MAX_SEEK_RETRIES:
             self._rewind()
             return
         pts = self._start_pts + math.floor((target + 0.4) / self._scale)
@@ -540,6 +572,10 @@ class VideoReader:
             if p == n or (wanted[p] - j > gap and (p > first or not seeked)):
                 return p, False
         self._frames = None
+        if self._pos is None and not self._from_start:
+            # The seek landed where nothing decodes up to the end (past the last keyframe, or
+            # on frames that need an earlier one, as in MPEG transport streams): seek further back.
+            return p, True
         last = f"frame {self._pos}" if self._pos is not None and self._pos >= 0 else "no frame"
         raise VideoDecodeError(
             self.path,
@@ -565,73 +601,39 @@ class VideoReader:
             out[rows[1:]] = out[first]
 
 
-class TorchCodecReader(VideoReader):
-    """The optional torchcodec backend (needs the torchcodec package and system FFmpeg).
-
-    Frame indices are torchcodec's own (its exact scan); resizing uses torchvision's
-    antialiased uint8 resize after decoding. torchcodec cannot be interrupted: a
-    ``decode_timeout`` is checked when a call returns, which turns a slow clip into a
-    :class:`VideoDecodeError` but does not stop a hang.
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        backend: str = "torchcodec",
-        threads: int = 1,
-        num_frames: int | None = None,
-        decode_timeout: float | None = None,
-    ) -> None:
-        try:
-            from torchcodec.decoders import VideoDecoder
-        except ImportError as exc:
-            raise ImportError(
-                "the 'torchcodec' video backend needs the torchcodec package, which needs the "
-                "FFmpeg shared libraries on the system: install FFmpeg (e.g. `apt install "
-                "ffmpeg` or `conda install ffmpeg`), then `pip install torchcodec`; or use "
-                "backend='pyav'"
-            ) from exc
-        self.path = str(path)
-        self.threads = threads
-        self.decode_timeout = decode_timeout
-        self._deadline = math.inf
-        try:
-            self._decoder = VideoDecoder(
-                self.path, dimension_order="NCHW", num_ffmpeg_threads=threads, seek_mode="exact"
-            )
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise VideoDecodeError(self.path, f"cannot open: {exc}") from exc
-        meta = self._decoder.metadata
-        self.fps = float(meta.average_fps)
-        self.width, self.height = int(meta.width), int(meta.height)
-        self.num_frames = int(num_frames if num_frames is not None else meta.num_frames)
-        self.duration = self.num_frames / self.fps
-
-    def close(self) -> None:
-        """Release the decoder."""
-        self._decoder = None
-
-    def get_frames(
-        self, indices: Sequence[int] | np.ndarray, size: int | tuple[int, int] | None = None
-    ) -> torch.Tensor:
-        """Frames at ``indices`` as uint8 RGB ``(T, 3, H, W)``, like :meth:`VideoReader.get_frames`."""
-        from torchvision.transforms.v2.functional import resize
-
-        idx = self._check_indices(indices)
-        height, width = output_size(self.height, self.width, size)
-        if len(idx) == 0:
-            return torch.empty((0, 3, height, width), dtype=torch.uint8)
-        self._start_clock()
-        try:
-            frames = self._decoder.get_frames_at(indices=idx.tolist()).data
-        except (RuntimeError, IndexError) as exc:
-            raise VideoDecodeError(self.path, f"cannot decode frames: {exc}") from exc
-        self._check_deadline()
-        if tuple(frames.shape[-2:]) != (height, width):
-            frames = resize(frames, [height, width], antialias=True)
-        return frames
+BACKENDS: dict[str, type[VideoReader] | str] = {
+    "pyav": VideoReader,
+    "torchcodec": "vssl.data.reader_torchcodec:TorchCodecReader",
+    "decord": "vssl.data.reader_decord:DecordReader",
+}
+"""Reader classes by backend name, a class or ``"module:Class"`` imported on first use; register
+a subclass of VideoReader to add one."""
 
 
-BACKENDS: dict[str, type[VideoReader]] = {"pyav": VideoReader, "torchcodec": TorchCodecReader}
-"""Reader classes by backend name; register a subclass of VideoReader to add one."""
+def reader_class(backend: str, path: str | Path | None = None) -> type[VideoReader]:
+    """The reader class of ``backend``; an unknown name raises a ValueError listing the known."""
+    entry = BACKENDS.get(backend)
+    if entry is None:
+        where = f"{path}: " if path is not None else ""
+        raise ValueError(f"{where}unknown video backend {backend!r}; available: {sorted(BACKENDS)}")
+    if isinstance(entry, str):
+        module, _, name = entry.partition(":")
+        entry = BACKENDS[backend] = getattr(importlib.import_module(module), name)
+    return entry
+
+
+def open_reader(
+    path: str | Path,
+    backend: str = "pyav",
+    *,
+    threads: int = 1,
+    num_frames: int | None = None,
+    decode_timeout: float | None = None,
+    device: str = "cpu",
+) -> VideoReader:
+    """A reader of ``path`` from ``backend`` (see :data:`BACKENDS`); every backend numbers frames
+    and returns ``get_frames`` as :class:`VideoReader` does. ``device`` ("cpu", or "cuda" for
+    torchcodec's NVDEC decoder) is where frames are decoded and returned."""
+    return reader_class(backend, path)(
+        path, threads=threads, num_frames=num_frames, decode_timeout=decode_timeout, device=device
+    )
