@@ -1,6 +1,7 @@
 """The command line end to end, in subprocesses (as a user runs it)."""
 
 import csv
+import inspect
 import json
 import os
 import subprocess
@@ -14,6 +15,8 @@ from cli_helpers import run_vssl, tiny_config
 
 from vssl.cli import main
 from vssl.tasks import Supervised
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_help_lists_subcommands(capsys):
@@ -105,3 +108,60 @@ def test_last_checkpoint_is_the_last_epoch_when_later_epochs_do_not_improve(tiny
     assert (last["epoch"], last["global_step"]) == (2, 3 * steps_per_epoch)
     # The callback state is under ModelCheckpoint's key, so either class resumes it.
     assert any(k.startswith("ModelCheckpoint{") for k in last["callbacks"])
+
+
+def _synthetic_roots() -> dict[str, dict[str, tuple[str, dict]]]:
+    """For each dataset folder that a config writes synthetic data to: its settings per config."""
+    from vssl.data.synthetic import make_synthetic
+
+    defaults = {k: v.default for k, v in inspect.signature(make_synthetic).parameters.items()
+                if v.default is not inspect.Parameter.empty and k != "progress"}
+    roots: dict[str, dict[str, tuple[str, dict]]] = {}
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        data = (yaml.safe_load(path.read_text()) or {}).get("data")
+        args = data.get("init_args", {}) if isinstance(data, dict) else {}
+        if args.get("synthetic") is not None:
+            settings = {**defaults, **args["synthetic"]}
+            roots.setdefault(args.get("root", "data/synthetic"), {})[str(path.relative_to(ROOT))] = settings
+    return roots
+
+
+def test_configs_sharing_a_synthetic_folder_ask_for_the_same_dataset():
+    # Otherwise the second config run after the first (README's order: quick start, then a
+    # task) stops with "data/... holds a synthetic dataset made with other settings".
+    roots = _synthetic_roots()
+    assert "configs/quickstart.yaml" in roots["data/quickstart"]
+    assert len(roots["data/synthetic"]) >= 9  # every task's synthetic_tiny.yaml and the preset
+    for root, by_config in roots.items():
+        first, *rest = by_config.items()
+        for name, settings in rest:
+            assert settings == first[1], f"{name} and {first[0]} write different data to {root}"
+
+
+def test_quick_start_then_a_task_config_in_one_folder(tmp_path):
+    # README's order with its own configs, cut to a few videos and one step each: each config
+    # keeps its folder and its frame size, so the second run must not trip over the first's data.
+    small = ["--data.init_args.synthetic.videos_per_class", "2", "--data.init_args.num_workers", "0",
+             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+             "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+             "--data.init_args.cache_dir", str(tmp_path / "cache")]
+    for config in ("configs/quickstart.yaml", "configs/rspnet/synthetic_tiny.yaml"):
+        run_vssl(["fit", "--config", str(ROOT / config), *small], tmp_path)
+    assert json.loads((tmp_path / "data/quickstart/synthetic.json").read_text())["settings"]["size"] == 32
+    assert json.loads((tmp_path / "data/synthetic/synthetic.json").read_text())["settings"]["size"] == 64
+
+
+def test_a_folder_holding_another_dataset_is_one_clean_error(tmp_path):
+    from vssl.data.synthetic import make_synthetic
+
+    make_synthetic(tmp_path / "data" / "synthetic", classes=8, videos_per_class=1, frames=8, size=16)
+    (tmp_path / "data" / "synthetic" / "notes.txt").write_text("mine")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "vssl", "fit", "--config",
+                          str(ROOT / "configs/rspnet/synthetic_tiny.yaml")],
+                         cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("vssl fit: error: ") and "made with other settings" in last
+    assert "Traceback" not in out.stderr
+    assert (tmp_path / "data" / "synthetic" / "notes.txt").read_text() == "mine"

@@ -345,7 +345,7 @@ def test_folder_without_splits(tmp_path):
     touch(tmp_path / "b/x.MP4", tmp_path / "a/y.mkv")
     items, classes = load_layout("folder", tmp_path, split="train")
     assert classes == ["a", "b"] and pairs(items, tmp_path) == [("a/y.mkv", 0), ("b/x.MP4", 1)]
-    with pytest.raises(FileNotFoundError, match="nowhere: dataset folder not found"):
+    with pytest.raises(FileNotFoundError, match="nowhere: the dataset root folder does not exist"):
         load_layout("folder", tmp_path / "nowhere")
 
 

@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from vssl.callbacks import Checkpoint, RNGState, RunInfo
 from vssl.data.datamodule import VideoDataModule
+from vssl.errors import UserError
 from vssl.tasks.base import VSSLTask
 
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -87,7 +88,8 @@ def _usage() -> str:
     lines = ["usage: python -m vssl <subcommand> [options]", "", "subcommands:"]
     lines += [f"  {name:<15} Lightning Trainer.{name} (--config FILE ...)" for name in TRAINER_SUBCOMMANDS]
     lines += [f"  {name:<15} {help_}" for name, (_, help_) in EXTRA_COMMANDS.items()]
-    lines.append("\n'python -m vssl SUBCOMMAND --help' shows the options of one subcommand.")
+    lines.append("\n'python -m vssl SUBCOMMAND --help' shows the options of one subcommand;")
+    lines.append("'--debug' shows the traceback of an error in what was given (a file, a folder, a setting).")
     return "\n".join(lines)
 
 
@@ -104,16 +106,29 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in TRAINER_SUBCOMMANDS:
         print(f"vssl: unknown subcommand {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    VSSLCLI(
-        VSSLTask,
-        VideoDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        trainer_defaults=TRAINER_DEFAULTS,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": False},
-        args=cli_args,
-    )
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
+        if cli_args is None:
+            sys.argv.remove("--debug")
+        else:
+            cli_args.remove("--debug")
+    try:
+        VSSLCLI(
+            VSSLTask,
+            VideoDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            trainer_defaults=TRAINER_DEFAULTS,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": False},
+            args=cli_args,
+        )
+    except UserError as err:
+        if debug:
+            raise
+        print(f"vssl {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

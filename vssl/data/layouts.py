@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from vssl.errors import InvalidInputError, MissingInputError
+
 logger = logging.getLogger("vssl")
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v"})
@@ -103,9 +105,9 @@ def ucf101(
     for n, line in _read_lines(class_file):
         parts = line.split()
         if len(parts) != 2 or not parts[0].isdigit():
-            raise ValueError(f"{class_file}:{n}: expected '<id> <ClassName>', got {line!r}")
+            raise InvalidInputError(f"{class_file}:{n}: expected '<id> <ClassName>', got {line!r}")
         if int(parts[0]) != len(classes) + 1:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{class_file}:{n}: class ids must run 1, 2, 3, ...; expected "
                 f"{len(classes) + 1}, got {parts[0]}"
             )
@@ -117,17 +119,17 @@ def ucf101(
     for n, line in _read_lines(list_file):
         parts = line.split()
         if len(parts) not in (1, 2) or "/" not in parts[0]:
-            raise ValueError(f"{list_file}:{n}: expected '<Class>/<video>.avi [id]', got {line!r}")
+            raise InvalidInputError(f"{list_file}:{n}: expected '<Class>/<video>.avi [id]', got {line!r}")
         if len(parts) == 2:
             if not parts[1].isdigit() or not 1 <= int(parts[1]) <= len(classes):
-                raise ValueError(
+                raise InvalidInputError(
                     f"{list_file}:{n}: class id must be 1..{len(classes)}, got {parts[1]!r}"
                 )
             label = int(parts[1]) - 1
         else:
             folder = parts[0].split("/")[0]
             if folder.lower() not in by_name:
-                raise ValueError(f"{list_file}:{n}: class {folder!r} is not in {class_file}")
+                raise InvalidInputError(f"{list_file}:{n}: class {folder!r} is not in {class_file}")
             label = by_name[folder.lower()]
         items.append(VideoItem(videos / parts[0], label))
     return _keep_existing(items, "ucf101", videos), classes
@@ -149,7 +151,7 @@ def hmdb51(
     suffix = f"_test_split{fold}.txt"
     files = sorted(p for p in splits.iterdir() if p.name.endswith(suffix))
     if not files:
-        raise FileNotFoundError(f"{splits / ('<class>' + suffix)}: split files not found")
+        raise MissingInputError(f"{splits / ('<class>' + suffix)}: split files not found")
     classes = [p.name[: -len(suffix)] for p in files]
 
     candidates = [root] + sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
@@ -160,7 +162,7 @@ def hmdb51(
         for n, line in _read_lines(file):
             parts = line.split()
             if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-                raise ValueError(f"{file}:{n}: expected '<video>.avi <0|1|2>', got {line!r}")
+                raise InvalidInputError(f"{file}:{n}: expected '<video>.avi <0|1|2>', got {line!r}")
             if int(parts[1]) == wanted_id:
                 items.append(VideoItem(videos / classes[label] / parts[0], label))
     return _keep_existing(items, "hmdb51", videos), classes
@@ -209,24 +211,24 @@ def kinetics(
         tables = [folder / f"{name}.csv" for name in names]
         table = next((t for t in tables if t.is_file()), tables[0])
     if not table.is_file():
-        raise FileNotFoundError(f"{table}: Kinetics annotation CSV not found")
+        raise MissingInputError(f"{table}: Kinetics annotation CSV not found")
 
     with open(table, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         needed = {"youtube_id", "time_start", "time_end"}
         if reader.fieldnames is None or not needed <= set(reader.fieldnames):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{table}:1: expected a header with label,youtube_id,time_start,time_end,split; "
                 f"got {reader.fieldnames}"
             )
         rows = []
         for row in reader:
             if not (row.get("youtube_id") or "").strip():
-                raise ValueError(f"{table}:{reader.line_num}: no youtube_id in {row}")
+                raise InvalidInputError(f"{table}:{reader.line_num}: no youtube_id in {row}")
             try:
                 start, end = int(float(row["time_start"])), int(float(row["time_end"]))
             except (TypeError, ValueError):
-                raise ValueError(
+                raise InvalidInputError(
                     f"{table}:{reader.line_num}: bad time_start/time_end in {row}"
                 ) from None
             stem = f"{row['youtube_id']}_{start:06d}_{end:06d}"
@@ -255,12 +257,12 @@ def kinetics(
 
 def _load_json(file: Path) -> object:
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: annotation file not found")
+        raise MissingInputError(f"{file}: annotation file not found")
     try:
         with open(file, encoding="utf-8-sig") as handle:
             return json.load(handle)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{file}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        raise InvalidInputError(f"{file}:{exc.lineno}: invalid JSON: {exc.msg}") from None
 
 
 def ssv2(
@@ -282,31 +284,31 @@ def ssv2(
     labels_file = folder / "labels.json"
     labels = _load_json(labels_file)
     if not isinstance(labels, dict):
-        raise ValueError(f"{labels_file}:1: expected an object {{template: id}}")
+        raise InvalidInputError(f"{labels_file}:1: expected an object {{template: id}}")
     try:
         ids = {template: int(i) for template, i in labels.items()}
     except (TypeError, ValueError):
-        raise ValueError(f"{labels_file}:1: class ids must be integers") from None
+        raise InvalidInputError(f"{labels_file}:1: class ids must be integers") from None
     if sorted(ids.values()) != list(range(len(ids))):
-        raise ValueError(f"{labels_file}:1: class ids must be 0..{len(ids) - 1}, each once")
+        raise InvalidInputError(f"{labels_file}:1: class ids must be 0..{len(ids) - 1}, each once")
     classes = sorted(ids, key=ids.__getitem__)
 
     list_file = folder / ("train.json" if split == "train" else "validation.json")
     entries = _load_json(list_file)
     if not isinstance(entries, list):
-        raise ValueError(f"{list_file}:1: expected a list of videos")
+        raise InvalidInputError(f"{list_file}:1: expected a list of videos")
     nested = root / "20bn-something-something-v2"
     videos = nested if nested.is_dir() else root
     found = _videos_by_stem([videos])
     items = []
     for k, entry in enumerate(entries):
         if not isinstance(entry, dict) or "id" not in entry:
-            raise ValueError(f"{list_file}: entry {k} has no 'id': {entry!r}")
+            raise InvalidInputError(f"{list_file}: entry {k} has no 'id': {entry!r}")
         label = -1
         if "template" in entry:
             template = entry["template"].replace("[", "").replace("]", "")
             if template not in ids:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{list_file}: entry {k} (id {entry['id']}): class {template!r} is not in "
                     f"{labels_file}"
                 )
@@ -335,7 +337,7 @@ def folder(
         {d.name for p in parents for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")}
     )
     if not classes:
-        raise FileNotFoundError(f"{base}: no class folders found")
+        raise MissingInputError(f"{base}: no class folders found")
     items = []
     for label, name in enumerate(classes):
         class_dir = base / name
@@ -368,7 +370,7 @@ def csv_layout(
     root = Path(root)
     table = Path(annotations) if annotations is not None else root
     if not table.is_file():
-        raise FileNotFoundError(f"{table}: CSV file not found")
+        raise MissingInputError(f"{table}: CSV file not found")
     base = root if root.is_dir() else table.parent
     rows: list[tuple[Path, int | str | None]] = []
     with open(table, newline="", encoding="utf-8-sig") as handle:
@@ -379,7 +381,7 @@ def csv_layout(
             if not rows and [cell.strip().lower() for cell in row] == ["path", "label"]:
                 continue
             if len(row) > 2 or not row[0].strip():
-                raise ValueError(
+                raise InvalidInputError(
                     f"{table}:{reader.line_num}: expected 'path,label', got {','.join(row)!r}"
                 )
             path = Path(row[0].strip())
@@ -389,7 +391,7 @@ def csv_layout(
     if all(isinstance(label, int) for label in given):
         bad = [label for label in given if label < -1]
         if bad:
-            raise ValueError(f"{table}: integer labels must be >= -1, got {bad[0]}")
+            raise InvalidInputError(f"{table}: integer labels must be >= -1, got {bad[0]}")
         classes = [str(i) for i in range(max(given, default=-1) + 1)]
         items = [VideoItem(path, -1 if label is None else label) for path, label in rows]
     else:
@@ -435,5 +437,7 @@ def load_layout(
 ) -> tuple[list[VideoItem], list[str]]:
     """The videos of one split of a dataset on disk, with 0-based labels and class names."""
     if name not in LAYOUTS:
-        raise ValueError(f"unknown dataset layout {name!r}; available: {', '.join(LAYOUTS)}")
+        raise InvalidInputError(f"unknown dataset layout {name!r}; available: {', '.join(LAYOUTS)}")
+    if not Path(root).expanduser().exists():
+        raise MissingInputError(f"{root}: the dataset root folder does not exist (layout {name!r})")
     return LAYOUTS[name](root, split=split, fold=fold, annotations=annotations)

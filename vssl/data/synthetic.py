@@ -50,6 +50,7 @@ import numpy as np
 from rich.progress import track
 
 from vssl.data.encode import write_video
+from vssl.errors import DatasetFolderError
 
 SYNTHETIC_VERSION = 1
 """Bump whenever rendering changes, so that a folder made by another version is not reused."""
@@ -424,17 +425,18 @@ def _check_args(
 def _matches_existing(root: Path, settings: dict) -> bool:
     """True if ``root`` holds this very dataset, False if it is absent or an empty folder.
 
-    Raises FileExistsError naming ``root`` when it holds anything else; nothing is touched.
+    Raises DatasetFolderError (a FileExistsError) naming ``root`` when it holds anything else;
+    nothing is touched.
     """
     if not root.exists():
         return False
     if not root.is_dir():
-        raise FileExistsError(f"{root} exists and is not a folder; cannot make a dataset there")
+        raise DatasetFolderError(f"{root} exists and is not a folder; cannot make a dataset there")
     if not any(root.iterdir()):
         return False
     meta_path = root / "synthetic.json"
     if not meta_path.is_file():
-        raise FileExistsError(
+        raise DatasetFolderError(
             f"{root} is not empty and holds no synthetic dataset (no synthetic.json); refusing "
             "to write into it. Give a new or empty folder."
         )
@@ -442,7 +444,7 @@ def _matches_existing(root: Path, settings: dict) -> bool:
         meta = json.loads(meta_path.read_text())
         found, version = meta["settings"], meta["version"]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise FileExistsError(
+        raise DatasetFolderError(
             f"{meta_path} is not a readable vssl synthetic dataset description ({err}); "
             f"{root} was left untouched"
         ) from err
@@ -455,13 +457,13 @@ def _matches_existing(root: Path, settings: dict) -> bool:
             for key, value in settings.items()
             if isinstance(found, dict) and found.get(key) != value
         ]
-        raise FileExistsError(
+        raise DatasetFolderError(
             f"{root} holds a synthetic dataset made with other settings: {', '.join(diffs)}. "
             "It was left untouched; use another folder, or delete this one to rebuild it."
         )
     missing = [p for p in _expected_files(settings) if not (root / p).is_file()]
     if missing:
-        raise FileExistsError(
+        raise DatasetFolderError(
             f"{root} holds an incomplete synthetic dataset: {root / missing[0]} and "
             f"{len(missing) - 1} more videos are missing. Delete the folder to rebuild it."
         )
