@@ -41,7 +41,13 @@ def test_every_yaml_is_a_run_config_a_preset_or_a_sweep() -> None:
     """A new kind of YAML under configs/ needs a test here before it ships."""
     loggers = sorted((CONFIGS / "loggers").glob("*.yaml"))
     assert len(RUN_CONFIGS) >= 19
-    assert {p.stem for p in DATA_PRESETS} == {"ucf101", "hmdb51", "kinetics400", "ssv2", "synthetic"}
+    assert {p.stem for p in DATA_PRESETS} == {
+        "ucf101",
+        "hmdb51",
+        "kinetics400",
+        "ssv2",
+        "synthetic",
+    }
     assert len(SWEEPS) == 3
     assert sorted(RUN_CONFIGS + DATA_PRESETS + SWEEPS + loggers) == ALL_YAML
 
@@ -86,8 +92,10 @@ def cpu_overrides(config: Path, root: Path, cache: Path) -> list[str]:
         args["model.init_args.backbone"] = "vit_tiny_8"
         args["model.init_args.backbone_kwargs"] = "{dim: 32, depth: 1, heads: 2}"
     if "tasks" in model_args:  # a task mixture: the same for its members
-        tasks = {name: {**spec, "init_args": {**(spec.get("init_args") or {})}}
-                 for name, spec in model_args["tasks"].items()}
+        tasks = {
+            name: {**spec, "init_args": {**(spec.get("init_args") or {})}}
+            for name, spec in model_args["tasks"].items()
+        }
         for spec in tasks.values():
             if "clip_len" in spec["init_args"]:
                 spec["init_args"]["clip_len"] = 4
@@ -97,7 +105,10 @@ def cpu_overrides(config: Path, root: Path, cache: Path) -> list[str]:
 
 @pytest.mark.parametrize("config", RUN_CONFIGS, ids=_ids(RUN_CONFIGS))
 def test_run_config_trains_one_step(
-    config: Path, tiny_synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    config: Path,
+    tiny_synthetic: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -108,6 +119,46 @@ def test_run_config_trains_one_step(
     losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
     assert len(losses) == 1 and math.isfinite(losses[0]), f"{config}: {rows}"
     assert (metrics.parent / "config.yaml").is_file()
+
+
+# Paper config -> the backbone (name, builder kwargs) of that paper's official code.
+PAPER_BACKBONES = {
+    "clip_order/c3d.yaml": ("c3d", {"pool5": False}),
+    "clip_order/r2plus1d_10.yaml": ("r2plus1d_10", {}),
+    "clip_order/r3d_10.yaml": ("r3d_10", {}),
+    "cvrl/r3d_50_k400.yaml": ("r3d_50", {}),
+    "cvrl/r3d_50_k600.yaml": ("r3d_50", {}),
+    "playback_rate/c3d.yaml": ("c3d", {"pool5": False}),
+    "playback_rate/r2plus1d_10.yaml": ("r2plus1d_10", {}),
+    "playback_rate/r3d_10.yaml": ("r3d_10", {}),
+    "rotation/r3d_18_hara.yaml": ("r3d_18_hara", {}),
+    "rspnet/c3d.yaml": ("c3d", {"pool5": False}),
+    "rspnet/r2plus1d_10.yaml": ("r2plus1d_10", {}),
+    "rspnet/r3d_18_hara.yaml": ("r3d_18_hara", {}),
+    "statistics/sts_c3d.yaml": ("c3d", {"pool5": False}),
+    "statistics/sts_r2plus1d_10.yaml": ("r2plus1d_10", {}),
+    "statistics/sts_r3d_10.yaml": ("r3d_10", {}),
+}
+
+
+@pytest.mark.parametrize("config", sorted(PAPER_BACKBONES))
+def test_paper_config_builds_its_papers_backbone(config: str) -> None:
+    """The training test swaps the backbone for a tiny one: here each paper config's own
+    backbone is built (on the meta device) from the config's name and kwargs."""
+    import torch
+
+    from vssl import backbones
+
+    init = _load(CONFIGS / config)["model"]["init_args"]
+    name, kwargs = init["backbone"], init.get("backbone_kwargs") or {}
+    assert (name, kwargs) == PAPER_BACKBONES[config]
+    with torch.device("meta"):
+        model = backbones.build(name, **kwargs).eval()
+    clip_len, crop = (
+        _load(CONFIGS / config)["data"]["init_args"][k] for k in ("clip_len", "crop_size")
+    )
+    x = torch.empty(1, 3, clip_len, crop, crop, device="meta")
+    assert model(x).shape == (1, model.out_dim)
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +177,9 @@ def _print_config(args: list[str], capsys: pytest.CaptureFixture) -> dict:
 
 
 @pytest.mark.parametrize("preset", DATA_PRESETS, ids=_ids(DATA_PRESETS))
-def test_data_preset_combines_with_a_task_config(preset: Path, capsys: pytest.CaptureFixture) -> None:
+def test_data_preset_combines_with_a_task_config(
+    preset: Path, capsys: pytest.CaptureFixture
+) -> None:
     task = CONFIGS / "cvrl" / "r3d_18.yaml"
     resolved = _print_config(["--config", str(task), "--config", str(preset)], capsys)
     data = resolved["data"]["init_args"]
@@ -143,10 +196,13 @@ def test_synthetic_preset_trains(
 ) -> None:
     """The synthetic preset (layout, splits, generator settings) on a paper config trains."""
     monkeypatch.chdir(tmp_path)
-    task = CONFIGS / "rspnet" / "r3d_18.yaml"
+    task = CONFIGS / "rspnet" / "r3d_18_hara.yaml"
     preset_keys = ("layout", "train_split", "val_split", "annotations", "synthetic", "flip")
-    overrides = [a for a in cpu_overrides(task, tiny_synthetic, tmp_path / "cache")
-                 if not a.startswith(tuple(f"--data.init_args.{k}=" for k in preset_keys))]
+    overrides = [
+        a
+        for a in cpu_overrides(task, tiny_synthetic, tmp_path / "cache")
+        if not a.startswith(tuple(f"--data.init_args.{k}=" for k in preset_keys))
+    ]
     # the fixture's generator settings, so the preset finds the dataset instead of writing one
     fixture = "{classes: 4, videos_per_class: 4, frames: 16, size: 32, seed: 0}"
     args = ["fit", "--config", str(task), "--config", str(CONFIGS / "data" / "synthetic.yaml")]
