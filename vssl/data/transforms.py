@@ -8,8 +8,11 @@ Two halves, following the data flow of vssl:
 - On the accelerator, after the batch is transferred (`BatchAugment`): photometric transforms
   that vectorise over a batch (colour jitter, grayscale, blur, solarisation) with per-sample
   parameters, then conversion to float, normalisation and the model's ``(B, C, T, H, W)`` layout.
-  The formulas are torchvision's, so the result equals torchvision's per-sample functional ops
-  with the same parameters (the tests check this).
+  The default formulas are torchvision's, so the result equals torchvision's per-sample
+  functional ops with the same parameters (the tests check this). Options select the variants
+  of the papers' official code (`CONTRAST_MEANS`, `SATURATION_MODES`, `BLUR_PADDINGS`,
+  ``grayscale_first``), each checked in the tests against a direct computation of the official
+  formula.
 """
 
 from __future__ import annotations
@@ -27,6 +30,19 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
+CONTRAST_MEANS = ("frame", "clip", "channel")
+"""The grey level contrast blends toward: each frame's grey mean (torchvision per frame, the
+default), one grey mean per clip (RSPNet's official code), or each channel's mean over the whole
+clip (CVRL's official code, ``tf.image.adjust_contrast`` on the frames as one image)."""
+
+SATURATION_MODES = ("blend", "hsv")
+"""Saturation by blending with the grey image (torchvision, the default) or by scaling S in HSV
+and clipping it to [0, 1] (CVRL's official code, ``tf.image.adjust_saturation``)."""
+
+BLUR_PADDINGS = ("reflect", "zeros")
+"""Gaussian blur border: reflected (torchvision, the default) or zeros (CVRL's official code,
+``depthwise_conv2d`` with ``padding='SAME'``)."""
+
 
 def train_clip_transform(
     size: int,
@@ -35,7 +51,9 @@ def train_clip_transform(
     flip: bool = True,
 ) -> v2.Transform:
     """Random resized crop to ``size`` x ``size`` and a random horizontal flip, per clip."""
-    steps: list[v2.Transform] = [v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True)]
+    steps: list[v2.Transform] = [
+        v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True)
+    ]
     if flip:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps)
@@ -122,12 +140,15 @@ def _hsv_to_rgb(x: Tensor) -> Tensor:
     q = ((1.0 - s * f) * v).clamp(0.0, 1.0)
     t = ((1.0 - s + s * f) * v).clamp(0.0, 1.0)
     vpqt = torch.stack((v, p, q, t), dim=-3)
-    select = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=x.device)
+    select = torch.tensor(
+        [[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=x.device
+    )
     return vpqt.gather(-3, select[:, i].movedim(0, -3))
 
 
-def _gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
-    """Blur each clip of ``x`` ``(B, T, C, H, W)`` with its own sigma (torchvision's kernel)."""
+def _gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int, padding: str = "reflect") -> Tensor:
+    """Blur each clip of ``x`` ``(B, T, C, H, W)`` with its own sigma (torchvision's kernel,
+    the same as CVRL's ``exp(-k^2 / (2 sigma^2))`` at integer offsets ``k``, normalised)."""
     b, t, c, h, w = x.shape
     lim = (kernel_size - 1) / (2.0 * math.sqrt(2.0))
     grid = torch.linspace(-lim, lim, kernel_size, device=x.device, dtype=x.dtype)
@@ -135,7 +156,8 @@ def _gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     kernel = kernel.repeat_interleave(t * c, dim=0)  # one kernel per (clip, frame, channel) plane
     pad = kernel_size // 2
     planes = x.reshape(1, b * t * c, h, w)
-    planes = nn.functional.pad(planes, (pad, pad, pad, pad), mode="reflect")
+    mode = "constant" if padding == "zeros" else "reflect"
+    planes = nn.functional.pad(planes, (pad, pad, pad, pad), mode=mode)
     planes = nn.functional.conv2d(planes, kernel[:, None, None, :], groups=b * t * c)
     planes = nn.functional.conv2d(planes, kernel[:, None, :, None], groups=b * t * c)
     return planes.reshape(b, t, c, h, w)
@@ -151,6 +173,11 @@ class BatchAugment(nn.Module):
     random order per clip when ``random_order``. Grayscale, Gaussian blur (sigma uniform in
     ``blur_sigma``, kernel ``blur_kernel`` or about 10% of the frame size) and solarisation
     (threshold 0.5) apply with their own probabilities. In ``eval()`` mode only normalisation runs.
+
+    Variants (the defaults are torchvision's): ``contrast_mean`` (`CONTRAST_MEANS`),
+    ``saturation_mode`` (`SATURATION_MODES`), ``blur_padding`` (`BLUR_PADDINGS`), and
+    ``grayscale_first``, random grayscale before colour jitter instead of after it (RSPNet's
+    official code).
     """
 
     def __init__(
@@ -168,15 +195,35 @@ class BatchAugment(nn.Module):
         solarize_p: float = 0.0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        contrast_mean: str = "frame",
+        saturation_mode: str = "blend",
+        blur_padding: str = "reflect",
+        grayscale_first: bool = False,
     ):
         super().__init__()
         if not 0.0 <= hue <= 0.5:
             raise ValueError(f"hue must be in [0, 0.5], got {hue}")
-        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+        for name, value, choices in (
+            ("contrast_mean", contrast_mean, CONTRAST_MEANS),
+            ("saturation_mode", saturation_mode, SATURATION_MODES),
+            ("blur_padding", blur_padding, BLUR_PADDINGS),
+        ):
+            if value not in choices:
+                raise ValueError(f"augment {name} must be one of {choices}, got {value!r}")
+        self.contrast_mean, self.saturation_mode = contrast_mean, saturation_mode
+        self.blur_padding, self.grayscale_first = blur_padding, bool(grayscale_first)
+        self.brightness, self.contrast, self.saturation, self.hue = (
+            brightness,
+            contrast,
+            saturation,
+            hue,
+        )
         self.jitter_p, self.random_order = jitter_p, random_order
         self.grayscale_p, self.blur_p, self.blur_sigma = grayscale_p, blur_p, tuple(blur_sigma)
         self.blur_kernel, self.solarize_p = blur_kernel, solarize_p
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1, 1), False)
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1, 1), False
+        )
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1, 1), False)
 
     @property
@@ -185,7 +232,10 @@ class BatchAugment(nn.Module):
         return max(self.jitter_p, self.grayscale_p, self.blur_p, self.solarize_p) > 0
 
     def sample_params(
-        self, batch: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+        self,
+        batch: int,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
     ) -> AugmentParams:
         """Draws the random parameters of ``batch`` clips."""
 
@@ -211,7 +261,9 @@ class BatchAugment(nn.Module):
             order=order,
             jitter=coin(self.jitter_p),
             grayscale=coin(self.grayscale_p),
-            blur_sigma=torch.where(blur, uniform(*self.blur_sigma), torch.zeros_like(blur, dtype=torch.float32)),
+            blur_sigma=torch.where(
+                blur, uniform(*self.blur_sigma), torch.zeros_like(blur, dtype=torch.float32)
+            ),
             solarize=coin(self.solarize_p),
         )
 
@@ -220,10 +272,19 @@ class BatchAugment(nn.Module):
         if op == 0:
             return (x * p.brightness[rows].view(shape)).clamp_(0.0, 1.0)
         if op == 1:
-            mean = _gray(x).mean(dim=(-3, -2, -1), keepdim=True)
+            if self.contrast_mean == "frame":
+                mean = _gray(x).mean(dim=(-3, -2, -1), keepdim=True)
+            elif self.contrast_mean == "clip":
+                mean = _gray(x).mean(dim=(-4, -3, -2, -1), keepdim=True)
+            else:
+                mean = x.mean(dim=(-4, -2, -1), keepdim=True)
             return _blend(x, mean, p.contrast[rows].view(shape))
         if op == 2:
-            return _blend(x, _gray(x), p.saturation[rows].view(shape))
+            if self.saturation_mode == "blend":
+                return _blend(x, _gray(x), p.saturation[rows].view(shape))
+            hsv = _rgb_to_hsv(x)
+            sat = (hsv[:, :, 1] * p.saturation[rows].view(-1, 1, 1, 1)).clamp(0.0, 1.0)
+            return _hsv_to_rgb(torch.stack((hsv[:, :, 0], sat, hsv[:, :, 2]), dim=2))
         hsv = _rgb_to_hsv(x)
         h = (hsv[:, :, 0] + p.hue[rows].view(-1, 1, 1, 1)).remainder(1.0)
         return _hsv_to_rgb(torch.stack((h, hsv[:, :, 1], hsv[:, :, 2]), dim=2))
@@ -231,18 +292,20 @@ class BatchAugment(nn.Module):
     def apply(self, x: Tensor, params: AugmentParams) -> Tensor:
         """Applies ``params`` to float clips ``(B, T, C, H, W)`` in [0, 1]; returns the same layout."""
         x = x.clone()
+        gray = params.grayscale.nonzero().flatten()
+        if self.grayscale_first and gray.numel():
+            x[gray] = _gray(x[gray]).expand(-1, -1, 3, -1, -1)
         for step in range(4):
             for op in range(4):
                 rows = (params.jitter & (params.order[:, step] == op)).nonzero().flatten()
                 if rows.numel():
                     x[rows] = self._jitter_op(op, x[rows], params, rows)
-        gray = params.grayscale.nonzero().flatten()
-        if gray.numel():
+        if not self.grayscale_first and gray.numel():
             x[gray] = _gray(x[gray]).expand(-1, -1, 3, -1, -1)
         blur = (params.blur_sigma > 0).nonzero().flatten()
         if blur.numel():
             k = self.blur_kernel or max(3, int(0.1 * min(x.shape[-2:])) // 2 * 2 + 1)
-            x[blur] = _gaussian_blur(x[blur], params.blur_sigma[blur], k)
+            x[blur] = _gaussian_blur(x[blur], params.blur_sigma[blur], k, self.blur_padding)
         sol = params.solarize.nonzero().flatten()
         if sol.numel():
             x[sol] = torch.where(x[sol] >= 0.5, 1.0 - x[sol], x[sol])
@@ -251,7 +314,9 @@ class BatchAugment(nn.Module):
     def forward(self, video: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """uint8 ``(B, [N,] T, C, H, W)`` -> normalised float ``(B, [N,] C, T, H, W)``."""
         if video.ndim not in (5, 6):
-            raise ValueError(f"expected a uint8 batch (B, [N,] T, C, H, W), got shape {tuple(video.shape)}")
+            raise ValueError(
+                f"expected a uint8 batch (B, [N,] T, C, H, W), got shape {tuple(video.shape)}"
+            )
         lead = video.shape[:-4]
         x = video.reshape(-1, *video.shape[-4:]).float().div_(255.0)
         if self.training and self.photometric:
