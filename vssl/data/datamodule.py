@@ -24,6 +24,7 @@ from vssl.data.dataset import VideoDataset
 from vssl.data.index import VideoIndex
 from vssl.data.layouts import VideoItem, load_layout
 from vssl.data.sampling import ClipSampler, ClipSpec, RandomClip, UniformClips
+from vssl.data.table import VideoTable
 from vssl.data.transforms import ViewTransform, eval_clip_transform, train_clip_transform
 
 log = logging.getLogger("vssl")
@@ -239,7 +240,8 @@ class VideoDataModule(LightningDataModule):
         if not items:
             raise ValueError(f"{self.layout} dataset at {self.root}: split '{split}' has no videos")
         index = self._index(items, progress=False)
-        usable = [(item, index[item.path]) for item in items if index[item.path].ok]
+        infos = [index[item.path] for item in items]
+        usable = [i for i, info in enumerate(infos) if info.ok]
         if not usable:
             raise ValueError(
                 f"{self.layout} dataset at {self.root}, split '{split}': none of the {len(items)} "
@@ -248,9 +250,11 @@ class VideoDataModule(LightningDataModule):
         if sampler is None or transform is None:
             task_sampler, task_transform = self._task_pipeline(stage)
             sampler, transform = sampler or task_sampler, transform or task_transform
-        return VideoDataset(
-            [u[0] for u in usable],
-            [u[1] for u in usable],
+        # The items and index entries are dropped once they are in the table's arrays: a
+        # Python object per video would be copied into every DataLoader worker.
+        table = VideoTable.from_items([items[i] for i in usable], [infos[i] for i in usable])
+        return VideoDataset.from_table(
+            table,
             sampler=sampler,
             transform=transform,
             decode_size=self.decode_size,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -26,6 +27,7 @@ from vssl.data.index import VideoInfo
 from vssl.data.layouts import VideoItem
 from vssl.data.reader import VideoDecodeError, VideoReader
 from vssl.data.sampling import ClipSampler
+from vssl.data.table import VideoTable
 
 log = logging.getLogger("vssl")
 
@@ -40,7 +42,9 @@ class VideoDataset(Dataset):
     """Videos with labels, sampled into views by ``sampler`` and transformed by ``transform``.
 
     ``items`` and ``infos`` are aligned: ``infos[i]`` is the video index entry of ``items[i]``
-    (only usable entries; the datamodule drops the ones the index reported as bad).
+    (only usable entries; the datamodule drops the ones the index reported as bad). They are
+    kept as a `VideoTable` (numpy arrays, which forked DataLoader workers share instead of
+    copying); ``items`` may be such a table itself, with ``infos`` None (see `from_table`).
     ``decode_timeout`` (seconds, None: none) limits the decoding of one sample; a sample that
     runs over counts as a decode failure and is replaced like one. With a ``seed``, a
     sample's random choices (clip positions, crops, replacements) are a function of
@@ -52,8 +56,8 @@ class VideoDataset(Dataset):
 
     def __init__(
         self,
-        items: Sequence[VideoItem],
-        infos: Sequence[VideoInfo],
+        items: Sequence[VideoItem] | VideoTable,
+        infos: Sequence[VideoInfo] | None,
         sampler: ClipSampler,
         transform: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
         decode_size: int | tuple[int, int] | None = None,
@@ -64,15 +68,18 @@ class VideoDataset(Dataset):
         decode_timeout: float | None = None,
         seed: int | None = None,
     ):
-        if len(items) != len(infos):
-            raise ValueError(f"{len(items)} items but {len(infos)} index entries")
-        if not items:
+        if isinstance(items, VideoTable):
+            if infos is not None:
+                raise ValueError("VideoDataset: a VideoTable already holds the index entries; "
+                                 "pass infos=None with it")
+            table = items
+        elif infos is None:
+            raise ValueError("VideoDataset: the index entries (infos) of the items are missing")
+        else:
+            table = VideoTable.from_items(items, infos)
+        if not len(table):
             raise ValueError("the dataset is empty: no usable video was found")
-        bad = [info.path for info in infos if not info.ok]
-        if bad:
-            raise ValueError(f"unusable videos passed to VideoDataset: {bad[:5]}")
-        self.items = list(items)
-        self.infos = list(infos)
+        self.table = table
         self.sampler = sampler
         self.transform = transform
         self.decode_size = decode_size
@@ -85,22 +92,51 @@ class VideoDataset(Dataset):
         self.attempts = 0
         self.failures: list[str] = []
 
+    @classmethod
+    def from_table(cls, table: VideoTable, sampler: ClipSampler, **kwargs: Any) -> VideoDataset:
+        """The dataset of ``table``'s videos; ``kwargs`` as for the constructor."""
+        return cls(table, None, sampler, **kwargs)
+
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.table)
+
+    def path(self, index: int) -> Path:
+        """The path of video ``index``."""
+        return self.table.path(index)
+
+    def label(self, index: int) -> int:
+        """The label of video ``index`` (-1: unlabeled)."""
+        return self.table.label(index)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Every video's label, an int64 array (-1: unlabeled)."""
+        return self.table.labels
+
+    @property
+    def items(self) -> list[VideoItem]:
+        """The videos as `VideoItem` s, made on each call (for inspection; workers read
+        `table`)."""
+        return [self.table.item(i) for i in range(len(self.table))]
+
+    @property
+    def infos(self) -> list[VideoInfo]:
+        """The videos' index entries as `VideoInfo` s, made on each call (for inspection)."""
+        return [self.table.info(i) for i in range(len(self.table))]
 
     def load(self, index: int, rng: np.random.Generator) -> dict[str, Tensor]:
         """Samples, decodes and transforms item ``index``; raises on a decode failure."""
-        item, info = self.items[index], self.infos[index]
-        views = self.sampler(info.num_frames, rng)
+        num_frames = int(self.table.num_frames[index])
+        views = self.sampler(num_frames, rng)
         targets = {name: torch.as_tensor(v) for name, v in views.items() if np.ndim(v) == 0}
         views = {name: np.asarray(v) for name, v in views.items() if name not in targets}
         wanted = np.concatenate([v.ravel() for v in views.values()])
         unique, inverse = np.unique(wanted, return_inverse=True)
         with VideoReader(
-            item.path,
+            self.table.path(index),
             backend=self.backend,
             threads=self.decode_threads,
-            num_frames=info.num_frames,
+            num_frames=num_frames,
             decode_timeout=self.decode_timeout,
         ) as reader:
             frames = reader.get_frames(unique, size=self.decode_size)
@@ -113,7 +149,7 @@ class VideoDataset(Dataset):
         if self.transform is not None:
             sample = self.transform(sample)
         sample.update(targets)
-        sample["label"] = torch.tensor(item.label)
+        sample["label"] = torch.tensor(self.table.label(index))
         sample["index"] = torch.tensor(index)
         return sample
 
@@ -127,9 +163,9 @@ class VideoDataset(Dataset):
             try:
                 sample = self.load(index, rng)
             except DECODE_ERRORS as err:
-                self._record_failure(self.items[index].path, err)
+                self._record_failure(self.table.path(index), err)
                 skipped += 1
-                index = int(torch.randint(0, len(self.items), ()))
+                index = int(torch.randint(0, len(self.table), ()))
                 continue
             sample["skipped"] = torch.tensor(skipped)
             return sample
@@ -149,9 +185,9 @@ class VideoDataset(Dataset):
                 try:
                     sample = self.load(index, rng)
                 except DECODE_ERRORS as err:
-                    self._record_failure(self.items[index].path, err)
+                    self._record_failure(self.table.path(index), err)
                     skipped += 1
-                    index = int(rng.integers(len(self.items)))
+                    index = int(rng.integers(len(self.table)))
                     continue
             sample["skipped"] = torch.tensor(skipped)
             return sample

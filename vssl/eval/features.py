@@ -236,7 +236,7 @@ def extract_features(
             feats.append((out if settings.random_views else out.mean(dim=1)).float().cpu())
             labels.append(batch["label"])
     result = Features(
-        feats=torch.cat(feats), labels=torch.cat(labels), paths=[str(i.path) for i in dataset.items],
+        feats=torch.cat(feats), labels=torch.cat(labels), paths=dataset.table.paths(),
         classes=list(dm.classes), settings=asdict(settings),
     )
     if cache_file is not None:
