@@ -20,10 +20,14 @@ batches, which are kept in a list.
   schedule), ``zero_grad``, and ``task.after_optimizer_step()`` (RSPNet's momentum-encoder
   update). No logging, no metrics, no lr schedule, no callbacks.
 
-Each repeat runs the vssl side and then the plain side on fresh, identically seeded tasks;
-``--warmup`` steps are excluded from both; the table shows the medians over ``--repeats`` of
-the clips per second and of each repeat's ratio of vssl's time per step to the plain loop's
-and difference (extra ms/step: vssl's fixed cost per step, best seen with a tiny model).
+Each repeat runs both sides back to back on fresh, identically seeded tasks, in alternating
+order (vssl first in even repeats, the plain loop first in odd ones), so that neither side
+always gets the warmer or the quieter machine; ``--warmup`` steps are excluded from both. A
+repeat gives a pair of times per step and their ratio (vssl's time / the plain loop's). The
+table prints the repeat whose ratio is the median of the pairs (the lower median for an even
+number of repeats), with the min-max of all the pairs' ratios: its clips per second on both
+sides, its ratio and its difference (extra ms/step: vssl's fixed cost per step, best seen with
+a tiny model) all come from that one pair, so that the columns agree with each other.
 A step's time is measured from the end of the previous step to the end of this one, so the
 vssl side includes the Trainer's work between steps (logging, the progress bar).
 
@@ -43,6 +47,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -206,6 +211,42 @@ def run_plain(task: VSSLTask, batches: list, args: argparse.Namespace) -> float:
     return sum(times) / len(times)
 
 
+def side_order(repeat: int) -> tuple[str, str]:
+    """Which side runs first in repeat ``repeat``: alternating, vssl first in even repeats."""
+    return ("vssl", "plain") if repeat % 2 == 0 else ("plain", "vssl")
+
+
+@dataclass(frozen=True)
+class PairedTimes:
+    """The median pair of per-step times of the two sides, and the spread of all pairs' ratios."""
+
+    vssl_s: float
+    plain_s: float
+    ratio: float
+    ratio_min: float
+    ratio_max: float
+    repeat: int
+
+    @property
+    def extra_s(self) -> float:
+        """vssl's extra seconds per step in the median pair."""
+        return self.vssl_s - self.plain_s
+
+
+def median_pair(vssl_times: list[float], plain_times: list[float]) -> PairedTimes:
+    """The repeat whose ratio ``vssl / plain`` is the median of the repeats' ratios (the lower
+    median for an even count, so that it is one repeat's pair), with the ratios' min and max."""
+    if len(vssl_times) != len(plain_times) or not vssl_times:
+        raise ValueError(f"need one plain time per vssl time, at least one pair; got "
+                         f"{len(vssl_times)} and {len(plain_times)}")
+    if min(plain_times) <= 0 or min(vssl_times) <= 0:
+        raise ValueError(f"times must be positive, got {vssl_times} and {plain_times}")
+    ratios = [v / p for v, p in zip(vssl_times, plain_times, strict=True)]
+    repeat = ratios.index(statistics.median_low(ratios))
+    return PairedTimes(vssl_times[repeat], plain_times[repeat], ratios[repeat], min(ratios),
+                       max(ratios), repeat)
+
+
 def clips_per_sample(batch: dict[str, Any], task: VSSLTask) -> int:
     """Clips a sample carries (CVRL 2, RSPNet 3, most tasks 1; a stack of N clips counts N)."""
     n = 0
@@ -278,26 +319,28 @@ def main(argv: list[str] | None = None) -> int:
             continue
         vssl_times, plain_times = [], []
         for r in range(args.repeats):
-            vssl_times.append(run_vssl(build_task(name, args, num_classes), batches, args,
-                                       tmp / name / f"r{r}"))
-            plain_times.append(run_plain(build_task(name, args, num_classes), batches, args))
+            for side in side_order(r):
+                task = build_task(name, args, num_classes)
+                if side == "vssl":
+                    vssl_times.append(run_vssl(task, batches, args, tmp / name / f"r{r}"))
+                else:
+                    plain_times.append(run_plain(task, batches, args))
         clips = args.batch * clips_per_sample(batches[0], build_task(name, args, num_classes))
-        v, p = statistics.median(vssl_times), statistics.median(plain_times)
-        # Each repeat's two sides ran back to back: their ratio is less exposed to the load of
-        # other jobs than the ratio of the two medians.
-        ratio = statistics.median(a / b for a, b in zip(vssl_times, plain_times, strict=True))
-        extra = statistics.median(a - b for a, b in zip(vssl_times, plain_times, strict=True))
-        rows.append((name, TASKS.get(name, {}).get("backbone", args.backbone), args.batch, f"{args.frames}x{args.size}x{args.size}",
-                     clips // args.batch, clips / v, clips / p, ratio, extra * 1e3))
-        print(f"{name}: vssl {[round(t * 1e3, 1) for t in vssl_times]} ms/step, "
-              f"plain {[round(t * 1e3, 1) for t in plain_times]} ms/step", flush=True)
+        pair = median_pair(vssl_times, plain_times)
+        rows.append((name, TASKS.get(name, {}).get("backbone", args.backbone), args.batch,
+                     f"{args.frames}x{args.size}x{args.size}", clips // args.batch, clips, pair))
+        pairs = ", ".join(f"{v * 1e3:.1f}/{p * 1e3:.1f}"
+                          for v, p in zip(vssl_times, plain_times, strict=True))
+        print(f"{name}: vssl/plain ms per step by repeat: {pairs}; median pair: repeat "
+              f"{pair.repeat}", flush=True)
     if rows:
         head = ("task", "backbone", "batch", "clip", "clips/sample", "vssl clips/s",
-                "plain clips/s", "ratio (vssl time / plain)", "extra ms/step")
+                "plain clips/s", "ratio (vssl time / plain) [min-max]", "extra ms/step")
         print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-        for name, bb, b, clip, per, vc, pc, ratio, extra in rows:
-            print(f"| {name} | {bb} | {b} | {clip} | {per} | {vc:.1f} | {pc:.1f} | {ratio:.3f} "
-                  f"| {extra:.1f} |")
+        for name, bb, b, clip, per, clips, pair in rows:
+            print(f"| {name} | {bb} | {b} | {clip} | {per} | {clips / pair.vssl_s:.1f} "
+                  f"| {clips / pair.plain_s:.1f} | {pair.ratio:.3f} [{pair.ratio_min:.3f}-"
+                  f"{pair.ratio_max:.3f}] | {pair.extra_s * 1e3:.1f} |")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -80,3 +82,59 @@ def test_linear_probe_overrides_set_dotted_keys_as_yaml():
                    "data": {"init_args": {"crop_scale": [0.5, 1.0]}}}
     with pytest.raises(ValueError, match="is not KEY=VALUE"):
         bench.apply_overrides(cfg, ["seed_everything"])
+
+
+def test_train_step_median_pair_gives_one_repeats_times_and_the_spread():
+    bench = _load("train_step")
+    pair = bench.median_pair([0.11, 0.20, 0.13], [0.10, 0.10, 0.10])
+    assert pair.repeat == 2 and (pair.vssl_s, pair.plain_s) == (0.13, 0.10)
+    assert pair.ratio == 0.13 / 0.10 and (pair.ratio_min, pair.ratio_max) == (0.11 / 0.10, 2.0)
+    assert abs(pair.extra_s - 0.03) < 1e-12
+    # an even count takes the lower median, a ratio that one repeat really had
+    even = bench.median_pair([0.22, 0.20, 0.26, 0.12], [0.20, 0.10, 0.20, 0.10])
+    assert even.repeat == 3 and even.ratio == 0.12 / 0.10
+    assert (even.ratio_min, even.ratio_max) == (0.22 / 0.20, 2.0)
+    with pytest.raises(ValueError, match="need one plain time per vssl time"):
+        bench.median_pair([0.1, 0.2], [0.1])
+    with pytest.raises(ValueError, match="times must be positive"):
+        bench.median_pair([0.1], [0.0])
+    assert [bench.side_order(r) for r in range(3)] == [
+        ("vssl", "plain"), ("plain", "vssl"), ("vssl", "plain")]
+
+
+def test_train_step_columns_agree_with_each_other(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    bench = _load("train_step")
+    assert bench.main([
+        "--tasks", "Rotation", "--backbone", "tiny3d", "--width", "4", "--frames", "4",
+        "--size", "32", "--batch", "2", "--batches", "1", "--warmup", "1", "--steps", "2",
+        "--repeats", "2", "--data", str(tmp_path / "synthetic"),
+    ]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| Rotation |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    vssl, plain, extra = float(cells[5]), float(cells[6]), float(cells[8])
+    ratio, spread = cells[7].split(" ")
+    low, high = (float(x) for x in spread.strip("[]").split("-"))
+    assert low <= float(ratio) <= high
+    assert abs(float(ratio) - plain / vssl) < 2e-3 * float(ratio) + 1e-3
+    clips = 2 * int(cells[4])
+    assert abs(extra - 1e3 * (clips / vssl - clips / plain)) < 0.05 + 1e-3 * abs(extra)
+
+
+def test_index_memory_measures_both_layouts_on_the_same_data(tmp_path, capsys):
+    pytest.importorskip("psutil")
+    bench = _load("index_memory")
+    out = tmp_path / "memory.json"
+    assert bench.main(["--entries", "3000", "--workers", "2", "--epochs", "2", "--batch", "128",
+                       "--real", "2", "--real-frames", "12", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    before, after = result["before"], result["after"]
+    assert len(before["uss"]) == len(after["uss"]) == 2 and min(after["uss"]) > 0
+    assert before["sums"] == after["sums"] and len(after["sums"]) == 2
+    assert before["sums"][0] == before["sums"][1]  # every epoch reads every entry once
+    assert 0 < after["held"] < before["held"] / 2  # arrays, not objects
+    assert result["index"]["videos"] == 2 and result["index"]["probe"] > 0
+    printed = capsys.readouterr().out
+    assert "3,000 entries, 2 DataLoader workers" in printed
+    assert "| after: VideoTable |" in printed and "per 1,000 videos probed" in printed
