@@ -37,6 +37,8 @@ def test_fit_end_to_end_then_validate_from_checkpoint(tiny_synthetic, tmp_path):
     out = run_vssl(["fit", "--config", str(cfg), "--trainer.logger.init_args.name", "t"], tmp_path)
     run = tmp_path / "runs" / "t" / "version_0"
     assert f"logs in {Path('runs/t/version_0')}" in out.stdout + out.stderr
+    for noise in ("Tip:", "on_after_batch_transfer", "LeafSpec"):
+        assert noise not in out.stdout + out.stderr
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["backbone"] == "tiny3d"
     model = Supervised.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
     assert model.num_classes == 4  # linked from the datamodule

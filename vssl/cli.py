@@ -8,7 +8,9 @@ and ``init_args``. The other subcommands are plain programs with their own argum
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
+import warnings
 from collections.abc import Callable
 
 from jsonargparse import lazy_instance
@@ -84,6 +86,28 @@ class VSSLCLI(LightningCLI):
         parser.add_lightning_class_args(RNGState, "rng_state")
 
 
+# Lightning messages that say nothing about a vssl run: advertising tips, a deprecation inside
+# Lightning itself, and the notice that the task (not the datamodule) transforms batches on the
+# device, which is how vssl is designed.
+_SILENCED_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    r".*overridden `on_after_batch_transfer` in `LightningModule` but have passed in a.*",
+)
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+
+def _quiet_lightning() -> None:
+    """Keeps Lightning's tips and vssl-irrelevant warnings off the console of every run."""
+    for pattern in _SILENCED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
+
+
 def _usage() -> str:
     lines = ["usage: python -m vssl <subcommand> [options]", "", "subcommands:"]
     lines += [f"  {name:<15} Lightning Trainer.{name} (--config FILE ...)" for name in TRAINER_SUBCOMMANDS]
@@ -113,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.argv.remove("--debug")
         else:
             cli_args.remove("--debug")
+    _quiet_lightning()
     try:
         VSSLCLI(
             VSSLTask,
