@@ -1,4 +1,5 @@
 import math
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -342,6 +343,124 @@ def test_vcop_networks_match_the_official_definition():
         ((1, 1, 1), (1, 2, 2)),
         ((1, 1, 1), (2, 1, 1)),
     ]
+
+
+def _bn(c: int) -> nn.BatchNorm3d:
+    return nn.BatchNorm3d(c)
+
+
+def _module(**children: nn.Module) -> nn.Module:
+    module = nn.Module()
+    for name, child in children.items():
+        module.add_module(name, child)
+    return module
+
+
+def _official_vcop(factorised: bool) -> nn.Module:
+    """The module tree (names and parameter shapes, no forward) of VCOP's R3DNet /
+    R2Plus1DNet((1, 1, 1, 1)), written from models/r3d.py and models/r21d.py."""
+
+    def st_conv(cin: int, cout: int, k: tuple[int, int, int], stride: int = 1) -> nn.Module:
+        t, h, w = k
+        if not factorised:
+            return _module(temporal_spatial_conv=nn.Conv3d(cin, cout, k, bias=False))
+        mid = math.floor(t * h * w * cin * cout / (h * w * cin + t * cout))
+        return _module(
+            spatial_conv=nn.Conv3d(cin, mid, (1, h, w), bias=False),
+            bn=_bn(mid),
+            temporal_conv=nn.Conv3d(mid, cout, (t, 1, 1), bias=False),
+        )
+
+    def block(cin: int, cout: int) -> nn.Module:
+        parts = dict(
+            conv1=st_conv(cin, cout, (3, 3, 3)),
+            bn1=_bn(cout),
+            conv2=st_conv(cout, cout, (3, 3, 3)),
+            bn2=_bn(cout),
+        )
+        if cin != cout:
+            parts.update(downsampleconv=st_conv(cin, cout, (1, 1, 1)), downsamplebn=_bn(cout))
+        return _module(**parts)
+
+    stages = {
+        f"conv{k}": _module(block1=block(cin, cout), blocks=nn.ModuleList())
+        for k, (cin, cout) in enumerate(((64, 64), (64, 128), (128, 256), (256, 512)), start=2)
+    }
+    return _module(conv1=st_conv(3, 64, (3, 7, 7)), bn1=_bn(64), **stages, linear=nn.Linear(512, 4))
+
+
+def _vcop_key(key: str, factorised: bool) -> str | None:
+    """A VCOP state-dict key as a ``trunk`` key: the renames vssl/backbones/vcop.py documents."""
+    if key.startswith("linear."):
+        return None
+    stage = re.match(r"conv(\d)\.block1\.(.*)", key)
+    if stage:
+        rest = re.sub(r"^(conv[12])\.", r"\1.0.", stage[2])
+        rest = re.sub(r"^bn([12])\.", r"conv\1.1.", rest)
+        rest = rest.replace("downsampleconv.", "downsample.0.").replace(
+            "downsamplebn.", "downsample.1."
+        )
+        key = f"layer{int(stage[1]) - 1}.0.{rest}"
+    elif factorised:
+        key = re.sub(r"^conv1\.", "stem.", re.sub(r"^bn1\.", "stem.4.", key))
+    else:
+        key = re.sub(r"^conv1\.", "stem.0.", re.sub(r"^bn1\.", "stem.1.", key))
+    key = key.replace("temporal_spatial_conv.", "").replace("spatial_conv.", "0.")
+    return re.sub(r"(^|\.)bn\.", r"\g<1>1.", key).replace("temporal_conv.", "3.")
+
+
+@pytest.mark.parametrize(("name", "factorised"), [("r3d_10", False), ("r2plus1d_10", True)])
+def test_vcop_checkpoint_keys_map_onto_the_trunk(name, factorised):
+    with torch.device("meta"):
+        official = _official_vcop(factorised).state_dict()
+        trunk = build(name).trunk
+    renamed = {_vcop_key(k, factorised): v for k, v in official.items()}
+    renamed.pop(None)
+    # strict: every key and every shape of the official network has its place in the trunk
+    trunk.load_state_dict(renamed, strict=True, assign=True)
+
+
+def _official_hara(layers: list[int]) -> nn.Module:
+    """The module tree of kenshohara/3D-ResNets-PyTorch (RSPNet's copy) models/resnet.py
+    ResNet(BasicBlock, layers, shortcut_type="B"), written from its definition."""
+    stages, inplanes = {}, 64
+    for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
+        stage = []
+        for b in range(blocks):
+            parts = dict(
+                conv1=nn.Conv3d(inplanes, planes, 3, bias=False),
+                bn1=_bn(planes),
+                conv2=nn.Conv3d(planes, planes, 3, bias=False),
+                bn2=_bn(planes),
+            )
+            if b == 0 and i > 0:
+                parts["downsample"] = nn.Sequential(
+                    nn.Conv3d(inplanes, planes, 1, bias=False), _bn(planes)
+                )
+            stage.append(_module(**parts))
+            inplanes = planes
+        stages[f"layer{i + 1}"] = nn.Sequential(*stage)
+    conv1 = nn.Conv3d(3, 64, 7, bias=False)
+    return _module(conv1=conv1, bn1=_bn(64), **stages, fc=nn.Linear(512, 400))
+
+
+@pytest.mark.parametrize(
+    ("name", "layers"), [("r3d_18_hara", [2, 2, 2, 2]), ("r3d_34_hara", [3, 4, 6, 3])]
+)
+def test_hara_checkpoint_keys_map_onto_the_trunk(name, layers):
+    with torch.device("meta"):
+        official = _official_hara(layers).state_dict()
+        trunk = build(name).trunk
+    renamed = {
+        re.sub(
+            r"^(layer\d\.\d+)\.bn([12])\.",
+            r"\1.conv\2.1.",
+            re.sub(r"^(layer\d\.\d+)\.conv([12])\.", r"\1.conv\2.0.", k),
+        ): v
+        for k, v in official.items()
+        if not k.startswith("fc.")
+    }
+    trunk.load_state_dict(renamed, strict=True, assign=True)
 
 
 def test_r3d_10_is_torchvisions_r3d_18_with_one_block_per_stage():

@@ -59,6 +59,10 @@ EXTRA_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
         _lazy("vssl.eval.finetune", "finetune_main"),
         "train a checkpoint's backbone end to end on labels; clip and video top-1 (finetune --ckpt)",
     ),
+    "prepare": (
+        _lazy("vssl.data.prepare", "main"),
+        "transcode a dataset tree for fast random access (prepare SRC DST --short-side 128)",
+    ),
     "export": (
         _lazy("vssl.export", "main"),
         "write a checkpoint's backbone weights alone (export CKPT --out FILE.safetensors)",

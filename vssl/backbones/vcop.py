@@ -10,13 +10,14 @@ The official code never re-initialises its layers, so these keep PyTorch's defau
 initialisation (torchvision's ``VideoResNet`` Kaiming init is undone).
 
 Checkpoint keys (VCOP, PRP, STS and RSPNet's ``r2plus1d-vcop`` name layers the same way; PRP and
-RSPNet add a wrapper prefix): VCOP's ``conv{k}.block1`` is ``layer{k-1}.0`` here, and
-``conv1`` / ``bn1`` / ``conv2`` / ``bn2`` / ``downsampleconv`` / ``downsamplebn`` of a block
-are ``conv1.0`` / ``conv1.1`` / ``conv2.0`` / ``conv2.1`` / ``downsample.0`` / ``downsample.1``.
-The stem's ``conv1`` / ``bn1`` are ``stem.0`` / ``stem.1`` (R3D) or, with the factorised conv,
-``stem.0`` / ``stem.3`` and ``stem.4`` (R(2+1)D). Inside a factorised conv, VCOP's
-``spatial_conv`` / ``bn`` / ``temporal_conv`` are ``.0`` / ``.1`` / ``.3``, and R3D's
-``temporal_spatial_conv`` is the conv itself (its suffix is dropped).
+RSPNet add a wrapper prefix; tests/test_backbones.py loads the renamed official key set strictly):
+VCOP's ``conv{k}.block1`` is ``layer{k-1}.0`` here, and a block's ``conv1`` / ``bn1`` /
+``conv2`` / ``bn2`` / ``downsampleconv`` / ``downsamplebn`` are ``conv1.0`` / ``conv1.1`` /
+``conv2.0`` / ``conv2.1`` / ``downsample.0`` / ``downsample.1``. Inside a conv, R3D's
+``temporal_spatial_conv`` is the conv itself (drop it) and R(2+1)D's ``spatial_conv`` / ``bn``
+/ ``temporal_conv`` are ``0`` / ``1`` / ``3``. The stem: R3D's ``conv1`` / ``bn1`` are
+``stem.0`` / ``stem.1``; R(2+1)D's ``conv1.spatial_conv`` / ``conv1.bn`` /
+``conv1.temporal_conv`` / ``bn1`` are ``stem.0`` / ``stem.1`` / ``stem.3`` / ``stem.4``.
 """
 
 from __future__ import annotations

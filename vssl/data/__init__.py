@@ -5,6 +5,7 @@ from vssl.data.dataset import TooManyDecodeFailures, VideoDataset
 from vssl.data.encode import write_video
 from vssl.data.index import VideoIndex, VideoInfo, probe_video
 from vssl.data.layouts import LAYOUTS, VideoItem, load_layout
+from vssl.data.prepare import PrepareSummary, prepare
 from vssl.data.reader import VideoDecodeError, VideoReader
 from vssl.data.sampling import ClipSampler, ClipSpec, RandomClip, UniformClips
 from vssl.data.synthetic import make_synthetic
@@ -20,6 +21,7 @@ __all__ = [
     "BatchAugment",
     "ClipSampler",
     "ClipSpec",
+    "PrepareSummary",
     "RandomClip",
     "TooManyDecodeFailures",
     "UniformClips",
@@ -34,6 +36,7 @@ __all__ = [
     "eval_clip_transform",
     "load_layout",
     "make_synthetic",
+    "prepare",
     "probe_video",
     "train_clip_transform",
     "write_video",

@@ -57,11 +57,29 @@ def _read_lines(file: Path) -> list[tuple[int, str]]:
         return [(n, line.strip()) for n, line in enumerate(handle, 1) if line.strip()]
 
 
+def _other_extension(path: Path) -> Path | None:
+    """The video with ``path``'s name but another video extension, when one exists: a copy made
+    by ``vssl prepare`` holds ``x.mp4`` where the split files list ``x.avi``."""
+    for suffix in sorted(VIDEO_EXTENSIONS):
+        other = path.with_suffix(suffix)
+        if other != path and other.is_file():
+            return other
+    return None
+
+
 def _keep_existing(items: list[VideoItem], layout: str, root: Path) -> list[VideoItem]:
-    """Leave out listed videos that are not on disk, with one warning naming the first few."""
-    missing = [item for item in items if not item.path.is_file()]
+    """Leave out listed videos that are not on disk, with one warning naming the first few;
+    a listed video found only under another video extension is taken from there."""
+    kept, missing = [], []
+    for item in items:
+        if item.path.is_file():
+            kept.append(item)
+        elif (other := _other_extension(item.path)) is not None:
+            kept.append(VideoItem(other, item.label))
+        else:
+            missing.append(item)
     if not missing:
-        return items
+        return kept
     first = ", ".join(str(item.path) for item in missing[:5])
     logger.warning(
         "%s: %d of %d listed videos not found under %s and left out (first: %s)",
@@ -71,8 +89,7 @@ def _keep_existing(items: list[VideoItem], layout: str, root: Path) -> list[Vide
         root,
         first,
     )
-    gone = {id(item) for item in missing}
-    return [item for item in items if id(item) not in gone]
+    return kept
 
 
 def _check_split(split: str, allowed: Iterable[str], layout: str) -> None:
