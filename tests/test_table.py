@@ -19,12 +19,12 @@ def _table(paths=PATHS, labels=(3, -1, 0)):
 def test_rows_come_back_exactly():
     table = _table()
     assert len(table) == 3
-    assert [table.path(i) for i in range(3)] == [Path(p) for p in PATHS]
+    assert [table.path(i) for i in range(3)] == PATHS
     assert table.paths() == PATHS
     assert [table.label(i) for i in range(3)] == [3, -1, 0]
     assert table.labels.dtype == np.int64 and table.labels.tolist() == [3, -1, 0]
     assert table.num_frames.tolist() == [10, 11, 12] and table.fps.dtype == np.float64
-    assert table.path(-1) == Path("c.webm") and table.label(-3) == 3
+    assert table.path(-1) == "c.webm" and table.label(-3) == 3
     assert table.item(0) == VideoItem(Path(PATHS[0]), 3)
     assert table.info(1) == VideoInfo("relative/b.avi", 11, 25.0, 320, 240)
 
@@ -33,10 +33,10 @@ def test_unicode_and_undecodable_names_survive():
     odd = os.fsdecode(b"bad-\xff-byte.mp4")  # not UTF-8: kept as a surrogate escape
     paths = ["vidéos/Ärger/日本語 クリップ.mp4", "emoji 🎬.mkv", odd]
     table = _table(paths, (0, 1, 2))
-    assert [str(table.path(i)) for i in range(3)] == paths
+    assert [table.path(i) for i in range(3)] == paths
     assert os.fsencode(table.path(2)) == b"bad-\xff-byte.mp4"
     # a row is found by its byte offsets, not its character count
-    assert table.path(1) == Path("emoji 🎬.mkv") and table.label(2) == 2
+    assert table.path(1) == "emoji 🎬.mkv" and table.label(2) == 2
 
 
 def test_empty_table():
@@ -84,7 +84,7 @@ def test_dataset_reads_the_table_and_pickles_without_objects():
     items = [VideoItem(Path(p), i) for i, p in enumerate(PATHS)]
     infos = [VideoInfo(p, 20 + i, 25.0, 64, 48) for i, p in enumerate(PATHS)]
     ds = VideoDataset(items, infos, RandomClip(4))
-    assert len(ds) == 3 and ds.path(1) == Path(PATHS[1]) and ds.label(2) == 2
+    assert len(ds) == 3 and ds.path(1) == PATHS[1] and ds.label(2) == 2
     assert ds.labels.tolist() == [0, 1, 2] and ds.items == items and ds.infos == infos
     assert vars(ds).keys().isdisjoint({"items", "infos"})  # no per-video objects are kept
     copy = pickle.loads(pickle.dumps(ds))

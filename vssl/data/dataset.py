@@ -100,7 +100,7 @@ class VideoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.table)
 
-    def path(self, index: int) -> Path:
+    def path(self, index: int) -> str:
         """The path of video ``index``."""
         return self.table.path(index)
 
@@ -192,7 +192,7 @@ class VideoDataset(Dataset):
             sample["skipped"] = torch.tensor(skipped)
             return sample
 
-    def _record_failure(self, path: Path, err: BaseException) -> None:
+    def _record_failure(self, path: str | Path, err: BaseException) -> None:
         problem = str(err) if str(path) in str(err) else f"{path}: {err}"
         self.failures.append(problem)
         n = len(self.failures)

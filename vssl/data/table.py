@@ -43,8 +43,8 @@ class VideoTable:
     """Path, label, frame count, frame rate, width and height of every video of a dataset.
 
     Rows are in the order given. :meth:`path` and :meth:`label` give one row's values back
-    exactly (paths as :class:`~pathlib.Path`, encoded with the file system's encoding, so names
-    that are not valid UTF-8 survive); the columns are read-only numpy arrays. Build one from a
+    exactly (paths as strings, stored in the file system's encoding, so that names that are not
+    valid UTF-8 survive); the columns are read-only numpy arrays. Build one from a
     layout's items and their index entries with :meth:`from_items`.
     """
 
@@ -100,11 +100,13 @@ class VideoTable:
             raise IndexError(f"video {i} out of range for a table of {len(self)} videos")
         return i % len(self)
 
-    def path(self, index: int) -> Path:
-        """The path of video ``index``."""
+    def path(self, index: int) -> str:
+        """The path of video ``index``, as ``str`` of the path given. A string, not a `Path`:
+        `Path` interns every part of the name in the interpreter's table of interned strings,
+        whose pages a worker would then copy."""
         i = self._row(index)
         raw = self._path_bytes[self._offsets[i] : self._offsets[i + 1]].tobytes()
-        return Path(os.fsdecode(raw))
+        return os.fsdecode(raw)
 
     def label(self, index: int) -> int:
         """The 0-based class label of video ``index`` (-1: unlabeled)."""
@@ -112,17 +114,17 @@ class VideoTable:
 
     def paths(self) -> list[str]:
         """Every path as a string, in order (Python objects: for reports, not for workers)."""
-        return [str(self.path(i)) for i in range(len(self))]
+        return [self.path(i) for i in range(len(self))]
 
     def item(self, index: int) -> VideoItem:
         """Row ``index`` as the layout's `VideoItem`."""
-        return VideoItem(self.path(index), self.label(index))
+        return VideoItem(Path(self.path(index)), self.label(index))
 
     def info(self, index: int) -> VideoInfo:
         """Row ``index`` as the index's `VideoInfo`."""
         i = self._row(index)
         return VideoInfo(
-            str(self.path(i)),
+            self.path(i),
             int(self._num_frames[i]),
             float(self._fps[i]),
             int(self._width[i]),
