@@ -4,6 +4,7 @@ outside DST; bad sources are reported and skipped."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -292,6 +293,61 @@ def test_real_video_prepared_at_128_decodes_like_the_source(tmp_path, shared_vid
     assert same < 3.5 and same < 0.5 * next_frame
 
 
+def clip_with_audio(path: Path, audio_codec: str, container_format: str) -> Path:
+    """One second of 25 fps video and a 16 kHz mono tone."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate, fps = 16000, 25
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)
+    with av.open(str(path), "w", format=container_format) as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = out.add_stream(audio_codec, rate=rate)
+        audio.layout = "mono"
+        chunk, sample_format = audio.codec_context.frame_size or 1024, audio.codec_context.format
+        done = 0
+        for i in range(fps):
+            out.mux(video.encode(av.VideoFrame.from_ndarray(code_frame(i, 48, 64), format="rgb24")))
+            while done < (i + 1) * rate / fps and done + chunk <= rate:
+                samples = tone[None, done : done + chunk]
+                if sample_format.name.startswith("s16"):
+                    samples = (samples * 32767).astype(np.int16)
+                frame = av.AudioFrame.from_ndarray(
+                    samples, format=sample_format.name, layout="mono"
+                )
+                frame.sample_rate, frame.pts = rate, done
+                out.mux(audio.encode(frame))
+                done += chunk
+        out.mux(video.encode(None))
+        out.mux(audio.encode(None))
+    return path
+
+
+def streams(path: Path) -> list[tuple[str, str]]:
+    with av.open(str(path)) as container:
+        return [(s.type, s.codec_context.name) for s in container.streams]
+
+
+def audio_samples(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(frame.samples for frame in container.decode(audio=0))
+
+
+def test_audio_is_dropped_by_default_and_kept_on_request(tmp_path):
+    src = tmp_path / "src"
+    clip_with_audio(src / "aac.mp4", "aac", "mp4")
+    clip_with_audio(src / "pcm.mkv", "pcm_s16le", "matroska")  # MP4 cannot hold PCM
+    run(src, tmp_path / "silent")
+    assert streams(tmp_path / "silent" / "aac.mp4") == [("video", "h264")]
+    run(src, tmp_path / "mp4", keep_audio=True)
+    assert streams(tmp_path / "mp4" / "aac.mp4") == [("video", "h264"), ("audio", "aac")]
+    assert streams(tmp_path / "mp4" / "pcm.mp4") == [("video", "h264"), ("audio", "aac")]
+    run(src, tmp_path / "mkv", keep_audio=True, codec="mjpeg")
+    assert streams(tmp_path / "mkv" / "pcm.mkv") == [("video", "mjpeg"), ("audio", "pcm_s16le")]
+    for out in ("mp4/aac.mp4", "mp4/pcm.mp4", "mkv/pcm.mkv"):
+        assert audio_samples(tmp_path / out) == audio_samples(src / "aac.mp4") == 15 * 1024
+        assert probe_video(tmp_path / out).num_frames == 25
+
+
 # ---------------------------------------------------------------- resuming
 
 
@@ -363,6 +419,30 @@ def test_an_unrecorded_file_in_the_way_is_kept_and_reported(tmp_path):
     with pytest.raises(PrepareError, match="list.txt: DST holds a different file"):
         run(src, dst)
     assert (dst / "list.txt").read_text() == "mine"
+
+
+def test_a_full_disk_stops_the_run_and_leaves_nothing_that_counts_as_done(tmp_path, monkeypatch):
+    module = sys.modules["vssl.data.prepare"]  # the package's ``prepare`` is the function
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for name in ("a", "b", "c"):
+        clip(src / f"{name}.mp4", num_frames=8)
+    transcode = module._transcode
+
+    def fill_the_disk(job, tmp, num_frames):
+        if job.rel_source == "b.mp4":
+            Path(tmp).write_bytes(b"half a video")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return transcode(job, tmp, num_frames)
+
+    monkeypatch.setattr(module, "_transcode", fill_the_disk)
+    summary = run(src, dst)
+    assert summary.fatal == "b.mp4: No space left on device"
+    assert (summary.done, summary.failed) == (1, [("b.mp4", "No space left on device")])
+    assert sorted(p.name for p in dst.iterdir() if p.is_file()) == ["a.mp4", REPORT_NAME]
+    assert summary.lines()[-2] == "stopped: b.mp4: No space left on device"
+    monkeypatch.setattr(module, "_transcode", transcode)
+    assert (run(src, dst).done, run(src, dst).skipped) == (2, 3)
 
 
 # ---------------------------------------------------------------- bad input

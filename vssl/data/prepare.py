@@ -46,6 +46,7 @@ from av.video.reformatter import Interpolation, VideoReformatter
 from vssl.data.index import probe_video
 from vssl.data.layouts import is_video
 from vssl.data.reader import VideoDecodeError, VideoReader, _open_container, output_size
+from vssl.errors import UserError
 
 REPORT_NAME = "prepare_report.json"
 """The report file written at the top of ``DST``."""
@@ -70,7 +71,7 @@ _MANIFEST_VERSION = 1
 _FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError, ValueError):
     """Bad arguments or a ``DST`` that cannot be used; the message says what to change."""
 
 
