@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,8 @@ def _workers(layout: str, entries: int, workers: int, epochs: int, batch: int) -
     import psutil
 
     me = psutil.Process()
+    # more workers than this machine's cores is the point: a GPU node's worker count
+    warnings.filterwarnings("ignore", message="This DataLoader will create")
     gc.collect()
     rss = me.memory_info().rss
     dataset, seconds = build(layout, entries)
