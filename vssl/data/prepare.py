@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import filecmp
 import fractions
+import itertools
 import json
 import math
 import os
@@ -33,8 +35,8 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +47,14 @@ from av.video.reformatter import Interpolation, VideoReformatter
 
 from vssl.data.index import probe_video
 from vssl.data.layouts import is_video
-from vssl.data.reader import VideoDecodeError, VideoReader, _open_container, output_size
+from vssl.data.reader import (
+    VideoDecodeError,
+    VideoReader,
+    _open_container,
+    _pts_scale,
+    _stream_fps,
+    output_size,
+)
 from vssl.errors import UserError
 
 REPORT_NAME = "prepare_report.json"
@@ -261,13 +270,13 @@ def _scan_source(src: Path, dst: Path) -> tuple[list[str], list[str], list[str]]
 
 
 def _safe_output(dst: Path, rel: str) -> Path:
-    """``dst / rel``, or PrepareError-free ValueError when a symlink in DST leads outside it."""
+    """``dst / rel``; ValueError when a symlink in DST would lead the write outside it."""
     out = dst / rel
     parent = out.parent
     while not parent.exists() and parent != dst:
         parent = parent.parent
     if not _inside(parent.resolve(), dst) or out.is_symlink():
-        raise ValueError(f"{out}: leads outside DST through a symlink; not written")
+        raise ValueError(f"{out}: a symlink, or leads outside DST through one; not written")
     return out
 
 
@@ -328,12 +337,6 @@ def _copy_atomic(source: Path, out: Path) -> None:
             os.unlink(tmp)
 
 
-def _same_bytes(a: Path, b: Path) -> bool:
-    import filecmp
-
-    return filecmp.cmp(a, b, shallow=False)
-
-
 def _settings_difference(recorded: Any, settings: Settings) -> str:
     now = settings.key()
     if not isinstance(recorded, dict):
@@ -345,14 +348,6 @@ def _settings_difference(recorded: Any, settings: Settings) -> str:
 # ---------------------------------------------------------------- the worker
 
 
-def _stream_rate(stream: Any) -> fractions.Fraction:
-    """The stream's frame rate as a fraction, chosen as the reader chooses its fps."""
-    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
-        if rate is not None and rate > 0:
-            return fractions.Fraction(rate).limit_denominator(1 << 16)
-    raise VideoDecodeError(stream.container.name, "unknown frame rate")
-
-
 def _target_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     """``(H, W)`` at ``short_side`` the way the reader resizes; never upscaled (a smaller
     source keeps its size, cut to even numbers)."""
@@ -361,7 +356,7 @@ def _target_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     return output_size(height, width, short_side)
 
 
-def _frames_with_index(container: Any, streams: list[Any], video: Any) -> Iterator[tuple[Any, Any]]:
+def _demuxed(container: Any, streams: list[Any], video: Any) -> Iterator[tuple[Any, Any]]:
     """``(packet or None, decoded video frame or None)`` in file order, tolerating damage as
     the reader does: a packet the decoder rejects is skipped, a broken-off file ends."""
     packets = container.demux(*streams)
@@ -471,18 +466,16 @@ def _encoder_stream(
     return stream
 
 
-def _out_rate(settings: Settings, src_rate: fractions.Fraction) -> fractions.Fraction:
-    return (
-        src_rate
-        if settings.fps is None
-        else fractions.Fraction(settings.fps).limit_denominator(1001)
-    )
+def _out_rate(settings: Settings, src_fps: float) -> fractions.Fraction:
+    """The output frame rate as the fraction the encoder is given."""
+    return fractions.Fraction(settings.fps or src_fps).limit_denominator(1 << 16)
 
 
-def _out_frames(settings: Settings, num_frames: int, src_rate: fractions.Fraction) -> int:
+def _out_frames(settings: Settings, num_frames: int, src_fps: float) -> int:
+    """Frames in the output: the source's, or as many as fill its duration at ``fps``."""
     if settings.fps is None:
         return num_frames
-    return max(1, round(num_frames * _out_rate(settings, src_rate) / src_rate))
+    return max(1, round(num_frames * float(_out_rate(settings, src_fps)) / src_fps))
 
 
 def _transcode(job: _Job, tmp: str, num_frames: int) -> tuple[int, tuple[int, int]]:
@@ -496,14 +489,17 @@ def _transcode(job: _Job, tmp: str, num_frames: int) -> tuple[int, tuple[int, in
     _, container_format, _, pix_fmt = CODECS[settings.codec]
     container, video = _open_container(job.source, threads=1)
     with container:
-        src_rate = _stream_rate(video)
-        out_rate = _out_rate(settings, src_rate)
-        total = _out_frames(settings, num_frames, src_rate)
-        ratio = src_rate / out_rate
+        src_fps = _stream_fps(video)
+        if src_fps is None:
+            raise VideoDecodeError(job.source, "unknown frame rate")
+        out_rate = _out_rate(settings, src_fps)
+        total = _out_frames(settings, num_frames, src_fps)
+        # source frame shown by output frame k (the reader's frame arithmetic throughout)
+        ratio = 1.0 if settings.fps is None else src_fps / float(out_rate)
         size = _target_size(
             video.codec_context.height, video.codec_context.width, settings.short_side
         )
-        scale = float(video.time_base * src_rate) if video.time_base else None
+        scale = _pts_scale(video, src_fps)
         audio_in = (
             container.streams.audio[0] if settings.keep_audio and container.streams.audio else None
         )
@@ -525,7 +521,7 @@ def _transcode(job: _Job, tmp: str, num_frames: int) -> tuple[int, tuple[int, in
                     k += 1
 
             streams = [video] if audio_in is None else [video, audio_in]
-            for packet, frame in _frames_with_index(container, streams, video):
+            for packet, frame in _demuxed(container, streams, video):
                 if packet is not None:
                     if audio is not None:
                         audio.add(out, packet)
@@ -622,9 +618,8 @@ def _verify(
 
 def _expected(settings: Settings, info: Any) -> tuple[int, float, float, tuple[int, int]]:
     """Frames, duration (s), frame rate and ``(H, W)`` the output of a probed source must have."""
-    src_rate = fractions.Fraction(info.fps).limit_denominator(1 << 16)
-    total = _out_frames(settings, info.num_frames, src_rate)
-    rate = float(_out_rate(settings, src_rate))
+    total = _out_frames(settings, info.num_frames, info.fps)
+    rate = float(_out_rate(settings, info.fps))
     size = _target_size(info.height, info.width, settings.short_side)
     return total, info.num_frames / info.fps, rate, size
 
@@ -692,7 +687,7 @@ def _plan_annotations(
         source = src / rel
         try:
             out = _safe_output(dst, rel)
-            if out.exists() and _same_bytes(source, out):
+            if out.exists() and filecmp.cmp(source, out, shallow=False):
                 summary.annotations_unchanged += 1
                 continue
         except ValueError as exc:
@@ -802,16 +797,17 @@ def _progress(enabled: bool) -> Any:
     )
 
 
-def _run_jobs(
-    jobs: list[_Job], workers: int, manifest_file: Path, summary: PrepareSummary, progress: bool
-) -> None:
-    """Run the jobs in a process pool (in this process for one worker), recording each
-    finished output in the manifest as it comes."""
-    if not jobs:
-        return
+@contextlib.contextmanager
+def _recorder(
+    manifest_file: Path, summary: PrepareSummary, progress: bool, total: int
+) -> Iterator[Callable[[_Outcome], None]]:
+    """A function that takes each outcome into the manifest, the summary and the progress bar."""
     began = time.perf_counter()
     with open(manifest_file, "a", encoding="utf-8") as manifest, _progress(progress) as bar:
-        task = bar.add_task("transcoding", total=len(jobs), fps=0.0)
+        task = bar.add_task("transcoding", total=total, fps=0.0)
+
+        def say(text: str) -> None:
+            bar.console.print(text, markup=False, highlight=False)
 
         def record(outcome: _Outcome) -> None:
             job = outcome.job
@@ -837,39 +833,46 @@ def _run_jobs(
                     summary.skipped += 1
             elif outcome.status == "conflict":
                 summary.conflicts.append((job.rel_output, outcome.reason))
-                bar.console.print(
-                    f"conflict: {job.rel_output}: {outcome.reason}", markup=False, highlight=False
-                )
+                say(f"conflict: {job.rel_output}: {outcome.reason}")
             else:
                 summary.failed.append((job.rel_source, outcome.reason))
                 if outcome.status == "fatal":
                     summary.fatal = f"{job.rel_output}: {outcome.reason}"
-                bar.console.print(
-                    f"failed: {job.rel_source}: {outcome.reason}", markup=False, highlight=False
-                )
+                say(f"failed: {job.rel_source}: {outcome.reason}")
             elapsed = time.perf_counter() - began
             bar.update(task, advance=1, fps=summary.frames / elapsed if elapsed else 0.0)
 
-        if workers <= 1:
+        yield record
+
+
+def _run_jobs(
+    jobs: list[_Job], workers: int, manifest_file: Path, summary: PrepareSummary, progress: bool
+) -> None:
+    """Run the jobs in a process pool (in this process for one worker), recording each
+    finished output as it comes; a fatal error (a full disk) stops the submissions."""
+    if not jobs:
+        return
+    if workers <= 1:
+        with _recorder(manifest_file, summary, progress, len(jobs)) as record:
             for job in jobs:
                 record(_run_job(job))
                 if summary.fatal:
                     break
-            return
-        pending: set[Future[_Outcome]] = set()
-        queue = iter(jobs)
-        with ProcessPoolExecutor(workers) as pool:
-            while True:
-                while not summary.fatal and len(pending) < 4 * workers:
+        return
+    queue, ahead = iter(jobs), 4 * workers
+    with ProcessPoolExecutor(workers) as pool:
+        # The first submission forks every worker: before the progress bar starts its thread.
+        pending = {pool.submit(_run_job, job) for job in itertools.islice(queue, ahead)}
+        with _recorder(manifest_file, summary, progress, len(jobs)) as record:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    record(future.result())
+                while not summary.fatal and len(pending) < ahead:
                     job = next(queue, None)
                     if job is None:
                         break
                     pending.add(pool.submit(_run_job, job))
-                if not pending:
-                    break
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    record(future.result())
 
 
 def _write_report(dst: Path, summary: PrepareSummary, other_files: list[str]) -> None:
