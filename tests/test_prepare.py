@@ -180,6 +180,9 @@ def test_annotation_files_are_copied_verbatim_and_other_files_listed(tmp_path):
     assert summary.annotations_copied == 3
     assert summary.ignored == ["notes/README.bin"]
     assert not (dst / "notes").exists()
+    assert "not copied: 1 files neither videos nor annotations (first: notes/README.bin)" in (
+        summary.lines()
+    )
     report = json.loads((dst / REPORT_NAME).read_text())
     assert report["not_copied"] == ["notes/README.bin"]
 
@@ -378,20 +381,53 @@ def test_an_interrupted_run_is_finished_and_a_finished_tree_left_alone(tmp_path)
     assert len(manifest.read_text().splitlines()) == 3
 
 
+def test_a_killed_run_leaves_no_output_that_counts_as_done(tmp_path):
+    import multiprocessing
+    import signal
+    import time
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for n in range(30):
+        clip(src / f"v{n:02d}.mp4", num_frames=16)
+    worker = multiprocessing.get_context("fork").Process(target=run, args=(src, dst))
+    worker.start()
+    manifest = dst / STATE_DIR / "manifest.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (manifest.is_file() and manifest.read_text()):
+        time.sleep(0.01)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.join()
+    finished = {json.loads(line)["output"] for line in manifest.read_text().splitlines()}
+    assert 0 < len(finished) < 30
+
+    summary = run(src, dst)
+    assert (summary.done + summary.skipped, summary.failed, summary.conflicts) == (30, [], [])
+    assert summary.skipped >= len(finished)
+    assert not list(dst.rglob(f"*{TMP_SUFFIX}"))
+    for n in range(30):
+        assert probe_video(dst / f"v{n:02d}.mp4").num_frames == 16
+
+
 def test_outputs_of_other_settings_or_sources_are_not_overwritten(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     clip(src / "a.mp4", num_frames=10)
     clip(src / "b.mp4", num_frames=10)
     run(src, dst)
-    before = snapshot(dst)
+
+    def outputs() -> dict[str, str]:
+        return {k: v for k, v in snapshot(dst).items() if not k.endswith(REPORT_NAME)}
+
+    before = outputs()
     with pytest.raises(PrepareError, match=r"short_side=32 \(now 16\).*--overwrite"):
         run(src, dst, short_side=16)
-    assert snapshot(dst) == before
+    report = json.loads((dst / REPORT_NAME).read_text())
+    assert [entry["path"] for entry in report["conflicts"]] == ["a.mp4", "b.mp4"]
+    assert outputs() == before
 
     clip(src / "a.mp4", num_frames=12)  # the source changed
     with pytest.raises(PrepareError, match=r"a.mp4: made from an earlier version of a.mp4"):
         run(src, dst)
-    assert snapshot(dst) == before
+    assert outputs() == before
 
     summary = run(src, dst, short_side=16, overwrite=True)
     assert summary.done == 2

@@ -173,6 +173,11 @@ class PrepareSummary:
                 f"({100 * self.bytes_after / self.bytes_before:.1f}%) over "
                 f"{self.done + self.skipped} videos"
             )
+        if self.ignored:
+            lines.append(
+                f"not copied: {len(self.ignored)} files neither videos nor annotations "
+                f"(first: {self.ignored[0]})"
+            )
         if self.fatal:
             lines.append(f"stopped: {self.fatal}")
         lines.append(f"report: {self.report}")
@@ -962,11 +967,12 @@ def prepare(
         copies = _plan_annotations(real_src, real_dst, annotations, overwrite, summary)
         jobs = _plan_videos(real_src, real_dst, videos, settings, overwrite, manifest, summary)
         if summary.conflicts:
+            _write_report(real_dst, summary, other)
             first = "; ".join(f"{path}: {why}" for path, why in summary.conflicts[:3])
             raise PrepareError(
                 f"{dst_path}: {len(summary.conflicts)} existing outputs differ from what this "
-                f"run would write ({first}); pass --overwrite to replace them, or pick "
-                "another DST"
+                f"run would write ({first}; all in {summary.report}); pass --overwrite to "
+                "replace them, or pick another DST"
             )
         for source, out in copies:
             try:
