@@ -3,15 +3,17 @@
 One run prints every figure the budget needs:
 
 1. CPU decode, clips/s per core, for each installed reader backend (pyav, torchcodec, decord):
-   random 16-frame clips at stride 2, decoded at short side 128, one thread, on a raw-like file
-   (640x360 H.264, GOP 250, B-frames: what raw Kinetics from YouTube looks like) and on a
-   prepared-like one (short side 128, GOP 8, no B-frames, x264 ``tune=fastdecode``), both made
-   from ``--source``. Two ways: a reader opened per clip (what ``VideoDataset`` does) and one
-   reader kept open per file; interleaved rounds, median of them.
-2. GPU decode (torchcodec's NVDEC decoder, ``device="cuda"``), clips/s on the same two files.
+   random 16-frame clips at stride 2, one thread, on a raw-like file (640x360 H.264, GOP 250,
+   B-frames: what raw Kinetics from YouTube looks like) decoded at short side 128 and 256, and
+   on prepared-like ones (short side 128 and 256, GOP 8, no B-frames, x264 ``tune=fastdecode``)
+   decoded at their size, all made from ``--source``. Two ways: a reader opened per clip (what
+   ``VideoDataset`` does) and one reader kept open per file; interleaved rounds, median of them.
+2. GPU decode (torchcodec's NVDEC decoder, ``device="cuda"``), clips/s on the same files.
 3. Training clips/s in bf16 (``torch.autocast``) of vssl's backbones: R3D-18 at 16x112,
    R3D-50 and ViT-B at 16x224 (forward, backward and an AdamW step on random clips).
-4. The budget: CPU cores one GPU needs = GPU training clips/s / CPU decode clips/s per core.
+4. The budget: CPU cores one GPU needs = GPU training clips/s / CPU decode clips/s per core,
+   with clips decoded at the short side the model's crops are cut from (128 for 112, 256 for
+   224).
 
 Without CUDA, 2 and 3 cannot be measured: the script says so and prints, labelled "estimate",
 the training clips/s an H100 would reach at 35% of its ~990 TFLOP/s bf16 peak, from each
@@ -84,8 +86,10 @@ def transcode(
     return dst
 
 
-def make_files(source: Path, folder: Path, raw_size: tuple[int, int], short_side: int) -> dict:
-    """The raw-like and the prepared-like file made from ``source``."""
+def make_files(
+    source: Path, folder: Path, raw_size: tuple[int, int], short_sides: Sequence[int]
+) -> dict[str, Path]:
+    """The raw-like file and a prepared-like file per short side, made from ``source``."""
     raw = transcode(
         source,
         folder / f"raw_{raw_size[1]}x{raw_size[0]}_gop250.mp4",
@@ -93,20 +97,48 @@ def make_files(source: Path, folder: Path, raw_size: tuple[int, int], short_side
         {"preset": "veryfast", "crf": "23", "x264-params": "keyint=250:min-keyint=25:bframes=3"},
         loops=3,
     )
-    prepared_size = output_size(*raw_size, short_side)
-    prepared = transcode(
-        raw,
-        folder / f"prepared_{short_side}_gop8.mp4",
-        prepared_size,
-        {
-            "preset": "veryfast",
-            "crf": "23",
-            "tune": "fastdecode",
-            "x264-params": "keyint=8:min-keyint=8:scenecut=0:bframes=0",
-        },
-        bframes=0,
-    )
-    return {"raw-like": raw, "prepared": prepared}
+    files = {"raw-like": raw}
+    for side in short_sides:
+        files[f"prepared-{side}"] = transcode(
+            raw,
+            folder / f"prepared_{side}_gop8.mp4",
+            output_size(*raw_size, side),
+            {
+                "preset": "veryfast",
+                "crf": "23",
+                "tune": "fastdecode",
+                "x264-params": "keyint=8:min-keyint=8:scenecut=0:bframes=0",
+            },
+            bframes=0,
+        )
+    return files
+
+
+def usable(backend: str) -> bool:
+    """Whether ``backend``'s package imports here (torchcodec also needs FFmpeg's libraries)."""
+    if backend == "pyav":
+        return True
+    try:
+        importlib.import_module({"torchcodec": "torchcodec.decoders"}.get(backend, backend))
+    except Exception:
+        return False
+    return True
+
+
+def cuda_available() -> bool:
+    """Whether the GPU figures can be measured here."""
+    return torch.cuda.is_available()
+
+
+def device_name() -> str:
+    """The GPU's name, for the report."""
+    return torch.cuda.get_device_name()
+
+
+def decode_side(crop: int, short_sides: Sequence[int]) -> int:
+    """The short side a model's crops are cut from: the smallest one at least the crop."""
+    fitting = [side for side in short_sides if side >= crop]
+    return min(fitting) if fitting else max(short_sides)
 
 
 def clip_starts(num_frames: int, count: int, seed: int = 0) -> np.ndarray:
@@ -203,16 +235,46 @@ def train_rate(
     return batch * steps / (time.perf_counter() - begin)
 
 
-def interleaved_rates(
-    jobs: dict[tuple, dict], size: int, seconds: float, rounds: int
-) -> dict[tuple, float]:
+def interleaved_rates(jobs: dict[tuple, dict], seconds: float, rounds: int) -> dict[tuple, float]:
     """Median clips/s of each decode job (keyword arguments of :func:`decode_rate`), measured
     in ``rounds`` interleaved rounds so that a busy machine slows every job alike."""
     rates: dict[tuple, list[float]] = {key: [] for key in jobs}
     for _ in range(rounds):
         for key, job in jobs.items():
-            rates[key].append(decode_rate(size=size, seconds=seconds / rounds, **job))
+            rates[key].append(decode_rate(seconds=seconds / rounds, **job))
     return {key: float(np.median(values)) for key, values in rates.items()}
+
+
+def decode_jobs(files: dict[str, Path], backends: Sequence[str], device: str) -> dict:
+    """Every (backend, file, decode short side, reuse) to measure: the raw-like file at each
+    short side, each prepared file at its own."""
+    sides = sorted(int(kind.split("-")[1]) for kind in files if kind != "raw-like")
+    targets = [("raw-like", side) for side in sides] + [(f"prepared-{s}", s) for s in sides]
+    return {
+        (backend, kind, side, reuse): {
+            "path": files[kind],
+            "backend": backend,
+            "size": side,
+            "reuse": reuse,
+            "device": device,
+        }
+        for backend in backends
+        for kind, side in targets
+        for reuse in (False, True)
+    }
+
+
+def print_rates(rates: dict[tuple, float], widths: Sequence[int]) -> dict[tuple, list[float]]:
+    """One row per (backend, file, short side): opened per clip, reader reused."""
+    print(row(("backend", "file", "decoded at", "opened per clip", "reader reused"), widths))
+    pairs: dict[tuple, list[float]] = {}
+    for backend, kind, side, reuse in rates:
+        pairs.setdefault((backend, kind, side), [0.0, 0.0])[reuse] = rates[
+            backend, kind, side, reuse
+        ]
+    for (backend, kind, side), pair in pairs.items():
+        print(row((backend, kind, side, f"{pair[0]:.1f}", f"{pair[1]:.1f}"), widths))
+    return pairs
 
 
 def row(cells: Sequence[object], widths: Sequence[int]) -> str:
@@ -224,8 +286,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="video to transcode")
     parser.add_argument("--workdir", type=Path, default=None, help="where the test files go")
     parser.add_argument("--raw-size", default="360x640", help="raw-like file's HxW")
-    parser.add_argument("--short-side", type=int, default=128, help="prepared and decode size")
-    parser.add_argument("--seconds", type=float, default=12.0, help="per decode measurement")
+    parser.add_argument(
+        "--short-sides", default="128,256", help="prepared files' and decoded short sides"
+    )
+    parser.add_argument("--seconds", type=float, default=8.0, help="per decode measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of them")
     parser.add_argument("--backends", default="pyav,torchcodec,decord")
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="name:T:S")
@@ -239,48 +303,31 @@ def main(argv: Sequence[str] | None = None) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     if not args.source.is_file():
         parser.error(f"{args.source}: source video not found (give one with --source)")
-    files = make_files(args.source, workdir, raw_size, args.short_side)
-    cuda = torch.cuda.is_available()
+    short_sides = [int(v) for v in args.short_sides.split(",")]
+    files = make_files(args.source, workdir, raw_size, short_sides)
+    cuda = cuda_available()
     results: dict = {"cpu": {}, "gpu_decode": {}, "train": {}, "budget": {}}
 
     print(
-        f"CPU decode: random {CLIP_LEN}-frame clips at stride {STRIDE}, short side "
-        f"{args.short_side}, 1 thread; clips/s per core"
+        f"CPU decode: random {CLIP_LEN}-frame clips at stride {STRIDE}, 1 thread, "
+        f"{args.rounds} interleaved rounds (median); clips/s per core"
     )
-    widths = (10, 10, 16, 14)
-    print(row(("backend", "file", "opened per clip", "reader reused"), widths))
-    backends = []
-    for backend in args.backends.split(","):
-        if backend != "pyav" and importlib.util.find_spec(backend) is None:
-            print(row((backend, "-", "not installed", "-"), widths))
-        else:
-            backends.append(backend)
-    jobs = {
-        (backend, kind, reuse): {"path": path, "backend": backend, "reuse": reuse}
-        for backend in backends
-        for kind, path in files.items()
-        for reuse in (False, True)
-    }
-    rates = interleaved_rates(jobs, args.short_side, args.seconds, args.rounds)
-    for backend in backends:
-        for kind in files:
-            pair = [rates[backend, kind, False], rates[backend, kind, True]]
-            results["cpu"][backend, kind] = pair
-            print(row((backend, kind, f"{pair[0]:.1f}", f"{pair[1]:.1f}"), widths))
+    widths = (10, 12, 10, 16, 14)
+    backends = [b for b in args.backends.split(",") if usable(b)]
+    for backend in sorted(set(args.backends.split(",")) - set(backends)):
+        print(f"  {backend}: not installed (or not loadable), not measured")
+    jobs = decode_jobs(files, backends, "cpu")
+    results["cpu"] = print_rates(interleaved_rates(jobs, args.seconds, args.rounds), widths)
 
     if cuda:
-        print(f"\nGPU: {torch.cuda.get_device_name()}")
-        if importlib.util.find_spec("torchcodec") is not None:
-            print("GPU decode (torchcodec, NVDEC), clips/s")
-            for kind, path in files.items():
-                pair = [
-                    decode_rate(path, "torchcodec", args.short_side, args.seconds, reuse, "cuda")
-                    for reuse in (False, True)
-                ]
-                results["gpu_decode"][kind] = pair
-                print(f"  {kind}: opened per clip {pair[0]:.1f}, reader reused {pair[1]:.1f}")
+        print(f"\nGPU: {device_name()}")
+        if usable("torchcodec"):
+            print("GPU decode (torchcodec, NVDEC), clips/s of one process")
+            jobs = decode_jobs(files, ["torchcodec"], "cuda")
+            rates = interleaved_rates(jobs, args.seconds, args.rounds)
+            results["gpu_decode"] = print_rates(rates, widths)
         else:
-            print("GPU decode: torchcodec is not installed, not measured")
+            print("GPU decode: torchcodec is not installed (or not loadable), not measured")
     else:
         print(
             "\nNo CUDA device: GPU decode and training speed cannot be measured here; the "
@@ -306,19 +353,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(row((spec, f"{flops / 1e9:.1f}", f"{estimate:.0f}", shown), widths))
 
     print(
-        "\nCPU cores one GPU needs = GPU training clips/s / CPU clips/s per core "
-        "(readers opened per clip, as VideoDataset does)"
+        "\nCPU cores one GPU needs = GPU training clips/s / CPU clips/s per core (readers "
+        "opened per clip, as VideoDataset does; decoded at the short side the crops need)"
     )
-    widths = (16, 10, 10, 16, 12)
-    print(row(("model", "backend", "file", "GPU clips/s", "cores/GPU"), widths))
+    widths = (16, 10, 12, 10, 16, 10)
+    print(row(("model", "backend", "file", "decoded at", "GPU clips/s", "cores/GPU"), widths))
     for spec, train in results["train"].items():
         gpu = train["measured"] if train["measured"] is not None else train["estimate"]
         label = "measured" if train["measured"] is not None else "estimate"
-        for (backend, kind), rates in results["cpu"].items():
-            cores = gpu / rates[0]
+        side = decode_side(parse_model(spec)[2], short_sides)
+        for (backend, kind, decoded), pair in results["cpu"].items():
+            if decoded != side:
+                continue
+            cores = gpu / pair[0]
             results["budget"][spec, backend, kind] = cores
             shown = f"{gpu:.0f} ({label})"
-            print(row((spec, backend, kind, shown, f"{math.ceil(cores)}"), widths))
+            print(row((spec, backend, kind, side, shown, f"{math.ceil(cores)}"), widths))
+        for (_, kind, decoded), pair in results["gpu_decode"].items():
+            if decoded == side:
+                share = gpu / max(pair)
+                print(
+                    f"  GPU decode of {kind} at {side}: {max(pair):.0f} clips/s, so decoding "
+                    f"on the GPU would take {share:.0%} of the time training takes"
+                )
     return results
 
 

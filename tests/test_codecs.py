@@ -8,7 +8,8 @@ its frames, converted to RGB the way the PyAV reader converts them.
 
 from __future__ import annotations
 
-import importlib.util
+import functools
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -189,13 +190,25 @@ def _clip(clips: dict[str, tuple[Path, np.ndarray]], name: str) -> tuple[Path, n
     return clips[name]
 
 
+@functools.cache
+def _missing(backend: str) -> str | None:
+    """Why ``backend`` cannot be used here (package absent or not loadable), or None."""
+    if backend == "pyav":
+        return None
+    try:
+        importlib.import_module({"torchcodec": "torchcodec.decoders"}.get(backend, backend))
+    except Exception as exc:  # torchcodec raises RuntimeError when FFmpeg's libraries are missing
+        return f"{backend} cannot be imported: {type(exc).__name__}: {str(exc)[:200]}"
+    return None
+
+
 def _params() -> list[Any]:
     params = []
     for backend in BACKENDS:
         for name in CLIPS:
             marks = []
-            if backend != "pyav" and importlib.util.find_spec(backend) is None:
-                marks.append(pytest.mark.skip(reason=f"{backend} is not installed"))
+            if _missing(backend):
+                marks.append(pytest.mark.skip(reason=_missing(backend)))
             elif (backend, name) in KNOWN_WRONG:
                 marks.append(pytest.mark.xfail(reason=KNOWN_WRONG[backend, name], strict=True))
             params.append(pytest.param(backend, name, marks=marks, id=f"{backend}-{name}"))
@@ -282,8 +295,8 @@ def test_backend_factory_and_errors(clips):
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "pyav"])
 def test_backend_errors_name_the_file(tmp_path, backend):
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed")
+    if _missing(backend):
+        pytest.skip(_missing(backend))
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"hello, not a video\n" * 20)
     with pytest.raises(Exception, match=r"bad\.mp4: cannot open"):
@@ -293,8 +306,8 @@ def test_backend_errors_name_the_file(tmp_path, backend):
 
 
 def _torchcodec_or_skip() -> None:
-    if importlib.util.find_spec("torchcodec") is None:
-        pytest.skip("torchcodec is not installed")
+    if _missing("torchcodec"):
+        pytest.skip(_missing("torchcodec"))
 
 
 def test_torchcodec_cuda_without_cuda_is_refused(clips, monkeypatch):

@@ -25,26 +25,25 @@ def gpu_budget():
 def test_tiny_run_prints_every_table(gpu_budget, video_factory, tmp_path, capsys):
     source = video_factory("source.mp4", num_frames=40, size=(48, 64))
     args = ["--source", str(source), "--workdir", str(tmp_path / "work"), "--raw-size", "48x64"]
-    args += ["--short-side", "32", "--seconds", "0.2", "--rounds", "2", "--backends", "pyav"]
+    args += ["--short-sides", "32", "--seconds", "0.2", "--rounds", "2", "--backends", "pyav"]
     args += ["--models", "tiny3d:8:32", "--batch", "2", "--steps", "1", "--warmup", "1"]
     results = gpu_budget.main(args)
     out = capsys.readouterr().out
-    raw, prepared = (
-        tmp_path / "work" / "raw_64x48_gop250.mp4",
-        tmp_path / "work" / "prepared_32_gop8.mp4",
-    )
+    work = tmp_path / "work"
+    raw, prepared = work / "raw_64x48_gop250.mp4", work / "prepared_32_gop8.mp4"
     from vssl.data.index import probe_video
 
     # the raw-like file plays the source three times; the prepared one is it at short side 32
     assert probe_video(raw).num_frames == probe_video(prepared).num_frames == 120
     assert (probe_video(prepared).height, probe_video(prepared).width) == (32, 42)
-    assert set(results["cpu"]) == {("pyav", "raw-like"), ("pyav", "prepared")}
+    assert set(results["cpu"]) == {("pyav", "raw-like", 32), ("pyav", "prepared-32", 32)}
     assert all(rate > 0 for pair in results["cpu"].values() for rate in pair)
+    assert "pyav       | prepared-32  | 32" in out
     train = results["train"]["tiny3d:8:32"]
     assert train["estimate"] == pytest.approx(0.35 * 990e12 / train["flops"])
-    cores = results["budget"]["tiny3d:8:32", "pyav", "prepared"]
+    cores = results["budget"]["tiny3d:8:32", "pyav", "prepared-32"]
     gpu = train["measured"] if train["measured"] is not None else train["estimate"]
-    assert cores == pytest.approx(gpu / results["cpu"]["pyav", "prepared"][0])
+    assert cores == pytest.approx(gpu / results["cpu"]["pyav", "prepared-32", 32][0])
     if not torch.cuda.is_available():
         assert "No CUDA device" in out and "(estimate)" in out and "no GPU" in out
         assert train["measured"] is None
@@ -68,6 +67,41 @@ def test_training_step_path_runs_on_cpu(gpu_budget):
     """The GPU training loop is device-generic; on the CPU it runs with bf16 autocast too."""
     rate = gpu_budget.train_rate("tiny3d", 4, 16, batch=2, steps=1, warmup=1, device="cpu")
     assert rate > 0
+
+
+def test_cuda_branch_prints_measured_figures(
+    gpu_budget, video_factory, tmp_path, monkeypatch, capsys
+):
+    """The GPU branch, run on the CPU: decoding and training are sent to the CPU, the rest of
+    the branch (tables, budget from measured figures) runs as on a GPU machine."""
+    decode_rate, train_rate = gpu_budget.decode_rate, gpu_budget.train_rate
+    monkeypatch.setattr(gpu_budget, "cuda_available", lambda: True)
+    monkeypatch.setattr(gpu_budget, "device_name", lambda: "pretend GPU")
+    monkeypatch.setattr(
+        gpu_budget, "decode_rate", lambda *a, **k: decode_rate(*a, **{**k, "device": "cpu"})
+    )
+    monkeypatch.setattr(gpu_budget, "train_rate", lambda *a, **k: train_rate(*a, **k, device="cpu"))
+    source = video_factory("source.mp4", num_frames=40, size=(48, 64))
+    args = ["--source", str(source), "--workdir", str(tmp_path), "--raw-size", "48x64"]
+    args += ["--short-sides", "32", "--seconds", "0.1", "--rounds", "1", "--backends", "pyav"]
+    args += ["--models", "tiny3d:8:32", "--batch", "2", "--steps", "1", "--warmup", "1"]
+    results = gpu_budget.main(args)
+    out = capsys.readouterr().out
+    assert "GPU: pretend GPU" in out and "No CUDA device" not in out
+    train = results["train"]["tiny3d:8:32"]
+    assert train["measured"] > 0 and "(measured)" in out
+    if gpu_budget.usable("torchcodec"):
+        assert set(results["gpu_decode"]) == {
+            ("torchcodec", "raw-like", 32),
+            ("torchcodec", "prepared-32", 32),
+        }
+        assert "GPU decode of prepared-32 at 32" in out
+
+
+def test_models_decode_at_the_short_side_their_crops_need(gpu_budget):
+    assert gpu_budget.decode_side(112, [128, 256]) == 128
+    assert gpu_budget.decode_side(224, [128, 256]) == 256
+    assert gpu_budget.decode_side(312, [128, 256]) == 256
 
 
 def test_missing_source_is_refused(gpu_budget, tmp_path):
