@@ -56,6 +56,8 @@ def snapshot(root: Path, skip: Path | None = None) -> dict[str, str]:
             path = Path(folder) / name
             if path.is_symlink():
                 out[str(path)] = "-> " + os.readlink(path)
+            elif not path.is_file():
+                out[str(path)] = "not a regular file"
             else:
                 out[str(path)] = hashlib.sha1(path.read_bytes()).hexdigest()
     return out
@@ -180,7 +182,7 @@ def test_annotation_files_are_copied_verbatim_and_other_files_listed(tmp_path):
     assert summary.annotations_copied == 3
     assert summary.ignored == ["notes/README.bin"]
     assert not (dst / "notes").exists()
-    assert "not copied: 1 files neither videos nor annotations (first: notes/README.bin)" in (
+    assert "not copied (neither videos nor annotations): 1 (first: notes/README.bin)" in (
         summary.lines()
     )
     report = json.loads((dst / REPORT_NAME).read_text())
@@ -487,6 +489,8 @@ def test_a_full_disk_stops_the_run_and_leaves_nothing_that_counts_as_done(tmp_pa
 def test_bad_sources_are_reported_and_skipped(tmp_path, capsys):
     src, dst = tmp_path / "src", tmp_path / "dst"
     expect = make_corpus(src, large=(128, 192))
+    os.mkfifo(src / "fifo.mp4")  # unreadable even for root: not a regular file
+    (src / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
     before = snapshot(src)
     summary = prepare(src, dst, short_side=32, workers=1)
     failed = dict(summary.failed)
@@ -497,12 +501,15 @@ def test_bad_sources_are_reported_and_skipped(tmp_path, capsys):
             assert probe_video(out).num_frames == probe_video(src / name).num_frames
         else:
             assert what.error in failed[name]
+    assert failed["fifo.mp4"] == "not a regular file"
+    assert failed["gone.mp4"] == "cannot read it: No such file or directory"
     assert summary.done == sum(what.usable for what in expect.values())
     assert snapshot(src) == before  # sources untouched
     report = json.loads((dst / REPORT_NAME).read_text())
     assert {entry["path"]: entry["reason"] for entry in report["failed"]} == failed
     console = capsys.readouterr()
     assert "failed: zero_bytes.mp4: empty file (0 bytes)" in console.err
+    assert "failed: gone.mp4: cannot read it: No such file or directory" in console.err
     assert f"{len(failed)} failed" in console.out
 
 

@@ -164,7 +164,8 @@ class PrepareSummary:
         if self.done:
             lines.append(
                 f"transcode: {self.videos_per_core_second:.3f} videos/s per core, "
-                f"{self.frames_per_core_second:.0f} frames/s per core ({self.workers} workers, "
+                f"{self.frames_per_core_second:.0f} frames/s per core ({self.workers} "
+                f"worker{'s' if self.workers > 1 else ''}, "
                 f"{self.done / self.wall_seconds:.3f} videos/s in {self.wall_seconds:.1f} s)"
             )
         if self.bytes_before:
@@ -175,7 +176,7 @@ class PrepareSummary:
             )
         if self.ignored:
             lines.append(
-                f"not copied: {len(self.ignored)} files neither videos nor annotations "
+                f"not copied (neither videos nor annotations): {len(self.ignored)} "
                 f"(first: {self.ignored[0]})"
             )
         if self.fatal:
@@ -736,7 +737,7 @@ def _plan_videos(
             summary.failed.append((rel, str(exc)))
             continue
         except OSError as exc:
-            summary.failed.append((rel, exc.strerror or str(exc)))
+            summary.failed.append((rel, f"cannot read it: {exc.strerror or exc}"))
             continue
         adopt = False
         if os.path.lexists(out):
@@ -980,6 +981,9 @@ def prepare(
                 summary.annotations_copied += 1
             except OSError as exc:
                 summary.failed.append((str(source.relative_to(real_src)), exc.strerror or str(exc)))
+        if progress:
+            for path, reason in summary.failed:
+                print(f"failed: {path}: {reason}", file=sys.stderr)
         summary.workers = max(1, min(workers or _cpus(), len(jobs)))
         _run_jobs(jobs, summary.workers, manifest_file, summary, progress)
         _compact_manifest(manifest_file)
