@@ -186,7 +186,7 @@ def test_annotation_files_are_copied_verbatim_and_other_files_listed(tmp_path):
         summary.lines()
     )
     report = json.loads((dst / REPORT_NAME).read_text())
-    assert report["not_copied"] == ["notes/README.bin"]
+    assert report["not_copied"] == {"count": 1, "first": ["notes/README.bin"]}
 
 
 # ---------------------------------------------------------------- the outputs

@@ -76,6 +76,8 @@ CODECS: dict[str, tuple[str, str, str, str]] = {
 # Audio codecs copied into MP4 as they are; others are re-encoded as AAC (MKV takes all).
 _MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "opus"})
 _MANIFEST_VERSION = 1
+REPORT_LIMIT = 1000
+"""At most this many files that are neither videos nor annotations are named in the report."""
 # Errors that make every further output fail too: the run stops.
 _FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
@@ -134,7 +136,8 @@ class PrepareSummary:
     conflicts: list[tuple[str, str]] = field(default_factory=list)
     annotations_copied: int = 0
     annotations_unchanged: int = 0
-    ignored: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # the first REPORT_LIMIT of them
+    ignored_count: int = 0
     frames: int = 0
     transcode_seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -174,9 +177,9 @@ class PrepareSummary:
                 f"({100 * self.bytes_after / self.bytes_before:.1f}%) over "
                 f"{self.done + self.skipped} videos"
             )
-        if self.ignored:
+        if self.ignored_count:
             lines.append(
-                f"not copied (neither videos nor annotations): {len(self.ignored)} "
+                f"not copied (neither videos nor annotations): {self.ignored_count} "
                 f"(first: {self.ignored[0]})"
             )
         if self.fatal:
@@ -244,13 +247,14 @@ def _check_roots(src: Path, dst: Path) -> tuple[Path, Path]:
     return real_src, real_dst
 
 
-def _scan_source(src: Path, dst: Path) -> tuple[list[str], list[str], list[str]]:
-    """Relative paths of the videos, annotation files and other files under ``src``.
+def _scan_source(src: Path, dst: Path) -> tuple[list[str], list[str], list[str], int]:
+    """Relative paths of the videos, the annotation files and the first other files under
+    ``src`` (extracted frames can make millions), and how many other files there are.
 
     Symlinked folders are followed once each (loops and folders inside ``dst`` are left
     out); hidden files and folders are skipped, as the layouts skip them.
     """
-    videos, annotations, other = [], [], []
+    videos, annotations, other, other_count = [], [], [], 0
     seen: set[Path] = set()
     for folder, dirs, names in os.walk(src, followlinks=True):
         real = Path(folder).resolve()
@@ -271,8 +275,10 @@ def _scan_source(src: Path, dst: Path) -> tuple[list[str], list[str], list[str]]
             elif Path(name).suffix.lower() in ANNOTATION_EXTENSIONS:
                 annotations.append(rel)
             else:
-                other.append(rel)
-    return videos, annotations, other
+                other_count += 1
+                if len(other) < REPORT_LIMIT:
+                    other.append(rel)
+    return videos, annotations, other, other_count
 
 
 def _safe_output(dst: Path, rel: str) -> Path:
@@ -881,7 +887,7 @@ def _run_jobs(
                     pending.add(pool.submit(_run_job, job))
 
 
-def _write_report(dst: Path, summary: PrepareSummary, other_files: list[str]) -> None:
+def _write_report(dst: Path, summary: PrepareSummary) -> None:
     report = {
         "src": summary.src,
         "dst": summary.dst,
@@ -899,7 +905,7 @@ def _write_report(dst: Path, summary: PrepareSummary, other_files: list[str]) ->
             "copied": summary.annotations_copied,
             "unchanged": summary.annotations_unchanged,
         },
-        "not_copied": other_files,
+        "not_copied": {"count": summary.ignored_count, "first": summary.ignored},
         "transcode": {
             "workers": summary.workers,
             "wall_seconds": round(summary.wall_seconds, 3),
@@ -961,14 +967,15 @@ def prepare(
     state.mkdir(exist_ok=True)
     with _lock(state):
         _remove_leftovers(real_dst)
-        videos, annotations, other = _scan_source(real_src, real_dst)
-        summary.ignored = other
+        videos, annotations, summary.ignored, summary.ignored_count = _scan_source(
+            real_src, real_dst
+        )
         manifest_file = state / "manifest.jsonl"
         manifest = _load_manifest(manifest_file)
         copies = _plan_annotations(real_src, real_dst, annotations, overwrite, summary)
         jobs = _plan_videos(real_src, real_dst, videos, settings, overwrite, manifest, summary)
         if summary.conflicts:
-            _write_report(real_dst, summary, other)
+            _write_report(real_dst, summary)
             first = "; ".join(f"{path}: {why}" for path, why in summary.conflicts[:3])
             raise PrepareError(
                 f"{dst_path}: {len(summary.conflicts)} existing outputs differ from what this "
@@ -988,7 +995,7 @@ def prepare(
         _run_jobs(jobs, summary.workers, manifest_file, summary, progress)
         _compact_manifest(manifest_file)
         summary.wall_seconds = time.perf_counter() - began
-        _write_report(real_dst, summary, other)
+        _write_report(real_dst, summary)
     if progress:
         for line in summary.lines():
             print(line)
