@@ -1,227 +1,289 @@
-"""Training-clip throughput of vssl's data pipeline against pytorchvideo's, in one run.
+"""The data budget: training clips per second per core on raw and prepared files, and the CPU
+cores one GPU needs, in one run.
 
-Both sides read the same videos with the same number of DataLoader workers and produce the same
-thing: uint8 batches of random 16-frame clips (consecutive frames), resized to a short side of
-128 and randomly cropped to 112x112. vssl decodes only the frames of the clip and resizes while
-decoding (`VideoReader`); pytorchvideo's `LabeledVideoDataset` with its PyAV `EncodedVideo`
-decodes the clip's time window to float frames at full resolution, which the transform then
-resizes and crops. Each side runs in its own subprocess so that its peak memory (the process
-and its workers, summed) is measured on its own.
+1. Raw-like files: every video of ``--videos`` (../shared/videos) re-encoded as what raw
+   Kinetics from YouTube looks like: short side 360, H.264 with a GOP of 250 and B-frames,
+   played back and forth three times (longer videos, long seeks).
+2. Prepared files: the raw-like tree through ``vssl prepare`` at short side 128 and at 256
+   (GOP 8, no B-frames); the transcode rate is printed.
+3. Training clips per second on one core (one process, one thread, no DataLoader workers: what
+   one worker does), for random 16-frame clips at stride 2 randomly cropped to 112 (from the
+   128 files, and from the raw ones decoded at 128) or 224 (from the 256 files, and from the raw
+   ones decoded at 256): vssl's `VideoDataset` with each installed reader backend (pyav,
+   torchcodec, decord) against pytorchvideo's `LabeledVideoDataset` (PyAV, decoding the clip's
+   time window at full resolution, then resizing). The sides alternate round by round and each
+   figure is the median of the rounds, so that a noisy machine slows every side alike.
+4. The statistics task's whole worker pipeline (17 frames decoded, crop, flip, DIS flow, the 27
+   labels) on the 128 files.
+5. The budget: CPU cores per GPU = GPU training clips/s / training clips/s per core, for R3D-18
+   at 16x112 (from the 128 files) and R3D-50 and ViT-B at 16x224 (from the 256 files). GPU
+   clips/s come from ``--gpu-rates`` (measured by benchmarks/gpu_budget.py on a GPU) or else
+   are estimated from each model's forward+backward FLOPs at 35% of an H100's bf16 peak, and
+   labelled "estimate".
 
-    python benchmarks/data_pipeline.py                # real videos of ../shared/videos + synthetic
-    python benchmarks/data_pipeline.py --clips 200 --workers 2
+    python benchmarks/data_pipeline.py
+    python benchmarks/data_pipeline.py --seconds 2 --rounds 1 --backends pyav   # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
+import importlib.util
+import statistics
 import sys
 import tempfile
-import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-CLIP_LEN, SHORT_SIDE, CROP = 16, 128, 112
+import numpy as np
+import torch
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(ROOT))
+
+import gpu_budget  # noqa: E402
+
+from vssl.data.index import probe_video  # noqa: E402
+from vssl.data.reader import output_size  # noqa: E402
+
+CLIP_LEN, STRIDE = 16, 2
+RAW_SHORT_SIDE = 360
+# (file set, short side the clips are decoded at, crop)
+CASES = (("raw-like", 128, 112), ("prepared-128", 128, 112), ("raw-like", 256, 224),
+         ("prepared-256", 256, 224))
+MODELS = (("r3d_18", 16, 112), ("r3d_50", 16, 224), ("vit_b_16", 16, 224))
+TARGETS = {112: (300, 20), 224: (120, 8)}  # crop: (clips/s/core, times the raw-like files)
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of a process and all its descendants (Linux /proc)."""
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            with open(f"/proc/{p}/status") as f:
-                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    stack.extend(int(c) for c in f.read().split())
-        except (OSError, StopIteration):
-            continue
-    return total
+def make_raw_like(videos: list[Path], folder: Path) -> list[Path]:
+    """Each video re-encoded at short side 360 with a GOP of 250 and B-frames (see the top)."""
+    out = []
+    for video in videos:
+        info = probe_video(video)
+        size = output_size(info.height, info.width, RAW_SHORT_SIDE)
+        size = (size[0] // 2 * 2, size[1] // 2 * 2)
+        options = {"preset": "veryfast", "crf": "23",
+                   "x264-params": "keyint=250:min-keyint=25:bframes=3"}
+        out.append(gpu_budget.transcode(video, folder / f"{video.stem}.mp4", size, options, loops=3))
+    return out
 
 
-class PeakMemory:
-    """Samples the RSS of this process tree every 20 ms and keeps the maximum."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss_bytes(os.getpid()))
-            time.sleep(0.02)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def vssl_loader(paths: list[str], workers: int, batch: int):
-    import torch
+def vssl_clips(paths: list[Path], backend: str, size: int, crop: int) -> Iterator[int]:
+    """Training samples of vssl's dataset (random clip, random crop), one at a time."""
     from torchvision.transforms import v2
 
     from vssl.data.dataset import VideoDataset
-    from vssl.data.index import VideoIndex
     from vssl.data.layouts import VideoItem
     from vssl.data.sampling import RandomClip
     from vssl.data.transforms import ViewTransform
 
-    index = VideoIndex.build(paths, progress=False)
-    items = [VideoItem(Path(p), 0) for p in paths if index[p].ok]
-    ds = VideoDataset(
-        items,
-        [index[str(i.path)] for i in items],
-        sampler=RandomClip(CLIP_LEN, 1),
-        transform=ViewTransform(v2.RandomCrop(CROP)),
-        decode_size=SHORT_SIDE,
-    )
-    sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=10**7)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers)
-    return ((b["video"], b["label"]) for b in loader)
+    infos = [probe_video(p) for p in paths]
+    ds = VideoDataset([VideoItem(p, 0) for p in paths], infos, RandomClip(CLIP_LEN, STRIDE),
+                      transform=ViewTransform(v2.RandomCrop(crop)), decode_size=size,
+                      backend=backend)
+    rng = np.random.default_rng(0)
+    while True:
+        sample = ds[int(rng.integers(len(ds)))]
+        assert sample["video"].shape == (CLIP_LEN, 3, crop, crop), sample["video"].shape
+        yield 1
 
 
 class PytorchvideoTransform:
-    """Uniform 16-frame subsample, short side to 128, random 112 crop, back to uint8."""
+    """16 frames at stride 2 of the decoded window, short side to ``size``, random crop, uint8."""
+
+    def __init__(self, size: int, crop: int) -> None:
+        self.size, self.crop = size, crop
 
     def __call__(self, sample: dict) -> dict:
-        import torch
         from torch.nn import functional as F
 
-        video = sample["video"]  # float (C, T, H, W), full resolution
+        video = sample["video"]  # float (C, T, H, W) at full resolution
         t = video.shape[1]
         video = video[:, torch.linspace(0, t - 1, CLIP_LEN).round().long()]
         h, w = video.shape[-2:]
-        scale = SHORT_SIDE / min(h, w)
+        scale = self.size / min(h, w)
         video = F.interpolate(video.transpose(0, 1), size=(round(h * scale), round(w * scale)),
                               mode="bilinear", antialias=True, align_corners=False)
-        top = int(torch.randint(0, video.shape[-2] - CROP + 1, ()))
-        left = int(torch.randint(0, video.shape[-1] - CROP + 1, ()))
-        video = video[..., top:top + CROP, left:left + CROP]
+        top = int(torch.randint(0, video.shape[-2] - self.crop + 1, ()))
+        left = int(torch.randint(0, video.shape[-1] - self.crop + 1, ()))
+        video = video[..., top:top + self.crop, left:left + self.crop]
         return {"video": video.clamp(0, 255).to(torch.uint8), "label": sample["label"]}
 
 
-def pytorchvideo_loader(paths: list[str], workers: int, batch: int, fps: dict[str, float]):
-    import torch
-
+def pytorchvideo_clips(paths: list[Path], size: int, crop: int) -> Iterator[int]:
+    """Training samples of pytorchvideo's LabeledVideoDataset with the same clips."""
     warnings.filterwarnings("ignore", category=FutureWarning)
     from pytorchvideo.data import LabeledVideoDataset, make_clip_sampler
 
-    # The time window that holds 16 frames (every video of a set has the same frame rate).
-    duration = (CLIP_LEN - 0.5) / min(fps[p] for p in paths)
-    ds = LabeledVideoDataset(
-        [(p, {"label": 0}) for p in paths] * 1000,
-        make_clip_sampler("random", duration),
-        video_sampler=torch.utils.data.RandomSampler,
-        transform=PytorchvideoTransform(),
-        decode_audio=False,
-        decoder="pyav",
-    )
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers)
-    return ((b["video"], b["label"]) for b in loader)
+    fps = min(probe_video(p).fps for p in paths)
+    window = ((CLIP_LEN - 1) * STRIDE + 0.5) / fps  # the time that holds 31 frames
+    ds = LabeledVideoDataset([(str(p), {"label": 0}) for p in paths] * 100_000,
+                             make_clip_sampler("random", window),
+                             video_sampler=torch.utils.data.RandomSampler,
+                             transform=PytorchvideoTransform(size, crop), decode_audio=False,
+                             decoder="pyav")
+    for sample in ds:
+        assert sample["video"].shape[-2:] == (crop, crop)
+        yield 1
 
 
-def run_side(side: str, paths: list[str], clips: int, workers: int, batch: int) -> dict:
-    """Times ``clips`` clips (after one warm-up batch) on one side; returns clips/s and memory."""
-    import torch
+def statistics_clips(paths: list[Path]) -> Iterator[int]:
+    """Training samples of the statistics task: its own sampler and worker transform."""
+    from vssl.data.dataset import VideoDataset
+    from vssl.data.layouts import VideoItem
+    from vssl.data.sampling import ClipSpec
+    from vssl.tasks import SpatioTemporalStatistics
 
-    torch.set_num_threads(1)
-    from vssl.data.index import VideoIndex
-
-    fps = {p: VideoIndex.build(paths, progress=False)[p].fps for p in paths}
-    with PeakMemory() as mem:
-        it = vssl_loader(paths, workers, batch) if side == "vssl" else pytorchvideo_loader(
-            paths, workers, batch, fps)
-        video, _ = next(it)
-        shape = tuple(video.shape)
-        start, n = time.perf_counter(), 0
-        while n < clips:
-            video, _ = next(it)
-            n += video.shape[0]
-        elapsed = time.perf_counter() - start
-    return {"side": side, "clips_per_s": n / elapsed, "peak_rss_mb": mem.peak / 2**20, "batch_shape": shape}
-
-
-def synthetic_videos(folder: Path, count: int) -> list[str]:
-    """A few longer synthetic videos (the training-size case: 256x340, 96 frames)."""
-    import numpy as np
-
-    from vssl.data.encode import write_video
-
+    task = SpatioTemporalStatistics(backbone="tiny3d", clip_len=CLIP_LEN)
+    spec = ClipSpec(clip_len=CLIP_LEN, stride=1, crop_size=112, flip=True)
+    ds = VideoDataset([VideoItem(p, 0) for p in paths], [probe_video(p) for p in paths],
+                      task.clip_sampler("train", spec), transform=task.clip_transform("train", spec),
+                      decode_size=128)
     rng = np.random.default_rng(0)
-    out = []
-    for i in range(count):
-        path = folder / f"synthetic_{i}.mp4"
-        if not path.exists():
-            base = rng.integers(0, 256, (256, 340, 3), dtype=np.uint8)
-            frames = np.stack([np.roll(base, 3 * t, axis=1) for t in range(96)])
-            write_video(path, frames, fps=25, gop=12)
-        out.append(str(path))
+    while True:
+        ds[int(rng.integers(len(ds)))]
+        yield 1
+
+
+def rate(source: Iterator[int], seconds: float) -> float:
+    """Samples per second that ``source`` yields within ``seconds`` (after one warm-up)."""
+    next(source)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or done == 0:
+        done += next(source)
+    return done / (time.perf_counter() - start)
+
+
+def measure(sides: dict[str, Callable[[], Iterator[int]]], seconds: float,
+            rounds: int) -> dict[str, list[float]]:
+    """Every side timed ``rounds`` times, the sides alternating within each round."""
+    sources = {name: make() for name, make in sides.items()}
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(rounds):
+        order = list(sources) if r % 2 == 0 else list(reversed(sources))
+        for name in order:
+            rates[name].append(rate(sources[name], seconds))
+    return rates
+
+
+def available_backends(wanted: list[str]) -> list[str]:
+    """The reader backends of ``wanted`` whose packages work here."""
+    return [b for b in wanted if gpu_budget.usable(b)]
+
+
+def gpu_rates(spec: list[str]) -> dict[str, float]:
+    """``name=clips_per_s`` pairs (from benchmarks/gpu_budget.py on a GPU)."""
+    out = {}
+    for item in spec:
+        name, _, value = item.partition("=")
+        out[name] = float(value)
     return out
 
 
-def group_by_fps(paths: list[str]) -> dict[float, list[str]]:
-    """Videos grouped by frame rate, so that a time window means the same frame count."""
-    import av
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--videos", type=Path, default=ROOT.parent / "shared" / "videos")
+    p.add_argument("--seconds", type=float, default=6.0, help="seconds per side per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--backends", nargs="+", default=["pyav", "torchcodec", "decord"])
+    p.add_argument("--no-pytorchvideo", action="store_true")
+    p.add_argument("--no-statistics", action="store_true")
+    p.add_argument("--gpu-rates", nargs="*", default=[], metavar="MODEL=CLIPS_PER_S",
+                   help="measured GPU training clips/s per model, e.g. r3d_18=1400")
+    p.add_argument("--work-dir", type=Path, help="keep the made files here (default: a temp dir)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
 
-    groups: dict[float, list[str]] = {}
-    for p in paths:
-        with av.open(p) as c:
-            groups.setdefault(float(c.streams.video[0].average_rate), []).append(p)
-    return groups
+    from vssl.data.prepare import prepare
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clips", type=int, default=160, help="clips timed per side")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--videos", default=str(ROOT.parent / "shared" / "videos"))
-    parser.add_argument("--side", choices=["vssl", "pytorchvideo"], help=argparse.SUPPRESS)
-    parser.add_argument("--paths", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-
-    if args.side:  # the child process of one side
-        result = run_side(args.side, json.loads(args.paths), args.clips, args.workers, args.batch)
-        print(json.dumps(result))
-        return
-
-    real = sorted(str(p) for p in Path(args.videos).glob("*") if p.suffix in {".mp4", ".avi"}
-                  and "bugy" not in p.name) if Path(args.videos).is_dir() else []
+    videos = sorted(v for v in args.videos.glob("*") if v.suffix in {".mp4", ".avi"}
+                    and "bugy" not in v.name)
+    if not videos:
+        sys.exit(f"{args.videos}: no videos to make the files from")
+    backends = available_backends(args.backends)
     with tempfile.TemporaryDirectory() as tmp:
-        sets = {"synthetic 256x340 @25fps": synthetic_videos(Path(tmp), 4)}
-        for rate, group in group_by_fps(real).items():
-            names = ", ".join(Path(p).name for p in group)
-            sets[f"{names} @{rate:g}fps"] = group
-        rows = []
-        for name, paths in sets.items():
-            res = {}
-            for side in ("vssl", "pytorchvideo"):
-                cmd = [sys.executable, __file__, "--side", side, "--paths", json.dumps(paths),
-                       "--clips", str(args.clips), "--workers", str(args.workers), "--batch", str(args.batch)]
-                out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-                if out.returncode:
-                    sys.exit(f"{side} failed on {name}:\n{out.stderr[-3000:]}")
-                res[side] = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append((name, res))
-    print(f"\nclips {CLIP_LEN}x{CROP}x{CROP} uint8, batch {args.batch}, {args.workers} workers, "
-          f"{args.clips} clips per side\n")
-    print("| videos | vssl clips/s | pytorchvideo clips/s | ratio | vssl peak MB | pytorchvideo peak MB |")
-    print("|---|---|---|---|---|---|")
-    for name, res in rows:
-        v, p = res["vssl"], res["pytorchvideo"]
-        print(f"| {name} | {v['clips_per_s']:.1f} | {p['clips_per_s']:.1f} | "
-              f"{v['clips_per_s'] / p['clips_per_s']:.2f}x | {v['peak_rss_mb']:.0f} | {p['peak_rss_mb']:.0f} |")
+        work = args.work_dir or Path(tmp)
+        raw_dir = work / "raw"
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        sets = {"raw-like": make_raw_like(videos, raw_dir)}
+        print(f"raw-like files: {len(videos)} videos, short side {RAW_SHORT_SIDE}, GOP 250, "
+              f"B-frames, {sum(probe_video(v).num_frames for v in sets['raw-like'])} frames")
+        for side in (128, 256):
+            summary = prepare(raw_dir, work / f"prepared_{side}", short_side=side, workers=1,
+                              progress=False)
+            print(f"vssl prepare --short-side {side}: " + "; ".join(summary.lines()[1:3]))
+            sets[f"prepared-{side}"] = sorted((work / f"prepared_{side}").glob("*.mp4"))
+
+        results: dict[tuple[str, int], dict[str, list[float]]] = {}
+        for name, size, crop in CASES:
+            sides: dict[str, Callable[[], Iterator[int]]] = {}
+            for backend in backends:
+                sides[f"vssl {backend}"] = (
+                    lambda b=backend, n=name, s=size, c=crop: vssl_clips(sets[n], b, s, c))
+            if not args.no_pytorchvideo and importlib.util.find_spec("pytorchvideo"):
+                sides["pytorchvideo"] = lambda n=name, s=size, c=crop: pytorchvideo_clips(
+                    sets[n], s, c)
+            results[(name, size)] = measure(sides, args.seconds, args.rounds)
+            print(f"measured {name} decoded at {size}: " + ", ".join(
+                f"{k} {statistics.median(v):.1f}" for k, v in results[(name, size)].items()))
+        stats_rate = None
+        if not args.no_statistics:
+            got = measure({"statistics": lambda: statistics_clips(sets["prepared-128"])},
+                          args.seconds, args.rounds)
+            stats_rate = statistics.median(got["statistics"])
+
+    print(f"\nTraining clips per second per core: random {CLIP_LEN}-frame clips at stride "
+          f"{STRIDE}, random crop; median (min-max) of {args.rounds} alternating rounds of "
+          f"{args.seconds:g} s\n")
+    names = list(next(iter(results.values())))
+    print("| files | decoded at | crop | " + " | ".join(names) + " |")
+    print("|---|---:|---:|" + "---:|" * len(names))
+    for (name, size), rates in results.items():
+        crop = dict((s, c) for _, s, c in CASES)[size]
+        cells = [f"{statistics.median(v):.1f} ({min(v):.1f}-{max(v):.1f})" for v in rates.values()]
+        print(f"| {name} | {size} | {crop} | " + " | ".join(cells) + " |")
+    default = f"vssl {backends[0]}"
+    print(f"\nPrepared against raw-like ({default}, the default reader), and the targets:")
+    for size in (128, 256):
+        crop = 112 if size == 128 else 224
+        prepared = statistics.median(results[(f"prepared-{size}", size)][default])
+        raw = statistics.median(results[("raw-like", size)][default])
+        floor, times = TARGETS[crop]
+        print(f"  short side {size}, crop {crop}: {prepared:.1f} clips/s/core, {prepared / raw:.1f}x "
+              f"the raw-like files (targets >= {floor} clips/s/core and >= {times}x)")
+    if stats_rate is not None:
+        print(f"  statistics task, decode + flow + labels on the 128 files: {stats_rate:.1f} "
+              f"clips/s/core (target >= 120)")
+
+    measured = gpu_rates(args.gpu_rates)
+    print("\nCPU cores one GPU needs (GPU training clips/s / clips/s per core):\n")
+    print("| model | clip | GPU clips/s | per core, prepared | cores, prepared | per core, raw-like "
+          "| cores, raw-like |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    budget = {}
+    for model, frames, crop in MODELS:
+        size = 128 if crop == 112 else 256
+        if model in measured:
+            gpu, label = measured[model], "measured"
+        else:
+            flops = gpu_budget.train_flops(model, frames, crop)
+            gpu = gpu_budget.UTILISATION * gpu_budget.H100_BF16_TFLOPS * 1e12 / flops
+            label = "estimate"
+        prepared = statistics.median(results[(f"prepared-{size}", size)][default])
+        raw = statistics.median(results[("raw-like", size)][default])
+        budget[model] = {"gpu": gpu, "prepared": gpu / prepared, "raw": gpu / raw}
+        print(f"| {model} | {frames}x{crop} | {gpu:.0f} ({label}) | {prepared:.1f} | "
+              f"{gpu / prepared:.1f} | {raw:.1f} | {gpu / raw:.1f} |")
+    if not measured:
+        print(f"\nGPU clips/s estimated: forward+backward FLOPs per clip at "
+              f"{gpu_budget.UTILISATION:.0%} of an H100's {gpu_budget.H100_BF16_TFLOPS:.0f} "
+              f"TFLOP/s bf16 peak (no GPU measured; pass --gpu-rates from gpu_budget.py).")
+    return {"rates": {f"{n}@{s}": r for (n, s), r in results.items()}, "statistics": stats_rate,
+            "budget": budget}
 
 
 if __name__ == "__main__":
