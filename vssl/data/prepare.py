@@ -1028,7 +1028,9 @@ def _normalize_argv(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m vssl prepare``; returns the exit status."""
+    """Entry point of ``python -m vssl prepare``; returns the exit status: 0 when the run
+    went through (sources that cannot be read are listed in the report), 1 when it stopped
+    (a full disk), 2 for a user error (one line on stderr)."""
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(
