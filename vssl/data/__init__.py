@@ -9,6 +9,7 @@ from vssl.data.prepare import PrepareSummary, prepare
 from vssl.data.reader import VideoDecodeError, VideoReader
 from vssl.data.sampling import ClipSampler, ClipSpec, RandomClip, UniformClips
 from vssl.data.synthetic import make_synthetic
+from vssl.data.table import VideoTable
 from vssl.data.transforms import (
     BatchAugment,
     ViewTransform,
@@ -32,6 +33,7 @@ __all__ = [
     "VideoInfo",
     "VideoItem",
     "VideoReader",
+    "VideoTable",
     "ViewTransform",
     "eval_clip_transform",
     "load_layout",

@@ -45,14 +45,14 @@ def is_video(path: str | Path) -> bool:
 
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: {what} not found (no such directory)")
+        raise MissingInputError(f"{path}: {what} not found (no such directory)")
     return path
 
 
 def _read_lines(file: Path) -> list[tuple[int, str]]:
     """Non-blank lines of a split file with their 1-based line numbers."""
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: split file not found")
+        raise MissingInputError(f"{file}: split file not found")
     with open(file, encoding="utf-8-sig") as handle:
         return [(n, line.strip()) for n, line in enumerate(handle, 1) if line.strip()]
 
@@ -95,12 +95,12 @@ def _keep_existing(items: list[VideoItem], layout: str, root: Path) -> list[Vide
 def _check_split(split: str, allowed: Iterable[str], layout: str) -> None:
     allowed = tuple(allowed)
     if split not in allowed:
-        raise ValueError(f"{layout}: unknown split {split!r}; expected one of {allowed}")
+        raise InvalidInputError(f"{layout}: unknown split {split!r}; expected one of {allowed}")
 
 
 def _check_fold(fold: int, layout: str) -> None:
     if fold not in (1, 2, 3):
-        raise ValueError(f"{layout}: fold must be 1, 2 or 3, got {fold!r}")
+        raise InvalidInputError(f"{layout}: fold must be 1, 2 or 3, got {fold!r}")
 
 
 def ucf101(
