@@ -6,7 +6,7 @@ from vssl.data.encode import write_video
 from vssl.data.index import VideoIndex, VideoInfo, probe_video
 from vssl.data.layouts import LAYOUTS, VideoItem, load_layout
 from vssl.data.prepare import PrepareSummary, prepare
-from vssl.data.reader import VideoDecodeError, VideoReader
+from vssl.data.reader import VideoDecodeError, VideoReader, open_reader
 from vssl.data.sampling import ClipSampler, ClipSpec, RandomClip, UniformClips
 from vssl.data.synthetic import make_synthetic
 from vssl.data.table import VideoTable
@@ -38,6 +38,7 @@ __all__ = [
     "eval_clip_transform",
     "load_layout",
     "make_synthetic",
+    "open_reader",
     "prepare",
     "probe_video",
     "train_clip_transform",
