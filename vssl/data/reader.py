@@ -149,11 +149,13 @@ def _decoded_frames(
 
     ``skip_before`` returns a pts below which nobody wants frames: the decoder then drops the
     non-reference frames there (nothing depends on them), which halves the cost of decoding
-    from a keyframe up to a wanted frame in typical H.264. ``check`` runs before each packet
-    (the reader's deadline) and may raise.
+    from a keyframe up to a wanted frame in typical H.264. In an intra-only stream (MJPEG, every
+    frame a keyframe) no frame depends on another, so those packets are not decoded at all.
+    ``check`` runs before each packet (the reader's deadline) and may raise.
     """
     context = stream.codec_context
     context.skip_frame = "DEFAULT"
+    intra_only = bool(context.codec.intra_only)
     skipping = False
     packets = container.demux(stream)
     while True:
@@ -175,6 +177,8 @@ def _decoded_frames(
         if skip_before is not None:
             limit = skip_before()
             skip = limit is not None and packet.pts is not None and packet.pts < limit
+            if skip and intra_only:
+                continue
             if skip != skipping:
                 context.skip_frame = "NONREF" if skip else "DEFAULT"
                 skipping = skip
@@ -541,8 +545,10 @@ class VideoReader:
         (returning ``overshot``) when a seek landed past ``wanted[p]``. After a seek the run
         always reaches ``wanted[p]``, so every call makes progress."""
         n, gap, first = len(wanted), self._seek_gap(), p
-        if not self._sequential and self._start_pts is not None:
-            # drop what lies before the frame ahead of wanted[p] (kept for gap filling)
+        if not self._sequential and self._exact_seek and self._start_pts is not None:
+            # Drop what lies before the frame ahead of wanted[p] (kept for gap filling). Not in
+            # MPEG program streams: their packets' timestamps are not their pictures', so frames
+            # dropped there shift the timestamps of the frames that follow.
             self._skip_before = self._start_pts + math.floor((wanted[p] - 1.5) / self._scale)
         done_frame, done_row = None, -1
         while (frame := self._next_frame()) is not None:
@@ -568,6 +574,9 @@ class VideoReader:
                     self._convert(source, out, rows[p])
                     done_frame, done_row = source, rows[p][0]
                 p += 1
+                if p < n and not self._sequential and self._exact_seek:
+                    # Frames between here and the one before wanted[p] are not needed either.
+                    self._skip_before = self._start_pts + math.floor((wanted[p] - 1.5) / self._scale)
             self._prev, self._pos = frame, j
             if p == n or (wanted[p] - j > gap and (p > first or not seeked)):
                 return p, False
