@@ -140,11 +140,15 @@ class VideoDataset(Dataset):
             decode_timeout=self.decode_timeout,
         ) as reader:
             frames = reader.get_frames(unique, size=self.decode_size)
+        # One view of increasing indices (most clips) is the decoded frames as they are.
+        as_decoded = len(views) == 1 and bool(np.all(np.diff(wanted) > 0))
         inverse = torch.from_numpy(inverse.reshape(-1))
         sample: dict[str, Tensor] = {}
         offset = 0
         for name, idx in views.items():
-            sample[name] = frames[inverse[offset : offset + idx.size]].reshape(*idx.shape, *frames.shape[1:])
+            # index_select: torch's advanced indexing copies uint8 frames about 20x slower
+            rows = frames if as_decoded else frames.index_select(0, inverse[offset : offset + idx.size])
+            sample[name] = rows.reshape(*idx.shape, *frames.shape[1:])
             offset += idx.size
         if self.transform is not None:
             sample = self.transform(sample)
