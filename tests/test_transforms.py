@@ -1,7 +1,9 @@
 import colorsys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch.nn import functional as nnf
 from torchvision.transforms.v2 import functional as F
 
@@ -11,6 +13,10 @@ from vssl.data.transforms import (
     eval_clip_transform,
     train_clip_transform,
 )
+from vssl.tasks.cvrl import CVRL_AUGMENT
+from vssl.tasks.rspnet import RSPNET_AUGMENT
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _reference(
@@ -227,3 +233,31 @@ def test_eval_clip_transform_is_deterministic_centre_crop():
     out = eval_clip_transform(20)(clip)
     assert out.shape == (4, 3, 20, 20)
     torch.testing.assert_close(out, eval_clip_transform(20)(clip))
+
+
+PAPER_VARIANTS = {
+    "rspnet": (RSPNET_AUGMENT, {"contrast_mean": "clip", "grayscale_first": True}),
+    "cvrl": (
+        CVRL_AUGMENT,
+        {"contrast_mean": "channel", "saturation_mode": "hsv", "blur_padding": "zeros"},
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "config",
+    sorted(
+        path
+        for task in PAPER_VARIANTS
+        for path in (CONFIGS / task).glob("*.yaml")
+        if not path.name.startswith("synthetic_tiny")
+    ),
+    ids=lambda path: f"{path.parent.name}/{path.name}",
+)
+def test_paper_configs_select_their_papers_variants(config):
+    recipe, variants = PAPER_VARIANTS[config.parent.name]
+    augment = yaml.safe_load(config.read_text())["model"]["init_args"]["augment"]
+    aug = BatchAugment(**augment)
+    assert {key: getattr(aug, key) for key in variants} == variants
+    for key, value in recipe.items():  # the rest of the paper's recipe is unchanged
+        assert getattr(aug, key) == (tuple(value) if isinstance(value, list) else value), key
