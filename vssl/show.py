@@ -158,7 +158,7 @@ def statistics_figure(frames: np.ndarray, flow_method: str = "dis", title: str =
                 mask = masks[pattern][loc - 1]
                 _highlight(ax, mask, _HIGHLIGHT[comp])
                 ys, xs = np.nonzero(mask)
-                theta = np.radians(22.5 + 45 * (ori - 1))
+                theta = np.radians(45 * (ori - 1))  # bin k is centred at 45 (k - 1) degrees
                 length = size / 5
                 ax.annotate(
                     "",
