@@ -6,6 +6,9 @@ backbone name with random initialisation. Features are the backbone's pooled fea
 over every clip and crop of a video. Results are cached on disk as a ``.pt`` file named by a
 hash of the settings (checkpoint path and modification time, dataset, split, clips, crops,
 sizes, seed) and reused only when the stored settings equal the requested ones.
+
+The commands take their clip length, stride, crop size, decode size and flip from the
+checkpoint's training data settings (`resolve_data_settings`) unless the user gives them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import track
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
@@ -26,7 +31,18 @@ from torchvision.transforms.v2 import functional as TF
 from vssl.data.datamodule import VideoDataModule
 from vssl.data.sampling import ClipSampler, RandomClip, UniformClips
 from vssl.data.transforms import ViewTransform, train_clip_transform
+from vssl.errors import MissingInputError
 from vssl.tasks.base import VSSLTask
+
+#: The data settings an evaluation takes from the checkpoint's training run, with the values
+#: used when neither the command line nor the checkpoint gives them.
+DATA_DEFAULTS: dict[str, Any] = {
+    "clip_len": 16,
+    "stride": 1,
+    "crop_size": 112,
+    "decode_size": 128,
+    "flip": False,
+}
 
 
 @dataclass
@@ -51,7 +67,7 @@ class FeatureSettings:
     clip_len: int = 16
     stride: int = 1
     crop_size: int = 112
-    decode_size: int | None = 128
+    decode_size: int | tuple[int, int] | None = 128
     seed: int = 0
     random_views: int = 0
     crop_scale: tuple[float, float] = (0.2, 1.0)
@@ -59,14 +75,20 @@ class FeatureSettings:
 
     def __post_init__(self) -> None:
         if (self.ckpt is None) == (self.backbone is None):
-            raise ValueError("give exactly one of a checkpoint (ckpt) or a backbone name (backbone)")
+            raise ValueError(
+                "give exactly one of a checkpoint (ckpt) or a backbone name (backbone)"
+            )
         if self.clips < 1:
             raise ValueError(f"clips must be >= 1, got {self.clips}")
         if self.random_views < 0:
             raise ValueError(f"random_views must be >= 0, got {self.random_views}")
         self.crop_scale = tuple(self.crop_scale)
+        if isinstance(self.decode_size, list):
+            self.decode_size = tuple(self.decode_size)
         if self.crops not in (1, 3):
-            raise ValueError(f"crops must be 1 (centre) or 3 (both ends and centre), got {self.crops}")
+            raise ValueError(
+                f"crops must be 1 (centre) or 3 (both ends and centre), got {self.crops}"
+            )
 
     def key(self) -> str:
         """Hash of the settings, including the checkpoint file's modification time."""
@@ -99,15 +121,119 @@ def load_task(ckpt: str | Path, trust: bool = False) -> VSSLTask:
         candidates.append(getattr(import_module(module), name))
     else:
         tasks = import_module("vssl.tasks")
-        candidates += [c for n in tasks.__all__ if isinstance(c := getattr(tasks, n), type)
-                       and issubclass(c, VSSLTask) and c is not VSSLTask]
+        candidates += [
+            c
+            for n in tasks.__all__
+            if isinstance(c := getattr(tasks, n), type)
+            and issubclass(c, VSSLTask)
+            and c is not VSSLTask
+        ]
     errors = []
     for cls in candidates:
         try:
             return cls.load_from_checkpoint(path, map_location="cpu", weights_only=not trust).eval()
         except Exception as err:  # noqa: BLE001 - the next class may fit; all errors are reported
             errors.append(f"{cls.__name__}: {err}")
-    raise ValueError(f"{path}: no vssl task class could load this checkpoint:\n  " + "\n  ".join(errors))
+    raise ValueError(
+        f"{path}: no vssl task class could load this checkpoint:\n  " + "\n  ".join(errors)
+    )
+
+
+def checkpoint_data_settings(ckpt: str | Path, trust: bool = False) -> dict[str, Any] | None:
+    """The training data settings (the keys of `DATA_DEFAULTS`) that a checkpoint records.
+
+    Lightning stores the init arguments of a datamodule that saves its hyperparameters, as
+    `VideoDataModule` does, under ``datamodule_hyper_parameters``. None when the checkpoint has
+    none of them (written without a datamodule, or by an older vssl). ``trust``: see `load_task`.
+    """
+    from vssl.export import read_checkpoint
+
+    path = Path(ckpt)
+    if not path.is_file():
+        raise MissingInputError(f"{path}: checkpoint not found")
+    hparams = read_checkpoint(path, trust=trust).get("datamodule_hyper_parameters")
+    if not isinstance(hparams, dict):
+        return None
+    found = {key: hparams[key] for key in DATA_DEFAULTS if key in hparams}
+    if isinstance(found.get("decode_size"), list):
+        found["decode_size"] = tuple(found["decode_size"])
+    return found or None
+
+
+_LABELS = {
+    "clip_len": "clip length",
+    "stride": "stride",
+    "crop_size": "crop",
+    "decode_size": "decode",
+    "flip": "flip",
+}
+FROM_COMMAND_LINE = "the command line"
+FROM_CHECKPOINT = "the checkpoint's data settings"
+FROM_DEFAULTS_NO_DATA = "the defaults: the checkpoint records no data settings"
+FROM_DEFAULTS_RANDOM_INIT = "the defaults: random init, no checkpoint"
+
+
+def resolve_data_settings(
+    given: dict[str, Any],
+    ckpt: str | Path | None,
+    defaults: dict[str, Any],
+    trust: bool = False,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each data setting of ``defaults`` from the command line (``given``), else the
+    checkpoint's training data, else ``defaults``; returns the values and where each came from.
+
+    An evaluation at another clip length, crop or decode size than the network was trained at
+    measures the mismatch as much as the features, and flipping swaps direction-dependent
+    classes; the training run's settings are the defaults that fit the data.
+    """
+    stored: dict[str, Any] | None = None
+    no_data = FROM_DEFAULTS_RANDOM_INIT
+    if ckpt is not None:
+        stored = checkpoint_data_settings(ckpt, trust=trust)
+        no_data = FROM_DEFAULTS_NO_DATA
+    values, sources = {}, {}
+    for key, default in defaults.items():
+        if key in given:
+            values[key], sources[key] = given[key], FROM_COMMAND_LINE
+        elif stored is not None and key in stored:
+            values[key], sources[key] = stored[key], FROM_CHECKPOINT
+        else:
+            values[key], sources[key] = default, no_data
+    return values, sources
+
+
+def describe_data_settings(prog: str, values: dict[str, Any], sources: dict[str, str]) -> str:
+    """One line of the data settings used and where they came from, e.g. ``vssl probe: clips
+    16x1, crop 112, decode 128, flip off (from the checkpoint's data settings)``."""
+    decode = values.get("decode_size")
+    if decode is None:
+        decode_text = "full size"
+    elif isinstance(decode, (tuple, list)):
+        decode_text = "x".join(str(v) for v in decode)
+    else:
+        decode_text = str(decode)
+    parts = [
+        f"clips {values['clip_len']}x{values['stride']}",
+        f"crop {values['crop_size']}",
+        f"decode {decode_text}",
+    ]
+    if "flip" in values:
+        parts.append(f"flip {'on' if values['flip'] else 'off'}")
+    groups: dict[str, list[str]] = {}
+    for key, source in sources.items():
+        groups.setdefault(source, []).append(_LABELS[key])
+    if len(groups) == 1:
+        origin = f"from {next(iter(groups))}"
+    else:
+        origin = "; ".join(
+            f"{', '.join(labels)} from {source}" for source, labels in groups.items()
+        )
+    return f"{prog}: {', '.join(parts)} ({origin})"
+
+
+def show_progress() -> bool:
+    """Whether to draw progress bars: when stderr (where they go) is a terminal."""
+    return Console(stderr=True).is_terminal
 
 
 def build_model(settings: FeatureSettings, trust: bool = False) -> VSSLTask:
@@ -117,8 +243,9 @@ def build_model(settings: FeatureSettings, trust: bool = False) -> VSSLTask:
         return load_task(settings.ckpt, trust=trust)
     with torch.random.fork_rng():
         torch.manual_seed(settings.seed)
-        task = VSSLTask(backbone=settings.backbone, backbone_kwargs=settings.backbone_kwargs,
-                        online_probe=False)
+        task = VSSLTask(
+            backbone=settings.backbone, backbone_kwargs=settings.backbone_kwargs, online_probe=False
+        )
     return task.eval()
 
 
@@ -153,8 +280,10 @@ class MultiCrop:
             top, left = (off, (w - self.size) // 2) if h > w else ((h - self.size) // 2, off)
             out.append(frames[..., top : top + self.size, left : left + self.size])
         crops = torch.stack(out, dim=1).reshape(n, t, len(out), *out[0].shape[1:])
-        return {**sample, self.view: crops.permute(0, 2, 1, 3, 4, 5).reshape(n * len(out), t,
-                                                                          *out[0].shape[1:])}
+        return {
+            **sample,
+            self.view: crops.permute(0, 2, 1, 3, 4, 5).reshape(n * len(out), t, *out[0].shape[1:]),
+        }
 
 
 @dataclass
@@ -168,7 +297,9 @@ class RandomClips(ClipSampler):
 
     def __call__(self, num_frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         one = RandomClip(self.clip_len, self.stride, view=self.view)
-        return {self.view: np.stack([one(num_frames, rng)[self.view] for _ in range(self.num_clips)])}
+        return {
+            self.view: np.stack([one(num_frames, rng)[self.view] for _ in range(self.num_clips)])
+        }
 
 
 @dataclass
@@ -185,9 +316,16 @@ class Features:
 
 def _datamodule(settings: FeatureSettings, index_cache: str | None) -> VideoDataModule:
     return VideoDataModule(
-        root=settings.root, layout=settings.layout, train_split=settings.split, val_split=None,
-        fold=settings.fold, annotations=settings.annotations, clip_len=settings.clip_len,
-        stride=settings.stride, crop_size=settings.crop_size, decode_size=settings.decode_size,
+        root=settings.root,
+        layout=settings.layout,
+        train_split=settings.split,
+        val_split=None,
+        fold=settings.fold,
+        annotations=settings.annotations,
+        clip_len=settings.clip_len,
+        stride=settings.stride,
+        crop_size=settings.crop_size,
+        decode_size=settings.decode_size,
         cache_dir=index_cache,
     )
 
@@ -200,12 +338,15 @@ def extract_features(
     num_workers: int = 0,
     cache_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
+    progress: bool | None = None,
 ) -> Features:
     """Per-video features of one split: mean pooled features over ``clips`` x ``crops`` views.
 
     With ``cache_dir``, a cached result of identical settings is returned without decoding,
-    and a new result is written there (the video index is cached there too). ``model`` overrides building one from ``settings``
-    (it must be what the settings name; it is not part of the cache key beyond them).
+    and a new result is written there (the video index is cached there too). ``model``
+    overrides building one from ``settings`` (it must be what the settings name; it is not
+    part of the cache key beyond them). ``progress``: a progress bar per batch on stderr
+    (None: when stderr is a terminal).
     """
     cache_file = None
     if cache_dir is not None:
@@ -219,7 +360,8 @@ def extract_features(
     if settings.random_views:
         dataset.sampler = RandomClips(settings.clip_len, settings.stride, settings.random_views)
         dataset.transform = ViewTransform(
-            train_clip_transform(settings.crop_size, scale=settings.crop_scale, flip=settings.flip))
+            train_clip_transform(settings.crop_size, scale=settings.crop_scale, flip=settings.flip)
+        )
     else:
         dataset.sampler = UniformClips(settings.clip_len, settings.stride, num_clips=settings.clips)
         dataset.transform = MultiCrop(settings.crop_size, settings.crops)
@@ -227,17 +369,34 @@ def extract_features(
     feats, labels = [], []
     with torch.random.fork_rng():
         torch.manual_seed(settings.seed)  # the random views' positions and crops
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                            generator=torch.Generator().manual_seed(settings.seed))
-        for batch in loader:
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            generator=torch.Generator().manual_seed(settings.seed),
+        )
+        if progress is None:
+            progress = show_progress()
+        description = f"features of {settings.split} ({len(dataset)} videos)"
+        for batch in track(
+            loader,
+            description,
+            total=len(loader),
+            disable=not progress,
+            console=Console(stderr=True),
+        ):
             video = batch["video"].to(device)
             b, v = video.shape[:2]
             out = model.extract_features(video.reshape(b * v, *video.shape[2:])).reshape(b, v, -1)
             feats.append((out if settings.random_views else out.mean(dim=1)).float().cpu())
             labels.append(batch["label"])
     result = Features(
-        feats=torch.cat(feats), labels=torch.cat(labels), paths=dataset.table.paths(),
-        classes=list(dm.classes), settings=asdict(settings),
+        feats=torch.cat(feats),
+        labels=torch.cat(labels),
+        paths=dataset.table.paths(),
+        classes=list(dm.classes),
+        settings=asdict(settings),
     )
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)

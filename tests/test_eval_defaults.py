@@ -1,0 +1,218 @@
+"""The evaluation commands' data defaults: clip length, stride, crop, decode size and flip come
+from the checkpoint's training data unless given; finetune's run folder; progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from cli_helpers import run_vssl, tiny_config
+
+from vssl.callbacks import PACKAGES, package_versions
+from vssl.eval import FeatureSettings, extract_features
+from vssl.eval.commands import apply_data_settings, probe_main
+from vssl.eval.features import checkpoint_data_settings
+from vssl.eval.finetune import finetune_main
+
+DATA_KEYS = ("clip_len", "stride", "crop_size", "decode_size", "flip")
+
+
+@pytest.fixture(scope="module")
+def flip_ckpt(tiny_synthetic, tmp_path_factory) -> Path:
+    """A tiny3d checkpoint from ``vssl fit`` on 4-frame clips at stride 2, 24 px crops of
+    32 px decodes, flipped: every data setting differs from the evaluation defaults."""
+    tmp = tmp_path_factory.mktemp("fit")
+    cfg = tiny_config(tiny_synthetic, tmp / "cache", max_epochs=1)
+    cfg["data"]["init_args"]["flip"] = True
+    (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
+    run_vssl(["fit", "--config", "run.yaml", "--trainer.logger.init_args.name", "t"], tmp)
+    return tmp / "runs" / "t" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def _probe(ckpt: Path, root: Path, tmp_path: Path, *options: str) -> dict:
+    out = tmp_path / "probe.json"
+    argv = [
+        "--ckpt",
+        str(ckpt),
+        "--root",
+        str(root),
+        "--clips",
+        "1",
+        "--crops",
+        "1",
+        "--train-views",
+        "1",
+        "--steps",
+        "5",
+        "--fractions",
+        "1.0",
+        "--cache-dir",
+        str(tmp_path / "feats"),
+        "--out",
+        str(out),
+        *options,
+    ]
+    assert probe_main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def _data(features: dict) -> dict:
+    return {key: features[key] for key in DATA_KEYS}
+
+
+def test_checkpoint_records_the_training_data_settings(flip_ckpt):
+    assert checkpoint_data_settings(flip_ckpt) == {
+        "clip_len": 4,
+        "stride": 2,
+        "crop_size": 24,
+        "decode_size": 32,
+        "flip": True,
+    }
+
+
+def test_probe_uses_the_checkpoint_data_settings(flip_ckpt, tiny_synthetic, tmp_path, capsys):
+    record = _probe(flip_ckpt, tiny_synthetic, tmp_path)
+    line = (
+        "vssl probe: clips 4x2, crop 24, decode 32, flip on (from the checkpoint's data settings)"
+    )
+    assert line in capsys.readouterr().out.splitlines()
+    trained = {"clip_len": 4, "stride": 2, "crop_size": 24, "decode_size": 32, "flip": True}
+    assert _data(record["train_features"]) == trained
+    assert _data(record["test_features"]) == trained
+    assert set(record["data_settings_from"].values()) == {"the checkpoint's data settings"}
+
+
+def test_explicit_options_override_the_checkpoint(flip_ckpt, tiny_synthetic, tmp_path, capsys):
+    record = _probe(
+        flip_ckpt, tiny_synthetic, tmp_path, "--clip-len", "2", "--crop-size", "16", "--no-flip"
+    )
+    line = (
+        "vssl probe: clips 2x2, crop 16, decode 32, flip off (clip length, crop, flip from "
+        "the command line; stride, decode from the checkpoint's data settings)"
+    )
+    assert line in capsys.readouterr().out.splitlines()
+    assert _data(record["train_features"]) == {
+        "clip_len": 2,
+        "stride": 2,
+        "crop_size": 16,
+        "decode_size": 32,
+        "flip": False,
+    }
+    assert record["data_settings_from"]["clip_len"] == "the command line"
+    assert record["data_settings_from"]["decode_size"] == "the checkpoint's data settings"
+
+
+def test_checkpoint_without_data_settings_falls_back_and_says_so(
+    flip_ckpt, tiny_synthetic, tmp_path, capsys
+):
+    data = torch.load(flip_ckpt, weights_only=True)
+    del data["datamodule_hyper_parameters"]  # as a checkpoint written without a datamodule
+    bare = tmp_path / "bare.ckpt"
+    torch.save(data, bare)
+    assert checkpoint_data_settings(bare) is None
+    # The default 112 px crops of 128 px decodes would work too, only slower.
+    record = _probe(bare, tiny_synthetic, tmp_path, "--crop-size", "24", "--decode-size", "32")
+    line = (
+        "vssl probe: clips 16x1, crop 24, decode 32, flip off (clip length, stride, flip from "
+        "the defaults: the checkpoint records no data settings; crop, decode from the command "
+        "line)"
+    )
+    assert line in capsys.readouterr().out.splitlines()
+    assert _data(record["test_features"]) == {
+        "clip_len": 16,
+        "stride": 1,
+        "crop_size": 24,
+        "decode_size": 32,
+        "flip": False,
+    }
+
+
+def test_random_init_keeps_each_commands_defaults(capsys):
+    args = argparse.Namespace(ckpt=None, trust_checkpoint=False, decode_size=None)
+    sources = apply_data_settings("vssl finetune", args, flip=True)
+    assert (args.clip_len, args.stride, args.crop_size, args.decode_size, args.flip) == (
+        16,
+        1,
+        112,
+        None,
+        True,
+    )
+    assert sources["decode_size"] == "the command line"
+    assert capsys.readouterr().out == (
+        "vssl finetune: clips 16x1, crop 112, decode full size, flip on (clip length, stride, "
+        "crop, flip from the defaults: random init, no checkpoint; decode from the command line)\n"
+    )
+    args = argparse.Namespace(ckpt=None, trust_checkpoint=False)
+    apply_data_settings("vssl retrieve", args, flip=None)
+    assert not hasattr(args, "flip")
+    assert capsys.readouterr().out == (
+        "vssl retrieve: clips 16x1, crop 112, decode 128 "
+        "(from the defaults: random init, no checkpoint)\n"
+    )
+
+
+def test_finetune_writes_a_new_version_folder_each_run(flip_ckpt, tiny_synthetic, tmp_path, capsys):
+    argv = [
+        "--ckpt",
+        str(flip_ckpt),
+        "--root",
+        str(tiny_synthetic),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--clips",
+        "1",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "1",
+        "--run-dir",
+        str(tmp_path / "runs"),
+    ]
+    assert finetune_main([*argv, "--crop-size", "16"]) == 0
+    assert finetune_main(argv) == 0
+    out = capsys.readouterr().out
+    base = tmp_path / "runs" / "finetune"
+    assert sorted(p.name for p in base.iterdir()) == ["version_0", "version_1"]
+    for version, crop in (("version_0", 16), ("version_1", 24)):
+        folder = base / version
+        assert f"vssl finetune: logs and settings in {folder}" in out
+        settings = json.loads((folder / "settings.json").read_text())
+        assert settings["ckpt"] == str(flip_ckpt) and settings["epochs"] == 1
+        assert _data(settings) == {
+            "clip_len": 4,
+            "stride": 2,
+            "crop_size": crop,
+            "decode_size": 32,
+            "flip": True,
+        }
+        versions = json.loads((folder / "versions.json").read_text())
+        assert versions == package_versions() and set(PACKAGES) <= set(versions)
+        (ckpt,) = (folder / "checkpoints").glob("*.ckpt")
+        assert f"vssl finetune: checkpoint {ckpt}" in out
+    assert "vssl finetune: clips 4x2, crop 24, decode 32, flip on (from the checkpoint's" in out
+
+
+def test_feature_progress_bar_on_request_and_off_when_not_a_terminal(tiny_synthetic, capsys):
+    settings = FeatureSettings(
+        root=str(tiny_synthetic),
+        split="test",
+        backbone="tiny3d",
+        backbone_kwargs={"width": 4},
+        clips=1,
+        clip_len=4,
+        crop_size=24,
+        decode_size=32,
+    )
+    first = extract_features(settings, batch_size=2, progress=True)
+    assert "features of test (4 videos)" in capsys.readouterr().err
+    second = extract_features(settings, batch_size=2)  # stderr is captured: not a terminal
+    assert capsys.readouterr().err == ""
+    torch.testing.assert_close(first.feats, second.feats, rtol=0, atol=0)
