@@ -15,7 +15,11 @@ from cli_helpers import run_vssl, tiny_config
 from vssl.callbacks import PACKAGES, package_versions
 from vssl.eval import FeatureSettings, extract_features
 from vssl.eval.commands import apply_data_settings, probe_main
-from vssl.eval.features import checkpoint_data_settings
+from vssl.eval.features import (
+    checkpoint_data_settings,
+    describe_data_settings,
+    resolve_data_settings,
+)
 from vssl.eval.finetune import finetune_main
 
 DATA_KEYS = ("clip_len", "stride", "crop_size", "decode_size", "flip")
@@ -129,6 +133,21 @@ def test_checkpoint_without_data_settings_falls_back_and_says_so(
         "decode_size": 32,
         "flip": False,
     }
+
+
+def test_settings_missing_from_the_checkpoint_take_the_defaults(flip_ckpt, tmp_path):
+    data = torch.load(flip_ckpt, weights_only=True)
+    del data["datamodule_hyper_parameters"]["flip"], data["datamodule_hyper_parameters"]["stride"]
+    partial = tmp_path / "partial.ckpt"
+    torch.save(data, partial)
+    defaults = {"clip_len": 16, "stride": 1, "crop_size": 112, "decode_size": 128, "flip": True}
+    values, sources = resolve_data_settings({"crop_size": 8}, partial, defaults)
+    assert values == {"clip_len": 4, "stride": 1, "crop_size": 8, "decode_size": 32, "flip": True}
+    assert describe_data_settings("vssl finetune", values, sources) == (
+        "vssl finetune: clips 4x1, crop 8, decode 32, flip on (clip length, decode from the "
+        "checkpoint's data settings; stride, flip from the defaults: not in the checkpoint's "
+        "data settings; crop from the command line)"
+    )
 
 
 def test_random_init_keeps_each_commands_defaults(capsys):

@@ -8,28 +8,36 @@ from vssl.eval.classifiers import (
     train_linear_probe,
 )
 from vssl.eval.features import (
+    DATA_DEFAULTS,
     Features,
     FeatureSettings,
     MultiCrop,
     build_model,
+    checkpoint_data_settings,
     crop_offsets,
+    describe_data_settings,
     extract_features,
     load_task,
+    resolve_data_settings,
 )
 from vssl.eval.retrieval import retrieval_recall
 
 __all__ = [
+    "DATA_DEFAULTS",
     "FeatureSettings",
     "Features",
     "MultiCrop",
     "build_model",
+    "checkpoint_data_settings",
     "crop_offsets",
+    "describe_data_settings",
     "extract_features",
     "knn_accuracy",
     "knn_scores",
     "label_fraction_indices",
     "load_task",
     "probe_accuracy",
+    "resolve_data_settings",
     "retrieval_recall",
     "train_linear_probe",
 ]

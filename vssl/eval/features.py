@@ -171,6 +171,7 @@ FROM_COMMAND_LINE = "the command line"
 FROM_CHECKPOINT = "the checkpoint's data settings"
 FROM_DEFAULTS_NO_DATA = "the defaults: the checkpoint records no data settings"
 FROM_DEFAULTS_RANDOM_INIT = "the defaults: random init, no checkpoint"
+FROM_DEFAULTS_NOT_STORED = "the defaults: not in the checkpoint's data settings"
 
 
 def resolve_data_settings(
@@ -197,6 +198,8 @@ def resolve_data_settings(
             values[key], sources[key] = given[key], FROM_COMMAND_LINE
         elif stored is not None and key in stored:
             values[key], sources[key] = stored[key], FROM_CHECKPOINT
+        elif stored is not None:
+            values[key], sources[key] = default, FROM_DEFAULTS_NOT_STORED
         else:
             values[key], sources[key] = default, no_data
     return values, sources
