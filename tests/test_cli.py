@@ -39,6 +39,12 @@ def test_fit_end_to_end_then_validate_from_checkpoint(tiny_synthetic, tmp_path):
     assert f"logs in {Path('runs/t/version_0')}" in out.stdout + out.stderr
     for noise in ("Tip:", "on_after_batch_transfer", "LeafSpec"):
         assert noise not in out.stdout + out.stderr
+    # The run ends with its summary: the last validation's metrics, then the paths.
+    tail = out.stdout.strip().splitlines()[-5:]
+    assert tail[0].startswith("vssl: val/acc ") and tail[1].startswith("vssl: val/loss ")
+    assert tail[-3:] == [f"vssl: logs in {Path('runs/t/version_0')}",
+                         f"vssl: best checkpoint {tail[-2].split(' ', 3)[3]}",
+                         f"vssl: last checkpoint {Path('runs/t/version_0/checkpoints/last.ckpt')}"]
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["backbone"] == "tiny3d"
     model = Supervised.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
     assert model.num_classes == 4  # linked from the datamodule

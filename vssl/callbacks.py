@@ -15,7 +15,7 @@ import torch
 import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 PACKAGES = ("vssl", "torch", "torchvision", "lightning", "av", "pytorchvideo", "opencv-python-headless")
@@ -96,15 +96,26 @@ class RunInfo(Callback):
             path.write_text(json.dumps(package_versions(), indent=2) + "\n")
             _log_config_to_wandb(trainer, Path(log_dir))
 
+    def __init__(self) -> None:
+        self.summary: list[str] = []
+
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        lines = [f"vssl: logs in {trainer.log_dir}"]  # log_dir: a collective, asked on every rank
+        """Keeps the run's summary in ``summary`` (the CLI prints it once the progress bar has
+        closed): the last validation's metrics, then where the logs and checkpoints are."""
+        log_dir = trainer.log_dir  # a collective, asked on every rank
+        lines = [
+            f"vssl: {name} {float(value):.4g}"
+            for name, value in sorted(trainer.callback_metrics.items())
+            if name.startswith("val/") and name.count("/") == 1 and value.numel() == 1
+        ]
+        lines.append(f"vssl: logs in {log_dir}")
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint):
                 if cb.best_model_path:
                     lines.append(f"vssl: best checkpoint {cb.best_model_path}")
                 if cb.last_model_path:
                     lines.append(f"vssl: last checkpoint {cb.last_model_path}")
-        rank_zero_info("\n".join(lines))
+        self.summary = lines if trainer.is_global_zero else []
 
 
 def _process_rng_state() -> dict[str, Any]:

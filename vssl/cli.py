@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             cli_args.remove("--debug")
     _quiet_lightning()
     try:
-        VSSLCLI(
+        cli = VSSLCLI(
             VSSLTask,
             VideoDataModule,
             subclass_mode_model=True,
@@ -158,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vssl {argv[0]}: error: {err}", file=sys.stderr)
         return 2
+    # After the trainer's teardown, so that these are the last lines even when the progress
+    # bar prints its final state at teardown (output not a terminal).
+    for callback in cli.trainer.callbacks:
+        if isinstance(callback, RunInfo) and callback.summary:
+            print("\n".join(callback.summary), flush=True)
     return 0
 
 
