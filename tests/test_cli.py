@@ -173,3 +173,10 @@ def test_a_folder_holding_another_dataset_is_one_clean_error(tmp_path):
     assert last.startswith("vssl fit: error: ") and "made with other settings" in last
     assert "Traceback" not in out.stderr
     assert (tmp_path / "data" / "synthetic" / "notes.txt").read_text() == "mine"
+
+
+def test_fit_help_names_the_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: python -m vssl [options] fit")

@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": False},
+            parser_kwargs={"prog": "python -m vssl"},
             args=cli_args,
         )
     except UserError as err:
