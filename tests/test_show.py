@@ -3,10 +3,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from vssl.data.encode import write_video
+from vssl.data.sampling import sample_cvrl_starts
 from vssl.data.synthetic import clip_rng, render_clip
-from vssl.show import FIGURE_SIZE, main
+from vssl.show import FIGURE_SIZE, main, sample_task, task_figure
+from vssl.tasks.clip_order import clip_orders
 
 VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
 
@@ -83,3 +86,74 @@ def test_show_errors_name_the_file(tmp_path, capsys):
     assert f"{video}: " in capsys.readouterr().err and not out.exists()
     with pytest.raises(SystemExit):
         main(["statistics", str(video)])  # --out is required
+
+
+TASK_NAMES = ("rspnet", "cvrl", "videomae", "clip_order", "rotation", "playback_rate")
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    clip = render_clip("rotate_cw", clip_rng(0, "rotate_cw", 0), frames=40, size=40)
+    return write_video(tmp_path_factory.mktemp("show") / "clip.mp4", clip.frames)
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_show_task_writes_a_png(task, video, tmp_path, capsys):
+    out = tmp_path / f"{task}.png"
+    assert main([task, str(video), "--out", str(out), "--dpi", "40", "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert f"clip.mp4: {task}: " in printed and f"wrote {out}" in printed
+    width, height = png_size(out)
+    assert 200 <= width <= 1000 and 100 <= height <= 1000
+
+
+def test_show_unknown_task_lists_the_tasks(capsys):
+    assert main(["rotations", "x.mp4", "--out", "x.png"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: unknown task 'rotations'; tasks: statistics, rspnet, cvrl, videomae, clip_order, "
+        "rotation, playback_rate"
+    ]
+
+
+def test_show_cvrl_gap_is_the_samplers_draw(video):
+    s = sample_task("cvrl", video, seed=5)
+    _, line = task_figure(s)
+    # the dataset's draw for item 0 of epoch 0 with data seed 5, by hand
+    rng = np.random.default_rng(np.random.SeedSequence([5, 0, 0, 0]))
+    first, second = sample_cvrl_starts(40, s.spec.clip_len, s.spec.stride, rng)
+    assert s.extra["starts"] == (first, second) and s.extra["gap"] == abs(second - first)
+    assert line.endswith(
+        f"clip 1 starts at frame {first}, clip 2 at frame {second}, gap {abs(second - first)}"
+    )
+    # the pictured clips are the augmented floats of both views, each with the clip's frames
+    assert s.batch["video"].dtype == torch.float32 and s.batch["video2"].shape[2] == s.spec.clip_len
+    assert list(s.views["video"]) == list(first + s.spec.stride * np.arange(s.spec.clip_len))
+
+
+def test_show_clip_order_label_is_the_permutation(video):
+    for seed in range(4):
+        s = sample_task("clip_order", video, seed=seed)
+        task_figure(s)
+        label, order = s.extra["label"], s.extra["order"]
+        assert order == clip_orders(s.task.tuple_len)[label] and label == int(s.sample["order"])
+        starts = s.views["video"][:, 0]
+        # input i is clip order[i] of the tuple: its start is the tuple's start + order[i] steps
+        step = s.task.clip_sampler("train", s.spec).step
+        assert list(starts - starts.min()) == [k * step for k in order]
+        assert s.batch["video"].shape[:2] == (1, s.task.tuple_len)
+
+
+def test_show_rotation_videomae_and_rate_come_from_the_task(video):
+    s = sample_task("rotation", video)
+    clip = s.batch["video"]
+    assert s.extra["labels"].tolist() == [0, 1, 2, 3]
+    assert torch.equal(s.extra["clips"][1], torch.rot90(clip[0], 1, dims=(-2, -1)))
+    s = sample_task("videomae", video, seed=2)
+    mask, (t, h, w) = s.extra["mask"][0], s.extra["grid"]
+    assert mask.shape == (t * h * w,) and int(mask.sum()) == t * int(0.75 * h * w)
+    assert torch.equal(mask.reshape(t, h * w), mask[: h * w].repeat(t, 1))  # a tube mask
+    s = sample_task("playback_rate", video, seed=1)
+    rate = s.task.rates[int(s.views["rate"])]
+    assert int(s.sample["rate"]) == int(s.views["rate"])
+    assert set(np.diff(s.views["video"])) == {rate * s.spec.stride}

@@ -15,16 +15,30 @@ validation reads it: frames resized to ``--decode-size`` on the short side and t
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+import yaml
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from torch import Tensor
 
+from vssl.data.dataset import VideoDataset
 from vssl.data.flow import FLOW_METHODS, compute_flow, flow_to_rgb
+from vssl.data.index import probe_video
+from vssl.data.layouts import VideoItem
 from vssl.data.reader import VideoDecodeError, VideoReader
+from vssl.data.sampling import ClipSampler, ClipSpec
+from vssl.tasks.base import VSSLTask
+from vssl.tasks.clip_order import clip_orders
+from vssl.tasks.rotation import Rotation
 from vssl.tasks.statistics import (
     APPEARANCE_LABELS,
     MOTION_LABELS,
@@ -37,6 +51,7 @@ from vssl.tasks.statistics import (
     motion_statistics,
     region_masks,
 )
+from vssl.tasks.videomae import VideoMAE
 
 FIGURE_SIZE = (15.0, 9.6)
 """Size of the `show statistics` figure in inches; at ``--dpi`` D the PNG is 15 D x 9.6 D pixels."""
@@ -219,26 +234,385 @@ def _statistics(args: argparse.Namespace) -> int:
     frames = read_clip(args.video, args.start, args.clip_len + 1, args.decode_size, args.size)
     title = f"{Path(args.video).name}, frames {args.start}..{args.start + args.clip_len}"
     fig = statistics_figure(frames, args.flow, title)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=args.dpi)
-    print(f"wrote {out}")
+    _save(fig, args.out, args.dpi)
     return 0
+
+
+def _save(fig: Figure, out: str | Path, dpi: int) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    print(f"wrote {out}")
+
+
+# -------------------------------------------------------------------- the other pretext tasks
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+"""The repository's config folders; a task's picture uses its ``synthetic_tiny.yaml``."""
+
+TASK_DEFAULTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "rspnet": ("vssl.tasks.RSPNet", {"backbone": "tiny3d", "augment": {}}, {"clip_len": 4}),
+    "cvrl": ("vssl.tasks.CVRL", {"backbone": "tiny3d"}, {"clip_len": 8}),
+    "videomae": (
+        "vssl.tasks.VideoMAE",
+        {
+            "backbone": "vit_tiny_8",
+            "backbone_kwargs": {"dim": 64, "depth": 2, "heads": 2, "patch_size": 8},
+            "mask_ratio": 0.75,
+            "decoder_dim": 64,
+            "decoder_depth": 1,
+            "decoder_heads": 2,
+        },
+        {"clip_len": 16},
+    ),
+    "clip_order": ("vssl.tasks.ClipOrder", {"backbone": "tiny3d", "interval": 2}, {"clip_len": 4}),
+    "rotation": ("vssl.tasks.Rotation", {"backbone": "tiny3d"}, {"clip_len": 8}),
+    "playback_rate": ("vssl.tasks.PlaybackRate", {"backbone": "tiny3d"}, {"clip_len": 4}),
+}
+"""Task name (its config folder) -> (class path, small init_args, data settings), used when the
+task's ``configs/TASK/synthetic_tiny.yaml`` is not there (an installed package)."""
+
+TASKS = ("statistics", *TASK_DEFAULTS)
+"""Every task `show` draws, named as its config folder."""
+
+_DATA_KEYS = ("clip_len", "stride", "crop_size", "crop_scale", "flip", "decode_size")
+_MAX_COLUMNS = 8
+
+
+@dataclass
+class TaskSample:
+    """One sample of a task as the network gets it, with what the sampler chose.
+
+    ``views`` are the sampler's frame indices (and 0-d targets) by view name, ``sample`` the
+    dataset's item after the worker transform (uint8 ``(T, C, H, W)`` views), ``batch`` the
+    batch of that one sample after the task's ``augment_batch`` (float ``(1, C, T, H, W)``).
+    """
+
+    name: str
+    task: VSSLTask
+    spec: ClipSpec
+    num_frames: int
+    views: dict[str, np.ndarray]
+    sample: dict[str, Tensor]
+    batch: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Recording(ClipSampler):
+    """Calls the task's own sampler and keeps what it returned, for the picture's titles."""
+
+    def __init__(self, sampler: ClipSampler):
+        self.sampler = sampler
+        self.views: dict[str, np.ndarray] = {}
+
+    def __call__(self, num_frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        self.views = self.sampler(num_frames, rng)
+        return self.views
+
+
+def task_settings(name: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(class path, init_args, data settings) of task ``name``: its synthetic_tiny config's, or
+    `TASK_DEFAULTS` where the config is absent."""
+    if name not in TASK_DEFAULTS:
+        raise ValueError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
+    config = CONFIGS / name / "synthetic_tiny.yaml"
+    if not config.is_file():
+        class_path, init_args, data = TASK_DEFAULTS[name]
+        return class_path, dict(init_args), dict(data)
+    loaded = yaml.safe_load(config.read_text())
+    model, data = loaded["model"], loaded["data"]["init_args"]
+    return (
+        model["class_path"],
+        dict(model.get("init_args") or {}),
+        {k: data[k] for k in _DATA_KEYS if k in data},
+    )
+
+
+def build_task(name: str) -> tuple[VSSLTask, dict[str, Any]]:
+    """Task ``name`` built from `task_settings` (no weights), and its data settings."""
+    class_path, init_args, data = task_settings(name)
+    module, _, cls = class_path.rpartition(".")
+    task = getattr(importlib.import_module(module), cls)(**init_args)
+    return task, data
+
+
+def sample_task(
+    name: str,
+    video: str | Path,
+    seed: int = 0,
+    stage: str = "train",
+    clip_len: int | None = None,
+    size: int | None = None,
+    decode_size: int | None = None,
+) -> TaskSample:
+    """One sample of task ``name`` from ``video``, made the way training makes it.
+
+    The task's own ``clip_sampler`` and ``clip_transform`` run in a seeded `VideoDataset` of the
+    one video (item 0, epoch 0, so the draw is that of a training run with data seed ``seed``),
+    then the task's ``augment_batch`` runs on a batch of that sample under ``torch`` seed
+    ``seed``. Rotation's rotated clips and VideoMAE's tube mask come from the task's own
+    functions too (`Rotation.rotated_batch`, `VideoMAE.draw_mask`).
+    """
+    torch.manual_seed(seed)
+    task, data = build_task(name)
+    task.train(stage == "train")
+    spec = ClipSpec(
+        clip_len=clip_len or data.get("clip_len", 16),
+        stride=data.get("stride", 1),
+        crop_size=size or data.get("crop_size", 112),
+        flip=bool(data.get("flip", True)),
+        scale=tuple(data.get("crop_scale", ClipSpec().scale)),
+    )
+    info = probe_video(video)
+    if not info.ok:
+        raise VideoDecodeError(str(video), info.error or "no decodable video frames")
+    recording = _Recording(task.clip_sampler(stage, spec))
+    dataset = VideoDataset(
+        [VideoItem(Path(video), -1)],
+        [info],
+        recording,
+        task.clip_transform(stage, spec),
+        decode_size=decode_size or data.get("decode_size"),
+        seed=seed,
+    )
+    sample = dataset[0]
+    if dataset.failures:
+        raise VideoDecodeError(str(video), dataset.failures[-1])
+    batch = {k: v.unsqueeze(0) for k, v in sample.items()}
+    with torch.no_grad():
+        batch = task.augment_batch(batch)
+        extra: dict[str, Any] = {}
+        if isinstance(task, Rotation):
+            extra["clips"], extra["labels"] = task.rotated_batch(batch)
+        if isinstance(task, VideoMAE):
+            extra["mask"] = task.draw_mask(batch["video"])
+            extra["grid"] = task.backbone.grid(batch["video"].shape)
+    return TaskSample(name, task, spec, info.num_frames, recording.views, sample, batch, extra)
+
+
+def _to_images(task: VSSLTask, clip: Tensor) -> np.ndarray:
+    """Float normalised ``(C, T, H, W)`` -> displayable ``(T, H, W, 3)`` in [0, 1]."""
+    mean, std = task.augment.mean.cpu(), task.augment.std.cpu()
+    return (clip.cpu() * std + mean).clamp(0, 1).permute(1, 2, 3, 0).numpy()
+
+
+def _columns(t: int) -> np.ndarray:
+    return np.unique(np.linspace(0, t - 1, min(t, _MAX_COLUMNS)).round().astype(int))
+
+
+def _frames_figure(rows: list[tuple[str, np.ndarray, np.ndarray]], title: str, timeline: bool):
+    """A grid: one row per clip (label, images ``(T, H, W, 3)``, frame indices ``(T,)``), frame
+    numbers above each image; with ``timeline`` a first row places the clips on the video."""
+    cols = max(len(_columns(len(images))) for _, images, _ in rows)
+    extra = 1 if timeline else 0
+    fig = Figure(figsize=(1.7 * cols + 1.2, 1.9 * (len(rows) + extra) + 0.6))
+    ratios = [0.8] * extra + [1.0] * len(rows)
+    grid = fig.add_gridspec(
+        len(rows) + extra,
+        cols + 1,
+        height_ratios=ratios,
+        width_ratios=[0.7] + [1] * cols,
+        hspace=0.55,
+    )
+    fig.suptitle(title, fontsize=10)
+    for r, (label, images, indices) in enumerate(rows):
+        ax = fig.add_subplot(grid[r + extra, 0])
+        ax.text(0.5, 0.5, label, ha="center", va="center", fontsize=8, wrap=True)
+        ax.axis("off")
+        for c, k in enumerate(_columns(len(images))):
+            ax = fig.add_subplot(grid[r + extra, c + 1])
+            ax.imshow(images[k], interpolation="nearest")
+            ax.set_title(f"frame {int(indices[k])}", fontsize=8)
+            ax.axis("off")
+    return fig, grid
+
+
+def _timeline(
+    fig: Figure, grid: Any, clips: list[tuple[str, np.ndarray]], num_frames: int, note: str
+) -> None:
+    ax = fig.add_subplot(grid[0, :])
+    for y, (label, indices) in enumerate(clips):
+        ax.plot([indices.min(), indices.max()], [y, y], lw=6, solid_capstyle="butt")
+        ax.plot(indices, [y] * len(indices), "k|", ms=10)
+        ax.text(
+            indices.max() + 0.5,
+            y,
+            f"{label}: frames {indices[0]}..{indices[-1]}",
+            fontsize=8,
+            va="center",
+        )
+    ax.set_xlim(-0.5, num_frames - 0.5)
+    ax.set_ylim(len(clips) - 0.5, -0.5)
+    ax.set_yticks([])
+    ax.set_xlabel(f"frame of the video ({num_frames} frames)  {note}", fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
+def _rspnet(s: TaskSample) -> tuple[Figure, str]:
+    sampler = s.task.clip_sampler("train", s.spec)
+    speeds = {
+        name: int((s.views[name][1] - s.views[name][0]) % s.num_frames) // s.spec.stride
+        if s.spec.clip_len > 1
+        else 1
+        for name in ("query", "key_same", "key_other")
+    }
+    labels = {"query": "query", "key_same": "key, same speed", "key_other": "key, other speed"}
+    rows = [
+        (f"{labels[n]}\nspeed {speeds[n]}", _to_images(s.task, s.batch[n][0]), s.views[n])
+        for n in labels
+    ]
+    line = (
+        f"rspnet: query frames {s.views['query'][0]}.. at speed {speeds['query']}, keys from frame "
+        f"{s.views['key_same'][0]} at speeds {speeds['key_same']} (same) and {speeds['key_other']} "
+        f"(other), window {sampler.window} frames"
+    )
+    fig, grid = _frames_figure(
+        rows, "RSPNet: query and keys at their speeds (after augmentation)", True
+    )
+    _timeline(fig, grid, [(labels[n], s.views[n]) for n in labels], s.num_frames, "")
+    return fig, line
+
+
+def _cvrl(s: TaskSample) -> tuple[Figure, str]:
+    first, second = int(s.views["video"][0]), int(s.views["video2"][0])
+    gap = abs(second - first)
+    s.extra["starts"], s.extra["gap"] = (first, second), gap
+    rows = [
+        (f"clip {i + 1}\nstart {int(s.views[v][0])}", _to_images(s.task, s.batch[v][0]), s.views[v])
+        for i, v in enumerate(("video", "video2"))
+    ]
+    fig, grid = _frames_figure(
+        rows, "CVRL: two clips of one video, each with its own augmentation", True
+    )
+    clips = [("clip 1", s.views["video"]), ("clip 2", s.views["video2"])]
+    _timeline(fig, grid, clips, s.num_frames, f"start gap {gap} frames")
+    return fig, f"cvrl: clip 1 starts at frame {first}, clip 2 at frame {second}, gap {gap}"
+
+
+def _clip_order(s: TaskSample) -> tuple[Figure, str]:
+    label = int(s.views["order"])
+    order = clip_orders(s.task.tuple_len)[label]
+    s.extra["label"], s.extra["order"] = label, order
+    video = s.batch["video"][0]  # (N, C, T, H, W)
+    rows = [
+        (
+            f"input {i + 1}:\nclip {order[i] + 1} in time",
+            _to_images(s.task, video[i]),
+            s.views["video"][i],
+        )
+        for i in range(len(order))
+    ]
+    shown = " ".join(str(k + 1) for k in order)
+    fig, grid = _frames_figure(
+        rows,
+        f"VCOP: the clips in the order the network sees them; order label {label} = ({shown})",
+        True,
+    )
+    clips = [
+        (f"clip {k + 1}", np.sort(s.views["video"][order.index(k)])) for k in range(len(order))
+    ]
+    _timeline(fig, grid, clips, s.num_frames, "clips in time order")
+    return fig, f"clip_order: order label {label}, the network sees clips ({shown}) of the tuple"
+
+
+def _rotation(s: TaskSample) -> tuple[Figure, str]:
+    clips, labels = s.extra["clips"], s.extra["labels"]
+    indices = s.views["video"]
+    rows = [
+        (f"rotation {int(k) * 90} degrees\nlabel {int(k)}", _to_images(s.task, clip), indices)
+        for clip, k in zip(clips, labels, strict=True)
+    ]
+    what = "all four rotations" if s.task.all_rotations else "the drawn rotation"
+    fig, _ = _frames_figure(rows, f"Rotation: {what} of one clip", False)
+    drawn = ", ".join(str(int(k)) for k in labels)
+    return fig, f"rotation: frames {indices[0]}..{indices[-1]}, rotation labels {drawn}"
+
+
+def _playback_rate(s: TaskSample) -> tuple[Figure, str]:
+    label = int(s.views["rate"])
+    rate = s.task.rates[label]
+    indices = s.views["video"]
+    rows = [(f"rate {rate}\nlabel {label}", _to_images(s.task, s.batch["video"][0]), indices)]
+    fig, grid = _frames_figure(
+        rows,
+        f"Playback rate: a clip at rate {rate} (label {label} of rates {list(s.task.rates)})",
+        True,
+    )
+    _timeline(fig, grid, [(f"rate {rate}", indices)], s.num_frames, "")
+    return fig, f"playback_rate: rate {rate} (label {label}), frames {indices[0]}..{indices[-1]}"
+
+
+def _videomae(s: TaskSample) -> tuple[Figure, str]:
+    images = _to_images(s.task, s.batch["video"][0])
+    t, h, w = s.extra["grid"]
+    mask = s.extra["mask"][0].reshape(t, h, w).cpu().numpy()
+    pt, ph, pw = images.shape[0] // t, images.shape[1] // h, images.shape[2] // w
+    pixels = np.kron(mask, np.ones((pt, ph, pw), dtype=bool))
+    masked = images.copy()
+    masked[pixels] = masked[pixels] * 0.25 + 0.5 * 0.75
+    indices = s.views["video"]
+    rows = [
+        ("input", images, indices),
+        (f"tube mask\n{int(mask[0].sum())}/{h * w} masked", masked, indices),
+    ]
+    ratio = s.task.mask_ratio
+    fig, _ = _frames_figure(
+        rows, f"VideoMAE: tube mask, ratio {ratio} (grey: masked tubelets)", False
+    )
+    line = (
+        f"videomae: frames {indices[0]}..{indices[-1]}, {int(mask.sum())} of {mask.size} tokens "
+        f"masked ({h}x{w} per time step, {t} steps)"
+    )
+    return fig, line
+
+
+_FIGURES: dict[str, Callable[[TaskSample], tuple[Figure, str]]] = {
+    "rspnet": _rspnet,
+    "cvrl": _cvrl,
+    "videomae": _videomae,
+    "clip_order": _clip_order,
+    "rotation": _rotation,
+    "playback_rate": _playback_rate,
+}
+
+
+def task_figure(s: TaskSample) -> tuple[Figure, str]:
+    """The picture of a `TaskSample` and one line that says what the sampler drew."""
+    return _FIGURES[s.name](s)
+
+
+def _task(args: argparse.Namespace) -> int:
+    s = sample_task(
+        args.what, args.video, args.seed, args.stage, args.clip_len, args.size, args.decode_size
+    )
+    fig, line = task_figure(s)
+    print(f"{Path(args.video).name}: {line}")
+    _save(fig, args.out, args.dpi)
+    return 0
+
+
+def _video_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("video", metavar="VIDEO", help="a video file")
+    parser.add_argument("--out", required=True, metavar="FILE.png", help="where to write the image")
+    parser.add_argument("--dpi", type=int, default=100, help="pixels per inch of the PNG (100)")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m vssl show``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in TASKS:
+        print(f"error: unknown task {argv[0]!r}; tasks: {', '.join(TASKS)}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(
-        prog="python -m vssl show", description="Draw what a pretext task predicts for a clip."
+        prog="python -m vssl show",
+        description="Draw what a pretext task gives the network for a clip of VIDEO.",
     )
-    sub = parser.add_subparsers(dest="what", required=True)
+    sub = parser.add_subparsers(dest="what", required=True, metavar="TASK")
     stats = sub.add_parser(
         "statistics",
         help="motion and appearance statistics (MAS / STS) of one clip",
         description="Draw the motion and appearance statistics labels of one clip of VIDEO.",
     )
-    stats.add_argument("video", metavar="VIDEO", help="a video file")
-    stats.add_argument("--out", required=True, metavar="FILE.png", help="where to write the image")
+    _video_arguments(stats)
     stats.add_argument("--start", type=int, default=0, help="first frame of the clip (default 0)")
     stats.add_argument("--clip-len", type=int, default=16, help="frames the network sees (16)")
     stats.add_argument("--size", type=int, default=112, help="crop side, divisible by 8 (112)")
@@ -246,10 +620,27 @@ def main(argv: list[str] | None = None) -> int:
         "--decode-size", type=int, default=128, help="short side after decoding (128)"
     )
     stats.add_argument("--flow", choices=FLOW_METHODS, default="dis", help="optical flow method")
-    stats.add_argument("--dpi", type=int, default=100, help="pixels per inch of the PNG (100)")
+    for name in TASK_DEFAULTS:
+        task = sub.add_parser(
+            name,
+            help=f"one {name} training sample",
+            description=(
+                f"Draw one {name} sample of VIDEO made by the task's own sampler, worker "
+                f"transform and batch augmentation, with configs/{name}/synthetic_tiny.yaml's "
+                "settings (tiny backbone, no weights)."
+            ),
+        )
+        _video_arguments(task)
+        task.add_argument("--seed", type=int, default=0, help="data and augmentation seed (0)")
+        task.add_argument(
+            "--stage", choices=("train", "val"), default="train", help="sampler stage (train)"
+        )
+        task.add_argument("--clip-len", type=int, default=None, help="frames per clip (config's)")
+        task.add_argument("--size", type=int, default=None, help="crop side (config's)")
+        task.add_argument("--decode-size", type=int, default=None, help="short side (config's)")
     args = parser.parse_args(argv)
     try:
-        return _statistics(args)
+        return _statistics(args) if args.what == "statistics" else _task(args)
     except (VideoDecodeError, ValueError, OSError) as err:
         message = str(err)
         if args.video not in message:
