@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from vssl.data.encode import write_video
 from vssl.data.sampling import sample_cvrl_starts
@@ -157,3 +158,13 @@ def test_show_rotation_videomae_and_rate_come_from_the_task(video):
     rate = s.task.rates[int(s.views["rate"])]
     assert int(s.sample["rate"]) == int(s.views["rate"])
     assert set(np.diff(s.views["video"])) == {rate * s.spec.stride}
+
+
+def test_show_animate_writes_every_frame(video, tmp_path):
+    out, gif = tmp_path / "rate.png", tmp_path / "anim" / "rate.gif"
+    argv = ["playback_rate", str(video), "--out", str(out), "--animate", str(gif), "--dpi", "30"]
+    assert main(argv) == 0
+    with Image.open(gif) as im:
+        assert (
+            im.format == "GIF" and im.n_frames == sample_task("playback_rate", video).spec.clip_len
+        )

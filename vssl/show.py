@@ -10,6 +10,17 @@ patterns with the chosen regions highlighted, the dominant motion-boundary direc
 arrow, the dominant colours as swatches, and all 27 label values. The clip is read the way
 validation reads it: frames resized to ``--decode-size`` on the short side and the central
 ``--size`` crop.
+
+``show TASK VIDEO --out FILE.png [--seed N] [--stage train|val] [--animate FILE.gif]`` draws one
+sample of the other tasks (`TASKS`, named as their config folders) as the network gets it: the
+task is built from ``configs/TASK/synthetic_tiny.yaml`` (tiny backbone, no weights; `TASK_DEFAULTS`
+where the config is absent), and its own ``clip_sampler`` and ``clip_transform`` run in a seeded
+`VideoDataset` of the one video, then its ``augment_batch`` (`sample_task`). The pictures
+(`task_figure`): RSPNet's query and two keys with their speeds; CVRL's two clips on a timeline
+with their start frames and gap, after each clip's augmentation; VCOP's clips in the order the
+network sees them with the order label; Rotation's rotated clips (`Rotation.rotated_batch`);
+the playback-rate clip with its rate; VideoMAE's frames with the tube mask of
+`VideoMAE.draw_mask`. Every frame is titled with its frame number in the video.
 """
 
 from __future__ import annotations
@@ -25,7 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from matplotlib.animation import FuncAnimation, PillowWriter
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
@@ -399,9 +412,12 @@ def _columns(t: int) -> np.ndarray:
     return np.unique(np.linspace(0, t - 1, min(t, _MAX_COLUMNS)).round().astype(int))
 
 
-def _frames_figure(rows: list[tuple[str, np.ndarray, np.ndarray]], title: str, timeline: bool):
+def _frames_figure(
+    s: TaskSample, rows: list[tuple[str, np.ndarray, np.ndarray]], title: str, timeline: bool
+):
     """A grid: one row per clip (label, images ``(T, H, W, 3)``, frame indices ``(T,)``), frame
     numbers above each image; with ``timeline`` a first row places the clips on the video."""
+    s.extra["rows"], s.extra["title"] = rows, title
     cols = max(len(_columns(len(images))) for _, images, _ in rows)
     extra = 1 if timeline else 0
     fig = Figure(figsize=(1.7 * cols + 1.2, 1.9 * (len(rows) + extra) + 0.6))
@@ -466,7 +482,7 @@ def _rspnet(s: TaskSample) -> tuple[Figure, str]:
         f"(other), window {sampler.window} frames"
     )
     fig, grid = _frames_figure(
-        rows, "RSPNet: query and keys at their speeds (after augmentation)", True
+        s, rows, "RSPNet: query and keys at their speeds (after augmentation)", True
     )
     _timeline(fig, grid, [(labels[n], s.views[n]) for n in labels], s.num_frames, "")
     return fig, line
@@ -481,7 +497,7 @@ def _cvrl(s: TaskSample) -> tuple[Figure, str]:
         for i, v in enumerate(("video", "video2"))
     ]
     fig, grid = _frames_figure(
-        rows, "CVRL: two clips of one video, each with its own augmentation", True
+        s, rows, "CVRL: two clips of one video, each with its own augmentation", True
     )
     clips = [("clip 1", s.views["video"]), ("clip 2", s.views["video2"])]
     _timeline(fig, grid, clips, s.num_frames, f"start gap {gap} frames")
@@ -503,6 +519,7 @@ def _clip_order(s: TaskSample) -> tuple[Figure, str]:
     ]
     shown = " ".join(str(k + 1) for k in order)
     fig, grid = _frames_figure(
+        s,
         rows,
         f"VCOP: the clips in the order the network sees them; order label {label} = ({shown})",
         True,
@@ -522,7 +539,7 @@ def _rotation(s: TaskSample) -> tuple[Figure, str]:
         for clip, k in zip(clips, labels, strict=True)
     ]
     what = "all four rotations" if s.task.all_rotations else "the drawn rotation"
-    fig, _ = _frames_figure(rows, f"Rotation: {what} of one clip", False)
+    fig, _ = _frames_figure(s, rows, f"Rotation: {what} of one clip", False)
     drawn = ", ".join(str(int(k)) for k in labels)
     return fig, f"rotation: frames {indices[0]}..{indices[-1]}, rotation labels {drawn}"
 
@@ -533,6 +550,7 @@ def _playback_rate(s: TaskSample) -> tuple[Figure, str]:
     indices = s.views["video"]
     rows = [(f"rate {rate}\nlabel {label}", _to_images(s.task, s.batch["video"][0]), indices)]
     fig, grid = _frames_figure(
+        s,
         rows,
         f"Playback rate: a clip at rate {rate} (label {label} of rates {list(s.task.rates)})",
         True,
@@ -556,13 +574,44 @@ def _videomae(s: TaskSample) -> tuple[Figure, str]:
     ]
     ratio = s.task.mask_ratio
     fig, _ = _frames_figure(
-        rows, f"VideoMAE: tube mask, ratio {ratio} (grey: masked tubelets)", False
+        s, rows, f"VideoMAE: tube mask, ratio {ratio} (grey: masked tubelets)", False
     )
     line = (
         f"videomae: frames {indices[0]}..{indices[-1]}, {int(mask.sum())} of {mask.size} tokens "
         f"masked ({h}x{w} per time step, {t} steps)"
     )
     return fig, line
+
+
+def animate(s: TaskSample, out: str | Path, fps: float = 4.0, dpi: int = 100) -> Path:
+    """Writes the clips of a drawn `TaskSample` (after `task_figure`) as an animated GIF: one
+    panel per clip, every frame in turn, its frame number in the panel's title."""
+    rows = s.extra["rows"]
+    fig = Figure(figsize=(2.2 * len(rows), 2.6))
+    FigureCanvasAgg(fig)
+    fig.suptitle(s.extra["title"], fontsize=8)
+    axes = fig.subplots(1, len(rows), squeeze=False)[0]
+    images, titles = [], []
+    for ax, (_, frames, _) in zip(axes, rows, strict=True):
+        images.append(ax.imshow(frames[0], interpolation="nearest"))
+        titles.append(ax.set_title("", fontsize=7))
+        ax.axis("off")
+
+    def update(k: int) -> list[Any]:
+        for image, title, (label, frames, indices) in zip(images, titles, rows, strict=True):
+            t = min(k, len(frames) - 1)
+            image.set_data(frames[t])
+            title.set_text(f"{label.replace(chr(10), ', ')}\nframe {int(indices[t])}")
+        return images + titles
+
+    frames = max(len(r[1]) for r in rows)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    FuncAnimation(fig, update, frames=frames, blit=False).save(
+        out, writer=PillowWriter(fps=fps), dpi=dpi
+    )
+    print(f"wrote {out}")
+    return out
 
 
 _FIGURES: dict[str, Callable[[TaskSample], tuple[Figure, str]]] = {
@@ -587,6 +636,8 @@ def _task(args: argparse.Namespace) -> int:
     fig, line = task_figure(s)
     print(f"{Path(args.video).name}: {line}")
     _save(fig, args.out, args.dpi)
+    if args.animate:
+        animate(s, args.animate, args.fps, args.dpi)
     return 0
 
 
@@ -638,6 +689,10 @@ def main(argv: list[str] | None = None) -> int:
         task.add_argument("--clip-len", type=int, default=None, help="frames per clip (config's)")
         task.add_argument("--size", type=int, default=None, help="crop side (config's)")
         task.add_argument("--decode-size", type=int, default=None, help="short side (config's)")
+        task.add_argument(
+            "--animate", metavar="FILE.gif", default=None, help="also write the clips as a GIF"
+        )
+        task.add_argument("--fps", type=float, default=4.0, help="frames per second of the GIF (4)")
     args = parser.parse_args(argv)
     try:
         return _statistics(args) if args.what == "statistics" else _task(args)
