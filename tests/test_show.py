@@ -168,3 +168,21 @@ def test_show_animate_writes_every_frame(video, tmp_path):
         assert (
             im.format == "GIF" and im.n_frames == sample_task("playback_rate", video).spec.clip_len
         )
+
+
+def test_show_task_errors_name_the_file(video, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    assert main(["cvrl", str(tmp_path / "missing.mp4"), "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.mp4'}: file not found"
+    assert main(["videomae", str(video), "--out", str(out), "--size", "36"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {video}: ") and "multiples of the tubelet (2, 8, 8)" in err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not (VIDEOS / "vtest.avi").is_file(), reason="../shared/videos is absent")
+def test_show_tasks_on_a_real_video(tmp_path):
+    for task in ("cvrl", "clip_order"):
+        out = tmp_path / f"{task}.png"
+        assert main([task, str(VIDEOS / "vtest.avi"), "--out", str(out), "--dpi", "30"]) == 0
+        assert png_size(out)[0] > 100
