@@ -9,7 +9,14 @@ from PIL import Image
 from vssl.data.encode import write_video
 from vssl.data.sampling import sample_cvrl_starts
 from vssl.data.synthetic import clip_rng, render_clip
-from vssl.show import FIGURE_SIZE, main, sample_task, task_figure
+from vssl.show import (
+    FIGURE_SIZE,
+    STATISTICS_LEGEND,
+    main,
+    sample_task,
+    statistics_figure,
+    task_figure,
+)
 from vssl.tasks.clip_order import clip_orders
 
 VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
@@ -186,3 +193,14 @@ def test_show_tasks_on_a_real_video(tmp_path):
         out = tmp_path / f"{task}.png"
         assert main([task, str(VIDEOS / "vtest.avi"), "--out", str(out), "--dpi", "30"]) == 0
         assert png_size(out)[0] > 100
+
+
+def test_statistics_figure_titles_count_frames_alike():
+    clip = render_clip("rotate_cw", clip_rng(0, "rotate_cw", 0), frames=9, size=32).frames
+    fig = statistics_figure(np.asarray(clip), first=5)
+    assert fig.get_suptitle() == (
+        "spatio-temporal statistics of a 8-frame clip at 32x32, frames 5..12 (+ frame 13 for the flow)"
+    )
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[:4] == [f"frame {5 + k} (clip frame {k + 1} of 8)" for k in (0, 2, 5, 7)]
+    assert STATISTICS_LEGEND in [t.get_text() for t in fig.texts]

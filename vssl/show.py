@@ -69,6 +69,13 @@ from vssl.tasks.videomae import VideoMAE
 FIGURE_SIZE = (15.0, 9.6)
 """Size of the `show statistics` figure in inches; at ``--dpi`` D the PNG is 15 D x 9.6 D pixels."""
 
+STATISTICS_LEGEND = (
+    "u / v: horizontal / vertical flow component; grey: motion-boundary magnitude of that "
+    "component (white strongest)\nyellow arrow: its dominant direction, numbered as on the colour "
+    "wheel (1 right, 3 down, 5 left, 7 up); red / green: the most diverse / most stable region"
+)
+"""The key line under the `show statistics` figure's title."""
+
 _HIGHLIGHT = {
     "u": (1.0, 0.35, 0.1),
     "v": (0.1, 0.6, 1.0),
@@ -143,8 +150,11 @@ def _swatch(ax: Axes, octant: int, x: float, y: float, side: float, text: str) -
     )
 
 
-def statistics_figure(frames: np.ndarray, flow_method: str = "dis", title: str = "") -> Figure:
-    """The figure of `show statistics` for ``T + 1`` uint8 RGB frames ``(T+1, S, S, 3)``."""
+def statistics_figure(
+    frames: np.ndarray, flow_method: str = "dis", title: str = "", first: int = 0
+) -> Figure:
+    """The figure of `show statistics` for ``T + 1`` uint8 RGB frames ``(T+1, S, S, 3)``;
+    ``first`` is the video's frame number of ``frames[0]``, for the frame titles."""
     flow = compute_flow(frames, method=flow_method)
     clip = frames[:-1]
     motion = motion_statistics(flow)
@@ -156,14 +166,19 @@ def statistics_figure(frames: np.ndarray, flow_method: str = "dis", title: str =
 
     fig = Figure(figsize=FIGURE_SIZE)
     grid = fig.add_gridspec(
-        3, 6, hspace=0.35, wspace=0.15, left=0.02, right=0.98, top=0.92, bottom=0.02
+        3, 6, hspace=0.35, wspace=0.15, left=0.02, right=0.98, top=0.89, bottom=0.02
     )
-    fig.suptitle(title or f"spatio-temporal statistics of a {t}-frame clip at {size}x{size}")
+    fig.suptitle(
+        title
+        or f"spatio-temporal statistics of a {t}-frame clip at {size}x{size}, frames "
+        f"{first}..{first + t - 1} (+ frame {first + t} for the flow)"
+    )
+    fig.text(0.5, 0.94, STATISTICS_LEGEND, ha="center", va="center", fontsize=8)
 
     for col, k in enumerate(np.linspace(0, t - 1, 4).round().astype(int)):
         ax = fig.add_subplot(grid[0, col])
         ax.imshow(clip[k])
-        ax.set_title(f"frame {k + 1} of {t}", fontsize=9)
+        ax.set_title(f"frame {first + k} (clip frame {k + 1} of {t})", fontsize=9)
         ax.axis("off")
     ax = fig.add_subplot(grid[0, 4])
     ax.imshow(flow_to_rgb(flow.sum(axis=0)))
@@ -172,7 +187,18 @@ def statistics_figure(frames: np.ndarray, flow_method: str = "dis", title: str =
     ax = fig.add_subplot(grid[0, 5])
     ramp = np.linspace(-1, 1, 65, dtype=np.float32)
     ax.imshow(flow_to_rgb(np.stack(np.meshgrid(ramp, ramp))))
-    ax.set_title("flow colours (x right, y down)", fontsize=9)
+    for d in range(1, 9):  # the direction bins of the arrows: bin d is centred at 45 (d - 1) deg
+        theta = np.radians(45 * (d - 1))
+        ax.text(
+            32 + 26 * np.cos(theta),
+            32 + 26 * np.sin(theta),
+            str(d),
+            fontsize=8,
+            ha="center",
+            va="center",
+            color="black",
+        )
+    ax.set_title("flow colours and direction numbers", fontsize=9)
     ax.axis("off")
 
     gray = boundaries.magnitude / max(float(boundaries.magnitude.max()), 1e-12)
@@ -245,8 +271,12 @@ def statistics_figure(frames: np.ndarray, flow_method: str = "dis", title: str =
 
 def _statistics(args: argparse.Namespace) -> int:
     frames = read_clip(args.video, args.start, args.clip_len + 1, args.decode_size, args.size)
-    title = f"{Path(args.video).name}, frames {args.start}..{args.start + args.clip_len}"
-    fig = statistics_figure(frames, args.flow, title)
+    end = args.start + args.clip_len
+    title = (
+        f"{Path(args.video).name}: spatio-temporal statistics of a {args.clip_len}-frame clip, "
+        f"frames {args.start}..{end - 1} (+ frame {end} for the flow)"
+    )
+    fig = statistics_figure(frames, args.flow, title, first=args.start)
     _save(fig, args.out, args.dpi)
     return 0
 
