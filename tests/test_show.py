@@ -1,6 +1,7 @@
 import struct
 from pathlib import Path
 
+import lightning
 import numpy as np
 import pytest
 import torch
@@ -12,10 +13,12 @@ from vssl.data.synthetic import clip_rng, render_clip
 from vssl.show import (
     FIGURE_SIZE,
     STATISTICS_LEGEND,
+    build_task,
     main,
     sample_task,
     statistics_figure,
     task_figure,
+    videomae_reconstruction,
 )
 from vssl.tasks.clip_order import clip_orders
 
@@ -204,3 +207,34 @@ def test_statistics_figure_titles_count_frames_alike():
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:4] == [f"frame {5 + k} (clip frame {k + 1} of 8)" for k in (0, 2, 5, 7)]
     assert STATISTICS_LEGEND in [t.get_text() for t in fig.texts]
+
+
+def test_videomae_reconstruction_undoes_the_target(video):
+    s = sample_task("videomae", video, seed=1)
+    task, clip, mask = s.task, s.batch["video"], s.extra["mask"]
+    pixels = clip[0] * task.augment.std + task.augment.mean  # (C, T, H, W) in [0, 1]
+    # a network that predicts its target exactly reconstructs the input
+    task.decode = lambda encoded, m: task.target(clip, m)
+    rebuilt = videomae_reconstruction(task, clip, mask)
+    assert np.abs(rebuilt - pixels.clamp(0, 1).permute(1, 2, 3, 0).numpy()).max() < 1e-4
+
+
+def test_show_videomae_with_a_checkpoint(video, tmp_path, capsys):
+    task, _ = build_task("videomae")
+    ckpt = tmp_path / "mae.ckpt"
+    state = {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}
+    torch.save({**state, "pytorch-lightning_version": lightning.__version__}, ckpt)
+    out = tmp_path / "mae.png"
+    argv = ["videomae", str(video), "--out", str(out), "--ckpt", str(ckpt), "--dpi", "40"]
+    assert main(argv) == 0
+    plain = tmp_path / "plain.png"
+    assert main(["videomae", str(video), "--out", str(plain), "--dpi", "40"]) == 0
+    assert png_size(out)[1] > png_size(plain)[1]  # one more row: the reconstruction
+    s = sample_task("videomae", video, ckpt=ckpt)
+    assert s.extra["reconstruction"].shape == (s.spec.clip_len, 32, 32, 3)
+    assert main(["cvrl", str(video), "--out", str(out), "--ckpt", str(ckpt)]) == 1
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(f"error: {ckpt}: holds a VideoMAE checkpoint, not one of cvrl (CVRL)")
+    )

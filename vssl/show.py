@@ -20,7 +20,8 @@ where the config is absent), and its own ``clip_sampler`` and ``clip_transform``
 with their start frames and gap, after each clip's augmentation; VCOP's clips in the order the
 network sees them with the order label; Rotation's rotated clips (`Rotation.rotated_batch`);
 the playback-rate clip with its rate; VideoMAE's frames with the tube mask of
-`VideoMAE.draw_mask`. Every frame is titled with its frame number in the video.
+`VideoMAE.draw_mask`, and with ``--ckpt`` the checkpoint's reconstruction of the masked
+tubelets. Every frame is titled with its frame number in the video.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ from vssl.data.index import probe_video
 from vssl.data.layouts import VideoItem
 from vssl.data.reader import VideoDecodeError, VideoReader
 from vssl.data.sampling import ClipSampler, ClipSpec
+from vssl.errors import InvalidInputError, UserError
+from vssl.eval.features import checkpoint_data_settings, load_task
 from vssl.tasks.base import VSSLTask
 from vssl.tasks.clip_order import clip_orders
 from vssl.tasks.rotation import Rotation
@@ -64,7 +67,7 @@ from vssl.tasks.statistics import (
     motion_statistics,
     region_masks,
 )
-from vssl.tasks.videomae import VideoMAE
+from vssl.tasks.videomae import TARGET_EPS, VideoMAE, patchify
 
 FIGURE_SIZE = (15.0, 9.6)
 """Size of the `show statistics` figure in inches; at ``--dpi`` D the PNG is 15 D x 9.6 D pixels."""
@@ -386,6 +389,7 @@ def sample_task(
     clip_len: int | None = None,
     size: int | None = None,
     decode_size: int | None = None,
+    ckpt: str | Path | None = None,
 ) -> TaskSample:
     """One sample of task ``name`` from ``video``, made the way training makes it.
 
@@ -393,10 +397,21 @@ def sample_task(
     one video (item 0, epoch 0, so the draw is that of a training run with data seed ``seed``),
     then the task's ``augment_batch`` runs on a batch of that sample under ``torch`` seed
     ``seed``. Rotation's rotated clips and VideoMAE's tube mask come from the task's own
-    functions too (`Rotation.rotated_batch`, `VideoMAE.draw_mask`).
+    functions too (`Rotation.rotated_batch`, `VideoMAE.draw_mask`). With ``ckpt`` the task and
+    its weights come from that checkpoint, with its training data settings where it records
+    them; VideoMAE then also reconstructs the masked tubelets (`videomae_reconstruction`).
     """
     torch.manual_seed(seed)
     task, data = build_task(name)
+    if ckpt is not None:
+        loaded = load_task(ckpt)
+        if not isinstance(loaded, type(task)):
+            raise InvalidInputError(
+                f"{ckpt}: holds a {type(loaded).__name__} checkpoint, not one of {name} "
+                f"({type(task).__name__})"
+            )
+        task = loaded
+        data.update(checkpoint_data_settings(ckpt) or {})
     task.train(stage == "train")
     spec = ClipSpec(
         clip_len=clip_len or data.get("clip_len", 16),
@@ -429,7 +444,42 @@ def sample_task(
         if isinstance(task, VideoMAE):
             extra["mask"] = task.draw_mask(batch["video"])
             extra["grid"] = task.backbone.grid(batch["video"].shape)
+            if ckpt is not None:
+                extra["reconstruction"] = videomae_reconstruction(
+                    task, batch["video"], extra["mask"]
+                )
     return TaskSample(name, task, spec, info.num_frames, recording.views, sample, batch, extra)
+
+
+def videomae_reconstruction(task: VideoMAE, video: Tensor, mask: Tensor) -> np.ndarray:
+    """Pixels ``(T, H, W, 3)`` in [0, 1] of clip 0 of ``video`` with its masked tubelets replaced by
+    the task's prediction (`VideoMAE.encode_visible`, `VideoMAE.decode`).
+
+    With ``normalize_target`` the network predicts each tubelet standardised per channel
+    (`reconstruction_target`), so the prediction is mapped back with the input tubelet's own mean
+    and standard deviation, as the official code's visualisation does.
+    """
+    c = video.shape[1]
+    with torch.no_grad():
+        prediction = task.decode(task.encode_visible(video, mask), mask).float()
+    mean, std = (
+        task.augment.mean.float().view(1, c, 1, 1, 1),
+        task.augment.std.float().view(1, c, 1, 1, 1),
+    )
+    patches = patchify(video.float() * std + mean, task.tubelet)  # (B, N, P, C)
+    b, n, size, _ = patches.shape
+    masked = patches[mask]
+    prediction = prediction.reshape(-1, size, c)
+    if task.normalize_target:
+        sigma = masked.var(dim=1, unbiased=True, keepdim=True).sqrt()
+        prediction = prediction * (sigma + TARGET_EPS) + masked.mean(dim=1, keepdim=True)
+    patches = patches.clone()
+    patches[mask] = prediction
+    t, h, w = task.backbone.grid(video.shape)
+    pt, ph, pw = task.tubelet
+    x = patches.reshape(b, t, h, w, pt, ph, pw, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
+    x = x.reshape(b, c, t * pt, h * ph, w * pw)
+    return x[0].clamp(0, 1).permute(1, 2, 3, 0).numpy()
 
 
 def _to_images(task: VSSLTask, clip: Tensor) -> np.ndarray:
@@ -602,6 +652,8 @@ def _videomae(s: TaskSample) -> tuple[Figure, str]:
         ("input", images, indices),
         (f"tube mask\n{int(mask[0].sum())}/{h * w} masked", masked, indices),
     ]
+    if "reconstruction" in s.extra:
+        rows.append(("reconstruction\n(masked: predicted)", s.extra["reconstruction"], indices))
     ratio = s.task.mask_ratio
     fig, _ = _frames_figure(
         s, rows, f"VideoMAE: tube mask, ratio {ratio} (grey: masked tubelets)", False
@@ -661,7 +713,14 @@ def task_figure(s: TaskSample) -> tuple[Figure, str]:
 
 def _task(args: argparse.Namespace) -> int:
     s = sample_task(
-        args.what, args.video, args.seed, args.stage, args.clip_len, args.size, args.decode_size
+        args.what,
+        args.video,
+        args.seed,
+        args.stage,
+        args.clip_len,
+        args.size,
+        args.decode_size,
+        args.ckpt,
     )
     fig, line = task_figure(s)
     print(f"{Path(args.video).name}: {line}")
@@ -722,13 +781,17 @@ def main(argv: list[str] | None = None) -> int:
         task.add_argument(
             "--animate", metavar="FILE.gif", default=None, help="also write the clips as a GIF"
         )
+        task.add_argument(
+            "--ckpt", default=None, metavar="CKPT", help="weights from a checkpoint of the task"
+        )
         task.add_argument("--fps", type=float, default=4.0, help="frames per second of the GIF (4)")
     args = parser.parse_args(argv)
     try:
         return _statistics(args) if args.what == "statistics" else _task(args)
-    except (VideoDecodeError, ValueError, OSError) as err:
+    except (VideoDecodeError, UserError, ValueError, OSError) as err:
         message = str(err)
-        if args.video not in message:
+        ckpt = getattr(args, "ckpt", None)
+        if args.video not in message and not (ckpt and str(ckpt) in message):
             message = f"{args.video}: {message}"
         print(f"error: {message}", file=sys.stderr)
         return 1
