@@ -318,6 +318,15 @@ TASK_DEFAULTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 task's ``configs/TASK/synthetic_tiny.yaml`` is not there (an installed package)."""
 
 TASKS = ("statistics", *TASK_DEFAULTS)
+
+_TASK_HELP = {
+    "rspnet": "RSPNet: the query and two keys with their playback speeds",
+    "cvrl": "CVRL: two clips on the video's timeline, their gap, each clip's augmentation",
+    "videomae": "VideoMAE: the frames with the tube mask (and the reconstruction with --ckpt)",
+    "clip_order": "VCOP: the shuffled clips in the order the network sees them, the order label",
+    "rotation": "3D RotNet: the rotated clips and their labels",
+    "playback_rate": "playback rate: a clip at the drawn rate and its label",
+}
 """Every task `show` draws, named as its config folder."""
 
 _DATA_KEYS = ("clip_len", "stride", "crop_size", "crop_scale", "flip", "decode_size")
@@ -763,11 +772,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in TASK_DEFAULTS:
         task = sub.add_parser(
             name,
-            help=f"one {name} training sample",
+            help=_TASK_HELP[name],
             description=(
                 f"Draw one {name} sample of VIDEO made by the task's own sampler, worker "
                 f"transform and batch augmentation, with configs/{name}/synthetic_tiny.yaml's "
-                "settings (tiny backbone, no weights)."
+                "settings (tiny backbone, no weights), or with --ckpt a checkpoint's task and data "
+                "settings."
             ),
         )
         _video_arguments(task)
