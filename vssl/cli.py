@@ -45,7 +45,7 @@ EXTRA_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     ),
     "show": (
         _lazy("vssl.show", "main"),
-        "draw what a pretext task predicts (show statistics VIDEO --out FILE.png)",
+        "draw what a pretext task gives the network (show TASK VIDEO --out FILE.png)",
     ),
     "probe": (
         _lazy("vssl.eval.commands", "probe_main"),
