@@ -11,7 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vssl.data.reader import BACKENDS, MIN_SEEK_GAP, VideoDecodeError, VideoReader, output_size
+from vssl.data.reader import (
+    BACKENDS,
+    MIN_SEEK_GAP,
+    VideoDecodeError,
+    VideoReader,
+    open_reader,
+    output_size,
+)
 
 
 def sequential_decode(path: Path, keep: set[int] | None = None) -> dict[int, np.ndarray]:
@@ -202,9 +209,9 @@ def test_unreadable_files_raise_naming_the_file(tmp_path, content, problem):
 def test_backends_registry(video_factory):
     path = video_factory("clip.mp4", num_frames=4)
     assert BACKENDS["pyav"] is VideoReader
-    assert type(VideoReader(path, backend="pyav")) is VideoReader
+    assert type(open_reader(path, "pyav")) is VideoReader
     with pytest.raises(ValueError, match=r"unknown video backend 'nope'.*decord.*pyav.*torchcodec"):
-        VideoReader(path, backend="nope")
+        open_reader(path, "nope")
 
 
 @pytest.mark.parametrize(
@@ -221,7 +228,7 @@ def test_missing_backend_package_says_how_to_install(
     for module in modules:  # as if the package were not installed
         monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(ImportError, match=hint):
-        VideoReader(path, backend=backend)
+        open_reader(path, backend)
 
 
 @pytest.mark.timeout(120)

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from vssl.data.index import VideoInfo
 from vssl.data.layouts import VideoItem
-from vssl.data.reader import VideoDecodeError, VideoReader
+from vssl.data.reader import VideoDecodeError, open_reader
 from vssl.data.sampling import ClipSampler
 from vssl.data.table import VideoTable
 
@@ -132,9 +132,9 @@ class VideoDataset(Dataset):
         views = {name: np.asarray(v) for name, v in views.items() if name not in targets}
         wanted = np.concatenate([v.ravel() for v in views.values()])
         unique, inverse = np.unique(wanted, return_inverse=True)
-        with VideoReader(
+        with open_reader(
             self.table.path(index),
-            backend=self.backend,
+            self.backend,
             threads=self.decode_threads,
             num_frames=num_frames,
             decode_timeout=self.decode_timeout,

@@ -1,7 +1,7 @@
 """Decoding frames by index: PyAV by default; torchcodec (CPU or CUDA) and decord as options.
 
-:func:`open_reader` (or ``VideoReader(path, backend=...)``) picks the backend; every backend
-numbers frames as below and returns ``get_frames`` as uint8 RGB ``(T, 3, H, W)``.
+:func:`open_reader` picks the backend (:class:`VideoReader` is PyAV's); every backend numbers
+frames as below and returns ``get_frames`` as uint8 RGB ``(T, 3, H, W)``.
 
 Frame ``i`` of a video is the frame whose presentation timestamp maps to ``i`` by
 ``round((pts - start_pts) * time_base * fps)``, where ``start_pts`` is the timestamp of the
@@ -283,34 +283,19 @@ def output_size(height: int, width: int, size: int | tuple[int, int] | None) -> 
 
 
 class VideoReader:
-    """Random access to the frames of one video, decoding only what is asked for.
+    """Random access to the frames of one video with PyAV, decoding only what is asked for (the
+    default backend; :func:`open_reader` opens any of :data:`BACKENDS`, which subclass this).
 
     ``num_frames`` from the video index is trusted; without it the file is probed the way the
-    index probes it. ``backend`` picks an implementation from :data:`BACKENDS`; ``threads`` is
-    the decoder's thread count (1 suits DataLoader workers, 0 lets FFmpeg choose).
+    index probes it. ``threads`` is the decoder's thread count (1 suits DataLoader workers, 0 lets FFmpeg choose).
     ``decode_timeout`` (seconds, None: no limit) bounds opening the file and each
     :meth:`get_frames` call (see the module notes for what it covers).
     """
-
-    def __new__(
-        cls,
-        path: str | Path,
-        *,
-        backend: str = "pyav",
-        threads: int = 1,
-        num_frames: int | None = None,
-        decode_timeout: float | None = None,
-        device: str = "cpu",
-    ) -> VideoReader:
-        if cls is VideoReader:
-            cls = reader_class(backend, path)
-        return super().__new__(cls)
 
     def __init__(
         self,
         path: str | Path,
         *,
-        backend: str = "pyav",
         threads: int = 1,
         num_frames: int | None = None,
         decode_timeout: float | None = None,

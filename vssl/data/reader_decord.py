@@ -32,7 +32,6 @@ class DecordReader(VideoReader):
         self,
         path: str | Path,
         *,
-        backend: str = "decord",
         threads: int = 1,
         num_frames: int | None = None,
         decode_timeout: float | None = None,

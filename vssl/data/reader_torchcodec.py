@@ -46,7 +46,6 @@ class TorchCodecReader(VideoReader):
         self,
         path: str | Path,
         *,
-        backend: str = "torchcodec",
         threads: int = 1,
         num_frames: int | None = None,
         decode_timeout: float | None = None,
