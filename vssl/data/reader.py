@@ -348,6 +348,17 @@ class VideoReader:
         self._last_key: int | None = None
         self._gop = 0
 
+    def _set_stream(self, fps: float | None, width: int, height: int, count: int | None) -> None:
+        """The stream's rate, size and frame count, checked (the other backends' constructors)."""
+        if not fps or not fps > 0:
+            raise VideoDecodeError(self.path, "unknown frame rate")
+        if not count:
+            raise VideoDecodeError(self.path, "no decodable video frames")
+        self.fps = float(fps)
+        self.width, self.height = int(width), int(height)
+        self.num_frames = int(count)
+        self.duration = self.num_frames / self.fps
+
     def _setup(self, path: str | Path, threads: int, decode_timeout: float | None) -> None:
         """The settings every backend shares, checked."""
         self.path = str(path)

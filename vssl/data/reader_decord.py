@@ -55,17 +55,10 @@ class DecordReader(VideoReader):
         except Exception as exc:  # decord raises its own DECORDError, or RuntimeError
             raise VideoDecodeError(self.path, f"cannot open: {str(exc).strip()[:300]}") from None
         self._check_deadline()
-        fps = self._reader.get_avg_fps()
-        if not fps or not fps > 0:
-            raise VideoDecodeError(self.path, "unknown frame rate")
-        self.fps = float(fps)
-        self.height, self.width = (int(v) for v in self._reader[0].shape[:2])
+        height, width = self._reader[0].shape[:2]
         self._reader.seek(0)
         count = num_frames if num_frames is not None else len(self._reader)
-        if not count:
-            raise VideoDecodeError(self.path, "no decodable video frames")
-        self.num_frames = int(count)
-        self.duration = self.num_frames / self.fps
+        self._set_stream(self._reader.get_avg_fps(), width, height, count)
 
     def close(self) -> None:
         """Release the decoder."""

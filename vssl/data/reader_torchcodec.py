@@ -74,15 +74,8 @@ class TorchCodecReader(VideoReader):
             raise VideoDecodeError(self.path, f"cannot open: {exc}") from None
         self._check_deadline()
         meta = self._decoder.metadata
-        if not meta.average_fps:
-            raise VideoDecodeError(self.path, "unknown frame rate")
-        self.fps = float(meta.average_fps)
-        self.width, self.height = int(meta.width), int(meta.height)
         count = num_frames if num_frames is not None else meta.num_frames
-        if not count:
-            raise VideoDecodeError(self.path, "no decodable video frames")
-        self.num_frames = int(count)
-        self.duration = self.num_frames / self.fps
+        self._set_stream(meta.average_fps, meta.width, meta.height, count)
 
     def close(self) -> None:
         """Release the decoder."""
