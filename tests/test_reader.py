@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -275,3 +276,55 @@ def test_damaged_real_video_does_not_crash_or_hang(shared_videos):
     with VideoReader(path, num_frames=270) as reader:
         expected = np.stack([reference[4], reference[5]])
         assert np.array_equal(reader.get_frames([4, 5]).numpy(), expected)
+
+
+def write_with_gaps(path: Path, shown: list[int], codec: str, pix_fmt: str) -> Path:
+    """Frames that show ``code_frame(i)`` at pts ``i`` (time base 1/25) for ``i`` in ``shown``
+    only: the indices between hold no frame of their own (variable frame rate)."""
+    from tests.conftest import code_frame
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width = stream.height = 32
+        stream.pix_fmt = pix_fmt
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 25)
+        for i in shown:
+            frame = av.VideoFrame.from_ndarray(code_frame(i, 32, 32), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize(
+    "codec,pix_fmt,name", [("mjpeg", "yuvj420p", "gaps.mkv"), ("libx264", "yuv420p", "gaps.mkv")]
+)
+def test_indices_without_a_frame_show_the_frame_on_screen(tmp_path, frame_index, codec, pix_fmt, name):
+    """Index k shows the last frame whose pts is at most k, also when the reader skipped that
+    frame undecoded on its way to a wanted one (intra-only streams skip every unwanted frame)."""
+    shown = [i for i in range(62) if i % 7 not in (3, 4)]
+    path = write_with_gaps(tmp_path / name, shown, codec, pix_fmt)
+    on_screen = {k: max(i for i in shown if i <= k) for k in range(62)}
+    for indices in ([3], [4, 11], list(range(1, 62, 2)), list(range(0, 62, 2)), [61, 24, 25, 10]):
+        with VideoReader(path) as reader:
+            got = [frame_index(f) for f in reader.get_frames(indices)]
+        assert got == [on_screen[k] for k in indices], indices
+
+
+def test_intra_only_streams_decode_only_the_wanted_frames(tmp_path, monkeypatch):
+    path = write_with_gaps(tmp_path / "clip.mkv", list(range(64)), "mjpeg", "yuvj420p")
+    reference = sequential_decode(path)
+    decoded = []
+    with VideoReader(path, num_frames=64) as reader:
+        original = reader._index_of
+
+        def counting_index_of(frame):
+            decoded.append(frame.pts)
+            return original(frame)
+
+        monkeypatch.setattr(reader, "_index_of", counting_index_of)
+        indices = list(range(5, 36, 2))
+        frames = reader.get_frames(indices)
+    assert np.array_equal(frames.numpy(), np.stack([reference[i] for i in indices]))
+    # the 16 wanted frames (and the first, which fixes the start pts), not the 31 in between
+    assert len(decoded) <= len(indices) + 1

@@ -144,13 +144,15 @@ def _decoded_frames(
     stream: Any,
     skip_before: Callable[[], int | None] | None = None,
     check: Callable[[], None] | None = None,
+    skipped: Callable[[Any], None] | None = None,
 ) -> Iterator[Any]:
     """Frames from the current position to the end; packets the decoder rejects are skipped.
 
     ``skip_before`` returns a pts below which nobody wants frames: the decoder then drops the
     non-reference frames there (nothing depends on them), which halves the cost of decoding
     from a keyframe up to a wanted frame in typical H.264. In an intra-only stream (MJPEG, every
-    frame a keyframe) no frame depends on another, so those packets are not decoded at all.
+    frame a keyframe) no frame depends on another, so those packets are not decoded at all;
+    each is handed to ``skipped``, which may keep it to decode later.
     ``check`` runs before each packet (the reader's deadline) and may raise.
     """
     context = stream.codec_context
@@ -178,6 +180,8 @@ def _decoded_frames(
             limit = skip_before()
             skip = limit is not None and packet.pts is not None and packet.pts < limit
             if skip and intra_only:
+                if skipped is not None:
+                    skipped(packet)
                 continue
             if skip != skipping:
                 context.skip_frame = "NONREF" if skip else "DEFAULT"
@@ -347,6 +351,11 @@ class VideoReader:
         self._from_start = False
         self._last_key: int | None = None
         self._gop = 0
+        # In an intra-only stream every frame before a wanted one is skipped undecoded (the last
+        # is kept as a packet for gap filling); otherwise the frame just before is decoded too.
+        self._intra_only = bool(self._stream.codec_context.codec.intra_only)
+        self._keep = 0.5 if self._intra_only else 1.5
+        self._held: Any = None
 
     def _set_stream(self, fps: float | None, width: int, height: int, count: int | None) -> None:
         """The stream's rate, size and frame count, checked (the other backends' constructors)."""
@@ -463,9 +472,41 @@ class VideoReader:
         self._pending = first
 
     def _decode_from_here(self) -> Iterator[Any]:
+        self._held = None
         return _decoded_frames(
-            self._container, self._stream, lambda: self._skip_before, self._check_deadline
+            self._container,
+            self._stream,
+            lambda: self._skip_before,
+            self._check_deadline,
+            self._hold if self._intra_only else None,
         )
+
+    def _hold(self, packet: Any) -> None:
+        """Keep the last packet an intra-only stream skipped: it is the frame on screen at a
+        wanted index that no frame maps to (see :meth:`_shown_at`)."""
+        self._held = packet
+
+    def _shown_at(self, frame: Any) -> Any:
+        """The frame on screen just before ``frame``: the last decoded one, or in an intra-only
+        stream the last skipped packet after it, decoded now (it depends on no other frame)."""
+        held, self._held = self._held, None
+        if held is None or held.pts is None or (self._prev is not None and held.pts <= self._prev.pts):
+            return self._prev
+        try:
+            frames = held.decode()
+        except av.error.EOFError:  # the stream's end flushed the decoder: reset it, try again
+            self._stream.codec_context.flush_buffers()
+            try:
+                frames = held.decode()
+            except av.error.FFmpegError:
+                return self._prev
+        except av.error.FFmpegError:
+            return self._prev
+        shown = frames[-1] if frames and frames[-1].pts is not None else None
+        if shown is None or shown.pts >= frame.pts:
+            return self._prev
+        self._prev = shown  # also the frame on screen at later wanted indices before ``frame``
+        return shown
 
     def _next_frame(self) -> Any:
         if self._pending is not None:
@@ -545,7 +586,7 @@ class VideoReader:
             # Drop what lies before the frame ahead of wanted[p] (kept for gap filling). Not in
             # MPEG program streams: their packets' timestamps are not their pictures', so frames
             # dropped there shift the timestamps of the frames that follow.
-            self._skip_before = self._start_pts + math.floor((wanted[p] - 1.5) / self._scale)
+            self._skip_before = self._start_pts + math.floor((wanted[p] - self._keep) / self._scale)
         done_frame, done_row = None, -1
         while (frame := self._next_frame()) is not None:
             j = self._index_of(frame)
@@ -563,7 +604,11 @@ class VideoReader:
             while p < n and wanted[p] <= j:
                 # A wanted index no frame maps to (variable frame rate, damage) shows the frame
                 # on screen at that time: the previous one.
-                source = frame if wanted[p] == j or self._prev is None else self._prev
+                if wanted[p] == j:
+                    source = frame
+                else:
+                    source = self._shown_at(frame) if self._intra_only else self._prev
+                    source = frame if source is None else source
                 if source is done_frame:
                     out[rows[p]] = out[done_row]
                 else:
@@ -572,7 +617,9 @@ class VideoReader:
                 p += 1
                 if p < n and not self._sequential and self._exact_seek:
                     # Frames between here and the one before wanted[p] are not needed either.
-                    self._skip_before = self._start_pts + math.floor((wanted[p] - 1.5) / self._scale)
+                    self._skip_before = self._start_pts + math.floor(
+                        (wanted[p] - self._keep) / self._scale
+                    )
             self._prev, self._pos = frame, j
             if p == n or (wanted[p] - j > gap and (p > first or not seeked)):
                 return p, False
