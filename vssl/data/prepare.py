@@ -3,8 +3,9 @@
 Raw dataset files (Kinetics from YouTube above all) have long keyframe intervals, B-frames and
 large frames, so a random training clip costs decoding hundreds of frames. :func:`prepare`
 transcodes every video under ``SRC`` into ``DST`` at a small short side, with a keyframe
-every ``gop`` frames and no B-frames (H.264 through libx264 with ``tune=fastdecode``, or
-all-intra MJPEG), keeping relative paths (only the extension may change) and copying the
+every ``gop`` frames and no B-frames, or every frame a keyframe (all-intra MJPEG, the
+default: a clip then decodes only its own frames; H.264 through libx264 with
+``tune=fastdecode`` takes less disk and reads slower), keeping relative paths (only the extension may change) and copying the
 annotation files verbatim, so the same layout loads ``DST`` with the same items and labels.
 
 Output frame ``i`` is the frame :class:`~vssl.data.reader.VideoReader` returns for index ``i``
@@ -71,9 +72,9 @@ ANNOTATION_EXTENSIONS: frozenset[str] = frozenset(
 #: codec name -> (output extension, container format, FFmpeg encoder, encoder pixel format)
 CODECS: dict[str, tuple[str, str, str, str]] = {
     "h264": (".mp4", "mp4", "libx264", "yuv420p"),
-    "mjpeg": (".mkv", "matroska", "mjpeg", "yuvj420p"),
+    "mjpeg": (".mp4", "mp4", "mjpeg", "yuvj420p"),
 }
-# Audio codecs copied into MP4 as they are; others are re-encoded as AAC (MKV takes all).
+# Audio codecs copied into MP4 as they are; others are re-encoded as AAC.
 _MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "opus"})
 _MANIFEST_VERSION = 1
 REPORT_LIMIT = 1000
@@ -925,7 +926,7 @@ def prepare(
     dst: str | Path,
     short_side: int = 128,
     gop: int = 8,
-    codec: Literal["h264", "mjpeg"] = "h264",
+    codec: Literal["mjpeg", "h264"] = "mjpeg",
     fps: float | None = None,
     crf: int = 18,
     workers: int | None = None,
@@ -940,10 +941,12 @@ def prepare(
         dst: where the prepared copy goes (created; must not overlap ``src``).
         short_side: short side of the output frames in pixels (even; smaller videos keep
             their size); 256 or 320 for models that crop 224.
-        gop: keyframe interval in frames (H.264): a random clip decodes at most this many
+        gop: keyframe interval in frames (H.264 only): a random clip decodes at most this many
             frames before its first.
-        codec: ``h264`` (libx264, no B-frames, ``tune=fastdecode``, ``.mp4``) or ``mjpeg``
-            (every frame a keyframe, ``.mkv``, about 2-3x the bytes).
+        codec: ``mjpeg`` (every frame a keyframe, so a clip decodes only the frames it
+            takes: the fastest to read; see README "Preparing a dataset") or ``h264``
+            (libx264, no B-frames, ``tune=fastdecode``: about 2.5x fewer bytes, slower to
+            read); both in ``.mp4``.
         fps: output frame rate; None keeps the source's (frame counts then stay equal).
         crf: H.264 quality (lower is better and bigger).
         workers: transcoding processes; None uses every CPU this process may run on.
@@ -1036,8 +1039,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(
         prog="python -m vssl prepare",
         description=(
-            "Transcode a dataset tree for fast random access (short side, keyframe every GOP "
-            "frames, no B-frames), keeping relative paths and copying annotation files. "
+            "Transcode a dataset tree for fast random access (short side; every frame a "
+            "keyframe with MJPEG, or with H.264 a keyframe every GOP frames and no B-frames), "
+            "keeping relative paths and copying annotation files. "
             "Options may also be spelled with dashes (--short-side)."
         ),
     )
