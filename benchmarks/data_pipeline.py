@@ -4,8 +4,9 @@ cores one GPU needs, in one run.
 1. Raw-like files: every video of ``--videos`` (../shared/videos) re-encoded as what raw
    Kinetics from YouTube looks like: short side 360, H.264 with a GOP of 250 and B-frames,
    played back and forth three times (longer videos, long seeks).
-2. Prepared files: the raw-like tree through ``vssl prepare`` at short side 128 and at 256
-   (GOP 8, no B-frames); the transcode rate is printed.
+2. Prepared files: the raw-like tree through ``vssl prepare`` at short side 128 and at 256,
+   with the default codec (MJPEG, every frame a keyframe) and with ``--codec h264`` (GOP 8, no
+   B-frames); the transcode rate and the sizes are printed.
 3. Training clips per second on one core (one process, one thread, no DataLoader workers: what
    one worker does), for random 16-frame clips at stride 2 randomly cropped to 112 (from the
    128 files, and from the raw ones decoded at 128) or 224 (from the 256 files, and from the raw
@@ -52,9 +53,13 @@ from vssl.data.reader import output_size  # noqa: E402
 
 CLIP_LEN, STRIDE = 16, 2
 RAW_SHORT_SIDE = 360
+CODECS = ("mjpeg", "h264")  # prepare's default first
 # (file set, short side the clips are decoded at, crop)
-CASES = (("raw-like", 128, 112), ("prepared-128", 128, 112), ("raw-like", 256, 224),
-         ("prepared-256", 256, 224))
+CASES = tuple(
+    case
+    for side, crop in ((128, 112), (256, 224))
+    for case in (("raw-like", side, crop), *((f"prepared-{side} {c}", side, crop) for c in CODECS))
+)
 MODELS = (("r3d_18", 16, 112), ("r3d_50", 16, 224), ("vit_b_16", 16, 224))
 TARGETS = {112: (300, 20), 224: (120, 8)}  # crop: (clips/s/core, times the raw-like files)
 
@@ -215,10 +220,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"raw-like files: {len(videos)} videos, short side {RAW_SHORT_SIDE}, GOP 250, "
               f"B-frames, {sum(probe_video(v).num_frames for v in sets['raw-like'])} frames")
         for side in (128, 256):
-            summary = prepare(raw_dir, work / f"prepared_{side}", short_side=side, workers=1,
-                              progress=False)
-            print(f"vssl prepare --short-side {side}: " + "; ".join(summary.lines()[1:3]))
-            sets[f"prepared-{side}"] = sorted((work / f"prepared_{side}").glob("*.mp4"))
+            for codec in CODECS:
+                out = work / f"prepared_{side}_{codec}"
+                summary = prepare(raw_dir, out, short_side=side, codec=codec, workers=1,
+                                  progress=False)
+                print(f"vssl prepare --short-side {side} --codec {codec}: "
+                      + "; ".join(summary.lines()[1:3]))
+                sets[f"prepared-{side} {codec}"] = sorted(out.glob("*.mp4"))
 
         results: dict[tuple[str, int], dict[str, list[float]]] = {}
         for name, size, crop in CASES:
@@ -234,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{k} {statistics.median(v):.1f}" for k, v in results[(name, size)].items()))
         stats_rate = None
         if not args.no_statistics:
-            got = measure({"statistics": lambda: statistics_clips(sets["prepared-128"])},
+            got = measure({"statistics": lambda: statistics_clips(sets[f"prepared-128 {CODECS[0]}"])},
                           args.seconds, args.rounds)
             stats_rate = statistics.median(got["statistics"])
 
@@ -252,11 +260,13 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nPrepared against raw-like ({default}, the default reader), and the targets:")
     for size in (128, 256):
         crop = 112 if size == 128 else 224
-        prepared = statistics.median(results[(f"prepared-{size}", size)][default])
         raw = statistics.median(results[("raw-like", size)][default])
         floor, times = TARGETS[crop]
-        print(f"  short side {size}, crop {crop}: {prepared:.1f} clips/s/core, {prepared / raw:.1f}x "
-              f"the raw-like files (targets >= {floor} clips/s/core and >= {times}x)")
+        for codec in CODECS:
+            prepared = statistics.median(results[(f"prepared-{size} {codec}", size)][default])
+            print(f"  short side {size} {codec}, crop {crop}: {prepared:.1f} clips/s/core, "
+                  f"{prepared / raw:.1f}x the raw-like files (targets >= {floor} clips/s/core "
+                  f"and >= {times}x)")
     if stats_rate is not None:
         print(f"  statistics task, decode + flow + labels on the 128 files: {stats_rate:.1f} "
               f"clips/s/core (target >= 120)")
@@ -275,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
             flops = gpu_budget.train_flops(model, frames, crop)
             gpu = gpu_budget.UTILISATION * gpu_budget.H100_BF16_TFLOPS * 1e12 / flops
             label = "estimate"
-        prepared = statistics.median(results[(f"prepared-{size}", size)][default])
+        prepared = statistics.median(results[(f"prepared-{size} {CODECS[0]}", size)][default])
         raw = statistics.median(results[("raw-like", size)][default])
         budget[model] = {"gpu": gpu, "prepared": gpu / prepared, "raw": gpu / raw}
         print(f"| {model} | {frames}x{crop} | {gpu:.0f} ({label}) | {prepared:.1f} | "
