@@ -24,6 +24,7 @@ from vssl.data.dataset import VideoDataset
 from vssl.data.index import VideoIndex
 from vssl.data.layouts import VideoItem, load_layout
 from vssl.data.sampling import ClipSampler, ClipSpec, RandomClip, UniformClips
+from vssl.data.subset import balanced_subset
 from vssl.data.table import VideoTable
 from vssl.data.transforms import ViewTransform, eval_clip_transform, train_clip_transform
 
@@ -124,6 +125,11 @@ class VideoDataModule(LightningDataModule):
             is not there yet.
         decode_timeout: seconds one sample's decoding may take before it counts as a decode
             failure and is skipped (None: no limit); see `vssl.data.reader` for what it covers.
+        subset: train on part of the training split only: a number of videos (int) or a
+            fraction (float in (0, 1]), class-balanced and nested (for one ``subset_seed`` a
+            smaller subset lies inside a larger one; see `vssl.data.subset`). None: all.
+        subset_seed: the seed of the subset's choice (kept apart from the run's seed, so that
+            runs with different seeds train on the same videos).
     """
 
     def __init__(
@@ -150,6 +156,8 @@ class VideoDataModule(LightningDataModule):
         max_decode_failures: float = 0.1,
         synthetic: dict[str, Any] | None = None,
         decode_timeout: float | None = 60.0,
+        subset: int | float | None = None,
+        subset_seed: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -173,6 +181,7 @@ class VideoDataModule(LightningDataModule):
         self.max_decode_failures = max_decode_failures
         self.synthetic = synthetic
         self.decode_timeout = decode_timeout
+        self.subset, self.subset_seed = subset, subset_seed
         self.datasets: dict[str, VideoDataset] = {}
         self._classes: list[str] | None = None
         self._resume_at: tuple[int, int] | None = None
@@ -246,6 +255,14 @@ class VideoDataModule(LightningDataModule):
             raise ValueError(
                 f"{self.layout} dataset at {self.root}, split '{split}': none of the {len(items)} "
                 f"videos can be decoded.\n{index.report()}"
+            )
+        if stage == "train" and self.subset is not None:
+            labels = [items[i].label for i in usable]
+            usable = [usable[i] for i in balanced_subset(labels, self.subset, self.subset_seed)]
+            log.info(
+                "%s: training on a class-balanced subset of %d of %d usable videos (subset=%s, "
+                "subset_seed=%d)", self.root, len(usable), len(labels), self.subset,
+                self.subset_seed,
             )
         if sampler is None or transform is None:
             task_sampler, task_transform = self._task_pipeline(stage)
