@@ -1,5 +1,6 @@
-"""Shared fixtures: tiny self-written clips whose frames say their own index, and the real
-videos in ``../shared/videos`` (tests that need them skip when the folder is absent)."""
+"""Shared fixtures: tiny self-written clips whose frames say their own index, the real videos
+in ``../shared/videos`` (tests that need them skip when the folder is absent), a tiny synthetic
+dataset and one checkpoint trained on it, and the command line run in the test's own process."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from vssl.data.encode import write_video
 
@@ -88,5 +90,52 @@ def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vssl.data.synthetic import make_synthetic
 
     return make_synthetic(
-        tmp_path_factory.mktemp("data") / "synthetic", classes=4, videos_per_class=4, frames=16, size=32
+        tmp_path_factory.mktemp("data") / "synthetic",
+        classes=4,
+        videos_per_class=4,
+        frames=16,
+        size=32,
     )
+
+
+@pytest.fixture(scope="session")
+def fit_checkpoint(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``last.ckpt`` of one epoch of ``python -m vssl fit`` (Supervised tiny3d, width 4) on
+    ``tiny_synthetic``: 4-frame clips at stride 2, 24 px crops of 32 px decodes, flipped, so
+    that every data setting differs from the evaluation defaults.
+
+    Trained once per session for the tests that load, probe, fine-tune and export a
+    checkpoint (a training process costs more than all of them); they read it, never write it.
+    """
+    from cli_helpers import run_vssl, tiny_config
+
+    tmp = tmp_path_factory.mktemp("fit")
+    cfg = tiny_config(tiny_synthetic, tmp / "cache", max_epochs=1)
+    cfg["data"]["init_args"]["flip"] = True
+    (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
+    run_vssl(["fit", "--config", "run.yaml", "--trainer.logger.init_args.name", "t"], tmp)
+    return tmp / "runs" / "t" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable:
+    """``run_cli(args, cwd)`` runs ``vssl ARGS`` from ``cwd`` in this process, through
+    ``vssl.cli.main`` (what ``python -m vssl`` calls), and returns what it printed on stdout;
+    the test fails unless it returns 0.
+
+    For tests about what a command does: a fresh interpreter spends seconds importing torch
+    and Lightning before it starts. Tests of the process itself (exit codes, kills, several
+    processes) run ``python -m vssl`` with ``cli_helpers.run_vssl``.
+    """
+    from vssl.cli import main
+
+    def run(args: list[str], cwd: Path) -> str:
+        monkeypatch.chdir(cwd)
+        code = main(list(args))
+        out = capsys.readouterr()
+        assert code == 0, (
+            f"vssl {' '.join(args)} returned {code}:\n{out.out[-3000:]}\n{out.err[-5000:]}"
+        )
+        return out.out
+
+    return run

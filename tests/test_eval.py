@@ -12,8 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
-from cli_helpers import run_vssl, tiny_config
 from conftest import read_frame_index
 from torch import Tensor, nn
 
@@ -242,13 +240,9 @@ def test_load_task_errors_name_the_file(tmp_path):
 
 # ------------------------------------------------------------------------ commands
 @pytest.fixture(scope="module")
-def tiny_ckpt(tiny_synthetic, tmp_path_factory) -> Path:
-    """A Supervised tiny3d checkpoint trained for one epoch through the CLI."""
-    tmp = tmp_path_factory.mktemp("fit")
-    cfg = tiny_config(tiny_synthetic, tmp / "cache", max_epochs=1)
-    (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_vssl(["fit", "--config", "run.yaml", "--trainer.logger.init_args.name", "t"], tmp)
-    return tmp / "runs" / "t" / "version_0" / "checkpoints" / "last.ckpt"
+def tiny_ckpt(fit_checkpoint) -> Path:
+    """A Supervised tiny3d checkpoint trained for one epoch through the CLI (conftest's)."""
+    return fit_checkpoint
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -282,14 +276,14 @@ def test_load_task_refuses_pickled_objects_unless_trusted(tiny_ckpt, tmp_path):
     assert _same_weights(load_task(pickled, trust=True).backbone, load_task(tiny_ckpt).backbone)
 
 
-def test_probe_and_retrieve_end_to_end(tiny_synthetic, tiny_ckpt, tmp_path):
+def test_probe_and_retrieve_end_to_end(tiny_synthetic, tiny_ckpt, tmp_path, run_cli):
     ckpt = tiny_ckpt
     data = ["--root", str(tiny_synthetic), "--clip-len", "4", "--stride", "2", "--crop-size", "24",
             "--decode-size", "32", "--clips", "2", "--cache-dir", str(tmp_path / "feats")]
-    out = run_vssl(["probe", "--ckpt", str(ckpt), *data, "--crops", "3", "--steps", "50",
-                    "--train-views", "2",
-                    "--out", "probe.json"], tmp_path)
-    assert "linear top-1 (100% labels, 12 videos)" in out.stdout
+    out = run_cli(["probe", "--ckpt", str(ckpt), *data, "--crops", "3", "--steps", "50",
+                   "--train-views", "2",
+                   "--out", "probe.json"], tmp_path)
+    assert "linear top-1 (100% labels, 12 videos)" in out
     record = json.loads((tmp_path / "probe.json").read_text())
     assert record["protocol"] == "probe" and record["num_train"] == 12 and record["num_test"] == 4
     assert record["test_features"]["ckpt"] == str(ckpt)
@@ -300,9 +294,9 @@ def test_probe_and_retrieve_end_to_end(tiny_synthetic, tiny_ckpt, tmp_path):
     accs = [*record["results"]["linear"].values(), record["results"]["knn"]]
     assert all(a in np.arange(5) / 4 for a in accs)  # 4 test videos
 
-    out = run_vssl(["retrieve", "--backbone", "tiny3d", "--backbone-kwargs", '{"width": 4}', *data,
-                    "--ks", "1", "5", "50", "--out", "r.json"], tmp_path)
-    assert "R@50" in out.stdout
+    out = run_cli(["retrieve", "--backbone", "tiny3d", "--backbone-kwargs", '{"width": 4}', *data,
+                   "--ks", "1", "5", "50", "--out", "r.json"], tmp_path)
+    assert "R@50" in out
     record = json.loads((tmp_path / "r.json").read_text())
     assert record["num_gallery"] == 12 and record["num_queries"] == 4
     assert record["query_features"]["backbone"] == "tiny3d"
@@ -310,13 +304,13 @@ def test_probe_and_retrieve_end_to_end(tiny_synthetic, tiny_ckpt, tmp_path):
     assert 0.0 <= record["results"]["R@1"] <= record["results"]["R@5"] <= 1.0
 
 
-def test_finetune_end_to_end(tiny_synthetic, tiny_ckpt, tmp_path):
-    out = run_vssl(["finetune", "--ckpt", str(tiny_ckpt), "--root", str(tiny_synthetic),
-                    "--clip-len", "4", "--stride", "2", "--crop-size", "24", "--decode-size", "32",
-                    "--no-flip", "--epochs", "1", "--batch-size", "4", "--workers", "0",
-                    "--optimizer", "adamw", "--lr", "0.003", "--accelerator", "cpu",
-                    "--devices", "1", "--out", "ft.json"], tmp_path)
-    assert "video top-1" in out.stdout
+def test_finetune_end_to_end(tiny_synthetic, tiny_ckpt, tmp_path, run_cli):
+    out = run_cli(["finetune", "--ckpt", str(tiny_ckpt), "--root", str(tiny_synthetic),
+                   "--clip-len", "4", "--stride", "2", "--crop-size", "24", "--decode-size", "32",
+                   "--no-flip", "--epochs", "1", "--batch-size", "4", "--workers", "0",
+                   "--optimizer", "adamw", "--lr", "0.003", "--accelerator", "cpu",
+                   "--devices", "1", "--out", "ft.json"], tmp_path)
+    assert "video top-1" in out
     record = json.loads((tmp_path / "ft.json").read_text())
     assert record["settings"]["ckpt"] == str(tiny_ckpt) and record["settings"]["clips"] == 10
     clip, video = record["results"]["clip_top1"], record["results"]["video_top1"]

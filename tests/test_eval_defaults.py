@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from cli_helpers import run_vssl, tiny_config
 
 from vssl.callbacks import PACKAGES, package_versions
 from vssl.eval import FeatureSettings, extract_features
@@ -26,15 +24,11 @@ DATA_KEYS = ("clip_len", "stride", "crop_size", "decode_size", "flip")
 
 
 @pytest.fixture(scope="module")
-def flip_ckpt(tiny_synthetic, tmp_path_factory) -> Path:
+def flip_ckpt(fit_checkpoint) -> Path:
     """A tiny3d checkpoint from ``vssl fit`` on 4-frame clips at stride 2, 24 px crops of
-    32 px decodes, flipped: every data setting differs from the evaluation defaults."""
-    tmp = tmp_path_factory.mktemp("fit")
-    cfg = tiny_config(tiny_synthetic, tmp / "cache", max_epochs=1)
-    cfg["data"]["init_args"]["flip"] = True
-    (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_vssl(["fit", "--config", "run.yaml", "--trainer.logger.init_args.name", "t"], tmp)
-    return tmp / "runs" / "t" / "version_0" / "checkpoints" / "last.ckpt"
+    32 px decodes, flipped: every data setting differs from the evaluation defaults
+    (conftest's, trained once per session)."""
+    return fit_checkpoint
 
 
 def _probe(ckpt: Path, root: Path, tmp_path: Path, *options: str) -> dict:

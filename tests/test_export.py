@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from cli_helpers import run_vssl, tiny_config
 
 import vssl
 from vssl.export import (
@@ -23,15 +21,10 @@ from vssl.tasks import Supervised
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint written by ``python -m vssl fit`` after one step of Supervised tiny3d."""
-    work = tmp_path_factory.mktemp("export_fit")
-    config = tiny_config(tiny_synthetic, work / "cache", max_steps=1, limit_val_batches=1)
-    config["data"]["init_args"]["num_workers"] = 0
-    (work / "fit.yaml").write_text(yaml.safe_dump(config))
-    run_vssl(["fit", "--config", "fit.yaml"], cwd=work)
-    (ckpt,) = (work / "runs").rglob("last.ckpt")
-    return ckpt
+def tiny_checkpoint(fit_checkpoint: Path) -> Path:
+    """A checkpoint written by ``python -m vssl fit`` after one epoch of Supervised tiny3d
+    (conftest's, trained once per session)."""
+    return fit_checkpoint
 
 
 def _checkpoint_of(task: torch.nn.Module, path: Path) -> Path:
@@ -41,8 +34,10 @@ def _checkpoint_of(task: torch.nn.Module, path: Path) -> Path:
     return path
 
 
-def test_cli_export_then_load_gives_identical_outputs(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    run_vssl(["export", str(tiny_checkpoint), "--out", str(tmp_path / "tiny")], cwd=tmp_path)
+def test_cli_export_then_load_gives_identical_outputs(
+    tiny_checkpoint: Path, tmp_path: Path, run_cli
+) -> None:
+    run_cli(["export", str(tiny_checkpoint), "--out", str(tmp_path / "tiny")], cwd=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.json", "tiny.pt", "tiny.safetensors"]
     meta = json.loads((tmp_path / "tiny.json").read_text())
     assert meta["backbone"] == "tiny3d"
