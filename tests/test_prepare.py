@@ -8,7 +8,6 @@ import errno
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -567,24 +566,14 @@ def test_nothing_is_written_outside_dst(tmp_path):
 # ---------------------------------------------------------------- the command line
 
 
-def test_the_command_line_end_to_end(tmp_path):
+def test_the_command_line_end_to_end(tmp_path, run_cli):
     src, dst = tmp_path / "src", tmp_path / "dst"
     clip(src / "a.mp4")
     clip(src / "b" / "c.avi", codec="mpeg4")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "vssl", "prepare"]
-    done = subprocess.run(
-        [*command, str(src), str(dst), "--short-side", "32", "--codec", "h264", "--gop=4",
-         "--workers", "1"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "prepared: 2 done, 0 skipped (already done), 0 failed" in done.stdout
-    assert "videos/s per core" in done.stdout
+    args = [str(src), str(dst), "--short-side", "32", "--codec", "h264", "--gop=4"]
+    out = run_cli(["prepare", *args, "--workers", "1"], cwd=REPO)
+    assert "prepared: 2 done, 0 skipped (already done), 0 failed" in out
+    assert "videos/s per core" in out
     assert [n for n, (_, key) in enumerate(packets(dst / "a.mp4")) if key] == [0, 4, 8, 12]
 
 
