@@ -17,12 +17,15 @@ What has to line up for that, and how this test arranges it:
 """
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from cli_helpers import run_vssl, tiny_config
+from cli_helpers import TESTS, tiny_config
 from torch import nn
 
 from vssl.data.datamodule import EpochShuffle
@@ -63,8 +66,9 @@ def test_global_batch_of_each_step_is_the_single_process_batch():
     assert [i for i, _ in resumed] == ranks[1][2:]
 
 
-def _fit(root: Path, cwd: Path, devices: int, batch_size: int) -> Path:
-    """Two epochs of GroupNormSupervised tiny3d through ``python -m vssl fit``; the run folder."""
+def _fit(root: Path, cwd: Path, devices: int, batch_size: int) -> subprocess.Popen:
+    """Starts two epochs of GroupNormSupervised tiny3d through ``python -m vssl fit`` in
+    ``cwd``: its run folder is ``cwd/runs/s/version_0``, its output ``cwd/output.txt``."""
     cfg = tiny_config(root, cwd / "cache", devices=devices, max_epochs=2)
     if devices > 1:
         cfg["trainer"]["strategy"] = "ddp"
@@ -78,9 +82,11 @@ def _fit(root: Path, cwd: Path, devices: int, batch_size: int) -> Path:
     cfg["data"]["init_args"].update(batch_size=batch_size, num_workers=0)
     cwd.mkdir(parents=True, exist_ok=True)
     (cwd / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_vssl(["fit", "--config", "run.yaml", "--trainer.logger.init_args.name", "s"], cwd,
-             timeout=120)
-    return cwd / "runs" / "s" / "version_0"
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "vssl", "fit", "--config", "run.yaml",
+               "--trainer.logger.init_args.name", "s"]
+    with (cwd / "output.txt").open("w") as output:  # a file: no pipe fills up while we wait
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
 
 
 def _train_losses(run: Path) -> list[float]:
@@ -97,12 +103,21 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def runs(tiny_synthetic, tmp_path_factory) -> dict[str, Path]:
-    """One process with batch 4 and two processes with batch 2 (12 videos: 3 steps per epoch)."""
+    """One process with batch 4 and two processes with batch 2 (12 videos: 3 steps per epoch),
+    run at the same time: each run's numbers depend on its own seed and data only."""
     tmp = tmp_path_factory.mktemp("scaling")
-    return {
-        "one": _fit(tiny_synthetic, tmp / "one", devices=1, batch_size=4),
-        "two": _fit(tiny_synthetic, tmp / "two", devices=2, batch_size=2),
-    }
+    settings = {"one": (1, 4), "two": (2, 2)}
+    procs = {name: _fit(tiny_synthetic, tmp / name, *s) for name, s in settings.items()}
+    try:
+        for name, proc in procs.items():
+            proc.wait(timeout=240)
+            output = (tmp / name / "output.txt").read_text()
+            assert proc.returncode == 0, f"vssl fit ({name}) failed:\n{output[-8000:]}"
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+    return {name: tmp / name / "runs" / "s" / "version_0" for name in procs}
 
 
 def test_two_processes_follow_the_loss_curve_of_one(runs):
