@@ -38,13 +38,13 @@ import torch
 from vssl import backbones
 from vssl.data.flow import DEFAULT_DIS_PRESET, DIS_PRESETS, FLOW_METHODS, compute_flow
 from vssl.data.reader import VideoReader
-from vssl.data.synthetic import SYNTHETIC_CLASSES, clip_rng, render_clip
-from vssl.tasks.statistics import (
+from vssl.data.statistics_labels import (
     MOTION_LABELS,
     StatisticsTransform,
     appearance_statistics,
     motion_statistics,
 )
+from vssl.data.synthetic import SYNTHETIC_CLASSES, clip_rng, render_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "videos"

@@ -18,8 +18,12 @@ from vssl.data.sampling import ClipSpec, CVRLClips, sample_cvrl_starts
 from vssl.losses.nt_xent import nt_xent
 from vssl.tasks import CVRL
 
-TINY = {"backbone": "tiny3d", "backbone_kwargs": {"width": 4}, "hidden_dim": 16,
-        "projection_dim": 8}
+TINY = {
+    "backbone": "tiny3d",
+    "backbone_kwargs": {"width": 4},
+    "hidden_dim": 16,
+    "projection_dim": 8,
+}
 
 
 def _starts(num_frames, clip_len, stride, draws, seed=0):
@@ -32,8 +36,9 @@ def _gap_cdf(d, m):
 
 
 # ---------------------------------------------------------------- temporal sampling
-@pytest.mark.parametrize(("num_frames", "clip_len", "stride"),
-                         [(35, 16, 2), (70, 16, 2), (300, 8, 1)])
+@pytest.mark.parametrize(
+    ("num_frames", "clip_len", "stride"), [(35, 16, 2), (70, 16, 2), (300, 8, 1)]
+)
 def test_gaps_follow_the_linear_density(num_frames, clip_len, stride):
     m = num_frames - (clip_len - 1) * stride  # 5, 40, 293 valid starts
     draws = 20000
@@ -103,8 +108,12 @@ def test_dataset_serves_the_two_sampled_clips(video_factory, frame_index):
     task = CVRL(**TINY)
     spec = ClipSpec(clip_len=4, stride=2, crop_size=32)
     index = VideoIndex.build([path], progress=False, cache_dir=Path(path).parent / "cache")
-    ds = VideoDataset([VideoItem(Path(path), 0)], [index[path]], task.clip_sampler("val", spec),
-                      task.clip_transform("val", spec))
+    ds = VideoDataset(
+        [VideoItem(Path(path), 0)],
+        [index[path]],
+        task.clip_sampler("val", spec),
+        task.clip_transform("val", spec),
+    )
     torch.manual_seed(0)
     for _ in range(4):
         sample = ds[0]
@@ -153,8 +162,10 @@ def test_nt_xent_rows_of_each_process_average_to_the_global_loss():
                 return rows
         raise AssertionError("gather got rows of neither view")
 
-    losses = [nt_xent(z1[r * n : (r + 1) * n], z2[r * n : (r + 1) * n], 0.1, gather, rank=r).loss
-              for r in range(world)]
+    losses = [
+        nt_xent(z1[r * n : (r + 1) * n], z2[r * n : (r + 1) * n], 0.1, gather, rank=r).loss
+        for r in range(world)
+    ]
     assert len({round(v.item(), 6) for v in losses}) == world  # each process's own loss differs
     mean = torch.stack(losses).mean()
     assert mean.item() == pytest.approx(full.item(), rel=1e-6)
@@ -261,26 +272,48 @@ class RecordFirstStep(Callback):
 
 # Colour jitter at a quarter of the paper's strength, as configs/cvrl/synthetic_tiny.yaml: at full
 # strength a tiny CNN on the near-grey synthetic clips stays at chance for many epochs.
-MILD_AUGMENT = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05, "jitter_p": 0.8,
-                "grayscale_p": 0.2, "blur_p": 1.0}
+MILD_AUGMENT = {
+    "brightness": 0.2,
+    "contrast": 0.2,
+    "saturation": 0.2,
+    "hue": 0.05,
+    "jitter_p": 0.8,
+    "grayscale_p": 0.2,
+    "blur_p": 1.0,
+}
 
 
 def _cvrl_config(root, cache, **trainer):
     cfg = tiny_config(root, cache, **trainer)
-    cfg["model"] = {"class_path": "vssl.tasks.CVRL",
-                    "init_args": {**TINY, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.01,
-                                  "reference_batch_size": None, "warmup_epochs": 0,
-                                  "augment": MILD_AUGMENT}}
+    cfg["model"] = {
+        "class_path": "vssl.tasks.CVRL",
+        "init_args": {
+            **TINY,
+            "optimizer": "adamw",
+            "lr": 0.01,
+            "weight_decay": 0.01,
+            "reference_batch_size": None,
+            "warmup_epochs": 0,
+            "augment": MILD_AUGMENT,
+        },
+    }
     return cfg
 
 
 def test_ddp_step_loss_and_gradients_equal_one_process_on_the_whole_batch(tiny_synthetic, tmp_path):
-    cfg = _cvrl_config(tiny_synthetic, tmp_path / "cache", strategy="ddp", devices=2, max_steps=1,
-                       limit_val_batches=0)
+    cfg = _cvrl_config(
+        tiny_synthetic,
+        tmp_path / "cache",
+        strategy="ddp",
+        devices=2,
+        max_steps=1,
+        limit_val_batches=0,
+    )
     cfg["model"]["init_args"]["online_probe"] = False
     cfg["data"]["init_args"].update(batch_size=3, num_workers=0)  # see test_cli's DDP test
-    cfg["trainer"]["callbacks"] = [{"class_path": "test_cvrl.RecordFirstStep",
-                                    "init_args": {"out_dir": str(tmp_path / "rec")}}]
+    cfg["trainer"]["callbacks"] = [
+        {"class_path": "test_cvrl.RecordFirstStep", "init_args": {"out_dir": str(tmp_path / "rec")}}
+    ]
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     run_vssl(["fit", "--config", "run.yaml"], tmp_path)
     recs = [torch.load(tmp_path / "rec" / f"rank{r}.pt") for r in (0, 1)]

@@ -93,14 +93,28 @@ def test_cli_training_learns_the_playback_rate(tmp_path):
     # before (4-5 grey levels a frame); in the synthetic motion data speed classes and rates
     # are confounded.
     root = ramp_videos(tmp_path / "ramps", slope=(4, 5), frames=36, train_videos=48)
-    cfg = tiny_config(root, tmp_path / "cache", max_epochs=15, limit_val_batches=0,
-                      num_sanity_val_steps=0,
-                      logger={"class_path": "lightning.pytorch.loggers.CSVLogger",
-                              "init_args": {"save_dir": "runs", "name": "rate"}})
-    cfg["model"] = {"class_path": "vssl.tasks.PlaybackRate",
-                    "init_args": {"backbone": "tiny3d", "backbone_kwargs": {"width": 8},
-                                  "rates": [1, 2, 4, 8], "optimizer": "adamw", "lr": 0.01,
-                                  "lr_schedule": "constant"}}
+    cfg = tiny_config(
+        root,
+        tmp_path / "cache",
+        max_epochs=15,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger={
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": "runs", "name": "rate"},
+        },
+    )
+    cfg["model"] = {
+        "class_path": "vssl.tasks.PlaybackRate",
+        "init_args": {
+            "backbone": "tiny3d",
+            "backbone_kwargs": {"width": 8},
+            "rates": [1, 2, 4, 8],
+            "optimizer": "adamw",
+            "lr": 0.01,
+            "lr_schedule": "constant",
+        },
+    }
     cfg["checkpoint"] = {"monitor": None}
     # 4 frames at a stride of up to 8 span 25 of the 36 frames: no clip wraps around
     cfg["data"]["init_args"].update(clip_len=4, stride=1, batch_size=8, crop_scale=[1.0, 1.0])

@@ -60,7 +60,9 @@ def test_sampler_draws_a_uniform_rotation_target():
     assert isinstance(Rotation(**TINY).clip_sampler("train", spec), RandomClip)
     sampler = Rotation(all_rotations=False, **TINY).clip_sampler("train", spec)
     assert isinstance(sampler, RotationSampler)
-    assert isinstance(Rotation(all_rotations=False, **TINY).clip_sampler("val", spec).clips, UniformClips)
+    assert isinstance(
+        Rotation(all_rotations=False, **TINY).clip_sampler("val", spec).clips, UniformClips
+    )
     rng = np.random.default_rng(0)
     draws = [sampler(50, rng) for _ in range(4000)]
     assert all(d["rotation"].ndim == 0 and d["video"].shape == (4,) for d in draws)
@@ -97,12 +99,21 @@ def test_loss_and_probe_features_by_hand():
 def test_cli_training_lowers_the_rotation_loss(tiny_synthetic, tmp_path):
     # The synthetic scenes are isotropic, so this is the network learning the 12 training
     # videos' upright orientation (see configs/rotation/synthetic_tiny.yaml): the loss must fall.
-    cfg = tiny_config(tiny_synthetic, tmp_path / "cache", max_epochs=20, limit_val_batches=0,
-                      num_sanity_val_steps=0,
-                      logger={"class_path": "lightning.pytorch.loggers.CSVLogger",
-                              "init_args": {"save_dir": "runs", "name": "rot"}})
-    cfg["model"] = {"class_path": "vssl.tasks.Rotation",
-                    "init_args": {**TINY, "optimizer": "adamw", "lr": 0.01, "lr_schedule": "constant"}}
+    cfg = tiny_config(
+        tiny_synthetic,
+        tmp_path / "cache",
+        max_epochs=20,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger={
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": "runs", "name": "rot"},
+        },
+    )
+    cfg["model"] = {
+        "class_path": "vssl.tasks.Rotation",
+        "init_args": {**TINY, "optimizer": "adamw", "lr": 0.01, "lr_schedule": "constant"},
+    }
     cfg["checkpoint"] = {"monitor": None}
     cfg["data"]["init_args"].update(clip_len=2, stride=2, batch_size=4, crop_scale=[1.0, 1.0])
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))

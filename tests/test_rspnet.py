@@ -32,7 +32,10 @@ def make_task(**kwargs) -> RSPNet:
 
 def uint8_batch(b: int = 4, t: int = 4, size: int = 16, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {k: torch.randint(0, 256, (b, t, 3, size, size), dtype=torch.uint8, generator=g) for k in VIEWS}
+    return {
+        k: torch.randint(0, 256, (b, t, 3, size, size), dtype=torch.uint8, generator=g)
+        for k in VIEWS
+    }
 
 
 # ------------------------------------------------------------------------------ losses
@@ -68,19 +71,27 @@ def test_step_is_both_infonce_terms_plus_the_ranking_loss():
     ka, km = task.key_projections(batch["key_same"])
     oa, om = task.key_projections(batch["key_other"])
     out = task.step(batch, "val")
-    ce_same = F.cross_entropy(torch.cat([(qa * ka).sum(1, keepdim=True), qa @ queue.T], 1) / 0.2,
-                              torch.zeros(4, dtype=torch.long))
-    ce_other = F.cross_entropy(torch.cat([(qa * oa).sum(1, keepdim=True), qa @ queue.T], 1) / 0.2,
-                               torch.zeros(4, dtype=torch.long))
+    ce_same = F.cross_entropy(
+        torch.cat([(qa * ka).sum(1, keepdim=True), qa @ queue.T], 1) / 0.2,
+        torch.zeros(4, dtype=torch.long),
+    )
+    ce_other = F.cross_entropy(
+        torch.cat([(qa * oa).sum(1, keepdim=True), qa @ queue.T], 1) / 0.2,
+        torch.zeros(4, dtype=torch.long),
+    )
     s_pos, s_neg = (qm * km).sum(1) / 0.2, (qm * om).sum(1) / 0.2
     rsp = (1.0 - (s_pos - s_neg)).clamp(min=0).mean()
-    assert out.loss.item() == pytest.approx((0.5 * (ce_same + ce_other) + 3.0 * rsp).item(), rel=1e-5)
+    assert out.loss.item() == pytest.approx(
+        (0.5 * (ce_same + ce_other) + 3.0 * rsp).item(), rel=1e-5
+    )
     assert out.logs["ce_same"].item() == pytest.approx(ce_same.item(), rel=1e-5)
     assert out.logs["ce_other"].item() == pytest.approx(ce_other.item(), rel=1e-5)
     assert out.logs["rsp_acc"].item() == (s_pos > s_neg).float().mean().item()
     assert torch.equal(out.features, features)
     assert torch.equal(task.queue.keys, queue) and task.queue.ptr.item() == 0  # no enqueue in val
-    assert torch.allclose(qa.norm(dim=1), torch.ones(4)) and torch.allclose(km.norm(dim=1), torch.ones(4))
+    assert torch.allclose(qa.norm(dim=1), torch.ones(4)) and torch.allclose(
+        km.norm(dim=1), torch.ones(4)
+    )
 
 
 # ------------------------------------------------------------------------------ queue
@@ -92,7 +103,9 @@ def test_key_queue_writes_in_order_and_wraps():
     queue.enqueue(first)
     assert torch.equal(queue.keys[:3], first) and queue.ptr.item() == 3
     queue.enqueue(second)
-    assert torch.equal(queue.keys, torch.stack([second[2], first[1], first[2], second[0], second[1]]))
+    assert torch.equal(
+        queue.keys, torch.stack([second[2], first[1], first[2], second[0], second[1]])
+    )
     assert queue.ptr.item() == 1
     with pytest.raises(ValueError, match="6 keys in one step do not fit a queue of 5"):
         queue.enqueue(torch.zeros(6, 2))
@@ -137,22 +150,54 @@ def test_momentum_encoder_follows_each_optimiser_step_and_is_not_trained():
     head_before = task.momentum_encoder.module["speed"].weight.clone()
     assert torch.equal(head_before, task.speed_head.weight)  # starts as a copy
     data = [{k: v[0] for k, v in uint8_batch(b=1, seed=s).items()} for s in range(4)]
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(task, DataLoader(data, batch_size=4))
     online = task.speed_head.weight
     assert not torch.allclose(online, head_before)  # the online head was trained
-    assert torch.allclose(task.momentum_encoder.module["speed"].weight,
-                          head_before + 0.25 * (online - head_before), atol=1e-6)
+    assert torch.allclose(
+        task.momentum_encoder.module["speed"].weight,
+        head_before + 0.25 * (online - head_before),
+        atol=1e-6,
+    )
     trained = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
     assert not trained & {id(p) for p in task.momentum_encoder.parameters()}
+
+
+def test_rsp_acc_is_shown_on_the_progress_bar():
+    # configs/rspnet/synthetic_tiny.yaml says to watch train/rsp_acc and val/rsp_acc
+    torch.manual_seed(0)
+    task = make_task(reference_batch_size=None)
+    data = [{k: v[0] for k, v in uint8_batch(b=1, seed=s).items()} for s in range(4)]
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(task, DataLoader(data, batch_size=2), DataLoader(data, batch_size=2))
+    bar = trainer.progress_bar_metrics
+    assert {"train/rsp_acc_step", "train/rsp_acc_epoch", "val/rsp_acc"} <= set(bar)
+    assert not {"train/nce_acc_step", "train/nce_acc_epoch", "val/nce_acc"} & set(bar)
+    assert bar["val/rsp_acc"] == pytest.approx(float(trainer.callback_metrics["val/rsp_acc"]))
 
 
 def test_lr_scales_with_the_global_batch_over_64():
     task = make_task()
     assert task.hparams.reference_batch_size == 64
-    task.trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=32), world_size=4,
-                                   accumulate_grad_batches=1)
+    task.trainer = SimpleNamespace(
+        datamodule=SimpleNamespace(batch_size=32), world_size=4, accumulate_grad_batches=1
+    )
     assert task.effective_lr() == pytest.approx(0.1 * 128 / 64)
 
 
@@ -224,8 +269,12 @@ def test_dataset_decodes_the_sampled_frames(video_factory, frame_index, tmp_path
     info = VideoIndex.build([path], cache_dir=tmp_path / "cache", workers=1, progress=False)[path]
     task = make_task()
     spec = ClipSpec(clip_len=4, stride=1, crop_size=32)
-    dataset = VideoDataset([VideoItem(path, 0)], [info], task.clip_sampler("train", spec),
-                           task.clip_transform("val", spec))
+    dataset = VideoDataset(
+        [VideoItem(path, 0)],
+        [info],
+        task.clip_sampler("train", spec),
+        task.clip_transform("val", spec),
+    )
     seed = 5
     sample = dataset.load(0, np.random.default_rng(seed))
     wanted = task.clip_sampler("train", spec)(24, np.random.default_rng(seed))
@@ -281,26 +330,52 @@ class QueueRecorder(Callback):
             shuffled = pl_module.key_projections(video)[0]
             errors.append(float((shuffled - pl_module._encode_keys(video)[0]).abs().max()))
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({"initial": self.initial, "local": self.local, "queue": pl_module.queue.keys.clone(),
-                    "ptr": int(pl_module.queue.ptr), "world_size": trainer.world_size,
-                    "shuffle_error": max(errors), "training": pl_module.training},
-                   self.out_dir / f"rank{trainer.global_rank}.pt")
+        torch.save(
+            {
+                "initial": self.initial,
+                "local": self.local,
+                "queue": pl_module.queue.keys.clone(),
+                "ptr": int(pl_module.queue.ptr),
+                "world_size": trainer.world_size,
+                "shuffle_error": max(errors),
+                "training": pl_module.training,
+            },
+            self.out_dir / f"rank{trainer.global_rank}.pt",
+        )
 
 
 def rspnet_config(root: Path, cache: Path, **model) -> dict:
     cfg = tiny_config(root, cache)
-    cfg["model"] = {"class_path": "vssl.tasks.RSPNet",
-                    "init_args": {"backbone": "tiny3d", "backbone_kwargs": {"width": 4}, "proj_dim": 8,
-                                  "optimizer": "adamw", "lr": 0.003, "reference_batch_size": None,
-                                  "weight_decay": 0.01, **model}}
+    cfg["model"] = {
+        "class_path": "vssl.tasks.RSPNet",
+        "init_args": {
+            "backbone": "tiny3d",
+            "backbone_kwargs": {"width": 4},
+            "proj_dim": 8,
+            "optimizer": "adamw",
+            "lr": 0.003,
+            "reference_batch_size": None,
+            "weight_decay": 0.01,
+            **model,
+        },
+    }
     return cfg
 
 
 def test_ddp_every_process_queues_the_keys_of_both(tiny_synthetic, tmp_path):
     cfg = rspnet_config(tiny_synthetic, tmp_path / "cache", queue_size=8)
-    cfg["trainer"].update(strategy="ddp", devices=2, max_epochs=1, num_sanity_val_steps=0,
-                          callbacks=[{"class_path": "test_rspnet.QueueRecorder",
-                                      "init_args": {"out_dir": str(tmp_path / "rec")}}])
+    cfg["trainer"].update(
+        strategy="ddp",
+        devices=2,
+        max_epochs=1,
+        num_sanity_val_steps=0,
+        callbacks=[
+            {
+                "class_path": "test_rspnet.QueueRecorder",
+                "init_args": {"out_dir": str(tmp_path / "rec")},
+            }
+        ],
+    )
     cfg["data"]["init_args"].update(batch_size=2, num_workers=0)
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     run_vssl(["fit", "--config", "run.yaml"], tmp_path)
@@ -322,14 +397,28 @@ def test_ddp_every_process_queues_the_keys_of_both(tiny_synthetic, tmp_path):
 def test_cli_training_learns_relative_speed(tiny_synthetic, tmp_path):
     # Photometric augmentation off and a lighter A-VID weight: the tiny network then learns to
     # rank speeds within a few hundred steps (the paper's colour jitter slows that down a lot).
-    cfg = rspnet_config(tiny_synthetic, tmp_path / "cache", queue_size=16, key_momentum=0.9,
-                        avid_weight=0.1, augment={}, lr_schedule="constant")
-    cfg["trainer"].update(max_epochs=100, limit_val_batches=0, num_sanity_val_steps=0,
-                          logger={"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                  "init_args": {"save_dir": "runs", "name": "rsp"}})
+    cfg = rspnet_config(
+        tiny_synthetic,
+        tmp_path / "cache",
+        queue_size=16,
+        key_momentum=0.9,
+        avid_weight=0.1,
+        augment={},
+        lr_schedule="constant",
+    )
+    cfg["trainer"].update(
+        max_epochs=100,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger={
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": "runs", "name": "rsp"},
+        },
+    )
     cfg["checkpoint"] = {"monitor": None}
-    cfg["data"]["init_args"].update(clip_len=3, stride=2, batch_size=4, crop_scale=[1.0, 1.0],
-                                    num_workers=1)
+    cfg["data"]["init_args"].update(
+        clip_len=3, stride=2, batch_size=4, crop_scale=[1.0, 1.0], num_workers=1
+    )
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     run_vssl(["fit", "--config", "run.yaml"], tmp_path)
     rows = list(csv.DictReader((tmp_path / "runs" / "rsp" / "version_0" / "metrics.csv").open()))

@@ -11,23 +11,22 @@ import torch
 
 from vssl.data.flow import compute_flow
 from vssl.data.sampling import ClipSpec, RandomClip, UniformClips
-from vssl.tasks.statistics import (
+from vssl.data.statistics_labels import (
     APPEARANCE_LABELS,
     MOTION_LABELS,
-    SpatioTemporalStatistics,
+    PATTERNS,
     StatisticsTransform,
     _atom_octant_counts,
     _geometry,
     appearance_regions,
     appearance_statistics,
     colour_octants,
-    mirror_appearance_labels,
-    mirror_motion_labels,
     motion_statistics,
     orientation_histogram,
     prewitt,
     region_masks,
 )
+from vssl.tasks.statistics import SpatioTemporalStatistics
 
 REPO = Path(__file__).resolve().parents[1]
 P3_MIRROR = [4, 3, 2, 1, 8, 7, 6, 5]
@@ -321,6 +320,48 @@ def test_appearance_regions_match_a_direct_count():
 
 
 # ----------------------------------------------------------------------------- flips
+# Oracles: the labels of the horizontally mirrored clip, derived from the clip's labels by the
+# geometry of a mirror (not by computing them again), so that a flip in the pipeline can be
+# checked against what the labels of a flipped clip must be.
+U_ORI_MIRROR = np.array([0, 1, 8, 7, 6, 5, 4, 3, 2])  # angle -> -angle (bin 1 at 0 degrees)
+V_ORI_MIRROR = np.array([0, 5, 4, 3, 2, 1, 8, 7, 6])  # angle -> 180 - angle
+
+
+def mirror_location(pattern: str, label: int) -> int:
+    """The label of the region that mirrors region ``label`` of ``pattern`` (0 stays 0)."""
+    if label == 0:
+        return 0
+    masks = region_masks(8)[pattern]  # the permutation is the same for every frame size
+    flipped = masks[label - 1, :, ::-1]
+    return int(np.flatnonzero((masks == flipped).all(axis=(1, 2)))[0]) + 1
+
+
+def mirror_motion_labels(labels) -> np.ndarray:
+    """The motion labels of the mirrored clip: mirroring negates u and reflects x, so a
+    u-boundary direction at angle a goes to -a, a v-boundary direction to 180 - a; locations go
+    to their mirror regions; global labels stay. This is what the official code misses when it
+    flips precomputed flow without negating u."""
+    labels = np.asarray(labels, dtype=np.int64)
+    out = labels.copy()
+    for k, name in enumerate(PATTERNS):
+        base = 4 * k
+        out[base] = mirror_location(name, labels[base])
+        out[base + 1] = U_ORI_MIRROR[labels[base + 1]]
+        out[base + 2] = mirror_location(name, labels[base + 2])
+        out[base + 3] = V_ORI_MIRROR[labels[base + 3]]
+    return out
+
+
+def mirror_appearance_labels(labels) -> np.ndarray:
+    """The appearance labels of the mirrored clip: locations mirrored, colours kept."""
+    labels = np.asarray(labels, dtype=np.int64)
+    out = labels.copy()
+    for k, name in enumerate(PATTERNS):
+        out[4 * k] = mirror_location(name, labels[4 * k])
+        out[4 * k + 2] = mirror_location(name, labels[4 * k + 2])
+    return out
+
+
 def mirror_flow(flow: np.ndarray) -> np.ndarray:
     out = flow[..., ::-1].copy()
     out[:, 0] *= -1

@@ -20,7 +20,9 @@ def test_lr_factor_warmup_then_cosine():
     assert task.lr_factor(0, total, per_epoch) == pytest.approx(0.1)
     assert task.lr_factor(9, total, per_epoch) == pytest.approx(1.0)
     assert task.lr_factor(10, total, per_epoch) == pytest.approx(1.0)
-    assert task.lr_factor(60, total, per_epoch) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert task.lr_factor(60, total, per_epoch) == pytest.approx(
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))
+    )
     assert task.lr_factor(110, total, per_epoch) == pytest.approx(0.1)
 
 
@@ -33,8 +35,9 @@ def test_lr_factor_step_schedule():
 
 def test_linear_lr_scaling_uses_the_global_batch():
     task = tiny(lr=0.1, reference_batch_size=64)
-    task._trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=32), world_size=4,
-                                    accumulate_grad_batches=2)
+    task.trainer = SimpleNamespace(
+        datamodule=SimpleNamespace(batch_size=32), world_size=4, accumulate_grad_batches=2
+    )
     assert task.global_batch_size() == 256
     assert task.effective_lr() == pytest.approx(0.4)
     assert tiny(lr=0.1).effective_lr() == 0.1  # no reference batch: as configured
@@ -81,15 +84,23 @@ def test_online_probe_learns_from_labelled_samples_on_detached_features():
     task.zero_grad()
     features = task.backbone(batch["video"])
     features.pow(2).mean().backward()  # the pretext loss alone drives the backbone
-    nn.functional.cross_entropy(task.probe(features.detach()[[0, 2]]), torch.tensor([0, 2])).backward()
+    nn.functional.cross_entropy(
+        task.probe(features.detach()[[0, 2]]), torch.tensor([0, 2])
+    ).backward()
     torch.testing.assert_close(got_probe, task.probe.weight.grad)
     for got, want in zip(got_backbone, (p.grad for p in task.backbone.parameters()), strict=True):
         torch.testing.assert_close(got, want)
 
 
 def test_probe_has_its_own_optimiser_group():
-    task = Dummy(num_classes=3, backbone="tiny3d", backbone_kwargs={"width": 4}, lr=0.2, probe_lr=0.05,
-                 weight_decay=1e-3)
+    task = Dummy(
+        num_classes=3,
+        backbone="tiny3d",
+        backbone_kwargs={"width": 4},
+        lr=0.2,
+        probe_lr=0.05,
+        weight_decay=1e-3,
+    )
     main, probe = task.parameter_groups()
     assert (main["lr"], main["weight_decay"]) == (0.2, 1e-3)
     assert (probe["lr"], probe["weight_decay"]) == (0.05, 0.0)
@@ -110,7 +121,9 @@ def test_extract_features_normalises_uint8_clips():
 def test_channels_last_keeps_the_outputs_and_converts_weights_and_inputs():
     torch.manual_seed(0)
     plain = Supervised(backbone="tiny3d", backbone_kwargs={"width": 4}, num_classes=3)
-    fast = Supervised(backbone="tiny3d", backbone_kwargs={"width": 4}, num_classes=3, channels_last=True)
+    fast = Supervised(
+        backbone="tiny3d", backbone_kwargs={"width": 4}, num_classes=3, channels_last=True
+    )
     fast.load_state_dict(plain.state_dict())
     fast.configure_model()
     fast.configure_model()  # idempotent: one hook, one conversion
@@ -126,8 +139,12 @@ def test_channels_last_keeps_the_outputs_and_converts_weights_and_inputs():
 
 
 def test_compile_option_compiles_the_backbone_and_keeps_checkpoint_keys():
-    task = Supervised(backbone="tiny3d", backbone_kwargs={"width": 4}, num_classes=3,
-                      compile_backbone={"dynamic": False})
+    task = Supervised(
+        backbone="tiny3d",
+        backbone_kwargs={"width": 4},
+        num_classes=3,
+        compile_backbone={"dynamic": False},
+    )
     keys = list(task.state_dict())
     assert task.backbone._compiled_call_impl is None
     task.configure_model()
@@ -153,18 +170,34 @@ def test_training_values_are_logged_as_lightning_would_log_them(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
     from torch.utils.data import DataLoader
 
-    items = [{"video": torch.randn(3, 4, 16, 16), "value": torch.tensor(float(i)), "label": torch.tensor(i % 3)}
-             for i in range(7)]  # batches of 3, 3 and 1: the epoch mean is weighted by samples
-    task = Counting(num_classes=3, backbone="tiny3d", backbone_kwargs={"width": 2}, optimizer="sgd", lr=0.01)
-    trainer = Trainer(max_epochs=2, log_every_n_steps=2, logger=CSVLogger(tmp_path, name="t"),
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    items = [
+        {
+            "video": torch.randn(3, 4, 16, 16),
+            "value": torch.tensor(float(i)),
+            "label": torch.tensor(i % 3),
+        }
+        for i in range(7)
+    ]  # batches of 3, 3 and 1: the epoch mean is weighted by samples
+    task = Counting(
+        num_classes=3, backbone="tiny3d", backbone_kwargs={"width": 2}, optimizer="sgd", lr=0.01
+    )
+    trainer = Trainer(
+        max_epochs=2,
+        log_every_n_steps=2,
+        logger=CSVLogger(tmp_path, name="t"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(task, DataLoader(items, batch_size=3, shuffle=True))
     rows = list(csv.DictReader((tmp_path / "t" / "version_0" / "metrics.csv").open()))
     steps = [(r["step"], r["train/seen_step"]) for r in rows if r.get("train/seen_step")]
     assert steps == [(r["step"], r["ref/seen_step"]) for r in rows if r.get("ref/seen_step")]
     assert [s for s, _ in steps] == ["1", "3", "5"]  # every 2nd of the 6 steps
     epochs = [float(r["train/seen_epoch"]) for r in rows if r.get("train/seen_epoch")]
-    assert epochs == pytest.approx([float(r["ref/seen_epoch"]) for r in rows if r.get("ref/seen_epoch")])
+    assert epochs == pytest.approx(
+        [float(r["ref/seen_epoch"]) for r in rows if r.get("ref/seen_epoch")]
+    )
     assert epochs == pytest.approx([3.0, 3.0])  # the mean of 0..6 over the samples
     probe = [float(r["train/probe_acc_epoch"]) for r in rows if r.get("train/probe_acc_epoch")]
     assert len(probe) == 2 and all(round(7 * p) == pytest.approx(7 * p) for p in probe)  # hits / 7

@@ -50,12 +50,7 @@ from vssl.data.index import probe_video
 from vssl.data.layouts import VideoItem
 from vssl.data.reader import VideoDecodeError, VideoReader
 from vssl.data.sampling import ClipSampler, ClipSpec
-from vssl.errors import InvalidInputError, UserError
-from vssl.eval.features import checkpoint_data_settings, load_task
-from vssl.tasks.base import VSSLTask
-from vssl.tasks.clip_order import clip_orders
-from vssl.tasks.rotation import Rotation
-from vssl.tasks.statistics import (
+from vssl.data.statistics_labels import (
     APPEARANCE_LABELS,
     MOTION_LABELS,
     OCTANT_COLOURS,
@@ -67,6 +62,11 @@ from vssl.tasks.statistics import (
     motion_statistics,
     region_masks,
 )
+from vssl.errors import InvalidInputError, UserError
+from vssl.eval.features import checkpoint_data_settings, load_task
+from vssl.tasks.base import VSSLTask
+from vssl.tasks.clip_order import clip_orders
+from vssl.tasks.rotation import Rotation
 from vssl.tasks.videomae import TARGET_EPS, VideoMAE, patchify
 
 FIGURE_SIZE = (15.0, 9.6)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
@@ -45,7 +45,9 @@ class StepOutput:
 def _channels_last_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
     """Forward pre-hook: 5-d clip inputs in the channels-last-3d memory format."""
     return tuple(
-        a.contiguous(memory_format=torch.channels_last_3d) if isinstance(a, Tensor) and a.ndim == 5 else a
+        a.contiguous(memory_format=torch.channels_last_3d)
+        if isinstance(a, Tensor) and a.ndim == 5
+        else a
         for a in args
     )
 
@@ -79,6 +81,9 @@ class VSSLTask(LightningModule):
 
     #: Views of a batch that are videos to augment on the device.
     video_keys: tuple[str, ...] = ("video",)
+    #: Values of `StepOutput.logs` that the progress bar shows besides the loss and the probe's
+    #: accuracy (in training as logged: on the steps the logger writes, and the epoch's mean).
+    progress_bar_logs: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -115,7 +120,10 @@ class VSSLTask(LightningModule):
             self.probe = nn.Linear(self.backbone.out_dim, self.num_classes)
             # validation and test accuracy (training values go through `_log_train_values`)
             self.probe_acc = nn.ModuleDict(
-                {f"{s}_": MulticlassAccuracy(self.num_classes, average="micro") for s in EVAL_STAGES}
+                {
+                    f"{s}_": MulticlassAccuracy(self.num_classes, average="micro")
+                    for s in EVAL_STAGES
+                }
             )
         #: running (weighted sum, samples) of each training value of `_log_train_values`
         self._train_sums: dict[str, tuple[Tensor | float, int]] = {}
@@ -177,11 +185,32 @@ class VSSLTask(LightningModule):
             batch = self.augment_batch(batch)
         return batch
 
+    def attached_trainer(self) -> Trainer | None:
+        """The trainer running this task, or None outside one (a step run by hand, a benchmark).
+
+        Lightning's `trainer` property raises when no trainer is attached; code that also runs
+        without one asks here.
+        """
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
+
+    def world_size(self) -> int:
+        """Processes of the run: the trainer's world size, 1 outside a trainer."""
+        trainer = self.attached_trainer()
+        return trainer.world_size if trainer is not None else 1
+
     def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         out = self.step(batch, stage)
         train = stage == "train"
         batch_size = next(iter(batch[k] for k in self.video_keys if k in batch)).shape[0]
-        opts = {"on_step": train, "on_epoch": True, "batch_size": batch_size, "sync_dist": not train}
+        opts = {
+            "on_step": train,
+            "on_epoch": True,
+            "batch_size": batch_size,
+            "sync_dist": not train,
+        }
         # The loss is averaged over processes in every stage, so that its curve is the global
         # batch's whatever the number of processes (no cost on one process).
         self.log(f"{stage}/loss", out.loss, prog_bar=True, **{**opts, "sync_dist": True})
@@ -190,9 +219,14 @@ class VSSLTask(LightningModule):
             if train and not isinstance(value, Metric):
                 extras[name] = (torch.as_tensor(value), batch_size)
             elif isinstance(value, Metric):
-                self.log(f"{stage}/{name}", value, **{**opts, "sync_dist": False})
+                self.log(
+                    f"{stage}/{name}",
+                    value,
+                    prog_bar=name in self.progress_bar_logs,
+                    **{**opts, "sync_dist": False},
+                )
             else:
-                self.log(f"{stage}/{name}", value, **opts)
+                self.log(f"{stage}/{name}", value, prog_bar=name in self.progress_bar_logs, **opts)
         loss = out.loss
         labels = batch.get("label")
         if self.probe is not None and out.features is not None and labels is not None:
@@ -208,21 +242,31 @@ class VSSLTask(LightningModule):
                 else:
                     acc = self.probe_acc[f"{stage}_"]
                     acc(logits, labels[known])
-                    self.log(f"{stage}/probe_acc", acc, prog_bar=True, **{**opts, "sync_dist": False})
+                    self.log(
+                        f"{stage}/probe_acc", acc, prog_bar=True, **{**opts, "sync_dist": False}
+                    )
                     self.log(f"{stage}/probe_loss", probe_loss, **opts)
         if extras:
             self._log_train_values(extras)
         if "skipped" in batch:
-            self.log("data/skipped", batch["skipped"].sum().float(), reduce_fx="sum", on_step=False,
-                     on_epoch=True, batch_size=batch_size, sync_dist=True)
+            self.log(
+                "data/skipped",
+                batch["skipped"].sum().float(),
+                reduce_fx="sum",
+                on_step=False,
+                on_epoch=True,
+                batch_size=batch_size,
+                sync_dist=True,
+            )
         return loss
 
     def _log_train_values(self, values: dict[str, tuple[Tensor, int]]) -> None:
         """Logs training values other than the loss, given as ``(value, samples)``.
 
-        Lightning's ``self.log`` costs about 0.3 ms a call on the CPU, which made up most of
-        vssl's fixed cost per training step (a task logging ten values paid 3 ms a step). These
-        values are instead summed here, weighted by their sample counts, and handed to
+        Lightning's ``self.log`` has a fixed cost per call, paid every step for every value
+        logged, which made up most of vssl's fixed cost per training step (README, section
+        "Benchmarks", ``benchmarks/train_step.py``, has the figures). These values are instead
+        summed here, weighted by their sample counts, and handed to
         ``self.log`` only on the steps that the logger writes, as ``train/<name>_step``, and as
         the epoch's weighted mean at its end, as ``train/<name>_epoch``: the names and values
         that ``self.log(..., on_step=True, on_epoch=True)`` gives, without its cost on the other
@@ -232,30 +276,47 @@ class VSSLTask(LightningModule):
             value = value.detach().float()
             total, count = self._train_sums.get(name, (0.0, 0))
             self._train_sums[name] = (total + value * samples, count + samples)
-        trainer = self._trainer
+        trainer = self.attached_trainer()
         if trainer is None:  # a step run by hand: nothing to log to
             return
         every = trainer.log_every_n_steps
-        if trainer.fast_dev_run or (every and ((trainer.global_step + 1) % every == 0 or trainer.should_stop)):
+        if trainer.fast_dev_run or (
+            every and ((trainer.global_step + 1) % every == 0 or trainer.should_stop)
+        ):
             for name, (value, samples) in values.items():
-                self.log(f"train/{name}_step", value.detach().float(), on_step=True, on_epoch=False,
-                         batch_size=samples)
+                self.log(
+                    f"train/{name}_step",
+                    value.detach().float(),
+                    on_step=True,
+                    on_epoch=False,
+                    batch_size=samples,
+                    prog_bar=name in self.progress_bar_logs,
+                )
 
     def on_train_epoch_end(self) -> None:
         """Logs the epoch means of the values of `_log_train_values` and starts new sums."""
         for name, (total, count) in self._train_sums.items():
             if count:
-                self.log(f"train/{name}_epoch", torch.as_tensor(total, dtype=torch.float32) / count,
-                         on_step=False, on_epoch=True)
+                self.log(
+                    f"train/{name}_epoch",
+                    torch.as_tensor(total, dtype=torch.float32) / count,
+                    on_step=False,
+                    on_epoch=True,
+                    prog_bar=name in self.progress_bar_logs,
+                )
         self._train_sums.clear()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keeps the running sums of `_log_train_values` (plain floats), so that a run resumed
         mid-epoch logs the same epoch means as an uninterrupted one."""
-        checkpoint["vssl_train_sums"] = {k: (float(t), int(c)) for k, (t, c) in self._train_sums.items()}
+        checkpoint["vssl_train_sums"] = {
+            k: (float(t), int(c)) for k, (t, c) in self._train_sums.items()
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._train_sums = {k: (float(t), int(c)) for k, (t, c) in checkpoint.get("vssl_train_sums", {}).items()}
+        self._train_sums = {
+            k: (float(t), int(c)) for k, (t, c) in checkpoint.get("vssl_train_sums", {}).items()
+        }
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
@@ -272,7 +333,9 @@ class VSSLTask(LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         per_device = getattr(dm, "batch_size", None)
         if per_device is None:
-            raise RuntimeError("the global batch size needs a datamodule with a batch_size attribute")
+            raise RuntimeError(
+                "the global batch size needs a datamodule with a batch_size attribute"
+            )
         return int(per_device) * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
     def effective_lr(self) -> float:
@@ -286,10 +349,17 @@ class VSSLTask(LightningModule):
         """Optimiser groups: everything but the probe (with weight decay), and the probe."""
         probe_ids = {id(p) for p in self.probe.parameters()} if self.probe is not None else set()
         main = [p for p in self.parameters() if p.requires_grad and id(p) not in probe_ids]
-        groups = [{"params": main, "lr": self.effective_lr(), "weight_decay": self.hparams.weight_decay}]
+        groups = [
+            {"params": main, "lr": self.effective_lr(), "weight_decay": self.hparams.weight_decay}
+        ]
         if self.probe is not None:
-            groups.append({"params": list(self.probe.parameters()), "lr": self.hparams.probe_lr,
-                           "weight_decay": 0.0})
+            groups.append(
+                {
+                    "params": list(self.probe.parameters()),
+                    "lr": self.hparams.probe_lr,
+                    "weight_decay": 0.0,
+                }
+            )
         return groups
 
     def lr_factor(self, step: int, total_steps: int, steps_per_epoch: float) -> float:
@@ -324,7 +394,13 @@ class VSSLTask(LightningModule):
         else:
             opt = torch.optim.Adam(groups)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        epochs = (
+            self.trainer.max_epochs
+            if self.trainer.max_epochs and self.trainer.max_epochs > 0
+            else 1
+        )
         per_epoch = max(1.0, total / epochs)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: self.lr_factor(s, total, per_epoch))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: self.lr_factor(s, total, per_epoch)
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,5 +1,8 @@
-"""Video clip order prediction, VCOP (Xu et al., CVPR 2019, "Self-supervised Spatiotemporal
-Learning via Video Clip Order Prediction").
+"""Video clip order prediction, VCOP.
+
+Xu et al., "Self-supervised Spatiotemporal Learning via Video Clip Order Prediction", CVPR 2019,
+https://openaccess.thecvf.com/content_CVPR_2019/html/Xu_Self-Supervised_Spatiotemporal_Learning_via_Video_Clip_Order_Prediction_CVPR_2019_paper.html
+(official code: github.com/xudejing/video-clip-order-prediction).
 
 - Sampling (`ClipTupleSampler`, in the DataLoader workers): a tuple of ``tuple_len`` clips (3 by
   default; 4 gives 24 orders) of ``clip_len`` frames (16 in the paper) at the datamodule's stride,
@@ -25,7 +28,7 @@ Learning via Video Clip Order Prediction").
 - Model: the shared backbone encodes each clip to a pooled feature (all clips of the batch in
   one pass); each pair ``i < j`` of clip features is concatenated and goes through
   Linear(2D, 512) + ReLU (one layer shared by all pairs); the pair features are concatenated,
-  dropout 0.5, Linear to the number of orders; cross-entropy (`VCOPHead`).
+  dropout 0.5, Linear to the number of orders; cross-entropy (`vssl.heads.VCOPHead`).
 - Optimisation (paper): SGD lr 0.01, momentum 0.9, weight decay 5e-4. (The official code's
   default lr is 1e-3, batch 8, 300 epochs; its plateau scheduler is never stepped.)
 
@@ -36,21 +39,23 @@ R3D 64.9 / 29.5, R(2+1)D 72.4 / 30.9.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from vssl.data.sampling import ClipSampler, ClipSpec, clip_indices, clip_span
 from vssl.data.transforms import ViewTransform, eval_clip_transform, train_clip_transform
+from vssl.heads import VCOPHead
 from vssl.tasks.base import StepOutput, VSSLTask
+
+__all__ = ["CROPS", "ClipOrder", "ClipTupleSampler", "TupleTransform", "VCOPHead", "clip_orders"]
 
 CROPS = ("resized", "fixed")
 """Training crops of `ClipOrder`: a random resized crop (area in the datamodule's ``crop_scale``)
@@ -139,28 +144,6 @@ class TupleTransform:
         frames = self.transform(tv_tensors.Video(clips.flatten(0, 1))).as_subclass(Tensor)
         out[self.view] = frames.reshape(n, t, *frames.shape[1:])
         return out
-
-
-class VCOPHead(nn.Module):
-    """Pairwise clip features -> order logits (the official ``VCOPN`` head).
-
-    Each pair ``(i, j)``, ``i < j``, of the ``tuple_len`` clip features is concatenated and
-    mapped by one shared Linear(2D, hidden) + ReLU; the pair features are concatenated in
-    ``itertools.combinations`` order, then dropout and Linear to ``tuple_len!`` logits.
-    """
-
-    def __init__(self, in_dim: int, tuple_len: int, hidden_dim: int = 512, dropout: float = 0.5):
-        super().__init__()
-        self.pairs = list(itertools.combinations(range(tuple_len), 2))
-        self.pair = nn.Linear(2 * in_dim, hidden_dim)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden_dim * len(self.pairs), math.factorial(tuple_len))
-
-    def forward(self, features: Tensor) -> Tensor:
-        """Order logits ``(B, tuple_len!)`` of clip features ``(B, tuple_len, D)``."""
-        pairs = [torch.cat([features[:, i], features[:, j]], dim=1) for i, j in self.pairs]
-        hidden = torch.cat([F.relu(self.pair(p)) for p in pairs], dim=1)
-        return self.classifier(self.dropout(hidden))
 
 
 class ClipOrder(VSSLTask):

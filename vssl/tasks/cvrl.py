@@ -1,4 +1,8 @@
-"""CVRL: spatiotemporal contrastive video representation learning (Qian et al., CVPR 2021).
+"""CVRL: spatiotemporal contrastive video representation learning.
+
+Qian et al., "Spatiotemporal Contrastive Video Representation Learning", CVPR 2021,
+https://arxiv.org/abs/2008.03800 (official code: tensorflow/models,
+``official/projects/video_ssl``).
 
 Two clips of one video, with a gap drawn from a linearly decreasing density
 (`vssl.data.sampling.sample_cvrl_starts`), are a positive pair; the clips of the other videos of
@@ -6,8 +10,8 @@ the global batch are the negatives. Each clip gets its own temporally consistent
 a random resized crop and flip in the DataLoader workers, then colour jitter, grayscale, blur
 and (clip 2 only) solarisation batched on the accelerator, with the paper's different blur and
 solarisation probabilities for the two clips (two `BatchAugment` instances). Backbone -> MLP
-projection head -> NT-Xent over the projections gathered from every process
-(`vssl.losses.nt_xent`).
+projection head (`vssl.heads.ProjectionHead`) -> NT-Xent over the projections gathered from
+every process (`vssl.losses.nt_xent`).
 
 Validation and test use the same two-clip sampling with centre crops and no photometric
 augmentation, so ``val/loss`` is the contrastive loss on held-out videos (its clip positions are
@@ -30,8 +34,11 @@ from vssl.data.transforms import (
     eval_clip_transform,
     train_clip_transform,
 )
+from vssl.heads import ProjectionHead
 from vssl.losses.nt_xent import nt_xent
 from vssl.tasks.base import StepOutput, VSSLTask
+
+__all__ = ["CVRL", "CVRL_AUGMENT", "CVRL_AUGMENT2", "VIEWS", "ProjectionHead"]
 
 #: The two views of a CVRL sample.
 VIEWS = ("video", "video2")
@@ -54,29 +61,6 @@ CVRL_AUGMENT: dict[str, Any] = {
 
 #: How clip 2 differs from clip 1: blur p 0.1 and solarisation p 0.2 (official code).
 CVRL_AUGMENT2: dict[str, Any] = {"blur_p": 0.1, "solarize_p": 0.2}
-
-
-class ProjectionHead(nn.Sequential):
-    """CVRL's MLP: ``hidden_layers`` x (Linear(hidden_dim) + BN + ReLU), then Linear(out_dim).
-
-    The loss is computed on its output, the representation is the backbone's features before it.
-    """
-
-    def __init__(
-        self, in_dim: int, hidden_dim: int = 2048, hidden_layers: int = 3, out_dim: int = 128
-    ):
-        if min(in_dim, hidden_dim, out_dim) < 1 or hidden_layers < 0:
-            raise ValueError(
-                f"projection head sizes must be positive (in {in_dim}, hidden {hidden_dim}, out "
-                f"{out_dim}) and hidden_layers >= 0 (got {hidden_layers})"
-            )
-        layers: list[nn.Module] = []
-        width = in_dim
-        for _ in range(hidden_layers):
-            layers += [nn.Linear(width, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(True)]
-            width = hidden_dim
-        layers.append(nn.Linear(width, out_dim))
-        super().__init__(*layers)
 
 
 class CVRL(VSSLTask):
@@ -193,8 +177,7 @@ class CVRL(VSSLTask):
     def step(self, batch: dict[str, Tensor], stage: str) -> StepOutput:
         """NT-Xent between the two clips over the global batch."""
         z1, z2, features = self.project(batch["video"], batch["video2"])
-        distributed = self._trainer is not None and self.trainer.world_size > 1
-        gather = self._gather if distributed else None
+        gather = self._gather if self.world_size() > 1 else None
         # In float32 even under mixed precision, as the official code (logits / tau are large).
         with torch.autocast(z1.device.type, enabled=False):
             out = nt_xent(z1.float(), z2.float(), self.temperature, gather, self.global_rank)

@@ -44,7 +44,9 @@ def _task_class(class_path: str) -> type[VSSLTask]:
         module = importlib.import_module(module_name or "vssl.tasks")
         cls = getattr(module, name)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"task mixture: cannot import the task class {class_path!r}: {err}") from err
+        raise ValueError(
+            f"task mixture: cannot import the task class {class_path!r}: {err}"
+        ) from err
     if not (isinstance(cls, type) and issubclass(cls, VSSLTask)) or issubclass(cls, TaskMixture):
         raise ValueError(f"task mixture: {class_path!r} is not a vssl task (a VSSLTask subclass)")
     return cls
@@ -53,7 +55,7 @@ def _task_class(class_path: str) -> type[VSSLTask]:
 def _members(sample: Mapping[str, Any], name: str) -> dict[str, Any]:
     """The keys of member ``name`` without their prefix, plus the shared keys."""
     prefix = f"{name}/"
-    out = {k[len(prefix):]: v for k, v in sample.items() if k.startswith(prefix)}
+    out = {k[len(prefix) :]: v for k, v in sample.items() if k.startswith(prefix)}
     out.update({k: sample[k] for k in SHARED_KEYS if k in sample})
     return out
 
@@ -122,10 +124,14 @@ class TaskMixture(VSSLTask):
         weights = dict(weights or {})
         unknown = sorted(set(weights) - set(tasks))
         if unknown:
-            raise ValueError(f"task mixture: weights given for unknown tasks {unknown}; tasks are {sorted(tasks)}")
+            raise ValueError(
+                f"task mixture: weights given for unknown tasks {unknown}; tasks are {sorted(tasks)}"
+            )
         for name in tasks:
             if not name or "/" in name or name in SHARED_KEYS:
-                raise ValueError(f"task mixture: {name!r} cannot name a task (no '/', not one of {SHARED_KEYS})")
+                raise ValueError(
+                    f"task mixture: {name!r} cannot name a task (no '/', not one of {SHARED_KEYS})"
+                )
         self.weights = {name: float(weights.get(name, 1.0)) for name in tasks}
         seed = int(torch.randint(0, 2**62, ()))
         members: dict[str, VSSLTask] = {}
@@ -137,10 +143,15 @@ class TaskMixture(VSSLTask):
             member.backbone = shared
         self.backbone = shared
         self.video_keys = tuple(f"{n}/{k}" for n, m in members.items() for k in m.video_keys)
+        self.progress_bar_logs = tuple(
+            f"{n}/{k}" for n, m in members.items() for k in m.progress_bar_logs
+        )
 
     def _build_member(self, name: str, spec: Mapping[str, Any], seed: int) -> VSSLTask:
         if not isinstance(spec, Mapping) or "class_path" not in spec:
-            raise ValueError(f"task mixture: task {name!r} needs a class_path (and optional init_args)")
+            raise ValueError(
+                f"task mixture: task {name!r} needs a class_path (and optional init_args)"
+            )
         extra = sorted(set(spec) - {"class_path", "init_args"})
         if extra:
             raise ValueError(f"task mixture: task {name!r} has unknown keys {extra}")
@@ -152,16 +163,24 @@ class TaskMixture(VSSLTask):
         hp = self.hparams
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return cls(backbone=hp.backbone, backbone_kwargs=hp.backbone_kwargs,
-                       num_classes=hp.num_classes, online_probe=False, **args)
+            return cls(
+                backbone=hp.backbone,
+                backbone_kwargs=hp.backbone_kwargs,
+                num_classes=hp.num_classes,
+                online_probe=False,
+                **args,
+            )
 
-    # Lightning hands the trainer to direct LightningModule children only; members sit in a ModuleDict.
-    def _set_trainer(self, trainer: Any) -> None:
-        VSSLTask.trainer.fset(self, trainer)
+    def setup(self, stage: str) -> None:
+        """Attaches the mixture's trainer to every member, before anything runs a member.
+
+        Lightning attaches its trainer to a module's direct LightningModule children only, and
+        the members sit in a ModuleDict; they need it for what depends on the run (world size,
+        ``all_gather``, the strategy's broadcast, the process rank). Lightning calls this hook
+        once per ``fit``, ``validate``, ``test`` and ``predict``, after attaching the trainer.
+        """
         for member in self.tasks.values():
-            member.trainer = trainer
-
-    trainer = VSSLTask.trainer.setter(_set_trainer)
+            member.trainer = self.trainer
 
     # ---------------------------------------------------------------- data
     def clip_sampler(self, stage: str, spec: ClipSpec) -> ClipSampler:
@@ -181,7 +200,9 @@ class TaskMixture(VSSLTask):
     # ---------------------------------------------------------------- loss and hooks
     def member_outputs(self, batch: dict[str, Tensor], stage: str) -> dict[str, StepOutput]:
         """Each member's `StepOutput` on its part of ``batch``."""
-        return {name: member.step(_members(batch, name), stage) for name, member in self.tasks.items()}
+        return {
+            name: member.step(_members(batch, name), stage) for name, member in self.tasks.items()
+        }
 
     def step(self, batch: dict[str, Tensor], stage: str) -> StepOutput:
         """The weighted sum of the members' losses; each member's loss and logs under its name."""
@@ -191,7 +212,9 @@ class TaskMixture(VSSLTask):
         for name, out in outputs.items():
             logs[f"{name}/loss"] = out.loss.detach()
             logs.update({f"{name}/{k}": v for k, v in out.logs.items()})
-        features = next((out.features for out in outputs.values() if out.features is not None), None)
+        features = next(
+            (out.features for out in outputs.values() if out.features is not None), None
+        )
         return StepOutput(loss, logs, features)
 
     def after_optimizer_step(self) -> None:

@@ -1,7 +1,10 @@
-"""Playback rate prediction (Yao et al., CVPR 2020, "Video Playback Rate Perception for
-Self-supervised Spatio-Temporal Representation Learning", PRP; related: Benaim et al.,
-SpeedNet, CVPR 2020; Wang et al., "Self-supervised Video Representation Learning by Pace
-Prediction", ECCV 2020).
+"""Playback rate prediction: classify the frame stride a clip was sampled at.
+
+- Yao et al., "Video Playback Rate Perception for Self-supervised Spatio-Temporal
+  Representation Learning" (PRP), CVPR 2020, https://arxiv.org/abs/2006.11476
+- related: Benaim et al., "SpeedNet: Learning the Speediness in Videos", CVPR 2020,
+  https://arxiv.org/abs/2004.06130; Wang et al., "Self-Supervised Video Representation
+  Learning by Pace Prediction", ECCV 2020, https://arxiv.org/abs/2008.05861
 
 - Sampling (`PlaybackRateSampler`, in the DataLoader workers): a rate is drawn uniformly from
   ``rates`` (default 1, 2, 4, 8); the clip takes ``clip_len`` frames every ``rate * stride``
@@ -11,8 +14,8 @@ Prediction", ECCV 2020).
   ``(clip_len - 1) * max(rates) * stride + 1`` within the videos' length. The label is the index
   of the rate in ``rates``, returned as a 0-d target, so only the clip's frames are decoded and
   the label is exactly the stride applied (reproducible under the dataset's seed).
-- Model: backbone -> pooled feature -> one linear layer to ``len(rates)`` logits;
-  cross-entropy. This is PRP's discriminative branch only; its generative branch (a decoder
+- Model: backbone -> pooled feature -> one linear layer to ``len(rates)`` logits
+  (`vssl.heads.PlaybackRateHead`); cross-entropy. This is PRP's discriminative branch only; its generative branch (a decoder
   that reconstructs the skipped frames with motion attention) is not part of this task.
 - Augmentation: vssl's per-clip random resized crop (and flip) in training, centre crops in
   validation and test, which keep the random rates and starts (seeded by the dataset).
@@ -27,10 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
 from vssl.data.sampling import ClipSampler, ClipSpec, clip_indices, clip_span
+from vssl.heads import PlaybackRateHead
 from vssl.tasks.base import StepOutput, VSSLTask
 
 
@@ -39,7 +43,11 @@ def check_rates(rates: Sequence[int]) -> tuple[int, ...]:
     out = tuple(int(r) for r in rates)
     if len(out) < 2:
         raise ValueError(f"rates must hold at least two playback rates to tell apart, got {out}")
-    if min(out) < 1 or len(set(out)) != len(out) or any(r != float(x) for r, x in zip(out, rates, strict=True)):
+    if (
+        min(out) < 1
+        or len(set(out)) != len(out)
+        or any(r != float(x) for r, x in zip(out, rates, strict=True))
+    ):
         raise ValueError(f"rates must be distinct positive integers, got {tuple(rates)}")
     return out
 
@@ -100,9 +108,11 @@ class PlaybackRate(VSSLTask):
         momentum: float = 0.9,
         **kwargs: Any,
     ):
-        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum, **kwargs)
+        super().__init__(
+            optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum, **kwargs
+        )
         self.rates = check_rates(rates)
-        self.head = nn.Linear(self.backbone.out_dim, len(self.rates))
+        self.head = PlaybackRateHead(self.backbone.out_dim, len(self.rates))
 
     def clip_sampler(self, stage: str, spec: ClipSpec) -> ClipSampler:
         """One clip at a random rate, in every stage (random, seeded by the dataset)."""

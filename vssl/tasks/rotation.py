@@ -1,18 +1,22 @@
-"""3D RotNet (Jing & Tian, 2018, "Self-supervised Spatiotemporal Feature Learning via Video
-Rotation Prediction"): predict by how much a whole clip was rotated.
+"""3D RotNet: predict by how much a whole clip was rotated.
+
+Jing et al., "Self-supervised Spatiotemporal Feature Learning via Video Rotation Prediction",
+2018, https://arxiv.org/abs/1811.11387.
 
 - Every frame of a clip is rotated by the same angle, ``90 * k`` degrees for ``k`` in
   {0, 1, 2, 3}, in the spatial plane; the label is ``k``. vssl rotates on the device, after the
   photometric augmentation, with ``torch.rot90(clip, k, dims=(-2, -1))`` on ``(..., H, W)``
   (counter-clockwise as displayed, H downwards and W to the right). Crops must be square
   (a rotated non-square clip would not fit the batch): a clear error says so otherwise.
-- Like image RotNet (Gidaris et al., 2018), the default (``all_rotations: true``) feeds all four
+- Like image RotNet (Gidaris et al., "Unsupervised Representation Learning by Predicting Image
+  Rotations", ICLR 2018, https://arxiv.org/abs/1803.07728), the default (``all_rotations: true``) feeds all four
   rotations of every clip of a batch: a batch of B clips becomes ``4B`` clips, rotation-major
   (rows ``r*B .. r*B + B - 1`` are the batch rotated by ``r``), with labels ``0..3``. With
   ``all_rotations: false`` each clip gets one rotation, drawn by the clip sampler in the
   DataLoader workers as a 0-d target (``rotation``), so the labels are reproducible under the
   dataset's seed, in validation as in training.
-- Model: backbone -> pooled feature -> one linear layer to 4 logits; cross-entropy.
+- Model: backbone -> pooled feature -> one linear layer to 4 logits
+  (`vssl.heads.RotationHead`); cross-entropy.
 - Sampling and crops are vssl's defaults: one random clip and a random resized crop (and flip)
   in training; the centre clip and a centre crop in validation and test.
 - Optimisation defaults: image RotNet's SGD (lr 0.1, momentum 0.9, weight decay 5e-4); they
@@ -33,11 +37,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
 from vssl.data.datamodule import default_clip_sampler
 from vssl.data.sampling import ClipSampler, ClipSpec
+from vssl.heads import RotationHead
 from vssl.tasks.base import StepOutput, VSSLTask
 
 NUM_ROTATIONS = 4
@@ -57,7 +62,9 @@ def rotate_clips(video: Tensor, rotations: Tensor) -> Tensor:
     (``torch.rot90`` with ``k = rotations[b]`` on the H, W dimensions)."""
     _check_square(video)
     if rotations.shape != video.shape[:1]:
-        raise ValueError(f"one rotation per clip: {tuple(rotations.shape)} for a batch of {video.shape[0]}")
+        raise ValueError(
+            f"one rotation per clip: {tuple(rotations.shape)} for a batch of {video.shape[0]}"
+        )
     out = video.clone()
     for k in range(1, NUM_ROTATIONS):
         rows = (rotations == k).nonzero().flatten()
@@ -109,9 +116,11 @@ class Rotation(VSSLTask):
         momentum: float = 0.9,
         **kwargs: Any,
     ):
-        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum, **kwargs)
+        super().__init__(
+            optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum, **kwargs
+        )
         self.all_rotations = all_rotations
-        self.head = nn.Linear(self.backbone.out_dim, NUM_ROTATIONS)
+        self.head = RotationHead(self.backbone.out_dim, NUM_ROTATIONS)
 
     # ---------------------------------------------------------------- data
     def clip_sampler(self, stage: str, spec: ClipSpec) -> ClipSampler:

@@ -1,6 +1,10 @@
-"""RSPNet (Chen et al., AAAI 2021): relative speed perception plus appearance contrast.
+"""RSPNet: relative speed perception plus appearance-focused video instance discrimination.
 
-Follows ``specs/pretext-tasks.md`` section 2 and the official code (``MoCoDiffLossTwoFc``):
+Chen et al., "RSPNet: Relative Speed Perception for Unsupervised Video Representation Learning",
+AAAI 2021, https://arxiv.org/abs/2011.07949. Follows the paper and its official code
+(github.com/PeihaoChen/RSPNet, ``MoCoDiffLossTwoFc``); the key encoder and queue are MoCo's (He
+et al., "Momentum Contrast for Unsupervised Visual Representation Learning", CVPR 2020,
+https://arxiv.org/abs/1911.05722):
 
 - Each sample gives three clips (`SpeedPairSampler`): the query from window A and two keys from
   an independent window B, one at the query's speed and one at the other speed. Which speed of
@@ -11,8 +15,9 @@ Follows ``specs/pretext-tasks.md`` section 2 and the official code (``MoCoDiffLo
   in the workers, `RSPNet.augment_batch` on the device). That is what the official code does
   (it augments each 2n-frame window, then subsamples it), and it makes the two keys differ by
   their speed only; with independent draws the crop scale alone changes the apparent speed.
-- One encoder, two projection heads (linear to ``proj_dim``, L2-normalised): ``speed`` for the
-  relative speed ranking, ``appearance`` for the video-instance contrast (A-VID).
+- One encoder, two projection heads (`vssl.heads.RSPNetProjectionHead`: linear to
+  ``proj_dim``, L2-normalised): ``speed`` for the relative speed ranking, ``appearance`` for the
+  video-instance contrast (A-VID).
 - Keys come from a momentum copy of the backbone and both heads (as in the official code, where
   the key encoder outputs both projections), updated after every optimiser step by
   ``k <- m k + (1 - m) q`` (`torch.optim.swa_utils.AveragedModel` with an EMA), never trained.
@@ -39,12 +44,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision import tv_tensors
 
 from vssl.data.sampling import ClipSampler, ClipSpec, clip_indices
 from vssl.data.transforms import eval_clip_transform, train_clip_transform
+from vssl.heads import RSPNetProjectionHead
 from vssl.losses.moco import KeyQueue, info_nce, relative_speed_loss
 from vssl.tasks.base import StepOutput, VSSLTask
 
@@ -94,11 +99,15 @@ class SpeedPairSampler(ClipSampler):
     def __post_init__(self) -> None:
         self.speeds = tuple(int(s) for s in self.speeds)
         if len(set(self.speeds)) < 2 or min(self.speeds) < 1:
-            raise ValueError(f"speeds must hold at least two different positive integers, got {self.speeds}")
+            raise ValueError(
+                f"speeds must hold at least two different positive integers, got {self.speeds}"
+            )
         if len(set(self.speeds)) != len(self.speeds):
             raise ValueError(f"speeds must not repeat a speed, got {self.speeds}")
         if self.clip_len < 1 or self.stride < 1:
-            raise ValueError(f"clip_len and stride must be >= 1, got {self.clip_len} and {self.stride}")
+            raise ValueError(
+                f"clip_len and stride must be >= 1, got {self.clip_len} and {self.stride}"
+            )
 
     @property
     def window(self) -> int:
@@ -110,7 +119,9 @@ class SpeedPairSampler(ClipSampler):
         if num_frames < 1:
             raise ValueError("a video must have at least one frame")
         last = num_frames - self.window
-        query_start, key_start = (int(s) for s in rng.integers(0, last + 1, size=2)) if last >= 0 else (0, 0)
+        query_start, key_start = (
+            (int(s) for s in rng.integers(0, last + 1, size=2)) if last >= 0 else (0, 0)
+        )
         same, other = (int(s) for s in rng.choice(self.speeds, size=2, replace=False))
         return SpeedPair(query_start, key_start, same, other)
 
@@ -173,10 +184,12 @@ class RSPNet(VSSLTask):
         **kwargs: the other shared settings of `VSSLTask` (backbone, schedule, probe, ...).
 
     Logged: ``loss_rsp``, ``loss_avid``, ``ce_same``, ``ce_other``, ``rsp_acc`` (share of samples
-    with s+ > s-), ``nce_acc`` and ``nce_acc_other`` (InfoNCE top-1 of the two terms).
+    with s+ > s-, also on the progress bar), ``nce_acc`` and ``nce_acc_other`` (InfoNCE top-1 of
+    the two terms).
     """
 
     video_keys = VIEWS
+    progress_bar_logs = ("rsp_acc",)
 
     def __init__(
         self,
@@ -218,8 +231,8 @@ class RSPNet(VSSLTask):
         self.temperature, self.margin = temperature, margin
         self.avid_weight, self.rsp_weight = avid_weight, rsp_weight
         self.shuffle_bn = shuffle_bn
-        self.appearance_head = nn.Linear(self.backbone.out_dim, proj_dim)
-        self.speed_head = nn.Linear(self.backbone.out_dim, proj_dim)
+        self.appearance_head = RSPNetProjectionHead(self.backbone.out_dim, proj_dim)
+        self.speed_head = RSPNetProjectionHead(self.backbone.out_dim, proj_dim)
         self.momentum_encoder = AveragedModel(
             self._online_encoder(), multi_avg_fn=get_ema_multi_avg_fn(key_momentum)
         )
@@ -238,7 +251,9 @@ class RSPNet(VSSLTask):
         """Random resized crop (and flip) in training, centre crop otherwise: one draw for the
         query, one shared by the two key clips (`KeyPairTransform`)."""
         if stage == "train":
-            return KeyPairTransform(train_clip_transform(spec.crop_size, scale=spec.scale, flip=spec.flip))
+            return KeyPairTransform(
+                train_clip_transform(spec.crop_size, scale=spec.scale, flip=spec.flip)
+            )
         return KeyPairTransform(eval_clip_transform(spec.crop_size))
 
     def augment_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -254,29 +269,23 @@ class RSPNet(VSSLTask):
     # ---------------------------------------------------------------- encoders
     def _online_encoder(self) -> nn.ModuleDict:
         return nn.ModuleDict(
-            {"backbone": self.backbone, "appearance": self.appearance_head, "speed": self.speed_head}
+            {
+                "backbone": self.backbone,
+                "appearance": self.appearance_head,
+                "speed": self.speed_head,
+            }
         )
-
-    def _world_size(self) -> int:
-        return self._trainer.world_size if self._trainer is not None else 1
 
     def query_projections(self, video: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Pooled features and the normalised appearance and speed projections of query clips."""
         features = self.backbone(video)
-        return (
-            features,
-            F.normalize(self.appearance_head(features), dim=1),
-            F.normalize(self.speed_head(features), dim=1),
-        )
+        return features, self.appearance_head(features), self.speed_head(features)
 
     @torch.no_grad()
     def _encode_keys(self, video: Tensor) -> tuple[Tensor, Tensor]:
         encoder = self.momentum_encoder.module
         features = encoder["backbone"](video)
-        return (
-            F.normalize(encoder["appearance"](features), dim=1),
-            F.normalize(encoder["speed"](features), dim=1),
-        )
+        return encoder["appearance"](features), encoder["speed"](features)
 
     @torch.no_grad()
     def key_projections(self, video: Tensor) -> tuple[Tensor, Tensor]:
@@ -285,17 +294,21 @@ class RSPNet(VSSLTask):
         In training under DDP with ``shuffle_bn``, the batch norm of each process sees a random
         slice of the global key batch (see the module docstring); the result is in input order.
         """
-        world = self._world_size()
+        world = self.world_size()
         if not (self.shuffle_bn and self.training and world > 1):
             return self._encode_keys(video)
         batch = video.shape[0]
         everything = self.all_gather(video).flatten(0, 1)
-        order = self.trainer.strategy.broadcast(torch.randperm(batch * world, device=video.device), src=0)
+        order = self.trainer.strategy.broadcast(
+            torch.randperm(batch * world, device=video.device), src=0
+        )
         mine = order.view(world, batch)[self.global_rank]
         appearance, speed = self._encode_keys(everything[mine])
         # Row j of the gathered outputs is the key of global sample order[j].
         rows = torch.argsort(order).view(world, batch)[self.global_rank]
-        return self.all_gather(appearance).flatten(0, 1)[rows], self.all_gather(speed).flatten(0, 1)[rows]
+        return self.all_gather(appearance).flatten(0, 1)[rows], self.all_gather(speed).flatten(
+            0, 1
+        )[rows]
 
     @torch.no_grad()
     def update_momentum_encoder(self) -> None:
@@ -309,7 +322,7 @@ class RSPNet(VSSLTask):
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:
         """Adds the keys of every process (in rank order) to the queue; runs on all processes."""
-        if self._world_size() > 1:
+        if self.world_size() > 1:
             keys = self.all_gather(keys).flatten(0, 1)
         self.queue.enqueue(keys)
 
@@ -326,7 +339,9 @@ class RSPNet(VSSLTask):
         negatives = self.queue.keys.clone()  # enqueue below writes the buffer in place
         ce_same, logits_same = info_nce(q_appearance, k_appearance, negatives, self.temperature)
         ce_other, logits_other = info_nce(q_appearance, o_appearance, negatives, self.temperature)
-        rsp, s_pos, s_neg = relative_speed_loss(q_speed, k_speed, o_speed, self.temperature, self.margin)
+        rsp, s_pos, s_neg = relative_speed_loss(
+            q_speed, k_speed, o_speed, self.temperature, self.margin
+        )
         loss = self.avid_weight * (ce_same + ce_other) + self.rsp_weight * rsp
         if stage == "train":
             self.enqueue(o_appearance)

@@ -1,593 +1,39 @@
-"""Spatio-temporal statistics (MAS, CVPR 2019; STS, TPAMI 2021): predict motion and appearance
-statistics of a clip: where the largest motion is and in which direction it goes, where the
-colours change most and least, and which colours dominate, over three spatial partitions.
+"""Spatio-temporal statistics: predict the motion and appearance statistics of a clip.
 
-The labels are defined in ``specs/pretext-tasks.md`` section 1; this module follows it exactly,
-including the official code's orientation bins (bin k centred at ``45 (k - 1)`` degrees).
-Differences from the official code, on purpose:
+The task of MAS and STS: from the RGB frames alone, predict where a clip's largest motion is and
+in which direction it goes, where its colours change most and least, and which colours
+dominate, over three spatial partitions of the frame (14 motion and 13 appearance labels). The
+labels, and the worker transform that computes them (optical flow on the frames as cropped and
+flipped, then the labels), are in `vssl.data.statistics_labels`; this module holds the task:
+its sampling, its two heads (`vssl.heads.StatisticsHead`) and its loss.
 
-- Flow is computed on the fly (`vssl.data.flow.compute_flow`, OpenCV DIS by default) on the
-  frames *after* they were cropped and flipped, so the labels describe what the network sees.
-  The official code flips RGB and u-flow without negating u, so its u-orientation labels are
-  wrong for flipped clips.
-- Prewitt derivatives are correlations (positive x to the right, positive y downwards). The
-  official code uses ``scipy.ndimage.convolve``, which flips the kernel, so each of its
-  orientation labels is this module's rotated by 180 degrees (label + 4 mod 8). Borders
-  replicate the edge pixel, which for 3x3 kernels is what the official ``mode='reflect'`` does.
-- Dominant colour is the octant holding the most pixels (the paper's definition), not the octant
-  of the single most frequent exact RGB value (the official fast version).
-
-Defined outputs for degenerate clips (labels are 1-based; 0 means "undefined" and is ignored by
-the losses): when the motion-boundary magnitude of u (or v) is zero everywhere (e.g. a still
-clip, or a uniform translation), that component's location and orientation labels are 0 for
-every pattern; when every flow field's boundary magnitude is zero, the global label is 0. Ties
-between regions, bins or frames go to the lowest index (so a clip whose colours never change
-gets diversity and stability locations 1).
+- Wang et al., "Self-supervised Spatio-temporal Representation Learning for Videos by Predicting
+  Motion and Appearance Statistics" (MAS), CVPR 2019, https://arxiv.org/abs/1904.03597
+- Wang et al., "Self-Supervised Video Representation Learning by Uncovering Spatio-Temporal
+  Statistics" (STS), TPAMI 2021, https://arxiv.org/abs/2008.13426
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torchvision.transforms import v2
 
-from vssl.data.flow import FLOW_METHODS, compute_flow, limit_threads
+from vssl.data.flow import FLOW_METHODS
 from vssl.data.sampling import ClipSampler, ClipSpec, RandomClip, UniformClips
-from vssl.tasks.base import StepOutput, VSSLTask
-
-PATTERNS: dict[str, int] = {"p1": 16, "p2": 4, "p3": 8}
-"""The three spatial partitions and their numbers of regions."""
-
-NUM_BINS = 8
-"""Orientation bins (centred every 45 degrees, bin 1 at 0 degrees) and colour octants."""
-
-MOTION_LABELS: tuple[str, ...] = tuple(
-    f"{p}_{c}_{k}" for p in PATTERNS for c in ("u", "v") for k in ("loc", "ori")
-) + ("u_global", "v_global")
-"""Names of the 14 motion labels, in the order of `motion_statistics`."""
-
-APPEARANCE_LABELS: tuple[str, ...] = tuple(
-    f"{p}_{k}" for p in PATTERNS for k in ("div_loc", "div_col", "stable_loc", "stable_col")
-) + ("global_col",)
-"""Names of the 13 appearance labels, in the order of `appearance_statistics`."""
-
-LABEL_GROUPS = ("p1", "p2", "p3", "global")
-"""Groups of labels that can be switched off; every label belongs to exactly one."""
-
-OCTANT_COLOURS = np.array(
-    [
-        [64, 64, 192],
-        [64, 192, 192],
-        [192, 64, 192],
-        [192, 192, 192],
-        [64, 64, 64],
-        [64, 192, 64],
-        [192, 64, 64],
-        [192, 192, 64],
-    ],
-    dtype=np.uint8,
+from vssl.data.statistics_labels import (
+    APPEARANCE_LABELS,
+    LABEL_GROUPS,
+    MOTION_LABELS,
+    StatisticsTransform,
+    label_classes,
+    label_group,
 )
-"""A representative RGB colour of each octant 1..8 (the centre of its cube), for display."""
-
-
-# ------------------------------------------------------------------------------- geometry
-@dataclass(frozen=True)
-class _Geometry:
-    """Everything about the partitions of an S x S frame that labels need, computed once.
-
-    Atoms are the intersections of one region of each pattern (pixels on a p3 diagonal form
-    atoms of their own, as they belong to two triangles); every region is a union of atoms,
-    so per-atom histograms summed by ``atom_members`` give the histogram of every region.
-    """
-
-    size: int
-    masks: dict[str, np.ndarray]  # pattern -> bool (R, S, S)
-    region_sizes: np.ndarray  # float64 (28,): pixels per region, p1, p2, p3 in order
-    region_pixels: dict[str, tuple[np.ndarray, ...]]  # pattern -> flat pixel indices per region
-    atom_map: np.ndarray  # intp (S, S): the atom of each pixel
-    atom_members: np.ndarray  # float32 (28, A): which atoms make up each region
-    channel_atoms: np.ndarray  # uint8 (S, 3 S): 3 * atom + channel of each value of an HWC frame
-    mirror: dict[str, np.ndarray]  # pattern -> region index of the horizontally mirrored region
-
-
-def _check_size(size: int, what: str) -> None:
-    if size < 8 or size % 8:
-        raise ValueError(f"{what}: frames must be square with a side divisible by 8, got {size}")
-
-
-@functools.lru_cache(maxsize=16)
-def _geometry(size: int) -> _Geometry:
-    _check_size(size, "region masks")
-    s = size
-    i, j = np.mgrid[0:s, 0:s]
-    p1 = (i // (s // 4)) * 4 + j // (s // 4)
-    # Chebyshev distance from the centre in half pixels, in steps of S/8 pixels.
-    p2 = np.minimum(np.maximum(abs(2 * i - (s - 1)), abs(2 * j - (s - 1))) // (s // 4), 3)
-    top, left = i < s // 2, j < s // 2
-    anti = i + j - (s - 1)
-    # The triangle (0-based) of each pixel; a pixel on a diagonal is also in the next one.
-    p3 = np.select(
-        [top & left, top & ~left, ~top & left],
-        [np.where(i >= j, 0, 1), np.where(anti <= 0, 2, 3), np.where(anti <= 0, 4, 5)],
-        np.where(i >= j, 6, 7),
-    )
-    on_diagonal = np.where(top == left, i == j, anti == 0)
-    regions = [np.arange(n)[:, None, None] for n in PATTERNS.values()]
-    masks = {
-        "p1": p1[None] == regions[0],
-        "p2": p2[None] == regions[1],
-        "p3": (p3[None] == regions[2]) | (on_diagonal[None] & (p3[None] + 1 == regions[2])),
-    }
-    for m in masks.values():
-        m.setflags(write=False)
-    flat = {name: m.reshape(len(m), -1) for name, m in masks.items()}
-    _, atom_map = np.unique(((p1 * 4 + p2) * 8 + p3) * 2 + on_diagonal, return_inverse=True)
-    atom_map = atom_map.reshape(s, s).astype(np.intp)
-    first_pixel = np.unique(atom_map.ravel(), return_index=True)[1]
-    members = np.concatenate([flat[name][:, first_pixel] for name in PATTERNS]).astype(np.float32)
-    n_atoms = members.shape[1]
-    if 3 * n_atoms > 256:
-        raise ValueError(f"{s}x{s} frames have {n_atoms} atoms, more than one byte can index")
-    channel_atoms = (3 * atom_map[:, :, None] + np.arange(3)).reshape(s, 3 * s)
-    channel_atoms = channel_atoms.astype(np.uint8)
-    channel_atoms.setflags(write=False)
-    mirror = {}
-    for name, m in flat.items():
-        flipped = masks[name][:, :, ::-1].reshape(len(m), -1)
-        mirror[name] = np.array([int(np.flatnonzero((m == f).all(1))[0]) for f in flipped])
-    return _Geometry(
-        size=s,
-        masks=masks,
-        region_sizes=np.concatenate([m.sum(axis=1) for m in flat.values()]).astype(np.float64),
-        region_pixels={name: tuple(np.flatnonzero(r) for r in m) for name, m in flat.items()},
-        atom_map=atom_map,
-        atom_members=members,
-        channel_atoms=channel_atoms,
-        mirror=mirror,
-    )
-
-
-def region_masks(size: int) -> dict[str, np.ndarray]:
-    """The regions of the patterns on a ``size`` x ``size`` frame: pattern -> bool ``(R, S, S)``.
-
-    ``p1``: 4x4 blocks, row by row. ``p2``: the centre square of side S/4, then rings of width
-    S/8, from the centre out. ``p3``: 8 triangles cut by the midlines and diagonals, numbered as
-    the spec says (diagonal pixels are in two triangles). Region ``r`` is label ``r + 1``.
-    Arrays are cached and read-only.
-    """
-    return _geometry(size).masks
-
-
-# ------------------------------------------------------------------------------- inputs
-def _as_numpy(x: np.ndarray | Tensor) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
-
-
-def _square_side(h: int, w: int, what: str) -> int:
-    if h != w:
-        raise ValueError(f"{what}: frames must be square (H == W), got {h}x{w}")
-    _check_size(h, what)
-    return h
-
-
-# ------------------------------------------------------------------------------- motion
-_DIFF = np.array([-1, 0, 1], dtype=np.float32)
-_BOX = np.ones(3, dtype=np.float32)
-
-
-def prewitt(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Prewitt derivatives ``(d/dx, d/dy)`` of float planes ``(..., H, W)`` (float32 copies).
-
-    Correlation with ``[[-1, 0, 1]] * 3`` (x to the right) and its transpose (y downwards),
-    borders replicated. A linear ramp ``a * x + b * y`` gives ``(6a, 6b)`` inside the frame.
-    """
-    planes = np.ascontiguousarray(planes, dtype=np.float32)
-    if planes.ndim < 2:
-        raise ValueError(f"prewitt needs planes of shape (..., H, W), got {planes.shape}")
-    flat = planes.reshape(-1, *planes.shape[-2:])
-    dx, dy = np.empty_like(flat), np.empty_like(flat)
-    for plane, ox, oy in zip(flat, dx, dy, strict=True):
-        cv2.sepFilter2D(plane, cv2.CV_32F, _DIFF, _BOX, dst=ox, borderType=cv2.BORDER_REPLICATE)
-        cv2.sepFilter2D(plane, cv2.CV_32F, _BOX, _DIFF, dst=oy, borderType=cv2.BORDER_REPLICATE)
-    return dx.reshape(planes.shape), dy.reshape(planes.shape)
-
-
-def orientation_histogram(
-    angle: np.ndarray,
-    magnitude: np.ndarray,
-    groups: np.ndarray | None = None,
-    num_groups: int = 1,
-) -> np.ndarray:
-    """The 8-bin histogram of ``angle`` (degrees), each value voting with its ``magnitude``.
-
-    Bin k (0-based) is centred at ``45 k`` degrees, as in the official code: an angle ``a``
-    votes ``1 - r`` into bin ``floor(a / 45)`` and ``r`` into the next one (bin 7 wraps to 0),
-    ``r = (a mod 45) / 45``, a linear split between the two nearest bin centres. With ``groups``
-    (an int per value, < ``num_groups``), one histogram per group. Returns float64 ``(8,)``, or
-    ``(num_groups, 8)`` with ``groups``.
-    """
-    angle = np.asarray(angle, dtype=np.float64).ravel()
-    magnitude = np.asarray(magnitude, dtype=np.float64).ravel()
-    position = angle / 45.0
-    below = np.floor(position)
-    upper = position - below
-    lo = below.astype(np.int64) % NUM_BINS
-    hi = (lo + 1) % NUM_BINS
-    if groups is not None:
-        base = np.asarray(groups, dtype=np.int64).ravel() * NUM_BINS
-        lo, hi = lo + base, hi + base
-    size = NUM_BINS * num_groups
-    hist = np.bincount(lo, magnitude * (1 - upper), minlength=size)
-    hist += np.bincount(hi, magnitude * upper, minlength=size)
-    return hist if groups is None else hist.reshape(num_groups, NUM_BINS)
-
-
-@dataclass
-class MotionBoundaries:
-    """The motion boundaries of a clip's flow, summed over time, for u and v.
-
-    ``dx``/``dy``: float32 ``(2, S, S)``, the summed Prewitt derivatives of u (row 0) and v
-    (row 1); ``magnitude``: ``(2, S, S)``; ``per_field``: ``(T, 2)``, each field's boundary
-    magnitude summed over its pixels (the global labels).
-    """
-
-    dx: np.ndarray
-    dy: np.ndarray
-    magnitude: np.ndarray
-    per_field: np.ndarray
-
-    @property
-    def angle(self) -> np.ndarray:
-        """Direction of the summed gradient, degrees in [0, 360), x right and y down."""
-        return np.degrees(np.arctan2(self.dy, self.dx)) % 360.0
-
-
-def motion_boundaries(flow: np.ndarray | Tensor) -> MotionBoundaries:
-    """Prewitt motion boundaries of float ``(T, 2, S, S)`` flow (see `MotionBoundaries`)."""
-    flow = _as_numpy(flow)
-    if flow.ndim != 4 or flow.shape[1] != 2:
-        raise ValueError(f"flow must have shape (T, 2, H, W), got {tuple(flow.shape)}")
-    if flow.shape[0] < 1:
-        raise ValueError("flow must hold at least one field")
-    t, _, h, w = flow.shape
-    _square_side(h, w, "motion statistics")
-    dx, dy = prewitt(flow)
-    # torch's float32 sums: several times faster than numpy's pairwise ones on these sizes
-    field_magnitude = torch.from_numpy(cv2.magnitude(dx.reshape(-1, w), dy.reshape(-1, w)))
-    per_field = field_magnitude.view(t, 2, -1).sum(-1).numpy()
-    sx, sy = torch.from_numpy(dx).sum(0).numpy(), torch.from_numpy(dy).sum(0).numpy()
-    magnitude = cv2.magnitude(sx.reshape(-1, w), sy.reshape(-1, w)).reshape(sx.shape)
-    return MotionBoundaries(sx, sy, magnitude, per_field)
-
-
-def region_scores(magnitude: np.ndarray) -> dict[str, np.ndarray]:
-    """Location scores of the regions of each pattern for maps ``(..., S, S)``.
-
-    The sum of the map over each p1 block and p3 triangle, its mean over each p2 region.
-    Returns pattern -> ``(..., R)``.
-    """
-    magnitude = np.asarray(magnitude, dtype=np.float32)
-    lead, (h, w) = magnitude.shape[:-2], magnitude.shape[-2:]
-    geo = _geometry(_square_side(h, w, "region scores"))
-    flat = magnitude.reshape(-1, h * w)
-    n_atoms = geo.atom_members.shape[1]
-    atoms = np.stack([np.bincount(geo.atom_map.ravel(), m, minlength=n_atoms) for m in flat])
-    sums = atoms @ geo.atom_members.T.astype(np.float64)  # (N, 28)
-    out = {"p1": sums[:, :16], "p2": sums[:, 16:20] / geo.region_sizes[16:20], "p3": sums[:, 20:]}
-    return {name: v.reshape(*lead, -1) for name, v in out.items()}
-
-
-def motion_statistics(flow: np.ndarray | Tensor) -> np.ndarray:
-    """The 14 motion labels of a clip from its flow ``(T, 2, S, S)`` (numpy or torch; pixels).
-
-    Order: ``[p1 u_loc, p1 u_ori, p1 v_loc, p1 v_ori, p2 (same four), p3 (same four), u_global,
-    v_global]`` (`MOTION_LABELS`), 1-based, int64; 0 where undefined (no motion boundary at all
-    in that component). S must be divisible by 8.
-    """
-    with limit_threads(1):
-        mb = motion_boundaries(flow)
-    geo = _geometry(mb.magnitude.shape[-1])
-    scores = region_scores(mb.magnitude)
-    labels = np.zeros(14, dtype=np.int64)
-    # The pixels of the six chosen regions (pattern x component), voted in one pass.
-    chosen, groups, slots = [], [], []
-    for k, name in enumerate(PATTERNS):
-        for c in range(2):
-            region = int(np.argmax(scores[name][c]))
-            if scores[name][c, region] <= 0:
-                continue
-            labels[4 * k + 2 * c] = region + 1
-            pixels = geo.region_pixels[name][region]
-            chosen.append(pixels + c * mb.magnitude[0].size)
-            groups.append(np.full(len(pixels), len(slots)))
-            slots.append(4 * k + 2 * c + 1)
-    if slots:
-        pixels = np.concatenate(chosen)
-        hist = orientation_histogram(
-            np.degrees(np.arctan2(mb.dy.ravel()[pixels], mb.dx.ravel()[pixels])),
-            mb.magnitude.ravel()[pixels],
-            np.concatenate(groups),
-            len(slots),
-        )
-        labels[slots] = hist.argmax(axis=1) + 1
-    best = mb.per_field.argmax(axis=0)
-    top = mb.per_field[best, [0, 1]]
-    labels[12:] = np.where(top > 0, best + 1, 0)
-    return labels
-
-
-# ------------------------------------------------------------------------------- appearance
-def _octant_gray(image: np.ndarray) -> np.ndarray:
-    """uint8 RGB ``(H, W, 3)`` -> uint8 ``(H, W)``: each pixel's octant corner as a gray value.
-
-    Thresholding sends every pixel to a corner of the RGB cube (each channel 0 or 255); the gray
-    values of the 8 corners are distinct (`_OCTANT_GRAY`), so the gray image names the octant
-    with one byte per pixel, in two of OpenCV's fastest passes.
-    """
-    corner = cv2.threshold(image, 127, 255, cv2.THRESH_BINARY)[1]
-    return cv2.cvtColor(corner, cv2.COLOR_RGB2GRAY)
-
-
-_OCTANT_GRAY = _octant_gray(255 * (OCTANT_COLOURS[None] >= 128).astype(np.uint8))[0]
-"""The `_octant_gray` value of the octants 1..8 (in that order)."""
-if len(set(_OCTANT_GRAY.tolist())) != NUM_BINS:
-    raise RuntimeError(f"OpenCV's RGB2GRAY maps two colour octants alike: {_OCTANT_GRAY}")
-_GRAY_TO_OCTANT = np.zeros((1, 256), dtype=np.uint8)
-_GRAY_TO_OCTANT[0, _OCTANT_GRAY] = np.arange(1, NUM_BINS + 1)
-
-
-def colour_octants(clip: np.ndarray) -> np.ndarray:
-    """Octant label 1..8 of every pixel of uint8 RGB ``(..., 3)``, numbered as in the spec:
-    ``1 + 2 [R >= 128] + [G >= 128] + 4 [B < 128]``. Returns uint8 of shape ``clip.shape[:-1]``."""
-    clip = np.ascontiguousarray(clip, dtype=np.uint8)
-    if clip.ndim < 2 or clip.shape[-1] != 3:
-        raise ValueError(f"colour_octants needs uint8 RGB (..., 3), got shape {clip.shape}")
-    gray = _octant_gray(clip.reshape(-1, 1, 3))
-    return cv2.LUT(gray, _GRAY_TO_OCTANT).reshape(clip.shape[:-1])
-
-
-@functools.lru_cache(maxsize=16)
-def _atom_image(size: int, frames: int) -> np.ndarray:
-    """The atom of every pixel of ``frames`` stacked frames: read-only uint8 ``(frames * S, S)``."""
-    atom_map = _geometry(size).atom_map
-    if atom_map.max() > 255:
-        raise ValueError(f"{size}x{size} frames have more than 256 atoms")
-    image = np.broadcast_to(atom_map.astype(np.uint8), (frames, size, size))
-    image = np.ascontiguousarray(image).reshape(frames * size, size)
-    image.setflags(write=False)
-    return image
-
-
-def _atom_octant_counts(clip: np.ndarray, n_atoms: int, max_pixels: int = 1 << 24) -> np.ndarray:
-    """Pixels of each colour octant in each atom over all frames of ``(T, S, S, 3)``: ``(A, 8)``.
-
-    One 2-D histogram (atom x `_octant_gray` value) per run of frames. calcHist counts in
-    float32, exact below 2**24, so runs hold fewer than ``max_pixels`` pixels.
-    """
-    t, s = clip.shape[:2]
-    step = max(1, (max_pixels - 1) // (s * s))
-    atoms = _atom_image(s, min(t, step))
-    counts = np.zeros((n_atoms, NUM_BINS), dtype=np.int64)
-    for start in range(0, t, step):
-        part = clip[start : start + step]
-        n = len(part)
-        gray = _octant_gray(part.reshape(n * s, s, 3))
-        hist = cv2.calcHist(
-            [atoms[: n * s], gray], [0, 1], None, [n_atoms, 256], [0, n_atoms, 0, 256]
-        )
-        counts += hist[:, _OCTANT_GRAY].astype(np.int64)
-    return counts
-
-
-def _clip_hwc(clip: np.ndarray | Tensor) -> np.ndarray:
-    array = _as_numpy(clip)
-    if array.ndim != 4 or array.dtype != np.uint8 or 3 not in (array.shape[1], array.shape[3]):
-        raise ValueError(
-            "appearance statistics need a uint8 RGB clip (T, H, W, 3) or (T, 3, H, W), got "
-            f"{array.dtype} of shape {tuple(array.shape)}"
-        )
-    if array.shape[3] != 3:
-        array = array.transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(array)
-
-
-@dataclass
-class AppearanceRegions:
-    """Per-region appearance of a clip: ``iou`` (colour stability over time, 1 = unchanged) and
-    ``octant_counts`` (pixels of each colour octant over all frames), per pattern, plus the
-    ``global_counts`` of the whole clip."""
-
-    iou: dict[str, np.ndarray]
-    octant_counts: dict[str, np.ndarray]
-    global_counts: np.ndarray
-
-
-def _region_sums(geo: _Geometry, atom_values: np.ndarray) -> np.ndarray:
-    """Sums of per-atom rows over the atoms of each region: float32 ``(28, K)``.
-
-    A torch matmul under `limit_threads`: numpy's would go through a BLAS with its own
-    threads, whose idle spinning slows the surrounding code many times over on a busy machine.
-    """
-    values = torch.from_numpy(atom_values.astype(np.float32))
-    return (torch.from_numpy(geo.atom_members) @ values).numpy()
-
-
-def appearance_regions(clip: np.ndarray | Tensor) -> AppearanceRegions:
-    """Colour-histogram IoU over time and colour-octant counts of every region of a clip."""
-    clip = _clip_hwc(clip)
-    t, h, w, _ = clip.shape
-    if t < 1:
-        raise ValueError("appearance statistics need at least one frame")
-    s = _square_side(h, w, "appearance statistics")
-    geo = _geometry(s)
-    n_atoms = geo.atom_members.shape[1]
-    members = torch.from_numpy(geo.atom_members)
-    # Per frame, one 2-D histogram (atom and channel, value) of the frame's bytes, then the
-    # histograms of the 28 regions as sums of atoms: (28, 3 * 256) exact float32 counts.
-    hist = torch.empty(len(members), 3 * 256)
-    lowest, highest = torch.full_like(hist, np.inf), torch.zeros_like(hist)
-    ranges = [0, 3 * n_atoms, 0, 256]
-    for frame in clip:  # one frame at a time keeps the histograms in cache
-        atom_hist = cv2.calcHist(
-            [geo.channel_atoms, frame.reshape(s, 3 * s)], [0, 1], None, [3 * n_atoms, 256], ranges
-        )
-        torch.mm(members, torch.from_numpy(atom_hist).view(n_atoms, 3 * 256), out=hist)
-        torch.minimum(lowest, hist, out=lowest)
-        torch.maximum(highest, hist, out=highest)
-    inter = lowest.numpy().reshape(-1, 3, 256).sum(axis=-1, dtype=np.float64)  # (28, 3)
-    union = highest.numpy().reshape(-1, 3, 256).sum(axis=-1, dtype=np.float64)
-    iou = (inter / union).mean(axis=-1)
-    atom_octants = _atom_octant_counts(clip, n_atoms)
-    counts = _region_sums(geo, atom_octants)  # (28, 8)
-    bounds = {"p1": slice(0, 16), "p2": slice(16, 20), "p3": slice(20, 28)}
-    return AppearanceRegions(
-        iou={p: iou[b] for p, b in bounds.items()},
-        octant_counts={p: counts[b] for p, b in bounds.items()},
-        global_counts=atom_octants.sum(axis=0),
-    )
-
-
-def appearance_statistics(clip: np.ndarray | Tensor) -> np.ndarray:
-    """The 13 appearance labels of a uint8 RGB clip ``(T, S, S, 3)`` (or ``(T, 3, S, S)``).
-
-    Order: ``[p1 div_loc, p1 div_col, p1 stable_loc, p1 stable_col, p2 (same four), p3 (same
-    four), global_col]`` (`APPEARANCE_LABELS`), 1-based, int64. The most diverse region has the
-    lowest colour-histogram IoU over time, the most stable the highest; a colour is the octant
-    (`colour_octants`) holding most of the region's pixels over all frames.
-    """
-    with limit_threads(1):
-        stats = appearance_regions(clip)
-    labels = []
-    for name in PATTERNS:
-        iou, counts = stats.iou[name], stats.octant_counts[name]
-        for region in (int(np.argmin(iou)), int(np.argmax(iou))):
-            labels += [region + 1, int(np.argmax(counts[region])) + 1]
-    labels.append(int(np.argmax(stats.global_counts)) + 1)
-    return np.array(labels, dtype=np.int64)
-
-
-# ------------------------------------------------------------------------------- flips
-_U_ORI_MIRROR = np.array([0, 1, 8, 7, 6, 5, 4, 3, 2])  # angle -> -angle (bin 1 at 0 degrees)
-_V_ORI_MIRROR = np.array([0, 5, 4, 3, 2, 1, 8, 7, 6])  # angle -> 180 - angle
-
-
-def _mirror_location(pattern: str, label: int) -> int:
-    """The mirror region's label (the permutation is the same for every frame size)."""
-    return 0 if label == 0 else int(_geometry(8).mirror[pattern][label - 1]) + 1
-
-
-def mirror_motion_labels(labels: Sequence[int] | np.ndarray) -> np.ndarray:
-    """The motion labels of the horizontally mirrored clip, from the labels of the clip.
-
-    Mirroring negates u and reflects x: a u-boundary direction at angle a goes to -a, a
-    v-boundary direction to 180 - a, locations go to their mirror regions, global labels stay.
-    This is what the official code misses when it flips precomputed flow without negating u.
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    out = labels.copy()
-    for k, name in enumerate(PATTERNS):
-        base = 4 * k
-        out[base] = _mirror_location(name, labels[base])
-        out[base + 1] = _U_ORI_MIRROR[labels[base + 1]]
-        out[base + 2] = _mirror_location(name, labels[base + 2])
-        out[base + 3] = _V_ORI_MIRROR[labels[base + 3]]
-    return out
-
-
-def mirror_appearance_labels(labels: Sequence[int] | np.ndarray) -> np.ndarray:
-    """The appearance labels of the horizontally mirrored clip: locations mirrored, colours kept."""
-    labels = np.asarray(labels, dtype=np.int64)
-    out = labels.copy()
-    for k, name in enumerate(PATTERNS):
-        out[4 * k] = _mirror_location(name, labels[4 * k])
-        out[4 * k + 2] = _mirror_location(name, labels[4 * k + 2])
-    return out
-
-
-# ------------------------------------------------------------------------------- the task
-def label_group(name: str) -> str:
-    """The switchable group (`LABEL_GROUPS`) of a motion or appearance label name."""
-    prefix = name.split("_", 1)[0]
-    return prefix if prefix in PATTERNS else "global"
-
-
-def label_classes(name: str, num_fields: int) -> int:
-    """How many values a label takes (its labels are 1..that): region counts for locations,
-    8 for orientations and colours, ``num_fields`` (flow fields per clip) for global motion."""
-    if name in ("u_global", "v_global"):
-        return num_fields
-    if name.endswith("_loc"):
-        return PATTERNS[label_group(name)]
-    return NUM_BINS
-
-
-class StatisticsTransform:
-    """Worker-side transform of the statistics task: one sample's T + 1 frames -> T frames + labels.
-
-    Crops (random for training, central otherwise) and flips (training only, with probability
-    ``flip_p`` when ``flip``) all T + 1 frames alike, then computes optical flow on the cropped,
-    flipped frames, the motion labels from the flow and the appearance labels from the first T
-    frames, and drops the last frame. Frames whose short side is below ``crop_size`` are
-    resized up first.
-    The sample's ``video`` becomes uint8 ``(T, 3, S, S)``; ``motion`` (14) and ``appearance``
-    (13) int64 label tensors are added.
-    """
-
-    def __init__(
-        self,
-        crop_size: int,
-        train: bool,
-        flip: bool = True,
-        flow_method: str = "dis",
-        flip_p: float = 0.5,
-    ):
-        _check_size(crop_size, "statistics task crop_size")
-        if flow_method not in FLOW_METHODS:
-            raise ValueError(f"unknown flow_method {flow_method!r}; choose one of {FLOW_METHODS}")
-        if not 0.0 <= flip_p <= 1.0:
-            raise ValueError(f"flip_p must be in [0, 1], got {flip_p}")
-        self.crop_size, self.train, self.flow_method = crop_size, train, flow_method
-        self.flip_p = flip_p if flip else 0.0
-
-    def crop_and_flip(self, clip: Tensor) -> Tensor:
-        """The cropped (and for training possibly flipped) clip, uint8 ``(N, 3, S, S)``."""
-        if clip.ndim != 4 or clip.shape[1] != 3 or clip.dtype != torch.uint8:
-            raise ValueError(
-                f"the statistics task needs uint8 clips (T+1, 3, H, W), got {clip.dtype} of "
-                f"shape {tuple(clip.shape)}"
-            )
-        size = self.crop_size
-        if min(clip.shape[-2:]) < size:
-            clip = v2.functional.resize(clip, size, antialias=True)
-        h, w = clip.shape[-2:]
-        if self.train:
-            top = int(torch.randint(0, h - size + 1, ()))
-            left = int(torch.randint(0, w - size + 1, ()))
-        else:
-            top, left = (h - size) // 2, (w - size) // 2
-        clip = clip[:, :, top : top + size, left : left + size]
-        if self.train and self.flip_p > 0 and bool(torch.rand(()) < self.flip_p):
-            clip = clip.flip(-1)
-        return clip
-
-    def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
-        clip = self.crop_and_flip(sample["video"])
-        if clip.shape[0] < 2:
-            raise ValueError(f"the statistics task needs at least 2 frames, got {clip.shape[0]}")
-        frames = clip.permute(0, 2, 3, 1).contiguous().numpy()
-        flow = compute_flow(frames, method=self.flow_method)
-        out = dict(sample)
-        out["video"] = clip[:-1].contiguous()
-        out["motion"] = torch.from_numpy(motion_statistics(flow))
-        out["appearance"] = torch.from_numpy(appearance_statistics(frames[:-1]))
-        return out
+from vssl.heads import STATISTICS_HEAD_KINDS, StatisticsHead
+from vssl.tasks.base import StepOutput, VSSLTask
 
 
 @dataclass(frozen=True)
@@ -605,32 +51,34 @@ class _Family:
 class SpatioTemporalStatistics(VSSLTask):
     """Predict the motion (14) and appearance (13) statistics of a clip (MAS / STS).
 
-    Views: T + 1 consecutive frames, one random ``crop_size`` crop shared by all (the paper's
-    crop of 112 from frames decoded at 128x171, not a random *resized* crop: the spec's
-    ``scale`` is not used), flipped at random when the data allows (`ClipSpec.flip`); flow and
+    Views: T + 1 consecutive frames, one random ``crop_size`` crop shared by all (the papers'
+    crop of 112 from frames decoded at 128x171, not a random *resized* crop: the datamodule's
+    ``crop_scale`` is not used), flipped at random when the data allows (`ClipSpec.flip`); flow and
     labels are computed in the workers on those frames (`StatisticsTransform`). Validation and
     test take the central window and the central crop, unflipped.
 
-    Backbone -> pooled features -> a linear motion head and a linear appearance head.
-    ``head="classification"``: one softmax per label (as many classes as the label has values),
-    cross-entropy; ``head="regression"``: the paper's MSE on the integer labels. Either way the
+    Backbone -> pooled features -> a linear motion head and a linear appearance head
+    (`StatisticsHead`). ``head="classification"``: one softmax per label (as many classes as the
+    label has values), cross-entropy; ``head="regression"``: the papers' MSE on the integer
+    labels. Either way the
     loss is ``motion_weight * L_motion + appearance_weight * L_appearance``, each the mean over
     the family's active labels of that label's loss (labels that are 0, "undefined", are left
     out). ``groups`` picks the label groups (`LABEL_GROUPS`: p1, p2, p3, global); ``motion`` /
     ``appearance`` switch a whole family off. Each group's loss is logged, and each label's
     accuracy on validation and test (regression: the rounded prediction).
 
-    Classification is the default because it learned far better features in a measurement on
-    the synthetic dataset (the linear-probe benchmark: 8 motion classes, tiny_r2plus1d, 40
-    epochs, seeds 0 and 1; linear probe on frozen features): 64.6% and 77.1% top-1 against
-    14.1% and 15.6% for regression and 13.0% for random weights (chance 12.5%). With MSE the
-    heads settle on the labels' means and the backbone learns nothing usable: MSE on label
-    indices rewards numerically close wrong answers, but index distance means little here:
-    blocks 4 and 5 lie on opposite sides of the frame, and direction bins 1 and 8 are
-    neighbours.
+    Classification is the default because its features are far better under a linear probe
+    (the measurement is in README, section "Pretext tasks"). With MSE the heads settle on the
+    labels' means and the backbone learns little: MSE on label indices rewards numerically
+    close wrong answers, but index distance means little here: blocks 4 and 5 lie on opposite
+    sides of the frame, and direction bins 1 and 8 are neighbours.
 
     Args:
-        head: ``classification`` (default) or ``regression`` (the paper's).
+        head: ``classification`` (default) or ``regression`` (the papers').
+        motion, appearance: predict that family of labels.
+        groups: the label groups to predict (`LABEL_GROUPS`).
+        motion_weight, appearance_weight: the weights of the two families' losses (the papers'
+            1.0 and 0.1).
         clip_len: frames the network sees (the datamodule's ``clip_len``; the task reads one
             more for the last flow field). Sets the classes of the global motion labels.
         flow_method: ``dis`` (default) or ``farneback`` (`vssl.data.flow.compute_flow`).
@@ -652,7 +100,7 @@ class SpatioTemporalStatistics(VSSLTask):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        if head not in ("classification", "regression"):
+        if head not in STATISTICS_HEAD_KINDS:
             raise ValueError(f"head must be 'classification' or 'regression', got {head!r}")
         unknown = sorted(set(groups) - set(LABEL_GROUPS))
         if unknown:
@@ -667,7 +115,7 @@ class SpatioTemporalStatistics(VSSLTask):
                 "change the colours after the appearance labels were computed; switch it off "
                 "or set appearance: false"
             )
-        self.head_kind, self.clip_len, self.flow_method = head, clip_len, flow_method
+        self.clip_len, self.flow_method = clip_len, flow_method
         families = []
         for name, key, names, on, weight in (
             ("motion", "motion", MOTION_LABELS, motion, motion_weight),
@@ -683,15 +131,8 @@ class SpatioTemporalStatistics(VSSLTask):
         self.families = tuple(families)
         for f in self.families:
             self.register_buffer(f"_{f.name}_index", torch.tensor(f.index), persistent=False)
-            self.register_buffer(f"_{f.name}_classes", torch.tensor(f.classes), persistent=False)
         self.heads = nn.ModuleDict(
-            {
-                f.name: nn.Linear(
-                    self.backbone.out_dim,
-                    sum(f.classes) if head == "classification" else len(f.labels),
-                )
-                for f in self.families
-            }
+            {f.name: StatisticsHead(self.backbone.out_dim, f.classes, head) for f in self.families}
         )
 
     def clip_sampler(self, stage: str, spec: ClipSpec) -> ClipSampler:
@@ -711,25 +152,22 @@ class SpatioTemporalStatistics(VSSLTask):
 
     def _label_losses(self, family: _Family, out: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Per-label losses and accuracies ``(L,)`` over the samples whose label is defined."""
+        head: StatisticsHead = self.heads[family.name]
         valid = targets > 0
         count = valid.sum(0).clamp(min=1)
-        if self.head_kind == "regression":
-            loss = ((out - targets.float()) ** 2 * valid).sum(0) / count
-            top = getattr(self, f"_{family.name}_classes")
-            pred = out.detach().round().clamp(min=1).minimum(top).long()
+        if head.kind == "regression":
+            loss = (out - targets.float()) ** 2
         else:
             target = (targets - 1).clamp(min=0)
-            chunks = out.split(family.classes, dim=1)
             loss = torch.stack(
                 [
                     nn.functional.cross_entropy(c, target[:, k], reduction="none")
-                    for k, c in enumerate(chunks)
+                    for k, c in enumerate(head.chunks(out))
                 ],
                 dim=1,
             )
-            loss = (loss * valid).sum(0) / count
-            pred = torch.stack([c.detach().argmax(1) + 1 for c in chunks], dim=1)
-        acc = ((pred == targets) & valid).sum(0) / count
+        loss = (loss * valid).sum(0) / count
+        acc = ((head.predict(out) == targets) & valid).sum(0) / count
         return loss, acc
 
     def step(self, batch: dict[str, Tensor], stage: str) -> StepOutput:

@@ -7,6 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from vssl.heads import ClassifierHead
 from vssl.tasks.base import EVAL_STAGES, StepOutput, VSSLTask
 
 
@@ -35,7 +36,7 @@ class Supervised(VSSLTask):
                 "Supervised needs num_classes: use a labelled datamodule (the CLI links it) or set "
                 "model.init_args.num_classes"
             )
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.backbone.out_dim, num_classes))
+        self.head = ClassifierHead(self.backbone.out_dim, num_classes, dropout)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.accuracy = nn.ModuleDict(
             {f"{s}_": MulticlassAccuracy(num_classes, average="micro") for s in EVAL_STAGES}
@@ -46,7 +47,9 @@ class Supervised(VSSLTask):
         logits = self.head(features)
         labels = batch["label"]
         if stage == "train":
-            acc: Tensor | MulticlassAccuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
+            acc: Tensor | MulticlassAccuracy = (
+                (logits.detach().argmax(dim=1) == labels).float().mean()
+            )
         else:
             acc = self.accuracy[f"{stage}_"]
             acc(logits, labels)

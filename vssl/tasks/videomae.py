@@ -1,7 +1,9 @@
-"""VideoMAE: masked autoencoders for video pretraining (Tong et al., NeurIPS 2022).
+"""VideoMAE: masked autoencoders for video pretraining.
 
-Follows ``specs/pretext-tasks.md`` section 4 and the official code (``modeling_pretrain.py``,
-``masking_generator.py``, ``engine_for_pretraining.py``, ``run_mae_pretraining.py``):
+Tong et al., "VideoMAE: Masked Autoencoders are Data-Efficient Learners for Self-Supervised Video
+Pre-Training", NeurIPS 2022, https://arxiv.org/abs/2203.12602. Follows the paper and the official
+code (github.com/MCG-NJU/VideoMAE: ``modeling_pretrain.py``, ``masking_generator.py``,
+``engine_for_pretraining.py``, ``run_mae_pretraining.py``):
 
 - Encoder: a video ViT from `vssl.backbones.vit` (``vit_s_16``, ``vit_b_16``, ``vit_tiny_8``);
   the tubelet size (2 x 16 x 16 in the paper) is read from the backbone.
@@ -15,7 +17,7 @@ Follows ``specs/pretext-tasks.md`` section 4 and the official code (``modeling_p
   ``encoder_to_decoder``, which its Xavier ``_init_weights`` never reaches). The decoder input is the visible tokens followed by a
   learned mask token for every masked position, each plus its sinusoidal position; after
   ``decoder_depth`` pre-norm blocks and a LayerNorm, ``Linear(decoder_dim, 3 * 2 * 16 * 16)``
-  predicts the pixels of the masked tubelets only.
+  (`vssl.heads.PixelHead`) predicts the pixels of the masked tubelets only.
 - Target (`reconstruction_target`): the clip un-normalised back to [0, 1] pixels, cut into
   tubelets; each tubelet and channel normalised by the mean and unbiased standard deviation of
   its 2 x 16 x 16 pixels, ``(x - mean) / (std + 1e-6)`` (the official ``normlize_target``),
@@ -45,6 +47,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from vssl.backbones.vit import Block, VideoViT, init_vit_weights, sinusoid_position_embedding
+from vssl.heads import PixelHead
 from vssl.tasks.base import StepOutput, VSSLTask
 
 #: Epsilon of the per-tubelet target normalisation (official ``engine_for_pretraining.py``).
@@ -195,8 +198,7 @@ class VideoMAE(VSSLTask):
             Block(decoder_dim, decoder_heads) for _ in range(decoder_depth)
         )
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
-        pt, ph, pw = self.tubelet
-        self.head = nn.Linear(decoder_dim, 3 * pt * ph * pw)
+        self.head = PixelHead(decoder_dim, self.tubelet)
         # The official code applies its Xavier `_init_weights` inside the encoder and the decoder
         # only: ``encoder_to_decoder`` keeps PyTorch's default Linear initialisation.
         for module in (self.encoder_norm, self.decoder, self.decoder_norm, self.head):
