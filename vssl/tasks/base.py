@@ -5,7 +5,7 @@ schedule (with the learning-rate scaling rule of the task's paper), the batched 
 that runs on the device after transfer, an online linear probe on detached features whenever
 the batch has labels, logging, and feature extraction. A task file holds only what is
 particular to the task: the views it samples (`clip_sampler`), how each clip is transformed in
-the workers (`clip_transform`), its heads, and its loss (`step`).
+the workers (`clip_transform`), its heads (from `vssl.heads`), and its loss (`step`).
 """
 
 from __future__ import annotations
