@@ -442,16 +442,19 @@ def test_killed_run_resumes_from_last_and_ends_like_an_uninterrupted_one(tiny_sy
                                      "callbacks": [{"class_path": "test_reliability.KillAtStep",
                                                     "init_args": {"step": 6}}]}}
     killed = _fit(killed_cfg, tmp_path / "resumed")
-    _, err = whole.communicate(timeout=300)
-    assert whole.returncode == 0, err[-3000:]
-    killed.communicate(timeout=300)
-    assert killed.returncode == -signal.SIGKILL
-    last = tmp_path / "resumed" / "ckpts" / "last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 5  # mid-epoch 2
+    try:
+        killed.communicate(timeout=300)
+        assert killed.returncode == -signal.SIGKILL
+        last = tmp_path / "resumed" / "ckpts" / "last.ckpt"
+        # mid-epoch 2
+        assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 5
 
-    resumed = _fit(cfg, tmp_path / "resumed", "--ckpt_path", "last")
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err[-3000:]
+        resumed = _fit(cfg, tmp_path / "resumed", "--ckpt_path", "last")  # while whole runs on
+        _, err = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, err[-3000:]
+    finally:
+        _, err = whole.communicate(timeout=300)
+    assert whole.returncode == 0, err[-3000:]
 
     def final(folder: Path) -> tuple[dict, dict]:
         ckpt = torch.load(folder / "ckpts" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -537,16 +540,19 @@ def test_ddp_run_killed_mid_epoch_resumes_with_the_same_samples(tiny_synthetic, 
     kill = {"class_path": "test_reliability.KillAtStep", "init_args": {"step": 5}}
     whole = _fit(with_callbacks(record("whole_seen")), tmp_path / "whole")
     killed = _fit(with_callbacks(record("killed_seen"), kill), tmp_path / "resumed")
-    _, err = whole.communicate(timeout=300)
-    assert whole.returncode == 0, err[-3000:]
-    killed.communicate(timeout=300)
-    assert killed.returncode == -signal.SIGKILL
-    last = tmp_path / "resumed" / "ckpts" / "last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
+    try:
+        killed.communicate(timeout=300)
+        assert killed.returncode == -signal.SIGKILL
+        last = tmp_path / "resumed" / "ckpts" / "last.ckpt"
+        assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
 
-    resumed = _fit(with_callbacks(record("resumed_seen")), tmp_path / "resumed", "--ckpt_path", "last")
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err[-3000:]
+        resumed = _fit(with_callbacks(record("resumed_seen")), tmp_path / "resumed",
+                       "--ckpt_path", "last")  # while the uninterrupted run goes on
+        _, err = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, err[-3000:]
+    finally:
+        _, err = whole.communicate(timeout=300)
+    assert whole.returncode == 0, err[-3000:]
 
     whole_seen, resumed_seen = _batches(tmp_path / "whole_seen"), _batches(tmp_path / "resumed_seen")
     for rank in (0, 1):
