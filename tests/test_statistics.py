@@ -587,3 +587,13 @@ def test_configs_build_the_task(config):
     task = SpatioTemporalStatistics(**args)
     assert task.clip_len == data["clip_len"] and data["crop_size"] % 8 == 0
     assert task.families[0].weight == 1.0 and task.families[1].weight == 0.1
+
+
+def test_label_functions_live_in_the_data_package_and_stay_importable_from_the_task_module():
+    import vssl.data.statistics_labels as labels
+    import vssl.tasks.statistics as task_module
+
+    for name in ("motion_statistics", "appearance_statistics", "StatisticsTransform", "PATTERNS"):
+        assert getattr(task_module, name) is getattr(labels, name)
+    assert StatisticsTransform.__module__ == "vssl.data.statistics_labels"
+    assert not hasattr(labels, "mirror_motion_labels")  # the flip oracles are the tests' own

@@ -28,12 +28,52 @@ from vssl.data.statistics_labels import (
     APPEARANCE_LABELS,
     LABEL_GROUPS,
     MOTION_LABELS,
+    NUM_BINS,
+    OCTANT_COLOURS,
+    PATTERNS,
+    AppearanceRegions,
+    MotionBoundaries,
     StatisticsTransform,
+    appearance_regions,
+    appearance_statistics,
+    colour_octants,
     label_classes,
     label_group,
+    motion_boundaries,
+    motion_statistics,
+    orientation_histogram,
+    prewitt,
+    region_masks,
+    region_scores,
 )
 from vssl.heads import STATISTICS_HEAD_KINDS, StatisticsHead
 from vssl.tasks.base import StepOutput, VSSLTask
+
+#: The task, and the labels' public names, which lived here before `vssl.data.statistics_labels`
+#: and are still importable from this module.
+__all__ = [
+    "APPEARANCE_LABELS",
+    "LABEL_GROUPS",
+    "MOTION_LABELS",
+    "NUM_BINS",
+    "OCTANT_COLOURS",
+    "PATTERNS",
+    "AppearanceRegions",
+    "MotionBoundaries",
+    "SpatioTemporalStatistics",
+    "StatisticsTransform",
+    "appearance_regions",
+    "appearance_statistics",
+    "colour_octants",
+    "label_classes",
+    "label_group",
+    "motion_boundaries",
+    "motion_statistics",
+    "orientation_histogram",
+    "prewitt",
+    "region_masks",
+    "region_scores",
+]
 
 
 @dataclass(frozen=True)
