@@ -1,4 +1,5 @@
-"""Dataset layouts as people download them: UCF101, HMDB51, Kinetics, SSv2 and plain folders.
+"""Dataset layouts as people download them: UCF101, HMDB51, Kinetics, SSv2, Diving48 and plain
+folders.
 
 Each layout turns a root folder (and its split/annotation files) into ``VideoItem`` s with
 0-based labels into a list of class names. :data:`LAYOUTS` maps a name to its loader; add an
@@ -335,6 +336,86 @@ def ssv2(
     return _keep_existing(items, "ssv2", videos), classes
 
 
+DIVING48_SPLIT_FILES: dict[str, tuple[str, ...]] = {
+    "train": ("Diving48_V2_train.json", "Diving48_train.json"),
+    "test": ("Diving48_V2_test.json", "Diving48_test.json"),
+}
+"""Diving48's split files, V2 (the corrected labels) first, then V1's names."""
+
+DIVING48_VOCAB = "Diving48_vocab.json"
+
+
+def _diving48_classes(vocab_file: Path) -> list[str]:
+    """Class names from ``Diving48_vocab.json``: one list of the dive's four parts (take-off,
+    somersaults, twists, flight position) per class, joined with spaces."""
+    vocab = _load_json(vocab_file)
+    if not isinstance(vocab, list) or not vocab:
+        raise InvalidInputError(f"{vocab_file}:1: expected a list of classes, each a list of words")
+    classes = []
+    for k, entry in enumerate(vocab):
+        if isinstance(entry, str):
+            entry = [entry]
+        if not isinstance(entry, list) or not all(isinstance(w, str) for w in entry) or not entry:
+            raise InvalidInputError(
+                f"{vocab_file}: class {k} must be a list of words (e.g. "
+                f'["Back", "15som", "05Twis", "FREE"]), got {entry!r}'
+            )
+        classes.append(" ".join(entry))
+    return classes
+
+
+def diving48(
+    root: str | Path,
+    split: str = "train",
+    fold: int = 1,
+    annotations: str | Path | None = None,
+) -> tuple[list[VideoItem], list[str]]:
+    """Diving48: ``rgb/<vid_name>.mp4`` videos (or ``videos/``, or directly under ``root``) and
+    the official ``Diving48_V2_{train,test}.json`` (V1: ``Diving48_{train,test}.json``) lists
+    of ``{"vid_name", "label", "start_frame", "end_frame"}`` with ``Diving48_vocab.json`` (in
+    ``annotations``, else ``root`` or ``root/annotations``). The videos are trimmed to the dive,
+    so the frame range is not used. ``val`` and ``validation`` mean test."""
+    _check_split(split, ("train", "test", "val", "validation"), "diving48")
+    root = Path(root)
+    names = DIVING48_SPLIT_FILES["train" if split == "train" else "test"]
+    if annotations is not None:
+        folders = [Path(annotations)]
+    else:
+        folders = [root, root / "annotations"]
+    candidates = [f / name for name in names for f in folders]
+    list_file = next((c for c in candidates if c.is_file()), None)
+    if list_file is None:
+        raise MissingInputError(
+            f"{folders[0] / names[0]}: Diving48 annotation file not found (nor {names[1]}, in "
+            + " or ".join(str(f) for f in folders)
+            + ")"
+        )
+    classes = _diving48_classes(list_file.parent / DIVING48_VOCAB)
+    entries = _load_json(list_file)
+    if not isinstance(entries, list):
+        raise InvalidInputError(f"{list_file}:1: expected a list of videos")
+    videos = next((d for d in (root / "rgb", root / "videos") if d.is_dir()), root)
+    items = []
+    for k, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("vid_name"), str):
+            raise InvalidInputError(f"{list_file}: entry {k} has no 'vid_name' string: {entry!r}")
+        name, label = entry["vid_name"], entry.get("label")
+        if not name or Path(name).name != name:
+            raise InvalidInputError(f"{list_file}: entry {k}: bad vid_name {name!r}")
+        if isinstance(label, bool) or not isinstance(label, int):
+            raise InvalidInputError(
+                f"{list_file}: entry {k} ({name}): 'label' must be an integer, got {label!r}"
+            )
+        if not 0 <= label < len(classes):
+            raise InvalidInputError(
+                f"{list_file}: entry {k} ({name}): label {label} is out of range 0.."
+                f"{len(classes) - 1} of {list_file.parent / DIVING48_VOCAB}"
+            )
+        file = videos / name if is_video(name) else videos / f"{name}.mp4"
+        items.append(VideoItem(file, label))
+    return _keep_existing(items, "diving48", videos), classes
+
+
 def folder(
     root: str | Path,
     split: str = "train",
@@ -438,6 +519,7 @@ LAYOUTS: dict[str, Layout] = {
     "hmdb51": hmdb51,
     "kinetics": kinetics,
     "ssv2": ssv2,
+    "diving48": diving48,
     "folder": folder,
     "csv": csv_layout,
     "unlabeled": unlabeled,
