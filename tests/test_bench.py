@@ -1,0 +1,120 @@
+"""``vssl bench``: a 2-cell grid end to end, resuming, collecting, and grid mistakes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vssl.bench import Grid, main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_grid(tmp_path: Path, data: Path, **changes) -> Path:
+    grid = {
+        "out": str(tmp_path / "out"),
+        "seeds": [0],
+        "methods": {"supervised": {"config": str(REPO / "configs" / "quickstart.yaml")},
+                    "random": {}},
+        "backbones": ["tiny3d"],
+        "pretrain_data": {"motion": {"root": str(data), "synthetic": None, "clip_len": 4,
+                                     "crop_size": 16, "decode_size": 32, "num_workers": 0,
+                                     "batch_size": 4}},
+        "trainer": {"max_epochs": 1, "enable_progress_bar": False},
+        "evaluate": {
+            "data": {"motion": {"root": str(data), "layout": "folder"}},
+            "settings": {"clip_len": 4, "crop_size": 16, "decode_size": 32, "clips": 2,
+                         "crops": 1, "cache_dir": "none"},
+            "protocols": {"probe": {"steps": 10, "train_views": 1, "fractions": [1.0]}},
+        },
+        **changes,
+    }
+    file = tmp_path / "grid.yaml"
+    file.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return file
+
+
+def test_a_two_cell_grid_end_to_end_then_skipped_and_collected(tiny_synthetic, tmp_path, capsys):
+    grid = write_grid(tmp_path, tiny_synthetic)
+    assert main([str(grid), "--list"]) == 0
+    assert capsys.readouterr().out.split() == ["0", "supervised-tiny3d-motion-s0",
+                                               "1", "random-tiny3d-s0"]
+    assert main([str(grid)]) == 0
+    out = tmp_path / "out"
+    trained = out / "cells" / "supervised-tiny3d-motion-s0"
+    # an ordinary run folder: its config, its checkpoints, its metrics
+    assert (trained / "fit" / "config.yaml").is_file()
+    assert (trained / "fit" / "checkpoints" / "last.ckpt").is_file()
+    assert yaml.safe_load((trained / "fit" / "config.yaml").read_text())["seed_everything"] == 0
+    commands = (trained / "commands.sh").read_text().splitlines()
+    assert commands[2].startswith("python -m vssl fit --config ")
+    assert commands[3].startswith("python -m vssl probe --ckpt ")
+    probe = json.loads((trained / "eval" / "motion.clean.probe.json").read_text())
+    assert probe["protocol"] == "probe" and probe["num_test"] == 4
+    random = out / "cells" / "random-tiny3d-s0"
+    assert not (random / "fit").exists()
+    assert "--backbone tiny3d" in (random / "commands.sh").read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(r["cell"] for r in results["evaluations"]) == ["random-tiny3d-s0",
+                                                                 "supervised-tiny3d-motion-s0"]
+    table = (out / "results.md").read_text()
+    assert "| supervised | tiny3d | motion | all | motion | clean | 1 |" in table
+    assert "| random | tiny3d | - | all | motion | clean | 1 |" in table
+    assert (out / "accuracy.png").stat().st_size > 1000
+    first = (out / "results.json").read_bytes()
+    capsys.readouterr()
+    # A second run finds everything done; --collect writes the same results.
+    assert main([str(grid)]) == 0
+    assert "pretraining" not in capsys.readouterr().out
+    assert (out / "results.json").read_bytes() == first
+    assert main([str(grid), "--collect"]) == 0
+    assert (out / "results.json").read_bytes() == first
+    # An interrupted pretraining (no fit.done yet) continues from its last.ckpt.
+    (trained / "fit.done").unlink()
+    (trained / "eval" / "motion.clean.probe.json").unlink()
+    capsys.readouterr()
+    assert main([str(grid), "--cell", "0"]) == 0
+    assert "pretraining (resuming from last.ckpt)" in capsys.readouterr().out
+    assert "--ckpt_path" not in (trained / "commands.sh").read_text()
+    assert (trained / "fit" / "config.before_resume_1.yaml").is_file()
+    assert (trained / "fit" / "config.yaml").is_file()
+    assert (trained / "eval" / "motion.clean.probe.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"seed": [0]}, "unknown key 'seed' (did you mean 'seeds'?)"),
+        ({"methods": {"x": {"config": "nope.yaml"}}}, "methods.x: config nope.yaml not found"),
+        ({"methods": {"x": {"confg": "a.yaml"}}}, "unknown key 'confg' (did you mean 'config'?)"),
+        ({"evaluate": {"data": {"m": {"root": "d"}}, "corruptions": ["fog-2"]}},
+         "'fog-2' is not 'clean' or NAME-SEVERITY"),
+        ({"evaluate": {"data": {"m": {"root": "d"}}, "protocols": {"prob": {}}}},
+         "unknown protocol 'prob' (did you mean 'probe'?)"),
+        ({"backbones": None, "methods": {"random": {}}}, "the grid must name its backbones"),
+    ],
+)
+def test_grid_mistakes_are_one_line_naming_the_file(tmp_path, capsys, change, message):
+    grid = write_grid(tmp_path, tmp_path / "data", **change)
+    assert main([str(grid)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vssl bench: error: ") and str(grid) in err and message in err
+    assert "Traceback" not in err
+
+
+def test_cells_vary_over_subsets_and_seeds_but_not_for_random_init(tmp_path):
+    grid = Grid.load(write_grid(tmp_path, tmp_path / "data", seeds=[0, 1], subsets=[0.5, 1.0]))
+    names = [c.name for c in grid.cells]
+    assert names == [
+        "supervised-tiny3d-motion-subset0.5-s0", "supervised-tiny3d-motion-subset0.5-s1",
+        "supervised-tiny3d-motion-subset1.0-s0", "supervised-tiny3d-motion-subset1.0-s1",
+        "random-tiny3d-s0", "random-tiny3d-s1",
+    ]
+    override = grid.fit_override(grid.cells[1])
+    assert override["seed_everything"] == 1
+    assert override["data"]["init_args"]["subset"] == 0.5
+    assert override["model"]["init_args"]["backbone"] == "tiny3d"
+    assert override["trainer"]["logger"]["init_args"]["version"] == "fit"

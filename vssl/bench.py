@@ -1,0 +1,614 @@
+"""``python -m vssl bench GRID.yaml``: a benchmark grid in which every cell is an ordinary run.
+
+The grid follows the axes of "A Large-Scale Analysis on Contextual Self-Supervised Video
+Representation Learning" (Kumar et al., 2025): methods x backbones x pretraining data x
+pretraining subset sizes x seeds, each pretrained model evaluated by frozen-feature protocols on
+evaluation datasets, clean and corrupted. A grid file::
+
+    out: runs/bench/cpu                  # every cell is a folder under out/cells
+    seeds: [0, 1, 2]
+    methods:                             # name -> fit config file(s), composed in order
+      rspnet: {config: configs/rspnet/synthetic_tiny.yaml}
+      supervised: {config: configs/quickstart.yaml}
+      random: {}                         # no config: the randomly initialised backbone
+    backbones: [tiny_r2plus1d]           # model.init_args.backbone of every method (optional)
+    pretrain_data:                       # name -> data.init_args of the pretraining runs
+      motion: {root: data/synthetic}
+    subsets: [0.25, 1.0]                 # data.init_args.subset (optional; null: all videos)
+    trainer: {max_epochs: 10}            # trainer settings of every pretraining run
+    evaluate:
+      data:                              # name -> options of probe / retrieve
+        motion: {root: data/synthetic, layout: folder}
+      settings: {clip_len: 16, crop_size: 32, decode_size: 32}   # every evaluation's options
+      protocols: {probe: {steps: 100}, retrieve: {}}
+      corruptions: [clean, gaussian-3]   # name-severity (vssl.data.corruptions)
+
+A cell is one (method, backbone, pretraining data, subset, seed); the random baseline has no
+pretraining, so its cells do not vary with the pretraining data or subset. Each cell runs
+``python -m vssl fit`` (its run folder ``cells/<cell>/fit``, with ``config.yaml`` and
+``checkpoints/``) and then ``python -m vssl probe`` / ``retrieve`` for every evaluation dataset
+and corruption (``cells/<cell>/eval/*.json``), each command written to ``cells/<cell>/commands.sh``
+and its output to ``cells/<cell>/logs/``, so any cell can be re-run or inspected alone. Finished
+steps are skipped on the next run; an interrupted pretraining continues from its ``last.ckpt``;
+``--list`` numbers the cells and ``--cell N`` runs one (a SLURM array task, a sweep agent);
+``--collect`` only gathers what the cells wrote into ``results.json`` (every setting of every
+evaluation), ``results.md`` (mean and standard error over seeds, or over the test videos with
+one seed) and charts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import itertools
+import json
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vssl.data.corruptions import SEVERITIES
+from vssl.errors import InvalidInputError, MissingInputError, UserError
+
+GRID_KEYS = {
+    "out", "seeds", "methods", "backbones", "pretrain_data", "subsets", "trainer", "evaluate",
+}
+EVAL_KEYS = {"data", "settings", "protocols", "corruptions"}
+METHOD_KEYS = {"config", "model", "data", "trainer"}
+PROTOCOLS = ("probe", "retrieve")
+# The figure of each protocol that results.md and the charts report: (label, path in the JSON).
+HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
+    "probe": [("linear", ("linear", "1.0")), ("kNN", ("knn",))],
+    "retrieve": [("R@1", ("R@1",))],
+}
+
+
+def _close(word: str, choices: Iterable[str]) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _check_keys(where: str, given: dict[str, Any], allowed: set[str]) -> None:
+    for key in given:
+        if key not in allowed:
+            raise InvalidInputError(
+                f"{where}: unknown key {key!r}{_close(key, allowed)}; "
+                f"expected {', '.join(sorted(allowed))}"
+            )
+
+
+def _name(text: str) -> str:
+    """A file-name-safe spelling of a grid value."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", str(text)).strip("_") or "none"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One pretrained model of the grid and its evaluations."""
+
+    method: str
+    backbone: str | None
+    data: str | None
+    subset: float | int | None
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """``method-backbone[-data][-subsetS]-sSEED``, e.g. ``rspnet-tiny3d-motion-subset0.25-s0``."""
+        parts = [self.method, self.backbone or "own"]
+        if self.data is not None:
+            parts.append(self.data)
+        if self.subset is not None:
+            parts.append(f"subset{self.subset}")
+        return "-".join(_name(p) for p in parts) + f"-s{self.seed}"
+
+
+@dataclass
+class Grid:
+    """A parsed grid file (see the module notes)."""
+
+    file: Path
+    out: Path
+    seeds: list[int]
+    methods: dict[str, dict[str, Any]]
+    backbones: list[str | None]
+    pretrain_data: dict[str, dict[str, Any]]
+    subsets: list[float | int | None]
+    trainer: dict[str, Any]
+    eval_data: dict[str, dict[str, Any]]
+    eval_settings: dict[str, Any]
+    protocols: dict[str, dict[str, Any]]
+    corruptions: list[str]
+    cells: list[Cell] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, file: str | Path, out: str | Path | None = None) -> Grid:
+        """Read and check ``file``; relative config paths are taken from the working folder."""
+        path = Path(file)
+        if not path.is_file():
+            raise MissingInputError(f"{path}: grid file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InvalidInputError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise InvalidInputError(f"{path}: a grid is a mapping of {', '.join(sorted(GRID_KEYS))}")
+        _check_keys(str(path), raw, GRID_KEYS)
+        evaluate = raw.get("evaluate") or {}
+        _check_keys(f"{path}: evaluate", evaluate, EVAL_KEYS)
+        methods = raw.get("methods") or {}
+        if not methods:
+            raise InvalidInputError(f"{path}: no methods")
+        for name, spec in methods.items():
+            spec = methods[name] = spec or {}
+            _check_keys(f"{path}: methods.{name}", spec, METHOD_KEYS)
+            configs = spec.get("config") or []
+            spec["config"] = [configs] if isinstance(configs, str) else list(configs)
+            for config in spec["config"]:
+                if not Path(config).is_file():
+                    raise MissingInputError(f"{path}: methods.{name}: config {config} not found")
+        protocols = evaluate.get("protocols") or {"probe": {}}
+        for name in protocols:
+            if name not in PROTOCOLS:
+                raise InvalidInputError(
+                    f"{path}: evaluate.protocols: unknown protocol {name!r}{_close(name, PROTOCOLS)}"
+                    f"; expected {', '.join(PROTOCOLS)}"
+                )
+        corruptions = [str(c) for c in evaluate.get("corruptions") or ["clean"]]
+        for corruption in corruptions:
+            _corruption_args(corruption, path)
+        eval_data = evaluate.get("data") or {}
+        if not eval_data:
+            raise InvalidInputError(f"{path}: evaluate.data names no evaluation dataset")
+        for name, spec in eval_data.items():
+            if not isinstance(spec, dict) or "root" not in spec:
+                raise InvalidInputError(f"{path}: evaluate.data.{name} needs a root")
+        grid = cls(
+            file=path,
+            out=Path(out or raw.get("out") or Path("runs") / "bench" / path.stem),
+            seeds=[int(s) for s in raw.get("seeds") or [0]],
+            methods=methods,
+            backbones=list(raw.get("backbones") or [None]),
+            pretrain_data=raw.get("pretrain_data") or {},
+            subsets=list(raw.get("subsets") or [None]),
+            trainer=raw.get("trainer") or {},
+            eval_data=eval_data,
+            eval_settings=evaluate.get("settings") or {},
+            protocols={k: v or {} for k, v in protocols.items()},
+            corruptions=corruptions,
+        )
+        if not grid.pretrain_data and any(m["config"] for m in methods.values()):
+            grid.pretrain_data = {"config": {}}  # the configs' own data
+        grid.cells = grid._cells()
+        return grid
+
+    def _cells(self) -> list[Cell]:
+        cells = []
+        for method, spec in self.methods.items():
+            trains = bool(spec["config"])
+            datas = list(self.pretrain_data) if trains else [None]
+            subsets = self.subsets if trains else [None]
+            for backbone, data, subset, seed in itertools.product(
+                self.backbones, datas, subsets, self.seeds
+            ):
+                cells.append(Cell(method, backbone, data, subset, seed))
+        for cell in cells:
+            if cell.backbone is None and not self.methods[cell.method]["config"]:
+                raise InvalidInputError(
+                    f"{self.file}: methods.{cell.method} has no config, so it is a random "
+                    "initialisation: the grid must name its backbones"
+                )
+        return cells
+
+    def folder(self, cell: Cell) -> Path:
+        return self.out / "cells" / cell.name
+
+    def fit_override(self, cell: Cell) -> dict[str, Any]:
+        """The settings the grid lays over a method's configs for ``cell``."""
+        spec = self.methods[cell.method]
+        trainer = {**self.trainer, **(spec.get("trainer") or {})}
+        trainer["logger"] = {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(self.folder(cell)), "name": "", "version": "fit"},
+        }
+        data = {**(self.pretrain_data.get(cell.data) or {}), **(spec.get("data") or {})}
+        if cell.subset is not None:
+            data["subset"] = cell.subset
+        override: dict[str, Any] = {"seed_everything": cell.seed, "trainer": trainer}
+        if data:
+            override["data"] = {"init_args": data}
+        model = dict(spec.get("model") or {})
+        if cell.backbone is not None:
+            model["backbone"] = cell.backbone
+        if model:
+            override["model"] = {"init_args": model}
+        return override
+
+    def evaluations(self, cell: Cell) -> list[tuple[str, str, str, list[str]]]:
+        """(evaluation dataset, corruption, protocol, arguments of ``python -m vssl``) of every
+        evaluation of ``cell``."""
+        folder = self.folder(cell)
+        if self.methods[cell.method]["config"]:
+            model = ["--ckpt", str(folder / "fit" / "checkpoints" / "last.ckpt")]
+        else:
+            model = ["--backbone", str(cell.backbone)]
+        out = []
+        for (data, spec), corruption, (protocol, options) in itertools.product(
+            self.eval_data.items(), self.corruptions, self.protocols.items()
+        ):
+            args = [protocol, *model, "--seed", str(cell.seed)]
+            args += _options({**self.eval_settings, **spec, **options})
+            args += _corruption_args(corruption, self.file)
+            out.append((data, corruption, protocol, args))
+        return out
+
+
+def _options(options: dict[str, Any]) -> list[str]:
+    """``{"clip_len": 16, "flip": False}`` as ``--clip-len 16 --no-flip``."""
+    args = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, (list, tuple)):
+            args += [flag, *map(str, value)]
+        elif value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def _corruption_args(corruption: str, file: Path) -> list[str]:
+    """``gaussian-3`` as ``--corruption gaussian --severity 3``; ``clean`` as nothing."""
+    if corruption == "clean":
+        return []
+    kind, _, severity = corruption.rpartition("-")
+    if kind.removesuffix("_noise") not in SEVERITIES or severity not in list("12345"):
+        raise InvalidInputError(
+            f"{file}: evaluate.corruptions: {corruption!r} is not 'clean' or NAME-SEVERITY with "
+            f"NAME one of {', '.join(sorted(SEVERITIES))} and SEVERITY 1-5 (e.g. gaussian-3)"
+        )
+    return ["--corruption", kind, "--severity", severity]
+
+
+def _run(args: list[str], log: Path) -> int:
+    """``python -m vssl ARGS`` in a fresh process, its output in ``log``; the exit status."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as out:
+        return subprocess.run(
+            [sys.executable, "-m", "vssl", *args], stdout=out, stderr=subprocess.STDOUT, env=env
+        ).returncode
+
+
+def _run_here(args: list[str], log: Path) -> int:
+    """``python -m vssl ARGS`` in this process (an evaluation: no trainer, so nothing lingers
+    between cells, and no interpreter start per evaluation), its output in ``log``."""
+    from vssl.cli import main as vssl_main
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            return vssl_main(args)
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else 1
+        except Exception:
+            traceback.print_exc()
+            return 1
+
+
+def _shown(args: list[str]) -> str:
+    """The command line a user types for ``python -m vssl ARGS``."""
+    return shlex.join(["python", "-m", "vssl", *args])
+
+
+def _tail(log: Path, lines: int = 5) -> str:
+    text = log.read_text(errors="replace").strip().splitlines() if log.is_file() else []
+    return " | ".join(text[-lines:])
+
+
+def fit_command(grid: Grid, cell: Cell, resume: bool = False) -> list[str]:
+    """The ``python -m vssl fit`` command of ``cell`` (its configs, then the grid's settings
+    in ``grid.yaml``); with ``resume``, continuing from its ``last.ckpt`` if there is one."""
+    folder = grid.folder(cell)
+    command = ["fit"]
+    for config in grid.methods[cell.method]["config"]:
+        command += ["--config", str(config)]
+    command += ["--config", str(folder / "grid.yaml")]
+    last = folder / "fit" / "checkpoints" / "last.ckpt"
+    if resume and last.is_file():
+        command += ["--ckpt_path", str(last)]
+    return command
+
+
+def run_cell(grid: Grid, cell: Cell, say: Any = print) -> bool:
+    """Run what ``cell`` still lacks; True when everything it should write is there."""
+    folder = grid.folder(cell)
+    folder.mkdir(parents=True, exist_ok=True)
+    commands = folder / "commands.sh"
+    lines = [f"# cell {cell.name} of {grid.file}", "set -e"]
+    pretrains = bool(grid.methods[cell.method]["config"])
+    if pretrains:
+        lines.append(_shown(fit_command(grid, cell)))
+    if pretrains and not (folder / "fit.done").is_file():
+        (folder / "grid.yaml").write_text(yaml.safe_dump(grid.fit_override(cell), sort_keys=False))
+        command = fit_command(grid, cell, resume=True)
+        commands.write_text("\n".join(lines) + "\n")
+        config = folder / "fit" / "config.yaml"
+        if "--ckpt_path" in command and config.is_file():
+            # Lightning refuses to write over a run's config: keep the interrupted run's aside.
+            k = 1
+            while (kept := config.with_name(f"config.before_resume_{k}.yaml")).exists():
+                k += 1
+            config.rename(kept)
+        resumed = " (resuming from last.ckpt)" if "--ckpt_path" in command else ""
+        say(f"{cell.name}: pretraining{resumed}")
+        if _run(command, folder / "logs" / "fit.log") != 0:
+            say(f"{cell.name}: pretraining failed: {_tail(folder / 'logs' / 'fit.log')}")
+            return False
+        (folder / "fit.done").write_text(str(folder / "fit" / "checkpoints" / "last.ckpt") + "\n")
+    ok = True
+    for data, corruption, protocol, command in grid.evaluations(cell):
+        stem = f"{data}.{corruption}.{protocol}"
+        result = folder / "eval" / f"{stem}.json"
+        partial = result.with_suffix(".json.partial")
+        command = [*command, "--out", str(partial)]
+        lines.append(_shown([*command[:-1], str(result)]))
+        if result.is_file():
+            continue
+        say(f"{cell.name}: {protocol} on {data}, {corruption}")
+        if _run_here(command, folder / "logs" / f"{stem}.log") != 0 or not partial.is_file():
+            say(f"{cell.name}: {protocol} on {data} ({corruption}) failed: "
+                f"{_tail(folder / 'logs' / f'{stem}.log')}")
+            ok = False
+            continue
+        partial.replace(result)
+    commands.write_text("\n".join(lines) + "\n")
+    return ok
+
+
+def _dig(record: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    node: Any = record
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return float(node) if isinstance(node, (int, float)) else None
+
+
+def collect(grid: Grid) -> list[dict[str, Any]]:
+    """Every evaluation the cells wrote, one record each, with the cell's settings."""
+    rows = []
+    for cell in grid.cells:
+        for data, corruption, protocol, _ in grid.evaluations(cell):
+            file = grid.folder(cell) / "eval" / f"{data}.{corruption}.{protocol}.json"
+            if not file.is_file():
+                continue
+            record = json.loads(file.read_text())
+            results = record.get("results", {})
+            rows.append({
+                "cell": cell.name,
+                "method": cell.method,
+                "backbone": cell.backbone,
+                "pretrain_data": cell.data,
+                "subset": cell.subset,
+                "seed": cell.seed,
+                "eval_data": data,
+                "corruption": corruption,
+                "protocol": protocol,
+                "num_test": record.get("num_test", record.get("num_queries")),
+                "metrics": {label: _dig(results, path) for label, path in HEADLINES[protocol]},
+                "file": str(file),
+                "record": record,
+            })
+    return rows
+
+
+def _mean_se(values: list[float], num_test: int | None) -> tuple[float, float]:
+    """Mean and standard error: over seeds when there are several, else the binomial error of
+    one accuracy over ``num_test`` test videos."""
+    mean = sum(values) / len(values)
+    if len(values) > 1:
+        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+        return mean, math.sqrt(var / len(values))
+    n = max(1, num_test or 1)
+    return mean, math.sqrt(max(mean * (1 - mean), 0.0) / n)
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows grouped over seeds: mean and standard error of every headline figure."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        key = tuple(row[k] for k in ("method", "backbone", "pretrain_data", "subset",
+                                     "eval_data", "corruption"))
+        groups.setdefault(key, []).append(row)
+    out = []
+    for key, members in groups.items():
+        entry = dict(zip(("method", "backbone", "pretrain_data", "subset", "eval_data",
+                          "corruption"), key, strict=True))
+        entry["seeds"] = sorted({m["seed"] for m in members})
+        figures = {}
+        for protocol, headlines in HEADLINES.items():
+            of = [m for m in members if m["protocol"] == protocol]
+            for label, _ in headlines:
+                values = [m["metrics"][label] for m in of if m["metrics"].get(label) is not None]
+                if values:
+                    figures[label] = _mean_se(values, of[0]["num_test"])
+        entry["figures"] = figures
+        out.append(entry)
+    return out
+
+
+def markdown(summary: list[dict[str, Any]], grid: Grid) -> str:
+    """The results table, in percent, mean ± standard error."""
+    labels = [label for p in grid.protocols for label, _ in HEADLINES[p]]
+    head = ["method", "backbone", "pretrained on", "subset", "evaluated on", "corruption",
+            "seeds", *labels]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 6 + "---:|" * (len(labels) + 1)]
+    for e in summary:
+        cells = [e["method"], e["backbone"] or "(config's)", e["pretrain_data"] or "-",
+                 "all" if e["subset"] is None else str(e["subset"]), e["eval_data"],
+                 e["corruption"], str(len(e["seeds"]))]
+        for label in labels:
+            if label in e["figures"]:
+                mean, se = e["figures"][label]
+                cells.append(f"{100 * mean:.1f} ± {100 * se:.1f}")
+            else:
+                cells.append("-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def charts(summary: list[dict[str, Any]], grid: Grid) -> list[Path]:
+    """accuracy.png (headline figure per method and backbone), and where the grid has those
+    axes subsets.png (against the pretraining subset) and corruptions.png (against severity)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    label = HEADLINES[next(iter(grid.protocols))][0][0]
+    written = []
+    clean = [e for e in summary if e["corruption"] == "clean" and label in e["figures"]]
+    if clean:
+        largest = [e for e in clean if e["subset"] in (None, max(
+            (s for s in grid.subsets if s is not None), default=None))]
+        names = [f"{e['method']}\n{e['backbone'] or ''}\n{e['eval_data']}" for e in largest]
+        fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 4))
+        ax.bar(range(len(names)), [100 * e["figures"][label][0] for e in largest],
+               yerr=[100 * e["figures"][label][1] for e in largest], capsize=3)
+        ax.set_xticks(range(len(names)), names, fontsize=7)
+        ax.set_ylabel(f"{label} top-1 (%)")
+        fig.tight_layout()
+        written.append(_save(fig, grid.out / "accuracy.png", plt))
+    subsets = sorted({e["subset"] for e in clean if e["subset"] is not None})
+    if len(subsets) > 1:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in sorted({(e["method"], e["backbone"] or "", e["eval_data"]) for e in clean}):
+            points = sorted((e["subset"], e["figures"][label]) for e in clean
+                            if (e["method"], e["backbone"] or "", e["eval_data"]) == key
+                            and e["subset"] is not None)
+            if points:
+                ax.errorbar([p[0] for p in points], [100 * p[1][0] for p in points],
+                            yerr=[100 * p[1][1] for p in points], marker="o", label=" ".join(key))
+        ax.set_xlabel("pretraining subset")
+        ax.set_ylabel(f"{label} top-1 (%)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(_save(fig, grid.out / "subsets.png", plt))
+    kinds = sorted({c.rpartition("-")[0] for c in grid.corruptions if c != "clean"})
+    if kinds:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for e_key in sorted({(e["method"], e["backbone"] or "", e["eval_data"], e["subset"])
+                             for e in summary}, key=str):
+            for kind in kinds:
+                points = []
+                for e in summary:
+                    if (e["method"], e["backbone"] or "", e["eval_data"], e["subset"]) != e_key:
+                        continue
+                    if label not in e["figures"]:
+                        continue
+                    if e["corruption"] == "clean":
+                        points.append((0, e["figures"][label][0]))
+                    elif e["corruption"].rpartition("-")[0] == kind:
+                        points.append((int(e["corruption"].rpartition("-")[2]),
+                                       e["figures"][label][0]))
+                if points:
+                    points.sort()
+                    ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o",
+                            label=f"{' '.join(str(k) for k in e_key[:3])} {kind}")
+        ax.set_xlabel("noise severity (0: clean)")
+        ax.set_ylabel(f"{label} top-1 (%)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(_save(fig, grid.out / "corruptions.png", plt))
+    return written
+
+
+def _save(fig: Any, file: Path, plt: Any) -> Path:
+    fig.savefig(file, dpi=110)
+    plt.close(fig)
+    return file
+
+
+def write_results(grid: Grid) -> tuple[list[dict[str, Any]], list[Path]]:
+    """results.json, results.md and the charts from what the cells wrote."""
+    grid.out.mkdir(parents=True, exist_ok=True)
+    rows = collect(grid)
+    summary = summarise(rows)
+    done = {r["cell"] for r in rows}
+    payload = {
+        "grid": str(grid.file),
+        "cells": [c.name for c in grid.cells],
+        "cells_with_results": sorted(done),
+        "evaluations": rows,
+        "summary": [{**e, "figures": {k: {"mean": m, "se": s} for k, (m, s) in
+                                      e["figures"].items()}} for e in summary],
+    }
+    files = [grid.out / "results.json", grid.out / "results.md"]
+    files[0].write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    files[1].write_text(
+        f"# {grid.file.name}: {len(done)} of {len(grid.cells)} cells with results\n\n"
+        + markdown(summary, grid)
+    )
+    return rows, files + charts(summary, grid)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m vssl bench``."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(
+        prog="python -m vssl bench",
+        description="Run a benchmark grid (every cell an ordinary run folder), then write "
+        "results.json, results.md and charts. See vssl/bench.py for the grid file.",
+    )
+    parser.add_argument("grid", help="the grid file (YAML), e.g. configs/bench/cpu.yaml")
+    parser.add_argument("--out", default=None, help="where the cells and results go "
+                        "(default: the grid's 'out', else runs/bench/<grid name>)")
+    parser.add_argument("--list", action="store_true", help="number the cells and stop")
+    parser.add_argument("--cell", type=int, default=None,
+                        help="run only cell N of --list (a SLURM array task, say)")
+    parser.add_argument("--collect", action="store_true",
+                        help="run nothing: gather what the cells wrote into the results")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        grid = Grid.load(args.grid, args.out)
+        if args.list:
+            for n, cell in enumerate(grid.cells):
+                done = (grid.folder(cell) / "eval").is_dir()
+                print(f"{n:4d}  {cell.name}{'  (has results)' if done else ''}")
+            return 0
+        if args.cell is not None and not 0 <= args.cell < len(grid.cells):
+            raise InvalidInputError(
+                f"--cell {args.cell}: the grid has cells 0 to {len(grid.cells) - 1}"
+            )
+    except UserError as exc:
+        print(f"vssl bench: error: {exc}", file=sys.stderr)
+        return 2
+    failed = []
+    if not args.collect:
+        cells = grid.cells if args.cell is None else [grid.cells[args.cell]]
+        for n, cell in enumerate(cells, 1):
+            print(f"[{n}/{len(cells)}] {cell.name}", flush=True)
+            if not run_cell(grid, cell, say=lambda m: print("  " + m, flush=True)):
+                failed.append(cell.name)
+    rows, files = write_results(grid)
+    print(f"{len({r['cell'] for r in rows})} of {len(grid.cells)} cells have results; wrote "
+          + ", ".join(str(f) for f in files))
+    if failed:
+        print(f"vssl bench: {len(failed)} cells failed: {', '.join(failed)} (see their logs/)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["Cell", "Grid", "collect", "main", "run_cell", "summarise", "write_results"]
