@@ -9,7 +9,7 @@ The default DIS setting, ``fast_vr3``, is OpenCV's "fast" preset with 3 variatio
 iterations instead of 5: 17% less time per clip (2.35 against 2.81 ms for the 16 fields of a
 112x112 clip) with labels as close to a high-quality flow as the "fast" preset's. Measured on
 120 clips of the four videos of ../shared/videos and 60 synthetic clips (16 + 1 frames, 112x112),
-the 14 motion labels of `vssl.tasks.statistics` from each setting's flow against those from
+the 14 motion labels of `vssl.data.statistics_labels` from each setting's flow against those from
 DIS "medium" flow: mean agreement over the labels 0.516 (fast_vr3) against 0.507 (fast) on the
 videos, 0.400 against 0.406 on the synthetic clips; the paired per-clip difference, fast_vr3
 minus fast, was +0.009 +- 0.006 and -0.006 +- 0.011 (standard errors), i.e. within noise, and
