@@ -118,3 +118,20 @@ def test_cells_vary_over_subsets_and_seeds_but_not_for_random_init(tmp_path):
     assert override["data"]["init_args"]["subset"] == 0.5
     assert override["model"]["init_args"]["backbone"] == "tiny3d"
     assert override["trainer"]["logger"]["init_args"]["version"] == "fit"
+
+
+@pytest.mark.parametrize("file", sorted((REPO / "configs" / "bench").glob("*.yaml")), ids=str)
+def test_shipped_grids_load(file, monkeypatch):
+    monkeypatch.chdir(REPO)  # their config paths are relative to the repository
+    grid = Grid.load(file)
+    assert grid.cells and all(c.backbone for c in grid.cells if c.method == "random")
+    assert len({c.name for c in grid.cells}) == len(grid.cells)
+
+
+def test_a_method_may_name_its_own_backbones(tmp_path):
+    grid = Grid.load(write_grid(tmp_path, tmp_path / "data", methods={
+        "supervised": {"config": str(REPO / "configs" / "quickstart.yaml"),
+                       "backbones": ["tiny_r2plus1d"]},
+        "random": {"backbones": ["tiny3d", "tiny_r2plus1d"]}}))
+    assert [c.name for c in grid.cells] == ["supervised-tiny_r2plus1d-motion-s0",
+                                            "random-tiny3d-s0", "random-tiny_r2plus1d-s0"]

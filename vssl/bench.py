@@ -9,9 +9,11 @@ evaluation datasets, clean and corrupted. A grid file::
     seeds: [0, 1, 2]
     methods:                             # name -> fit config file(s), composed in order
       rspnet: {config: configs/rspnet/synthetic_tiny.yaml}
+      videomae: {config: configs/videomae/synthetic_tiny.yaml, backbones: [vit_tiny]}
       supervised: {config: configs/quickstart.yaml}
       random: {}                         # no config: the randomly initialised backbone
-    backbones: [tiny_r2plus1d]           # model.init_args.backbone of every method (optional)
+    backbones: [tiny_r2plus1d]           # model.init_args.backbone of every method (optional;
+                                         # a method's own ``backbones`` replace them)
     pretrain_data:                       # name -> data.init_args of the pretraining runs
       motion: {root: data/synthetic}
     subsets: [0.25, 1.0]                 # data.init_args.subset (optional; null: all videos)
@@ -63,7 +65,7 @@ GRID_KEYS = {
     "out", "seeds", "methods", "backbones", "pretrain_data", "subsets", "trainer", "evaluate",
 }
 EVAL_KEYS = {"data", "settings", "protocols", "corruptions"}
-METHOD_KEYS = {"config", "model", "data", "trainer"}
+METHOD_KEYS = {"config", "backbones", "model", "data", "trainer"}
 PROTOCOLS = ("probe", "retrieve")
 # The figure of each protocol that results.md and the charts report: (label, path in the JSON).
 HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
@@ -197,8 +199,9 @@ class Grid:
             trains = bool(spec["config"])
             datas = list(self.pretrain_data) if trains else [None]
             subsets = self.subsets if trains else [None]
+            backbones = list(spec.get("backbones") or self.backbones)
             for backbone, data, subset, seed in itertools.product(
-                self.backbones, datas, subsets, self.seeds
+                backbones, datas, subsets, self.seeds
             ):
                 cells.append(Cell(method, backbone, data, subset, seed))
         for cell in cells:
