@@ -2,16 +2,21 @@
 
 Run configs train in this process through ``vssl.cli.main`` (one import of the stack for all of
 them) with CPU-sized overrides after the ``--config``; the wandb runs go through the real
-command line in a subprocess, as a sweep agent starts them.
+command line in a subprocess, as a sweep agent starts them. A run config holds only what differs
+from the code's defaults, takes its dataset from a preset (``config: ../data/X.yaml``, its last
+key) unless it is a synthetic one, and logs to ``runs/<its path under configs/>``.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib
+import inspect
 import json
 import math
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -40,7 +45,7 @@ def _ids(paths: list[Path]) -> list[str]:
 def test_every_yaml_is_a_run_config_a_preset_or_a_sweep() -> None:
     """A new kind of YAML under configs/ needs a test here before it ships."""
     loggers = sorted((CONFIGS / "loggers").glob("*.yaml"))
-    assert len(RUN_CONFIGS) >= 19
+    assert len(RUN_CONFIGS) >= 28
     assert {p.stem for p in DATA_PRESETS} == {
         "ucf101",
         "hmdb51",
@@ -85,10 +90,11 @@ def cpu_overrides(config: Path, root: Path, cache: Path) -> list[str]:
         "trainer.enable_progress_bar": "false",
         "trainer.enable_model_summary": "false",
     }
-    model_args = _load(config)["model"].get("init_args") or {}
-    if "clip_len" in model_args:
+    model = _load(config)["model"]
+    model_args = model.get("init_args") or {}
+    if model["class_path"].endswith("SpatioTemporalStatistics"):
         args["model.init_args.clip_len"] = "4"  # the statistics task: must equal the data's
-    if str(model_args.get("backbone", "")).startswith("vit_"):  # VideoMAE needs a video ViT
+    if model["class_path"].endswith("VideoMAE"):  # VideoMAE needs a video ViT
         args["model.init_args.backbone"] = "vit_tiny_8"
         args["model.init_args.backbone_kwargs"] = "{dim: 32, depth: 1, heads: 2}"
     if "tasks" in model_args:  # a task mixture: the same for its members
@@ -97,7 +103,7 @@ def cpu_overrides(config: Path, root: Path, cache: Path) -> list[str]:
             for name, spec in model_args["tasks"].items()
         }
         for spec in tasks.values():
-            if "clip_len" in spec["init_args"]:
+            if spec["class_path"].endswith("SpatioTemporalStatistics"):
                 spec["init_args"]["clip_len"] = 4
         args["model.init_args.tasks"] = json.dumps(tasks)
     return [f"--{name}={value}" for name, value in args.items()]
@@ -121,44 +127,189 @@ def test_run_config_trains_one_step(
     assert (metrics.parent / "config.yaml").is_file()
 
 
-# Paper config -> the backbone (name, builder kwargs) of that paper's official code.
+# Paper config and backbone override (None: the config's own; README gives the overrides) ->
+# the backbone (name, builder kwargs) of that paper's official code.
 PAPER_BACKBONES = {
-    "clip_order/c3d.yaml": ("c3d", {"pool5": False}),
-    "clip_order/r2plus1d_10.yaml": ("r2plus1d_10", {}),
-    "clip_order/r3d_10.yaml": ("r3d_10", {}),
-    "cvrl/r3d_50_k400.yaml": ("r3d_50", {}),
-    "cvrl/r3d_50_k600.yaml": ("r3d_50", {}),
-    "playback_rate/c3d.yaml": ("c3d", {"pool5": False}),
-    "playback_rate/r2plus1d_10.yaml": ("r2plus1d_10", {}),
-    "playback_rate/r3d_10.yaml": ("r3d_10", {}),
-    "rotation/r3d_18_hara.yaml": ("r3d_18_hara", {}),
-    "rspnet/c3d.yaml": ("c3d", {"pool5": False}),
-    "rspnet/r2plus1d_10.yaml": ("r2plus1d_10", {}),
-    "rspnet/r3d_18_hara.yaml": ("r3d_18_hara", {}),
-    "statistics/sts_c3d.yaml": ("c3d", {"pool5": False}),
-    "statistics/sts_r2plus1d_10.yaml": ("r2plus1d_10", {}),
-    "statistics/sts_r3d_10.yaml": ("r3d_10", {}),
+    ("clip_order/c3d.yaml", None): ("c3d", {"pool5": False}),
+    ("clip_order/r3d_10.yaml", None): ("r3d_10", {}),
+    ("clip_order/r3d_10.yaml", "r2plus1d_10"): ("r2plus1d_10", {}),
+    ("cvrl/r3d_50_k400.yaml", None): ("r3d_50", {}),
+    ("cvrl/r3d_50_k600.yaml", None): ("r3d_50", {}),
+    ("playback_rate/c3d.yaml", None): ("c3d", {"pool5": False}),
+    ("playback_rate/r3d_10.yaml", None): ("r3d_10", {}),
+    ("playback_rate/r3d_10.yaml", "r2plus1d_10"): ("r2plus1d_10", {}),
+    ("rotation/r3d_18_hara.yaml", None): ("r3d_18_hara", {}),
+    ("rspnet/c3d.yaml", None): ("c3d", {"pool5": False}),
+    ("rspnet/r2plus1d_10.yaml", None): ("r2plus1d_10", {}),
+    ("rspnet/r3d_18_hara.yaml", None): ("r3d_18_hara", {}),
+    ("statistics/sts_c3d.yaml", None): ("c3d", {"pool5": False}),
+    ("statistics/sts_r3d_10.yaml", None): ("r3d_10", {}),
+    ("statistics/sts_r3d_10.yaml", "r2plus1d_10"): ("r2plus1d_10", {}),
 }
 
 
-@pytest.mark.parametrize("config", sorted(PAPER_BACKBONES))
-def test_paper_config_builds_its_papers_backbone(config: str) -> None:
+def _class(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _defaults(*functions: Any) -> dict[str, Any]:
+    """Keyword defaults of ``functions`` (later ones win), tuples as lists (as YAML gives them)."""
+    out: dict[str, Any] = {}
+    for function in functions:
+        for name, param in inspect.signature(function).parameters.items():
+            if param.default is not inspect.Parameter.empty:
+                default = param.default
+                out[name] = list(default) if isinstance(default, tuple) else default
+    return out
+
+
+def _task_defaults(class_path: str) -> dict[str, Any]:
+    """A task's init defaults: its own and, through ``**kwargs``, `VSSLTask`'s."""
+    from vssl.tasks.base import VSSLTask
+
+    return _defaults(VSSLTask.__init__, _class(class_path).__init__)
+
+
+def _builder(name: str) -> Any:
+    """The registered builder function of backbone ``name`` (for its keyword defaults)."""
+    import vssl.backbones
+
+    for module in vars(vssl.backbones).values():
+        if inspect.ismodule(module) and callable(getattr(module, name, None)):
+            return getattr(module, name)
+    raise AssertionError(f"no builder function named {name!r} in vssl.backbones")
+
+
+@pytest.mark.parametrize(
+    ("config", "override"),
+    sorted(PAPER_BACKBONES, key=str),
+    ids=[f"{c}{'+' + o if o else ''}" for c, o in sorted(PAPER_BACKBONES, key=str)],
+)
+def test_paper_config_builds_its_papers_backbone(config: str, override: str | None) -> None:
     """The training test swaps the backbone for a tiny one: here each paper config's own
     backbone is built (on the meta device) from the config's name and kwargs."""
     import torch
 
     from vssl import backbones
 
-    init = _load(CONFIGS / config)["model"]["init_args"]
-    name, kwargs = init["backbone"], init.get("backbone_kwargs") or {}
-    assert (name, kwargs) == PAPER_BACKBONES[config]
+    cfg = _load(CONFIGS / config)
+    init = cfg["model"]["init_args"]
+    name = override or init.get("backbone", _task_defaults(cfg["model"]["class_path"])["backbone"])
+    kwargs = init.get("backbone_kwargs") or {}
+    assert (name, kwargs) == PAPER_BACKBONES[config, override]
     with torch.device("meta"):
         model = backbones.build(name, **kwargs).eval()
-    clip_len, crop = (
-        _load(CONFIGS / config)["data"]["init_args"][k] for k in ("clip_len", "crop_size")
-    )
+    clip_len, crop = (cfg["data"]["init_args"][k] for k in ("clip_len", "crop_size"))
     x = torch.empty(1, 3, clip_len, crop, crop, device="meta")
     assert model(x).shape == (1, model.out_dim)
+
+
+# ---- what a config holds ------------------------------------------------------------------
+
+#: Values a config writes although they are the code's default: the clip geometry of every
+#: config (the clip the network sees), and the statistics task's clip length, which must equal
+#: the data's (a link the reader should see next to it).
+KEPT_DEFAULTS = {"data": {"clip_len", "crop_size"}, "SpatioTemporalStatistics": {"clip_len"}}
+
+
+def _restated(given: dict[str, Any], defaults: dict[str, Any], kept: set[str] = frozenset()):
+    for key, value in given.items():
+        if key in defaults and key not in kept and value == defaults[key]:
+            yield key, value
+
+
+def _task_restated(class_path: str, init: dict[str, Any], where: str):
+    """``(where.key, value)`` of every init argument (and augment / backbone setting) of a task
+    that equals the code's default."""
+    from vssl.data.transforms import BatchAugment
+    from vssl.tasks.cvrl import CVRL_AUGMENT, CVRL_AUGMENT2
+    from vssl.tasks.rspnet import RSPNET_AUGMENT
+
+    name = class_path.rpartition(".")[2]
+    defaults = _task_defaults(class_path)
+    for key, value in _restated(init, defaults, KEPT_DEFAULTS.get(name, set())):
+        yield f"{where}.{key}", value
+    augment_none = {"RSPNet": RSPNET_AUGMENT, "CVRL": CVRL_AUGMENT}.get(name, {})
+    if init.get("augment") is not None:
+        if init["augment"] == augment_none:
+            yield f"{where}.augment", init["augment"]
+        for key, value in _restated(init["augment"], _defaults(BatchAugment.__init__)):
+            yield f"{where}.augment.{key}", value
+    if name == "CVRL" and init.get("augment2") == CVRL_AUGMENT2:
+        yield f"{where}.augment2", init["augment2"]
+    backbone = init.get("backbone", defaults.get("backbone"))
+    if init.get("backbone_kwargs") and backbone:
+        builder = _defaults(_builder(backbone))
+        for key, value in _restated(init["backbone_kwargs"], builder):
+            yield f"{where}.backbone_kwargs.{key}", value
+    for member, spec in (init.get("tasks") or {}).items():
+        yield from _task_restated(
+            spec["class_path"], spec.get("init_args") or {}, f"{where}.tasks.{member}"
+        )
+    for member, weight in (init.get("weights") or {}).items():
+        if weight == 1.0:
+            yield f"{where}.weights.{member}", weight
+
+
+@pytest.mark.parametrize("config", RUN_CONFIGS, ids=_ids(RUN_CONFIGS))
+def test_run_config_holds_only_what_differs_from_the_defaults(config: Path) -> None:
+    """A value equal to the code's default says nothing and goes stale when the default moves."""
+    from lightning.pytorch import Trainer
+
+    from vssl.data.datamodule import VideoDataModule
+    from vssl.data.synthetic import make_synthetic
+
+    cfg = _load(config)
+    restated = [("seed_everything", 0)] if cfg.get("seed_everything") == 0 else []
+    trainer = {k: v for k, v in cfg.get("trainer", {}).items() if k not in ("logger", "callbacks")}
+    # the Trainer's None means 50 steps
+    restated += _restated(trainer, {**_defaults(Trainer.__init__), "log_every_n_steps": 50})
+    for callback in cfg.get("trainer", {}).get("callbacks") or []:
+        given = callback.get("init_args") or {}
+        restated += _restated(given, _defaults(_class(callback["class_path"]).__init__))
+    restated += _task_restated(
+        cfg["model"]["class_path"], cfg["model"].get("init_args") or {}, "model"
+    )
+    data = cfg["data"].get("init_args") or {}
+    restated += _restated(data, _defaults(VideoDataModule.__init__), KEPT_DEFAULTS["data"])
+    if data.get("synthetic"):
+        restated += _restated(data["synthetic"], _defaults(make_synthetic))
+    assert not restated, f"{config}: these equal the code's defaults: {restated}"
+
+
+@pytest.mark.parametrize("config", RUN_CONFIGS, ids=_ids(RUN_CONFIGS))
+def test_run_config_logs_to_runs_slash_its_path(config: Path) -> None:
+    """``configs/rspnet/c3d.yaml`` logs to ``runs/rspnet/c3d/version_N`` (CSVLogger with the
+    CLI's default save_dir ``runs``)."""
+    logger = _load(config)["trainer"]["logger"]
+    assert logger == {"init_args": {"name": str(config.relative_to(CONFIGS).with_suffix(""))}}
+
+
+INCLUDING = [p for p in RUN_CONFIGS if "config" in _load(p)]
+
+
+def test_paper_configs_take_their_dataset_from_a_preset() -> None:
+    synthetic = {p for p in RUN_CONFIGS if "synthetic" in _load(p)["data"].get("init_args", {})}
+    # the synthetic configs are copied to other folders by benchmarks and tests: no include
+    assert not synthetic & set(INCLUDING)
+    # the one exception: CVRL's Kinetics-600 run, the Kinetics preset with another root
+    rest = set(RUN_CONFIGS) - synthetic - set(INCLUDING)
+    assert {str(p.relative_to(CONFIGS)) for p in rest} == {"cvrl/r3d_50_k600.yaml"}
+
+
+@pytest.mark.parametrize("config", INCLUDING, ids=_ids(INCLUDING))
+def test_included_preset_is_last_and_sets_nothing_the_config_sets(config: Path) -> None:
+    """jsonargparse applies a ``config:`` key of a file where it stands and the preset's values
+    win over the keys above it: the preset must be a dataset preset, the file's last key, and
+    set none of the file's own data settings (they would silently be replaced)."""
+    cfg = _load(config)
+    assert list(cfg)[-1] == "config", f"{config}: the preset is not the last key"
+    preset = (config.parent / cfg["config"]).resolve()
+    assert preset in DATA_PRESETS, f"{config}: {cfg['config']} is not a configs/data preset"
+    assert set(_load(preset)) == {"data"}
+    overlap = set(_load(preset)["data"]["init_args"]) & set(cfg["data"].get("init_args", {}))
+    assert not overlap, f"{config}: {sorted(overlap)} would be replaced by {cfg['config']}"
 
 
 @pytest.fixture(autouse=True)
@@ -174,6 +325,29 @@ def _print_config(args: list[str], capsys: pytest.CaptureFixture) -> dict:
         main(["fit", *args, "--print_config"])
     assert exit_.value.code in (0, None)
     return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("config", INCLUDING, ids=_ids(INCLUDING))
+def test_included_preset_gives_the_dataset_from_any_folder(
+    config: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """The included preset is found next to the config (not in the working folder), gives the
+    dataset, and the config's own data settings stay; a later preset replaces the dataset."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _load(config)
+    preset = _load(config.parent / cfg["config"])["data"]["init_args"]
+    own = cfg["data"]["init_args"]
+    data = _print_config(["--config", str(config)], capsys)["data"]["init_args"]
+    assert {k: data[k] for k in preset} == preset
+    assert {k: data[k] for k in own} == own
+    ucf = _load(CONFIGS / "data" / "ucf101.yaml")["data"]["init_args"]
+    args = ["--config", str(config), "--config", str(CONFIGS / "data" / "ucf101.yaml")]
+    data = _print_config(args, capsys)["data"]["init_args"]
+    assert {k: data[k] for k in ucf} == ucf
+    assert {k: data[k] for k in own} == own
 
 
 @pytest.mark.parametrize("preset", DATA_PRESETS, ids=_ids(DATA_PRESETS))
