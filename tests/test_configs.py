@@ -36,6 +36,7 @@ ALL_YAML = sorted(CONFIGS.rglob("*.yaml"))
 RUN_CONFIGS = [p for p in ALL_YAML if {"model", "data"} <= set(_load(p))]
 DATA_PRESETS = sorted((CONFIGS / "data").glob("*.yaml"))
 SWEEPS = sorted((CONFIGS / "sweeps").glob("*.yaml"))
+GRIDS = sorted((CONFIGS / "bench").glob("*.yaml"))  # vssl bench grids: tests/test_bench.py
 
 
 def _ids(paths: list[Path]) -> list[str]:
@@ -52,9 +53,11 @@ def test_every_yaml_is_a_run_config_a_preset_or_a_sweep() -> None:
         "kinetics400",
         "ssv2",
         "synthetic",
+        "moving_mnist",
+        "diving48",
     }
     assert len(SWEEPS) == 3
-    assert sorted(RUN_CONFIGS + DATA_PRESETS + SWEEPS + loggers) == ALL_YAML
+    assert sorted(RUN_CONFIGS + DATA_PRESETS + SWEEPS + GRIDS + loggers) == ALL_YAML
 
 
 def cpu_overrides(config: Path, root: Path, cache: Path) -> list[str]:
