@@ -2,7 +2,8 @@
 
     python examples/custom_backbone.py --max-steps 100
 
-A backbone is any `vssl.backbones.Backbone`: a trunk mapping (B, 3, T, H, W) clips to a feature
+It validates before and after training (the validation loss and accuracy against chance show
+what was learned). A backbone is any `vssl.backbones.Backbone`: a trunk mapping (B, 3, T, H, W) clips to a feature
 map (B, D, T', H', W'), and its width D. Registered names work in YAML configs too, once the
 module that registers them is imported (e.g. a `class_path` of yours that imports it).
 """
@@ -42,7 +43,6 @@ def separable_tiny(width: int = 8) -> backbones.Backbone:
     return backbones.Backbone(nn.Sequential(*layers), out_dim=channels)
 
 
-
 def parse_args(description: str, argv: list[str] | None) -> argparse.Namespace:
     """Where the data is (the synthetic dataset is written there when missing) and run sizes."""
     parser = argparse.ArgumentParser(description=description)
@@ -79,11 +79,22 @@ def main(argv: list[str] | None = None) -> None:
         optimizer="adamw",
         lr=3e-3,
     )
-    trainer = Trainer(max_steps=args.max_steps, devices=1, logger=False, enable_progress_bar=False,
-                      enable_checkpointing=False)
+    trainer = Trainer(
+        max_steps=args.max_steps,
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+    )
+    before = trainer.validate(task, datamodule=data, verbose=False)[0]
     trainer.fit(task, datamodule=data)
-    print(f"separable_tiny: out_dim {task.backbone.out_dim}, {trainer.global_step} steps, "
-          f"train/loss {float(trainer.callback_metrics['train/loss']):.3f}")
+    after = trainer.validate(task, datamodule=data, verbose=False)[0]
+    print(
+        f"separable_tiny: out_dim {task.backbone.out_dim}, {trainer.global_step} steps, "
+        f"val/loss {before['val/loss']:.3f} -> {after['val/loss']:.3f}, "
+        f"val/acc {before['val/acc']:.2f} -> {after['val/acc']:.2f} "
+        f"(chance {1 / data.num_classes:.2f})"
+    )
 
 
 if __name__ == "__main__":

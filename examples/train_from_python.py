@@ -2,6 +2,8 @@
 
     python examples/train_from_python.py --max-steps 200
 
+It validates before and after training: the drop of the validation loss (CVRL's InfoNCE between
+two views of each validation clip) is what shows that the network learned the pretext task.
 Then the trained backbone gives features for any clips, and `vssl.export` writes its weights.
 """
 
@@ -63,13 +65,14 @@ def main(argv: list[str] | None = None) -> None:
         enable_progress_bar=False,
         log_every_n_steps=1,
     )
+    before = trainer.validate(task, datamodule=data, verbose=False)[0]["val/loss"]
     trainer.fit(task, datamodule=data)
+    after = trainer.validate(task, datamodule=data, verbose=False)[0]["val/loss"]
+    print(f"trained {trainer.global_step} steps, val/loss {before:.3f} before -> {after:.3f} after")
 
     # The datamodule serves uint8 clips (B, T, C, H, W); extract_features normalises them.
     batch = next(iter(data.val_dataloader()))
     features = task.extract_features(batch["video"].to(task.device))
-    loss = trainer.callback_metrics["train/loss"]
-    print(f"trained {trainer.global_step} steps, train/loss {float(loss):.3f}")
     print(f"features {tuple(features.shape)}, finite: {bool(torch.isfinite(features).all())}")
 
 

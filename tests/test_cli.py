@@ -37,7 +37,7 @@ def test_fit_end_to_end_then_validate_from_checkpoint(tiny_synthetic, tmp_path):
     out = run_vssl(["fit", "--config", str(cfg), "--trainer.logger.init_args.name", "t"], tmp_path)
     run = tmp_path / "runs" / "t" / "version_0"
     assert f"logs in {Path('runs/t/version_0')}" in out.stdout + out.stderr
-    for noise in ("Tip:", "on_after_batch_transfer", "LeafSpec"):
+    for noise in ("Tip:", "on_after_batch_transfer", "LeafSpec", "FLOPs"):
         assert noise not in out.stdout + out.stderr
     # The run ends with its summary: the last validation's metrics, then the paths.
     tail = out.stdout.strip().splitlines()[-5:]
@@ -61,9 +61,13 @@ def test_fit_end_to_end_then_validate_from_checkpoint(tiny_synthetic, tmp_path):
     assert (tmp_path / "runs" / "t" / "version_1" / "config.yaml").exists()
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
 
-    out = run_vssl(["validate", "--config", str(cfg), "--trainer.logger.init_args.name", "v",
+    # validate prints its results and leaves no folder behind: the config's logger is the
+    # training run's (a logger given on the command line would be used).
+    out = run_vssl(["validate", "--config", str(cfg),
                     "--ckpt_path", str(run / "checkpoints" / "last.ckpt")], tmp_path)
-    assert "val/acc" in out.stdout
+    assert "val/acc" in out.stdout and "dirpath has changed" not in out.stderr
+    assert sorted(p.name for p in (tmp_path / "runs" / "t").iterdir()) == ["version_0", "version_1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run.yaml", "runs"]
 
 
 def test_ddp_two_processes_see_disjoint_samples(tiny_synthetic, tmp_path):
@@ -180,3 +184,25 @@ def test_fit_help_names_the_command(capsys):
         main(["fit", "--help"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("usage: python -m vssl [options] fit")
+
+
+def test_progress_bar_has_no_version_number_and_summary_no_zero_flops(tmp_path, capsys):
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.utilities.model_summary import summarize
+
+    from vssl.callbacks import ModelSummary, ProgressBar
+
+    trainer = Trainer(logger=CSVLogger(tmp_path), accelerator="cpu", callbacks=[ProgressBar()])
+    assert "v_num" in RichProgressBar().get_metrics(trainer, None)  # what Lightning shows
+    assert "v_num" not in ProgressBar().get_metrics(trainer, None)
+
+    model = Supervised(num_classes=3, backbone="tiny3d", backbone_kwargs={"width": 4})
+    summary = summarize(model)
+    assert summary.total_flops == 0  # no example_input_array: Lightning counts nothing
+    ModelSummary.summarize(summary._get_summary_data(), summary.total_parameters,
+                           summary.trainable_parameters, summary.model_size,
+                           summary.total_training_modes, summary.total_flops)
+    out = capsys.readouterr().out
+    assert "FLOPs" not in out and "backbone" in out and "Trainable params" in out

@@ -29,7 +29,10 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_train_from_python(tiny_synthetic: Path, monkeypatch: pytest.MonkeyPatch,
                            capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     out = run_example("train_from_python.py", tiny_synthetic, 2, monkeypatch, capsys)
-    assert re.search(r"trained 2 steps, train/loss \d+\.\d+", out), out
+    # The validation loss before training and after: the figure that shows learning.
+    match = re.search(r"trained 2 steps, val/loss (\d+\.\d+) before -> (\d+\.\d+) after", out)
+    assert match, out
+    assert all(0 < float(v) < 20 for v in match.groups())
     assert "features (4, 32), finite: True" in out  # tiny3d width 8: out_dim 32, val batch 4
     assert list((tmp_path / "runs" / "cvrl_from_python").rglob("metrics.csv"))
 
@@ -41,7 +44,13 @@ def test_custom_backbone(tiny_synthetic: Path, monkeypatch: pytest.MonkeyPatch,
     out = run_example("custom_backbone.py", tiny_synthetic, 2, monkeypatch, capsys)
     assert "separable_tiny" in backbones.available()
     assert "source='examples/custom_backbone.py'" in out
-    assert re.search(r"separable_tiny: out_dim 16, 2 steps, train/loss \d+\.\d+", out), out
+    match = re.search(
+        r"separable_tiny: out_dim 16, 2 steps, val/loss (\d+\.\d+) -> (\d+\.\d+), "
+        r"val/acc (\d\.\d\d) -> (\d\.\d\d) \(chance 0\.25\)",
+        out,
+    )
+    assert match, out
+    assert all(0.0 <= float(match.group(i)) <= 1.0 for i in (3, 4))
 
 
 def test_custom_task(tiny_synthetic: Path, monkeypatch: pytest.MonkeyPatch,

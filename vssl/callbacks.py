@@ -14,11 +14,19 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichModelSummary, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-PACKAGES = ("vssl", "torch", "torchvision", "lightning", "av", "pytorchvideo", "opencv-python-headless")
+PACKAGES = (
+    "vssl",
+    "torch",
+    "torchvision",
+    "lightning",
+    "av",
+    "pytorchvideo",
+    "opencv-python-headless",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -83,6 +91,90 @@ class Checkpoint(ModelCheckpoint):
         # sanity checks, outside fit and in fast_dev_run, as Lightning's own saves are.
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar without ``v_num``: the logger's version number (or wandb's
+    run id) is not a metric, and the run's folder is printed when it ends."""
+
+    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
+class ModelSummary(RichModelSummary):
+    """Lightning's rich model summary without the FLOPs column and total when they were not
+    counted: Lightning counts FLOPs only for a model with an ``example_input_array`` (no vssl
+    task has one, its input size is the data's) and otherwise prints 0 for every layer."""
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs: Any,
+    ) -> None:
+        if total_flops:
+            RichModelSummary.summarize(
+                summary_data,
+                total_parameters,
+                trainable_parameters,
+                model_size,
+                total_training_modes,
+                total_flops,
+                **summarize_kwargs,
+            )
+            return
+        from lightning.pytorch.utilities.model_summary.model_summary import (
+            get_formatted_model_size,
+            get_human_readable_count,
+        )
+        from rich import get_console
+        from rich.table import Table
+
+        columns = [(name, values) for name, values in summary_data if name != "FLOPs"]
+        table = Table(header_style=summarize_kwargs.get("header_style", "bold magenta"))
+        for name, _ in columns:
+            right = name in ("Params", "Params per Device", "In sizes", "Out sizes")
+            table.add_column(
+                name, justify="right" if right else "left", style="dim" if name == " " else None
+            )
+        for row in zip(*(values for _, values in columns), strict=True):
+            table.add_row(*row)
+        console = get_console()
+        console.print(table)
+        grid = Table.grid(expand=True)
+        grid.add_column()
+        for label, value in (
+            ("Trainable params", get_human_readable_count(int(trainable_parameters))),
+            (
+                "Non-trainable params",
+                get_human_readable_count(int(total_parameters - trainable_parameters)),
+            ),
+            ("Total params", get_human_readable_count(int(total_parameters))),
+            ("Total estimated model params size (MB)", get_formatted_model_size(model_size)),
+            ("Modules in train mode", str(total_training_modes["train"])),
+            ("Modules in eval mode", str(total_training_modes["eval"])),
+        ):
+            grid.add_row(f"[bold]{label}[/]: {value}")
+        console.print(grid)
+
+
+def use_vssl_console(trainer: Trainer, keep: list[Callback] | None = None) -> None:
+    """Swaps the progress bar and model summary that Lightning added by default for
+    `ProgressBar` and `ModelSummary` (same settings); callbacks in ``keep`` (the user's) stay."""
+    kept = {id(cb) for cb in keep or []}
+    for i, cb in enumerate(trainer.callbacks):
+        if id(cb) in kept:
+            continue
+        if type(cb) is RichProgressBar:
+            trainer.callbacks[i] = ProgressBar()
+        elif type(cb) is RichModelSummary:
+            trainer.callbacks[i] = ModelSummary(max_depth=cb._max_depth, **cb._summarize_kwargs)
 
 
 class RunInfo(Callback):
@@ -201,8 +293,14 @@ class KNNMonitor(Callback):
     with the monitor as without.
     """
 
-    def __init__(self, k: int = 20, temperature: float = 0.07, every_n_epochs: int = 1,
-                 max_train_videos: int | None = None, batch_size: int | None = None):
+    def __init__(
+        self,
+        k: int = 20,
+        temperature: float = 0.07,
+        every_n_epochs: int = 1,
+        max_train_videos: int | None = None,
+        batch_size: int | None = None,
+    ):
         if k < 1 or temperature <= 0 or every_n_epochs < 1:
             raise ValueError(
                 f"KNNMonitor needs k >= 1, temperature > 0 and every_n_epochs >= 1, got k={k}, "
@@ -219,8 +317,11 @@ class KNNMonitor(Callback):
             dm = trainer.datamodule
             if dm is None or not hasattr(dm, "build_dataset") or dm.splits.get(stage) is None:
                 raise ValueError(f"KNNMonitor needs a VideoDataModule with a {stage} split")
-            dataset = dm.build_dataset(stage, default_clip_sampler("val", dm.clip_spec),
-                                       default_clip_transform("val", dm.clip_spec))
+            dataset = dm.build_dataset(
+                stage,
+                default_clip_sampler("val", dm.clip_spec),
+                default_clip_transform("val", dm.clip_spec),
+            )
             if stage == "train" and self.max_train_videos and len(dataset) > self.max_train_videos:
                 keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
                 dataset = torch.utils.data.Subset(dataset, keep[: self.max_train_videos].tolist())
@@ -228,15 +329,19 @@ class KNNMonitor(Callback):
         return self._datasets[stage]
 
     @torch.no_grad()
-    def features(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> tuple[Tensor, Tensor]:
+    def features(
+        self, trainer: Trainer, pl_module: LightningModule, stage: str
+    ) -> tuple[Tensor, Tensor]:
         """Features and labels of every video of ``stage`` (gathered from all processes)."""
         dataset = self._dataset(trainer, stage)
         world, rank = trainer.world_size, trainer.global_rank
         mine = list(range(rank, len(dataset), world))
         dm = trainer.datamodule
         loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, mine), batch_size=self.batch_size or dm.batch_size,
-            num_workers=dm.num_workers, generator=torch.Generator().manual_seed(0),
+            torch.utils.data.Subset(dataset, mine),
+            batch_size=self.batch_size or dm.batch_size,
+            num_workers=dm.num_workers,
+            generator=torch.Generator().manual_seed(0),
         )
         feats, labels = [], []
         for batch in loader:
@@ -260,8 +365,12 @@ class KNNMonitor(Callback):
         bank, bank_labels = self.features(trainer, pl_module, "train")
         query, query_labels = self.features(trainer, pl_module, "val")
         if len(bank) == 0 or len(query) == 0:
-            rank_zero_warn("KNNMonitor: no labelled videos in the train or val split; val/knn_acc not logged")
+            rank_zero_warn(
+                "KNNMonitor: no labelled videos in the train or val split; val/knn_acc not logged"
+            )
             return
         num_classes = int(max(bank_labels.max(), query_labels.max())) + 1
-        acc = knn_accuracy(bank, bank_labels, query, query_labels, num_classes, self.k, self.temperature)
+        acc = knn_accuracy(
+            bank, bank_labels, query, query_labels, num_classes, self.k, self.temperature
+        )
         pl_module.log("val/knn_acc", acc, on_epoch=True, sync_dist=False, rank_zero_only=False)

@@ -12,13 +12,16 @@ import logging
 import sys
 import warnings
 from collections.abc import Callable
+from typing import Any
 
-from jsonargparse import lazy_instance
+from jsonargparse import ArgumentError, lazy_instance
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
-from vssl.callbacks import Checkpoint, RNGState, RunInfo
+from vssl.callbacks import Checkpoint, RNGState, RunInfo, use_vssl_console
+from vssl.cli_errors import explain_parse_error, option_strings, user_error_in
 from vssl.data.datamodule import VideoDataModule
 from vssl.errors import UserError
 from vssl.tasks.base import VSSLTask
@@ -71,10 +74,55 @@ EXTRA_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 
 
 class VSSLCLI(LightningCLI):
-    """LightningCLI with vssl's links and always-on callbacks."""
+    """LightningCLI with vssl's links and always-on callbacks; a mistake in the settings is one
+    `UserError` (see `vssl.cli_errors`), not jsonargparse's explanation or a traceback.
+
+    Give it ``parser_kwargs={"exit_on_error": False}`` (as `main` does) for parse errors to
+    come here as exceptions rather than jsonargparse's own exit.
+    """
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | None) -> None:
+        argv = list(sys.argv[1:] if args is None else args)
+        self._argv = argv
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            sub = self._subcommand_parsers.get(argv[0]) if argv else None
+            message = explain_parse_error(str(err), argv[1:], option_strings(sub or parser))
+            raise UserError(message) from err
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            mistake = user_error_in(err)
+            if mistake is None:
+                raise
+            raise mistake from err
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer; ``validate``, ``test`` and ``predict`` log nowhere unless a logger is
+        given on the command line (``--trainer.logger ...``): the logger of a config file is the
+        training run's, and with it every evaluation made a new version folder that looked like
+        a run. Their results are the table Lightning prints."""
+        if self.subcommand != "fit":
+            asked = any(arg.startswith("--trainer.logger") for arg in getattr(self, "_argv", []))
+            if not asked:
+                kwargs["logger"] = False
+                self.save_config_callback = None
+            # The checkpoint callback is restored from the checkpoint (without it Lightning warns
+            # that it is missing) but saves nothing outside fit: where it would save is moot.
+            warnings.filterwarnings("ignore", message=r"The dirpath has changed from .*")
+        given = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        user = list(given) if isinstance(given, list) else [given]
+        trainer = super().instantiate_trainer(**kwargs)
+        use_vssl_console(trainer, keep=user)
+        return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments(
+            "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"
+        )
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -114,11 +162,30 @@ def _quiet_lightning() -> None:
 
 def _usage() -> str:
     lines = ["usage: python -m vssl <subcommand> [options]", "", "subcommands:"]
-    lines += [f"  {name:<15} Lightning Trainer.{name} (--config FILE ...)" for name in TRAINER_SUBCOMMANDS]
+    lines += [
+        f"  {name:<15} Lightning Trainer.{name} (--config FILE ...)" for name in TRAINER_SUBCOMMANDS
+    ]
     lines += [f"  {name:<15} {help_}" for name, (_, help_) in EXTRA_COMMANDS.items()]
     lines.append("\n'python -m vssl SUBCOMMAND --help' shows the options of one subcommand;")
-    lines.append("'--debug' shows the traceback of an error in what was given (a file, a folder, a setting).")
+    lines.append(
+        "'--debug' shows the traceback of an error in what was given (a file, a folder, a setting)."
+    )
     return "\n".join(lines)
+
+
+def _run_command(name: str, args: list[str]) -> int:
+    """Runs one of `EXTRA_COMMANDS`; a mistake in what was given (see `user_error_in`) is one
+    line and exit code 2, with its traceback under ``--debug``."""
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        return EXTRA_COMMANDS[name][0](args)
+    except Exception as err:
+        mistake = user_error_in(err)
+        if debug or mistake is None:
+            raise
+        print(f"vssl {name}: error: {mistake}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in EXTRA_COMMANDS:
-        return EXTRA_COMMANDS[argv[0]][0](argv[1:])
+        return _run_command(argv[0], argv[1:])
     if argv[0] not in TRAINER_SUBCOMMANDS:
         print(f"vssl: unknown subcommand {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
@@ -151,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": False},
-            parser_kwargs={"prog": "python -m vssl"},
+            # No prefix matching: '--trainer.max_epoch' is a mistake, not '--trainer.max_epochs'.
+            # Set on the main parser: jsonargparse copies both to the subcommand parsers.
+            parser_kwargs={"prog": "python -m vssl", "allow_abbrev": False, "exit_on_error": False},
             args=cli_args,
         )
     except UserError as err:

@@ -25,6 +25,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vssl import backbones
+from vssl.cli_help import HelpFormatter
+from vssl.errors import UserError
 
 #: vssl backbone name -> the torchvision.models.video builder with the same parameter names.
 TORCHVISION_MODELS = {"r3d_18": "r3d_18", "mc3_18": "mc3_18", "r2plus1d_18": "r2plus1d_18"}
@@ -33,7 +35,7 @@ FORMAT = "vssl-backbone/1"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A checkpoint or an exported file that cannot be used, with the file named."""
 
 
@@ -76,7 +78,9 @@ def backbone_from_checkpoint(
     hparams = ckpt.get("hyper_parameters") or {}
     name = hparams.get("backbone")
     if not isinstance(name, str):
-        raise ExportError(f"{path}: no backbone name in hyper_parameters; not a vssl task checkpoint")
+        raise ExportError(
+            f"{path}: no backbone name in hyper_parameters; not a vssl task checkpoint"
+        )
     kwargs = dict(hparams.get("backbone_kwargs") or {})
     state = {
         key[len("backbone.") :]: value.detach().clone().contiguous()
@@ -155,7 +159,9 @@ def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     path = Path(path)
     meta_path = _meta_path(path)
     if not meta_path.is_file():
-        raise ExportError(f"{path}: no {meta_path.name} next to it saying how to rebuild the backbone")
+        raise ExportError(
+            f"{path}: no {meta_path.name} next to it saying how to rebuild the backbone"
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as err:
@@ -186,7 +192,9 @@ def load_backbone(path: str | Path) -> backbones.Backbone:
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ExportError(f"{path}: weights do not fit backbone {meta['backbone']!r}: {err}") from None
+        raise ExportError(
+            f"{path}: weights do not fit backbone {meta['backbone']!r}: {err}"
+        ) from None
     return model.eval()
 
 
@@ -244,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m vssl export",
         description="Write the backbone weights of a vssl checkpoint (.safetensors and/or .pt) "
         "and a .json of how to rebuild it; load with vssl.load_backbone(FILE).",
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("checkpoint", type=Path, help="a Lightning checkpoint of a vssl task")
     parser.add_argument(

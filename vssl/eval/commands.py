@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from vssl.cli_help import HelpFormatter
 from vssl.data.index import default_cache_dir
 from vssl.eval.classifiers import (
     knn_accuracy,
@@ -97,7 +98,12 @@ def apply_data_settings(prog: str, args: argparse.Namespace, flip: bool | None) 
 def _parser(
     prog: str, description: str, clips: int, crops: int, flip: bool | None = None
 ) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
+    )
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--ckpt", help="checkpoint of any vssl task")
     model.add_argument("--backbone", help="a backbone name, randomly initialised (a baseline)")
@@ -114,8 +120,8 @@ def _parser(
     )
     p.add_argument("--root", required=True, help="dataset folder")
     p.add_argument("--layout", default="folder", help="dataset layout (as VideoDataModule)")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--test-split", default="test")
+    p.add_argument("--train-split", default="train", help="split the classifier learns from")
+    p.add_argument("--test-split", default="test", help="split the results are measured on")
     p.add_argument("--fold", type=int, default=1, help="official split number (UCF101, HMDB51)")
     p.add_argument("--annotations", default=None, help="folder of the layout's split files")
     add_data_options(p, flip=flip)
@@ -125,7 +131,7 @@ def _parser(
     )
     p.add_argument("--batch-size", type=int, default=4, help="videos per forward pass")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device of the feature extraction")
     p.add_argument("--seed", type=int, default=0, help="seed of random init and of the probe")
     p.add_argument(
         "--cache-dir",
@@ -217,8 +223,8 @@ def probe_main(argv: list[str]) -> int:
         "--train-crops", type=int, default=1, choices=(1, 3), help="with --train-views 0"
     )
     p.add_argument("--steps", type=int, default=300, help="optimisation steps of the probe")
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--lr", type=float, default=0.1, help="learning rate of the probe")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay of the probe")
     p.add_argument("--probe-batch-size", type=int, default=None, help="default: full batch")
     p.add_argument(
         "--fractions",
@@ -227,8 +233,13 @@ def probe_main(argv: list[str]) -> int:
         default=[1.0, 0.1, 0.01],
         help="fractions of the training labels (per-class stratified)",
     )
-    p.add_argument("--knn-k", type=int, default=20)
-    p.add_argument("--knn-temperature", type=float, default=0.07)
+    p.add_argument("--knn-k", type=int, default=20, help="neighbours that vote in the kNN")
+    p.add_argument(
+        "--knn-temperature",
+        type=float,
+        default=0.07,
+        help="temperature of the kNN's vote weights exp(similarity / T)",
+    )
     args = p.parse_args(argv)
     sources = apply_data_settings("vssl probe", args, flip=False)
     train, test = _features(
@@ -302,7 +313,9 @@ def probe_main(argv: list[str]) -> int:
 def retrieve_main(argv: list[str]) -> int:
     """Video retrieval: each test video queries all training videos; R@k by cosine similarity."""
     p = _parser("vssl retrieve", retrieve_main.__doc__ or "", clips=10, crops=1)
-    p.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10, 20, 50])
+    p.add_argument(
+        "--ks", type=int, nargs="+", default=[1, 5, 10, 20, 50], help="the k of each R@k"
+    )
     args = p.parse_args(argv)
     sources = apply_data_settings("vssl retrieve", args, flip=None)
     gallery, query = _features(args, (args.clips, args.crops), (args.clips, args.crops))

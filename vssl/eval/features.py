@@ -112,7 +112,7 @@ def load_task(ckpt: str | Path, trust: bool = False) -> VSSLTask:
 
     path = Path(ckpt)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+        raise MissingInputError(f"{path}: checkpoint not found")
     data = read_checkpoint(path, trust=trust)
     class_path = data.get("hyper_parameters", {}).get("_class_path")
     candidates: list[type] = []

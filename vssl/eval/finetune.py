@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from vssl.callbacks import package_versions
+from vssl.cli_help import HelpFormatter
 from vssl.data.datamodule import VideoDataModule
 from vssl.data.sampling import UniformClips
 from vssl.eval.commands import add_data_options, apply_data_settings, print_and_write
@@ -113,7 +114,12 @@ def multi_clip_accuracy(
 
 def finetune_main(argv: list[str]) -> int:
     """Fine-tunes a checkpoint's backbone (or a random one) and reports clip and video top-1."""
-    p = argparse.ArgumentParser(prog="vssl finetune", description=finetune_main.__doc__)
+    p = argparse.ArgumentParser(
+        prog="vssl finetune",
+        description=finetune_main.__doc__,
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
+    )
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--ckpt", help="checkpoint of any vssl task")
     model.add_argument("--backbone", help="a backbone name, randomly initialised (the baseline)")
@@ -122,25 +128,32 @@ def finetune_main(argv: list[str]) -> int:
         action="store_true",
         help="load --ckpt with weights_only=False (runs pickled code: trusted files only)",
     )
-    p.add_argument("--backbone-kwargs", type=json.loads, default={})
-    p.add_argument("--root", required=True)
-    p.add_argument("--layout", default="folder")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--test-split", default="test")
-    p.add_argument("--fold", type=int, default=1)
-    p.add_argument("--annotations", default=None)
+    p.add_argument(
+        "--backbone-kwargs",
+        type=json.loads,
+        default={},
+        help="JSON keyword arguments of the backbone builder (with --backbone)",
+    )
+    p.add_argument("--root", required=True, help="dataset folder")
+    p.add_argument("--layout", default="folder", help="dataset layout (as VideoDataModule)")
+    p.add_argument("--train-split", default="train", help="split the network is trained on")
+    p.add_argument("--test-split", default="test", help="split it is validated and tested on")
+    p.add_argument("--fold", type=int, default=1, help="official split number (UCF101, HMDB51)")
+    p.add_argument("--annotations", default=None, help="folder of the layout's split files")
     add_data_options(p, flip=True)
     p.add_argument("--clips", type=int, default=10, help="evenly spaced clips per test video")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw", "adam"))
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--accelerator", default="auto")
-    p.add_argument("--devices", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="videos per training step")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs")
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw", "adam"), help="optimiser")
+    p.add_argument("--lr", type=float, default=0.01, help="learning rate")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
+    p.add_argument("--dropout", type=float, default=0.5, help="dropout before the classifier")
+    p.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, ...)")
+    p.add_argument("--devices", default="auto", help="Lightning devices (a count or 'auto')")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the head, the data order and augmentations"
+    )
     p.add_argument("--run-dir", default="runs", help="where Lightning logs and checkpoints go")
     p.add_argument("--out", type=Path, default=None, help="write the results and settings as JSON")
     args = p.parse_args(argv)
