@@ -69,7 +69,7 @@ def pretrain(config: dict[str, Any], name: str, out_dir: Path, args: argparse.Na
     cfg["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                 "init_args": {"save_dir": str(out_dir / "runs"), "name": name}}
     cfg["trainer"]["accelerator"] = args.accelerator
-    cfg["trainer"]["enable_progress_bar"] = False
+    cfg["trainer"]["enable_progress_bar"] = sys.stderr.isatty()  # epochs in a terminal, no log spam
     if args.max_epochs is not None:
         cfg["trainer"]["max_epochs"] = args.max_epochs
     file = out_dir / "configs" / f"{name}.yaml"

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from vssl.callbacks import package_versions
+from vssl.callbacks import ProgressBar, package_versions
 from vssl.cli_help import HelpFormatter
 from vssl.data.datamodule import VideoDataModule
 from vssl.data.sampling import UniformClips
@@ -190,15 +190,16 @@ def finetune_main(argv: list[str]) -> int:
         "out": None if args.out is None else str(args.out),
         "data_settings_from": sources,
     }
+    progress = show_progress()  # the training epochs, when stderr is a terminal
     trainer = Trainer(
         max_epochs=args.epochs,
         accelerator=args.accelerator,
         devices=args.devices,
         logger=CSVLogger(args.run_dir, name="finetune"),
         default_root_dir=args.run_dir,
-        enable_progress_bar=False,
+        enable_progress_bar=progress,
         log_every_n_steps=1,
-        callbacks=[RunFiles(settings)],
+        callbacks=[RunFiles(settings), *([ProgressBar()] if progress else [])],
     )
     trainer.fit(net, datamodule=dm)
     if not trainer.is_global_zero:
