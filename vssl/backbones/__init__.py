@@ -11,6 +11,8 @@ from vssl.backbones import (  # noqa: F401
     hara,
     resnet,
     s3dg,
+    shufflenet,
+    swin,
     tiny,
     torchvision_video,
     vcop,
