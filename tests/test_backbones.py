@@ -50,6 +50,13 @@ ARCH: dict[str, tuple[int, Callable[[int], int], Callable[[int], int]]] = {
     "vit_s_16": (384, lambda t: t // 2, lambda h: h // 16),
     "vit_b_16": (768, lambda t: t // 2, lambda h: h // 16),
     "vit_tiny_8": (64, lambda t: t // 2, lambda h: h // 8),
+    # 3D ShuffleNets: stem stride (1, 2, 2), a stride-2 max-pool, three stride-2 stages.
+    "shufflenet3d_v1": (960, lambda t: _ceil_halve(t, 4), lambda h: _ceil_halve(h, 5)),
+    "shufflenet3d_v2": (1024, lambda t: _ceil_halve(t, 4), lambda h: _ceil_halve(h, 5)),
+    # Video Swin: 2x4x4 patches, then three 2x2 patch mergings.
+    "swin3d_t": (768, lambda t: _ceil_halve(t, 1), lambda h: _ceil_halve(h, 5)),
+    "swin3d_s": (768, lambda t: _ceil_halve(t, 1), lambda h: _ceil_halve(h, 5)),
+    "swin3d_b": (1024, lambda t: _ceil_halve(t, 1), lambda h: _ceil_halve(h, 5)),
 }
 NAMES = sorted(ARCH)
 # Builder options that change the architecture: case id -> (name, kwargs, as ARCH).
