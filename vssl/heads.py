@@ -247,3 +247,15 @@ class PixelHead(nn.Linear):
                 f" channels {channels}"
             )
         super().__init__(in_dim, channels * pt * ph * pw)
+
+
+class TDLProjectionHead(RSPNetProjectionHead):
+    """TDL's embedding head: Linear from pooled features to ``out_dim``, then L2 normalisation.
+
+    The official code's ``id_head`` (average pool, Linear 512 -> 128, ``Normalize(2)``): the
+    anchor, its positive (through the momentum copy) and its temporal negative are compared by
+    the dot products of these unit vectors, and the memory bank stores them.
+
+    - Wang et al., "Self-supervised Temporal Discriminative Learning for Video Representation
+      Learning", 2020, https://arxiv.org/abs/2008.02129
+    """

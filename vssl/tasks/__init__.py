@@ -9,6 +9,7 @@ from vssl.tasks.rotation import Rotation
 from vssl.tasks.rspnet import RSPNet
 from vssl.tasks.statistics import SpatioTemporalStatistics
 from vssl.tasks.supervised import Supervised
+from vssl.tasks.tdl import TDL
 from vssl.tasks.videomae import VideoMAE
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "SpatioTemporalStatistics",
     "StepOutput",
     "Supervised",
+    "TDL",
     "TaskMixture",
     "VSSLTask",
     "VideoMAE",
