@@ -20,8 +20,9 @@ Unsupervised Visual Representation Learning", CVPR 2020, https://arxiv.org/abs/1
   restarts at the first frame).
 - Augmentation, temporally consistent (one draw per clip, every frame alike), independent for
   the three clips: in the workers a random rotation of +-10 degrees, a resize of the short side
-  to ``8/7`` of the crop (256 for 224, 128 for 112) and a random crop (no scale jitter, no flip:
-  the datamodule's ``crop_scale`` and ``flip`` are not used); on the device colour jitter
+  to ``8/7`` of the crop (256 for 224, 128 for 112; antialiased bilinear, where the official
+  ``Resize`` is nearest-neighbour) and a random crop (no scale jitter, no flip: the
+  datamodule's ``crop_scale`` and ``flip`` are not used); on the device colour jitter
   (`TDL_AUGMENT`: brightness 0.5, contrast 0.5, saturation 0.25, hue 0.5, always on) and
   normalisation. The official ``ColorJitter`` puts the four adjustments in a shuffled list but
   applies each to the original frame and keeps the last result, so one adjustment per clip,
