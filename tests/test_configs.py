@@ -148,6 +148,8 @@ PAPER_BACKBONES = {
     ("statistics/sts_c3d.yaml", None): ("c3d", {"pool5": False}),
     ("statistics/sts_r3d_10.yaml", None): ("r3d_10", {}),
     ("statistics/sts_r3d_10.yaml", "r2plus1d_10"): ("r2plus1d_10", {}),
+    ("tdl/c3d.yaml", None): ("c3d", {"pool5": False}),
+    ("tdl/r3d_18_hara.yaml", None): ("r3d_18_hara", {}),
 }
 
 
@@ -228,12 +230,15 @@ def _task_restated(class_path: str, init: dict[str, Any], where: str):
     from vssl.data.transforms import BatchAugment
     from vssl.tasks.cvrl import CVRL_AUGMENT, CVRL_AUGMENT2
     from vssl.tasks.rspnet import RSPNET_AUGMENT
+    from vssl.tasks.tdl import TDL_AUGMENT
 
     name = class_path.rpartition(".")[2]
     defaults = _task_defaults(class_path)
     for key, value in _restated(init, defaults, KEPT_DEFAULTS.get(name, set())):
         yield f"{where}.{key}", value
-    augment_none = {"RSPNet": RSPNET_AUGMENT, "CVRL": CVRL_AUGMENT}.get(name, {})
+    augment_none = {"RSPNet": RSPNET_AUGMENT, "CVRL": CVRL_AUGMENT, "TDL": TDL_AUGMENT}.get(
+        name, {}
+    )
     if init.get("augment") is not None:
         if init["augment"] == augment_none:
             yield f"{where}.augment", init["augment"]

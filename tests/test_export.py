@@ -123,7 +123,7 @@ def test_refuses_to_overwrite_without_flag(tmp_path: Path, capsys: pytest.Captur
         for p in task.backbone.parameters():
             p.add_(1.0)
     _checkpoint_of(task, ckpt)
-    assert main([str(ckpt), "--out", str(out)]) == 1
+    assert main([str(ckpt), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"{out}, {out.with_suffix('.json')}: already exist(s); pass --overwrite" in err
     assert out.read_bytes() == before

@@ -86,13 +86,13 @@ def test_show_errors_name_the_file(tmp_path, capsys):
     clip = np.zeros((6, 32, 32, 3), np.uint8)
     video = write_video(tmp_path / "short.mp4", clip)
     out = tmp_path / "x.png"
-    assert main(["statistics", str(video), "--out", str(out), "--clip-len", "8"]) == 1
+    assert main(["statistics", str(video), "--out", str(out), "--clip-len", "8"]) == 2
     err = capsys.readouterr().err
     assert f"{video}: a clip of 9 frames from frame 0 does not fit in the video's 6 frames" in err
-    assert main(["statistics", str(tmp_path / "missing.mp4"), "--out", str(out)]) == 1
+    assert main(["statistics", str(tmp_path / "missing.mp4"), "--out", str(out)]) == 2
     assert "missing.mp4: file not found" in capsys.readouterr().err
     assert (
-        main(["statistics", str(video), "--out", str(out), "--clip-len", "2", "--size", "20"]) == 1
+        main(["statistics", str(video), "--out", str(out), "--clip-len", "2", "--size", "20"]) == 2
     )
     assert f"{video}: " in capsys.readouterr().err and not out.exists()
     with pytest.raises(SystemExit):
@@ -182,11 +182,11 @@ def test_show_animate_writes_every_frame(video, tmp_path):
 
 def test_show_task_errors_name_the_file(video, tmp_path, capsys):
     out = tmp_path / "x.png"
-    assert main(["cvrl", str(tmp_path / "missing.mp4"), "--out", str(out)]) == 1
-    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.mp4'}: file not found"
-    assert main(["videomae", str(video), "--out", str(out), "--size", "36"]) == 1
+    assert main(["cvrl", str(tmp_path / "missing.mp4"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"vssl show: error: {tmp_path / 'missing.mp4'}: file not found"
+    assert main(["videomae", str(video), "--out", str(out), "--size", "36"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: {video}: ") and "multiples of the tubelet (2, 8, 8)" in err
+    assert err.startswith(f"vssl show: error: {video}: ") and "multiples of the tubelet (2, 8, 8)" in err
     assert not out.exists()
 
 
@@ -232,7 +232,7 @@ def test_show_videomae_with_a_checkpoint(video, tmp_path, capsys):
     assert png_size(out)[1] > png_size(plain)[1]  # one more row: the reconstruction
     s = sample_task("videomae", video, ckpt=ckpt)
     assert s.extra["reconstruction"].shape == (s.spec.clip_len, 32, 32, 3)
-    assert main(["cvrl", str(video), "--out", str(out), "--ckpt", str(ckpt)]) == 1
+    assert main(["cvrl", str(video), "--out", str(out), "--ckpt", str(ckpt)]) == 2
     assert (
         capsys.readouterr()
         .err.strip()

@@ -276,7 +276,7 @@ def test_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*argv, "--quiet"]) == 0
     assert "nothing written" in capsys.readouterr().out
     assert snapshot(root) == mtimes
-    assert main([*argv[:-1], "32", "--quiet"]) == 1
+    assert main([*argv[:-1], "32", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert str(root) in err and "size=16" in err
     assert os.listdir(tmp_path) == ["cli"]

@@ -272,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         files = export_backbone(args.checkpoint, args.out, args.overwrite, args.trust_checkpoint)
     except (ExportError, TypeError, KeyError) as err:
-        print(f"vssl export: {err}", file=sys.stderr)
-        return 1
+        print(f"vssl export: error: {err}", file=sys.stderr)
+        return 2
     meta = json.loads(files[-1].read_text())
     print(f"vssl export: backbone {meta['backbone']} (out_dim {meta['out_dim']}) written to")
     for path in files:

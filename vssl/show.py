@@ -803,8 +803,8 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = getattr(args, "ckpt", None)
         if args.video not in message and not (ckpt and str(ckpt) in message):
             message = f"{args.video}: {message}"
-        print(f"error: {message}", file=sys.stderr)
-        return 1
+        print(f"vssl show: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -579,8 +579,8 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.quiet,
         )
     except (ValueError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        print(f"vssl make-synthetic: error: {err}", file=sys.stderr)
+        return 2
     elapsed = time.perf_counter() - start
     counts = json.loads((root / "synthetic.json").read_text())["counts"]
     what = "already there, nothing written" if existed else f"written in {elapsed:.1f} s"
