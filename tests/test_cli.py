@@ -1,11 +1,14 @@
-"""The command line end to end, in subprocesses (as a user runs it)."""
+"""The command line end to end.
+
+What a command does runs in this process through ``vssl.cli.main`` (the ``run_cli`` fixture):
+a fresh interpreter spends seconds importing torch and Lightning. What only a real process
+shows runs ``python -m vssl`` in a subprocess: the console of a fresh interpreter (Lightning's
+tips and warnings, the summary as the last lines after teardown) and DDP's two processes.
+"""
 
 import csv
 import inspect
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,12 @@ from vssl.cli import main
 from vssl.tasks import Supervised
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LightningCLI warns when sys.argv (pytest's) has arguments besides ``args``."""
+    monkeypatch.setattr("sys.argv", ["vssl"])
 
 
 def test_help_lists_subcommands(capsys):
@@ -31,7 +40,9 @@ def test_unknown_subcommand(capsys):
     assert "unknown subcommand 'frobnicate'" in capsys.readouterr().err
 
 
-def test_fit_end_to_end_then_validate_from_checkpoint(tiny_synthetic, tmp_path):
+def test_fit_end_to_end_then_validate_from_checkpoint(tiny_synthetic, tmp_path, run_cli, recwarn):
+    # The first fit is a subprocess: its console (no tips or Lightning warnings, the summary
+    # last) is that of a fresh interpreter; the second fit and validate run in this process.
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(tiny_synthetic, tmp_path / "cache")))
     out = run_vssl(["fit", "--config", str(cfg), "--trainer.logger.init_args.name", "t"], tmp_path)
@@ -56,16 +67,19 @@ def test_fit_end_to_end_then_validate_from_checkpoint(tiny_synthetic, tmp_path):
     assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
 
     # A second run never overwrites the first: it gets the next version folder.
-    run_vssl(["fit", "--config", str(cfg), "--trainer.logger.init_args.name", "t",
-              "--trainer.max_epochs", "1"], tmp_path)
+    run_cli(["fit", "--config", str(cfg), "--trainer.logger.init_args.name", "t",
+             "--trainer.max_epochs", "1"], tmp_path)
     assert (tmp_path / "runs" / "t" / "version_1" / "config.yaml").exists()
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
 
     # validate prints its results and leaves no folder behind: the config's logger is the
-    # training run's (a logger given on the command line would be used).
-    out = run_vssl(["validate", "--config", str(cfg),
-                    "--ckpt_path", str(run / "checkpoints" / "last.ckpt")], tmp_path)
-    assert "val/acc" in out.stdout and "dirpath has changed" not in out.stderr
+    # training run's (a logger given on the command line would be used). recwarn records every
+    # warning (filter "always"), so a "dirpath has changed" that a user would see shows here.
+    recwarn.clear()
+    out = run_cli(["validate", "--config", str(cfg),
+                   "--ckpt_path", str(run / "checkpoints" / "last.ckpt")], tmp_path)
+    assert "val/acc" in out
+    assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
     assert sorted(p.name for p in (tmp_path / "runs" / "t").iterdir()) == ["version_0", "version_1"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run.yaml", "runs"]
 
@@ -87,31 +101,31 @@ def test_ddp_two_processes_see_disjoint_samples(tiny_synthetic, tmp_path):
     assert not a & b and a | b == set(range(12))
 
 
-def test_make_synthetic_command(tmp_path):
-    out = run_vssl(["make-synthetic", str(tmp_path / "syn"), "--classes", "2", "--videos-per-class",
-                    "2", "--frames", "8", "--size", "32", "--seed", "3"], tmp_path)
-    assert str(tmp_path / "syn") in out.stdout
+def test_make_synthetic_command(tmp_path, run_cli):
+    out = run_cli(["make-synthetic", str(tmp_path / "syn"), "--classes", "2", "--videos-per-class",
+                   "2", "--frames", "8", "--size", "32", "--seed", "3"], tmp_path)
+    assert str(tmp_path / "syn") in out
     assert len(list((tmp_path / "syn").rglob("*.mp4"))) == 4
 
 
 @pytest.mark.parametrize("bad", ["--model.init_args.optimizer=lbfgs"])
-def test_bad_option_is_reported(tiny_synthetic, tmp_path, bad):
+def test_bad_option_is_reported(tiny_synthetic, tmp_path, bad, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(tiny_synthetic, tmp_path / "cache")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "vssl", "fit", "--config", str(cfg), bad], cwd=tmp_path,
-                         env=env, text=True, capture_output=True, timeout=120)
-    assert out.returncode != 0
-    assert "optimizer must be one of" in out.stderr
+    assert main(["fit", "--config", str(cfg), bad]) == 2
+    assert "optimizer must be one of" in capsys.readouterr().err
 
 
-def test_last_checkpoint_is_the_last_epoch_when_later_epochs_do_not_improve(tiny_synthetic, tmp_path):
+def test_last_checkpoint_is_the_last_epoch_when_later_epochs_do_not_improve(
+    tiny_synthetic, tmp_path, run_cli
+):
     # Monitoring the epoch number in "min" mode makes epoch 0 the best and no later epoch an
     # improvement: Lightning's own ModelCheckpoint then leaves last.ckpt at epoch 0.
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(tiny_synthetic, tmp_path / "cache", max_epochs=3)))
-    run_vssl(["fit", "--config", str(cfg), "--trainer.logger.init_args.name", "t",
-              "--checkpoint.monitor", "epoch", "--checkpoint.filename", "best-{epoch}"], tmp_path)
+    run_cli(["fit", "--config", str(cfg), "--trainer.logger.init_args.name", "t",
+             "--checkpoint.monitor", "epoch", "--checkpoint.filename", "best-{epoch}"], tmp_path)
     ckpts = tmp_path / "runs" / "t" / "version_0" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["best-0.ckpt", "last.ckpt"]
     last = torch.load(ckpts / "last.ckpt", weights_only=True, map_location="cpu")
@@ -150,7 +164,7 @@ def test_configs_sharing_a_synthetic_folder_ask_for_the_same_dataset():
             assert settings == first[1], f"{name} and {first[0]} write different data to {root}"
 
 
-def test_quick_start_then_a_task_config_in_one_folder(tmp_path):
+def test_quick_start_then_a_task_config_in_one_folder(tmp_path, run_cli):
     # README's order with its own configs, cut to a few videos and one step each: each config
     # keeps its folder and its frame size, so the second run must not trip over the first's data.
     small = ["--data.init_args.synthetic.videos_per_class", "2", "--data.init_args.num_workers", "0",
@@ -158,24 +172,25 @@ def test_quick_start_then_a_task_config_in_one_folder(tmp_path):
              "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
              "--data.init_args.cache_dir", str(tmp_path / "cache")]
     for config in ("configs/quickstart.yaml", "configs/rspnet/synthetic_tiny.yaml"):
-        run_vssl(["fit", "--config", str(ROOT / config), *small], tmp_path)
+        run_cli(["fit", "--config", str(ROOT / config), *small], tmp_path)
     assert json.loads((tmp_path / "data/quickstart/synthetic.json").read_text())["settings"]["size"] == 32
     assert json.loads((tmp_path / "data/synthetic/synthetic.json").read_text())["settings"]["size"] == 64
 
 
-def test_a_folder_holding_another_dataset_is_one_clean_error(tmp_path):
+def test_a_folder_holding_another_dataset_is_one_clean_error(tmp_path, capsys, monkeypatch):
+    # In this process: an exception escaping main (a traceback from a shell) fails the test;
+    # the shell's view of a one-line error is tests/test_cli_errors.py's subprocess test.
     from vssl.data.synthetic import make_synthetic
 
     make_synthetic(tmp_path / "data" / "synthetic", classes=8, videos_per_class=1, frames=8, size=16)
     (tmp_path / "data" / "synthetic" / "notes.txt").write_text("mine")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "vssl", "fit", "--config",
-                          str(ROOT / "configs/rspnet/synthetic_tiny.yaml")],
-                         cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
-    assert out.returncode == 2
-    last = out.stderr.strip().splitlines()[-1]
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["fit", "--config", str(ROOT / "configs/rspnet/synthetic_tiny.yaml")]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
     assert last.startswith("vssl fit: error: ") and "made with other settings" in last
-    assert "Traceback" not in out.stderr
+    assert "Traceback" not in err
     assert (tmp_path / "data" / "synthetic" / "notes.txt").read_text() == "mine"
 
 
