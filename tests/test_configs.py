@@ -119,9 +119,14 @@ def test_run_config_trains_one_step(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
+    request: pytest.FixtureRequest,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     overrides = cpu_overrides(config, tiny_synthetic, tmp_path / "cache")
+    if _load(config)["model"]["class_path"].endswith("Distillation"):  # a real teacher file
+        overrides.append(
+            f"--model.init_args.teachers=[{request.getfixturevalue('fit_checkpoint')}]"
+        )
     assert main(["fit", "--config", str(config), *overrides]) == 0
     (metrics,) = (tmp_path / "runs").rglob("metrics.csv")
     rows = list(csv.DictReader(metrics.open()))

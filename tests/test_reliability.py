@@ -283,6 +283,7 @@ def test_nothing_usable_stops_with_one_clear_message(corpus, tmp_path):
 TASK_CONFIGS = {
     "Supervised": None,
     "CVRL": "configs/cvrl/synthetic_tiny.yaml",
+    "Distillation": None,  # needs a teacher checkpoint: tests/test_distillation.py, same seed
     "RSPNet": "configs/rspnet/synthetic_tiny.yaml",
     "SpatioTemporalStatistics": "configs/statistics/synthetic_tiny.yaml",
     "ClipOrder": "configs/clip_order/synthetic_tiny.yaml",

@@ -3,6 +3,7 @@
 from vssl.tasks.base import StepOutput, VSSLTask
 from vssl.tasks.clip_order import ClipOrder
 from vssl.tasks.cvrl import CVRL
+from vssl.tasks.distillation import Distillation
 from vssl.tasks.mixture import TaskMixture
 from vssl.tasks.playback_rate import PlaybackRate
 from vssl.tasks.rotation import Rotation
@@ -15,6 +16,7 @@ from vssl.tasks.videomae import VideoMAE
 __all__ = [
     "CVRL",
     "ClipOrder",
+    "Distillation",
     "PlaybackRate",
     "RSPNet",
     "Rotation",
