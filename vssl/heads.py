@@ -261,21 +261,63 @@ class TDLProjectionHead(RSPNetProjectionHead):
     """
 
 
-class DistillationProjectionHead(nn.Linear):
-    """A student-to-teacher projection of feature distillation: one Linear from the student's
-    feature size to a teacher's, used when the two differ (one per such teacher).
+class PlaybackRateDecoder(nn.Module):
+    """PRP's generative branch: the backbone's unpooled map -> the clip at twice its frame rate.
 
-    The feature-matching loss compares the projected student features with the frozen
-    teacher's; the representation kept for downstream use is the student backbone's, before
-    the projection.
+    The official code's ``SSCN_OneClip`` decoder, generalised from its C3D/R3D/R(2+1)D layout
+    (a ``(512, T/8, H/16, W/16)`` map, four 2x stages) to any map: ``neck`` (the official
+    ``conv6_rec``: Conv3d 3x3x3 + BatchNorm + ReLU at the map's width), then ``stages``
+    transposed convolutions (kernel = stride, 2 on each axis still to upsample, else 1, the
+    official ``up1`` .. ``up4_1``), each but the last followed by a Conv3d 3x3x3 + BatchNorm +
+    ReLU that halves the width (512 -> 256 -> 128 -> 64), then ``out`` (the official ``outc``:
+    Conv3d 3x3x3 to 3 channels + BatchNorm + ReLU: frames in [0, 1], never negative).
 
-    - Kumar et al., "A Large-Scale Analysis on Contextual Self-Supervised Video Representation
-      Learning", 2025
-    - Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015,
-      https://arxiv.org/abs/1412.6550
+    - Yao et al., "Video Playback Rate Perception for Self-supervised Spatio-Temporal
+      Representation Learning", CVPR 2020, https://arxiv.org/abs/2006.11476
+
+    Args:
+        in_dim: the channels of the backbone's map.
+        scale: ``(temporal, spatial)`` upsampling from the map to the reconstructed clip,
+            powers of two (C3D and R3D-10 at 16 x 112: ``(16, 16)``, 2 frames to 32).
+        channels: channels of the reconstructed frames.
     """
 
-    def __init__(self, in_dim: int, out_dim: int):
-        if min(in_dim, out_dim) < 1:
-            raise ValueError(f"projection sizes must be positive, got in {in_dim}, out {out_dim}")
-        super().__init__(in_dim, out_dim)
+    def __init__(self, in_dim: int, scale: Sequence[int], channels: int = 3):
+        super().__init__()
+        temporal, spatial = (int(s) for s in scale)
+        if in_dim < 1 or channels < 1:
+            raise ValueError(f"decoder sizes must be positive, got {in_dim}, {channels}")
+        for factor in (temporal, spatial):
+            if factor < 1 or factor & (factor - 1):
+                raise ValueError(
+                    f"decoder scale must be two powers of two >= 1 (temporal, spatial), got "
+                    f"{tuple(scale)}"
+                )
+        self.scale = (temporal, spatial)
+        steps_t, steps_s = temporal.bit_length() - 1, spatial.bit_length() - 1
+        self.neck = self._block(in_dim, in_dim)
+        self.up = nn.ModuleList()
+        width = in_dim
+        count = max(steps_t, steps_s)
+        for i in range(count):
+            stride = (2 if i < steps_t else 1, 2 if i < steps_s else 1, 2 if i < steps_s else 1)
+            layers: list[nn.Module] = [nn.ConvTranspose3d(width, width, stride, stride=stride)]
+            if i < count - 1:
+                layers.append(self._block(width, max(width // 2, 1)))
+                width = max(width // 2, 1)
+            self.up.append(nn.Sequential(*layers))
+        self.out = self._block(width, channels)
+
+    @staticmethod
+    def _block(in_dim: int, out_dim: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv3d(in_dim, out_dim, 3, padding=1), nn.BatchNorm3d(out_dim), nn.ReLU(True)
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Frames ``(B, channels, T' * temporal, H' * spatial, W' * spatial)`` of a map
+        ``(B, in_dim, T', H', W')``."""
+        x = self.neck(features)
+        for stage in self.up:
+            x = stage(x)
+        return self.out(x)
