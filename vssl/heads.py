@@ -261,6 +261,26 @@ class TDLProjectionHead(RSPNetProjectionHead):
     """
 
 
+class DistillationProjectionHead(nn.Linear):
+    """A student-to-teacher projection of feature distillation: one Linear from the student's
+    feature size to a teacher's, used when the two differ (one per such teacher).
+
+    The feature-matching loss compares the projected student features with the frozen
+    teacher's; the representation kept for downstream use is the student backbone's, before
+    the projection.
+
+    - Kumar et al., "A Large-Scale Analysis on Contextual Self-Supervised Video Representation
+      Learning", 2025
+    - Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015,
+      https://arxiv.org/abs/1412.6550
+    """
+
+    def __init__(self, in_dim: int, out_dim: int):
+        if min(in_dim, out_dim) < 1:
+            raise ValueError(f"projection sizes must be positive, got in {in_dim}, out {out_dim}")
+        super().__init__(in_dim, out_dim)
+
+
 class PlaybackRateDecoder(nn.Module):
     """PRP's generative branch: the backbone's unpooled map -> the clip at twice its frame rate.
 
