@@ -124,7 +124,7 @@ class PlaybackRateHead(nn.Linear):
 
     This is PRP's discriminative branch (which of the rates a clip was sampled at); SpeedNet's
     (sped up or not) and Pace Prediction's heads are the same layer with other rate sets. PRP's
-    generative branch (a decoder that reconstructs the skipped frames) is not part of vssl.
+    generative branch is :class:`PlaybackRateDecoder`.
 
     - Yao et al., "Video Playback Rate Perception for Self-supervised Spatio-Temporal
       Representation Learning", CVPR 2020, https://arxiv.org/abs/2006.11476
