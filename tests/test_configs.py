@@ -112,6 +112,81 @@ def cpu_overrides(config: Path, root: Path, cache: Path) -> list[str]:
     return [f"--{name}={value}" for name, value in args.items()]
 
 
+def _set(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
+
+
+def step_settings(config: Path) -> str:
+    """What one CPU step of ``config`` depends on, as canonical JSON: the file with its included
+    preset merged in, the `cpu_overrides` applied and the trainer's logger left out (its name
+    only says where the logs go)."""
+    cfg = _load(config)
+    if "config" in cfg:
+        preset = _load((config.parent / cfg.pop("config")).resolve())["data"]
+        own = cfg["data"]
+        init_args = {**own.get("init_args", {}), **preset.get("init_args", {})}
+        cfg["data"] = {**own, **preset, "init_args": init_args}
+    for arg in cpu_overrides(config, Path("ROOT"), Path("CACHE")):
+        name, _, value = arg[2:].partition("=")
+        _set(cfg, name, value)
+    cfg.get("trainer", {}).pop("logger", None)
+    return json.dumps(cfg, sort_keys=True, default=str)
+
+
+#: Run configs whose one CPU step is the same: equal `step_settings`. The overrides replace the
+#: backbone by a tiny one (each paper backbone is built by
+#: test_paper_config_builds_its_papers_backbone), the dataset, the clip geometry and the
+#: hardware, so paper configs of one task that differ only in their backbone train the same
+#: step; any other difference (task class or option, augmentation, head, data or trainer
+#: setting, top-level key) makes a group of its own. Each group's first config (by path) trains
+#: one step; the others are parsed and their task and datamodule built, with one training batch.
+STEP_GROUPS: dict[str, list[Path]] = {}
+for _config in RUN_CONFIGS:
+    STEP_GROUPS.setdefault(step_settings(_config), []).append(_config)
+TRAINED = {group[0] for group in STEP_GROUPS.values()}
+
+
+def test_step_groups_join_only_configs_that_differ_in_the_backbone() -> None:
+    """A shared group is one task class with the same init arguments but the backbone's."""
+    for group in STEP_GROUPS.values():
+        models = [_load(p)["model"] for p in group]
+        assert len({m["class_path"] for m in models}) == 1, group
+        rest = {
+            json.dumps(
+                {
+                    k: v
+                    for k, v in (m.get("init_args") or {}).items()
+                    if k not in ("backbone", "backbone_kwargs")
+                },
+                sort_keys=True,
+            )
+            for m in models
+        }
+        assert len(rest) == 1, group
+    groups = list(STEP_GROUPS.values())
+    assert [CONFIGS / "clip_order/c3d.yaml", CONFIGS / "clip_order/r3d_10.yaml"] in groups
+    # a different epoch count changes the learning-rate schedule of the step: its own group
+    assert [CONFIGS / "cvrl/r3d_50_k600.yaml"] in groups
+    assert CONFIGS / "quickstart.yaml" in TRAINED
+
+
+def _build_only(built: list) -> Any:
+    """A ``Trainer.fit`` that does everything but the step: attaches the task, prepares and
+    sets up the datamodule with the task's clip pipeline and loads one training batch."""
+
+    def fit(trainer: Any, model: Any, datamodule: Any = None, **_: Any) -> None:
+        trainer.strategy.connect(model)
+        datamodule.trainer = trainer
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        built.append((model, datamodule, next(iter(datamodule.train_dataloader()))))
+
+    return fit
+
+
 @pytest.mark.parametrize("config", RUN_CONFIGS, ids=_ids(RUN_CONFIGS))
 def test_run_config_trains_one_step(
     config: Path,
@@ -121,12 +196,26 @@ def test_run_config_trains_one_step(
     capsys: pytest.CaptureFixture,
     request: pytest.FixtureRequest,
 ) -> None:
+    """One training step for each `STEP_GROUPS` group; the group's other configs are built."""
     monkeypatch.chdir(tmp_path)
     overrides = cpu_overrides(config, tiny_synthetic, tmp_path / "cache")
     if _load(config)["model"]["class_path"].endswith("Distillation"):  # a real teacher file
         overrides.append(
             f"--model.init_args.teachers=[{request.getfixturevalue('fit_checkpoint')}]"
         )
+    if config not in TRAINED:  # its group's first config trains the same step
+        from lightning.pytorch import Trainer
+
+        from vssl.data.datamodule import VideoDataModule
+
+        built: list = []
+        monkeypatch.setattr(Trainer, "fit", _build_only(built))
+        assert main(["fit", "--config", str(config), *overrides]) == 0
+        ((model, datamodule, batch),) = built
+        assert type(model) is _class(_load(config)["model"]["class_path"])
+        assert isinstance(datamodule, VideoDataModule) and model.num_classes == 4
+        assert len(batch) > 0
+        return
     assert main(["fit", "--config", str(config), *overrides]) == 0
     (metrics,) = (tmp_path / "runs").rglob("metrics.csv")
     rows = list(csv.DictReader(metrics.open()))
