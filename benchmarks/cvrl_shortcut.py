@@ -34,11 +34,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args(argv)
     task = load_task(args.ckpt).eval()
-    dm = VideoDataModule(root=args.root, layout=args.layout, clip_len=args.clip_len, stride=args.stride,
-                         crop_size=args.crop_size, decode_size=args.decode_size, flip=False,
-                         batch_size=args.batch_size, num_workers=0)
+    dm = VideoDataModule(
+        root=args.root,
+        layout=args.layout,
+        clip_len=args.clip_len,
+        stride=args.stride,
+        crop_size=args.crop_size,
+        decode_size=args.decode_size,
+        flip=False,
+        batch_size=args.batch_size,
+        num_workers=0,
+    )
     spec = dm.clip_spec
-    dataset = dm.build_dataset("val", task.clip_sampler("val", spec), task.clip_transform("val", spec))
+    dataset = dm.build_dataset(
+        "val", task.clip_sampler("val", spec), task.clip_transform("val", spec)
+    )
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size)
     generator = torch.Generator().manual_seed(0)
     variants = {
@@ -52,12 +62,19 @@ def main(argv: list[str] | None = None) -> int:
             batch = task.augment_batch(batch)
             perm = torch.randperm(batch["video"].shape[2], generator=generator)
             for name, change in variants.items():
-                out = task.step({"video": change(batch["video"], perm),
-                                 "video2": change(batch["video2"], perm)}, "val")
+                out = task.step(
+                    {
+                        "video": change(batch["video"], perm),
+                        "video2": change(batch["video2"], perm),
+                    },
+                    "val",
+                )
                 accuracy[name].append(float(out.logs["contrast_acc"]))
     for name, values in accuracy.items():
-        print(f"{name:>16}: contrastive accuracy {sum(values) / len(values):.3f} "
-              f"({len(values)} batches of up to {args.batch_size} pairs)")
+        print(
+            f"{name:>16}: contrastive accuracy {sum(values) / len(values):.3f} "
+            f"({len(values)} batches of up to {args.batch_size} pairs)"
+        )
     return 0
 
 

@@ -71,9 +71,14 @@ def make_raw_like(videos: list[Path], folder: Path) -> list[Path]:
         info = probe_video(video)
         size = output_size(info.height, info.width, RAW_SHORT_SIDE)
         size = (size[0] // 2 * 2, size[1] // 2 * 2)
-        options = {"preset": "veryfast", "crf": "23",
-                   "x264-params": "keyint=250:min-keyint=25:bframes=3"}
-        out.append(gpu_budget.transcode(video, folder / f"{video.stem}.mp4", size, options, loops=3))
+        options = {
+            "preset": "veryfast",
+            "crf": "23",
+            "x264-params": "keyint=250:min-keyint=25:bframes=3",
+        }
+        out.append(
+            gpu_budget.transcode(video, folder / f"{video.stem}.mp4", size, options, loops=3)
+        )
     return out
 
 
@@ -87,9 +92,14 @@ def vssl_clips(paths: list[Path], backend: str, size: int, crop: int) -> Iterato
     from vssl.data.transforms import ViewTransform
 
     infos = [probe_video(p) for p in paths]
-    ds = VideoDataset([VideoItem(p, 0) for p in paths], infos, RandomClip(CLIP_LEN, STRIDE),
-                      transform=ViewTransform(v2.RandomCrop(crop)), decode_size=size,
-                      backend=backend)
+    ds = VideoDataset(
+        [VideoItem(p, 0) for p in paths],
+        infos,
+        RandomClip(CLIP_LEN, STRIDE),
+        transform=ViewTransform(v2.RandomCrop(crop)),
+        decode_size=size,
+        backend=backend,
+    )
     rng = np.random.default_rng(0)
     while True:
         sample = ds[int(rng.integers(len(ds)))]
@@ -111,11 +121,16 @@ class PytorchvideoTransform:
         video = video[:, torch.linspace(0, t - 1, CLIP_LEN).round().long()]
         h, w = video.shape[-2:]
         scale = self.size / min(h, w)
-        video = F.interpolate(video.transpose(0, 1), size=(round(h * scale), round(w * scale)),
-                              mode="bilinear", antialias=True, align_corners=False)
+        video = F.interpolate(
+            video.transpose(0, 1),
+            size=(round(h * scale), round(w * scale)),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )
         top = int(torch.randint(0, video.shape[-2] - self.crop + 1, ()))
         left = int(torch.randint(0, video.shape[-1] - self.crop + 1, ()))
-        video = video[..., top:top + self.crop, left:left + self.crop]
+        video = video[..., top : top + self.crop, left : left + self.crop]
         return {"video": video.clamp(0, 255).to(torch.uint8), "label": sample["label"]}
 
 
@@ -126,11 +141,14 @@ def pytorchvideo_clips(paths: list[Path], size: int, crop: int) -> Iterator[int]
 
     fps = min(probe_video(p).fps for p in paths)
     window = ((CLIP_LEN - 1) * STRIDE + 0.5) / fps  # the time that holds 31 frames
-    ds = LabeledVideoDataset([(str(p), {"label": 0}) for p in paths] * 100_000,
-                             make_clip_sampler("random", window),
-                             video_sampler=torch.utils.data.RandomSampler,
-                             transform=PytorchvideoTransform(size, crop), decode_audio=False,
-                             decoder="pyav")
+    ds = LabeledVideoDataset(
+        [(str(p), {"label": 0}) for p in paths] * 100_000,
+        make_clip_sampler("random", window),
+        video_sampler=torch.utils.data.RandomSampler,
+        transform=PytorchvideoTransform(size, crop),
+        decode_audio=False,
+        decoder="pyav",
+    )
     for sample in ds:
         assert sample["video"].shape[-2:] == (crop, crop)
         yield 1
@@ -145,9 +163,13 @@ def statistics_clips(paths: list[Path]) -> Iterator[int]:
 
     task = SpatioTemporalStatistics(backbone="tiny3d", clip_len=CLIP_LEN)
     spec = ClipSpec(clip_len=CLIP_LEN, stride=1, crop_size=112, flip=True)
-    ds = VideoDataset([VideoItem(p, 0) for p in paths], [probe_video(p) for p in paths],
-                      task.clip_sampler("train", spec), transform=task.clip_transform("train", spec),
-                      decode_size=128)
+    ds = VideoDataset(
+        [VideoItem(p, 0) for p in paths],
+        [probe_video(p) for p in paths],
+        task.clip_sampler("train", spec),
+        transform=task.clip_transform("train", spec),
+        decode_size=128,
+    )
     rng = np.random.default_rng(0)
     while True:
         ds[int(rng.integers(len(ds)))]
@@ -165,8 +187,9 @@ def rate(source: Iterator[int], seconds: float) -> float:
     return done / (time.process_time() - start)
 
 
-def measure(sides: dict[str, Callable[[], Iterator[int]]], seconds: float,
-            rounds: int) -> dict[str, list[float]]:
+def measure(
+    sides: dict[str, Callable[[], Iterator[int]]], seconds: float, rounds: int
+) -> dict[str, list[float]]:
     """Every side timed ``rounds`` times, the sides alternating within each round."""
     sources = {name: make() for name, make in sides.items()}
     rates: dict[str, list[float]] = {name: [] for name in sides}
@@ -199,16 +222,22 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--backends", nargs="+", default=["pyav", "torchcodec", "decord"])
     p.add_argument("--no-pytorchvideo", action="store_true")
     p.add_argument("--no-statistics", action="store_true")
-    p.add_argument("--gpu-rates", nargs="*", default=[], metavar="MODEL=CLIPS_PER_S",
-                   help="measured GPU training clips/s per model, e.g. r3d_18=1400")
+    p.add_argument(
+        "--gpu-rates",
+        nargs="*",
+        default=[],
+        metavar="MODEL=CLIPS_PER_S",
+        help="measured GPU training clips/s per model, e.g. r3d_18=1400",
+    )
     p.add_argument("--work-dir", type=Path, help="keep the made files here (default: a temp dir)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
     from vssl.data.prepare import prepare
 
-    videos = sorted(v for v in args.videos.glob("*") if v.suffix in {".mp4", ".avi"}
-                    and "bugy" not in v.name)
+    videos = sorted(
+        v for v in args.videos.glob("*") if v.suffix in {".mp4", ".avi"} and "bugy" not in v.name
+    )
     if not videos:
         sys.exit(f"{args.videos}: no videos to make the files from")
     backends = available_backends(args.backends)
@@ -217,38 +246,54 @@ def main(argv: list[str] | None = None) -> dict:
         raw_dir = work / "raw"
         raw_dir.mkdir(parents=True, exist_ok=True)
         sets = {"raw-like": make_raw_like(videos, raw_dir)}
-        print(f"raw-like files: {len(videos)} videos, short side {RAW_SHORT_SIDE}, GOP 250, "
-              f"B-frames, {sum(probe_video(v).num_frames for v in sets['raw-like'])} frames")
+        print(
+            f"raw-like files: {len(videos)} videos, short side {RAW_SHORT_SIDE}, GOP 250, "
+            f"B-frames, {sum(probe_video(v).num_frames for v in sets['raw-like'])} frames"
+        )
         for side in (128, 256):
             for codec in CODECS:
                 out = work / f"prepared_{side}_{codec}"
-                summary = prepare(raw_dir, out, short_side=side, codec=codec, workers=1,
-                                  progress=False)
-                print(f"vssl prepare --short-side {side} --codec {codec}: "
-                      + "; ".join(summary.lines()[1:3]))
+                summary = prepare(
+                    raw_dir, out, short_side=side, codec=codec, workers=1, progress=False
+                )
+                print(
+                    f"vssl prepare --short-side {side} --codec {codec}: "
+                    + "; ".join(summary.lines()[1:3])
+                )
                 sets[f"prepared-{side} {codec}"] = sorted(out.glob("*.mp4"))
 
         results: dict[tuple[str, int], dict[str, list[float]]] = {}
         for name, size, crop in CASES:
             sides: dict[str, Callable[[], Iterator[int]]] = {}
             for backend in backends:
-                sides[f"vssl {backend}"] = (
-                    lambda b=backend, n=name, s=size, c=crop: vssl_clips(sets[n], b, s, c))
+                sides[f"vssl {backend}"] = lambda b=backend, n=name, s=size, c=crop: vssl_clips(
+                    sets[n], b, s, c
+                )
             if not args.no_pytorchvideo and importlib.util.find_spec("pytorchvideo"):
                 sides["pytorchvideo"] = lambda n=name, s=size, c=crop: pytorchvideo_clips(
-                    sets[n], s, c)
+                    sets[n], s, c
+                )
             results[(name, size)] = measure(sides, args.seconds, args.rounds)
-            print(f"measured {name} decoded at {size}: " + ", ".join(
-                f"{k} {statistics.median(v):.1f}" for k, v in results[(name, size)].items()))
+            print(
+                f"measured {name} decoded at {size}: "
+                + ", ".join(
+                    f"{k} {statistics.median(v):.1f}" for k, v in results[(name, size)].items()
+                )
+            )
         stats_rate = None
         if not args.no_statistics:
-            got = measure({"statistics": lambda: statistics_clips(sets[f"prepared-128 {CODECS[0]}"])},
-                          args.seconds, args.rounds)
+            got = measure(
+                {"statistics": lambda: statistics_clips(sets[f"prepared-128 {CODECS[0]}"])},
+                args.seconds,
+                args.rounds,
+            )
             stats_rate = statistics.median(got["statistics"])
 
-    print(f"\nTraining clips per CPU-second (one core): random {CLIP_LEN}-frame clips at stride "
-          f"{STRIDE}, random crop; median (min-max) of {args.rounds} alternating rounds of "
-          f"{args.seconds:g} CPU-s\n")
+    print(
+        f"\nTraining clips per CPU-second (one core): random {CLIP_LEN}-frame clips at stride "
+        f"{STRIDE}, random crop; median (min-max) of {args.rounds} alternating rounds of "
+        f"{args.seconds:g} CPU-s\n"
+    )
     names = list(next(iter(results.values())))
     print("| files | decoded at | crop | " + " | ".join(names) + " |")
     print("|---|---:|---:|" + "---:|" * len(names))
@@ -264,17 +309,23 @@ def main(argv: list[str] | None = None) -> dict:
         floor, times = TARGETS[crop]
         for codec in CODECS:
             prepared = statistics.median(results[(f"prepared-{size} {codec}", size)][default])
-            print(f"  short side {size} {codec}, crop {crop}: {prepared:.1f} clips/s/core, "
-                  f"{prepared / raw:.1f}x the raw-like files (targets >= {floor} clips/s/core "
-                  f"and >= {times}x)")
+            print(
+                f"  short side {size} {codec}, crop {crop}: {prepared:.1f} clips/s/core, "
+                f"{prepared / raw:.1f}x the raw-like files (targets >= {floor} clips/s/core "
+                f"and >= {times}x)"
+            )
     if stats_rate is not None:
-        print(f"  statistics task, decode + flow + labels on the 128 files: {stats_rate:.1f} "
-              f"clips/s/core (target >= 120)")
+        print(
+            f"  statistics task, decode + flow + labels on the 128 files: {stats_rate:.1f} "
+            f"clips/s/core (target >= 120)"
+        )
 
     measured = gpu_rates(args.gpu_rates)
     print("\nCPU cores one GPU needs (GPU training clips/s / clips/s per core):\n")
-    print("| model | clip | GPU clips/s | per core, prepared | cores, prepared | per core, raw-like "
-          "| cores, raw-like |")
+    print(
+        "| model | clip | GPU clips/s | per core, prepared | cores, prepared | per core, raw-like "
+        "| cores, raw-like |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
     budget = {}
     for model, frames, crop in MODELS:
@@ -288,14 +339,21 @@ def main(argv: list[str] | None = None) -> dict:
         prepared = statistics.median(results[(f"prepared-{size} {CODECS[0]}", size)][default])
         raw = statistics.median(results[("raw-like", size)][default])
         budget[model] = {"gpu": gpu, "prepared": gpu / prepared, "raw": gpu / raw}
-        print(f"| {model} | {frames}x{crop} | {gpu:.0f} ({label}) | {prepared:.1f} | "
-              f"{gpu / prepared:.1f} | {raw:.1f} | {gpu / raw:.1f} |")
+        print(
+            f"| {model} | {frames}x{crop} | {gpu:.0f} ({label}) | {prepared:.1f} | "
+            f"{gpu / prepared:.1f} | {raw:.1f} | {gpu / raw:.1f} |"
+        )
     if not measured:
-        print(f"\nGPU clips/s estimated: forward+backward FLOPs per clip at "
-              f"{gpu_budget.UTILISATION:.0%} of an H100's {gpu_budget.H100_BF16_TFLOPS:.0f} "
-              f"TFLOP/s bf16 peak (no GPU measured; pass --gpu-rates from gpu_budget.py).")
-    return {"rates": {f"{n}@{s}": r for (n, s), r in results.items()}, "statistics": stats_rate,
-            "budget": budget}
+        print(
+            f"\nGPU clips/s estimated: forward+backward FLOPs per clip at "
+            f"{gpu_budget.UTILISATION:.0%} of an H100's {gpu_budget.H100_BF16_TFLOPS:.0f} "
+            f"TFLOP/s bf16 peak (no GPU measured; pass --gpu-rates from gpu_budget.py)."
+        )
+    return {
+        "rates": {f"{n}@{s}": r for (n, s), r in results.items()},
+        "statistics": stats_rate,
+        "budget": budget,
+    }
 
 
 if __name__ == "__main__":

@@ -49,7 +49,15 @@ from vssl.eval.commands import probe_main, retrieve_main  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIGS = [
     str(ROOT / "configs" / task / "synthetic_tiny.yaml")
-    for task in ("statistics", "rspnet", "cvrl", "playback_rate", "clip_order", "rotation", "videomae")
+    for task in (
+        "statistics",
+        "rspnet",
+        "cvrl",
+        "playback_rate",
+        "clip_order",
+        "rotation",
+        "videomae",
+    )
 ]
 
 
@@ -58,16 +66,26 @@ def pretrain(config: dict[str, Any], name: str, out_dir: Path, args: argparse.Na
 
     With ``--reuse``, an existing last.ckpt of a run of that name is returned without training.
     """
-    previous = sorted((out_dir / "runs" / name).glob("version_*/checkpoints/last.ckpt"),
-                      key=lambda p: int(p.parent.parent.name[8:]))
+    previous = sorted(
+        (out_dir / "runs" / name).glob("version_*/checkpoints/last.ckpt"),
+        key=lambda p: int(p.parent.parent.name[8:]),
+    )
     if args.reuse and previous:
         return previous[-1]
     cfg = json.loads(json.dumps(config))
-    cfg["data"]["init_args"].update(root=str(args.root), synthetic=None, crop_size=args.crop_size,
-                                    decode_size=args.decode_size, crop_scale=list(args.crop_scale),
-                                    flip=False, num_workers=args.workers)
-    cfg["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                "init_args": {"save_dir": str(out_dir / "runs"), "name": name}}
+    cfg["data"]["init_args"].update(
+        root=str(args.root),
+        synthetic=None,
+        crop_size=args.crop_size,
+        decode_size=args.decode_size,
+        crop_scale=list(args.crop_scale),
+        flip=False,
+        num_workers=args.workers,
+    )
+    cfg["trainer"]["logger"] = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(out_dir / "runs"), "name": name},
+    }
     cfg["trainer"]["accelerator"] = args.accelerator
     cfg["trainer"]["enable_progress_bar"] = sys.stderr.isatty()  # epochs in a terminal, no log spam
     if args.max_epochs is not None:
@@ -103,23 +121,70 @@ def supervised_config(backbone: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def evaluate(model_args: list[str], name: str, out_dir: Path, args: argparse.Namespace,
-             clips: tuple[int, int]) -> dict:
+def evaluate(
+    model_args: list[str],
+    name: str,
+    out_dir: Path,
+    args: argparse.Namespace,
+    clips: tuple[int, int],
+) -> dict:
     """Probe (with kNN) and retrieval of one model with the shared protocol, on clips of
     ``clips`` = (frames, stride)."""
-    data = ["--root", str(args.root), "--clip-len", str(clips[0]), "--stride", str(clips[1]),
-            "--crop-size", str(args.crop_size), "--decode-size", str(args.decode_size),
-            "--batch-size", "16", "--workers", str(args.workers), "--device", args.device,
-            "--cache-dir", str(out_dir / "features")]
+    data = [
+        "--root",
+        str(args.root),
+        "--clip-len",
+        str(clips[0]),
+        "--stride",
+        str(clips[1]),
+        "--crop-size",
+        str(args.crop_size),
+        "--decode-size",
+        str(args.decode_size),
+        "--batch-size",
+        "16",
+        "--workers",
+        str(args.workers),
+        "--device",
+        args.device,
+        "--cache-dir",
+        str(out_dir / "features"),
+    ]
     stem = f"{name}.{clips[0]}x{clips[1]}"
     probe_json, retrieve_json = out_dir / f"{stem}.probe.json", out_dir / f"{stem}.retrieve.json"
-    probe_main([*model_args, *data, "--clips", str(args.clips), "--crops", str(args.crops),
-                "--train-views", str(args.train_views), "--crop-scale", "0.3", "1.0",
-                "--out", str(probe_json)])
-    retrieve_main([*model_args, *data, "--clips", str(args.clips), "--crops", "1",
-                   "--out", str(retrieve_json)])
-    return {"probe": json.loads(probe_json.read_text()),
-            "retrieve": json.loads(retrieve_json.read_text())}
+    probe_main(
+        [
+            *model_args,
+            *data,
+            "--clips",
+            str(args.clips),
+            "--crops",
+            str(args.crops),
+            "--train-views",
+            str(args.train_views),
+            "--crop-scale",
+            "0.3",
+            "1.0",
+            "--out",
+            str(probe_json),
+        ]
+    )
+    retrieve_main(
+        [
+            *model_args,
+            *data,
+            "--clips",
+            str(args.clips),
+            "--crops",
+            "1",
+            "--out",
+            str(retrieve_json),
+        ]
+    )
+    return {
+        "probe": json.loads(probe_json.read_text()),
+        "retrieve": json.loads(retrieve_json.read_text()),
+    }
 
 
 def clip_key(clips: tuple[int, int] | list[int]) -> str:
@@ -137,8 +202,10 @@ def reference(rows: dict[str, dict], name: str) -> dict | None:
     """The random-init row of ``name``'s backbone (None for a random-init row itself)."""
     if rows[name].get("random"):
         return None
-    return next((r for r in rows.values() if r.get("random") and r["backbone"] == rows[name]["backbone"]),
-                None)
+    return next(
+        (r for r in rows.values() if r.get("random") and r["backbone"] == rows[name]["backbone"]),
+        None,
+    )
 
 
 def gain(rows: dict[str, dict], name: str, key: str) -> float | None:
@@ -157,7 +224,7 @@ def gain_se(rows: dict[str, dict], name: str, key: str) -> float | None:
     for r in (rows[name], reference(rows, name)):
         p, n = linear(r, key), r["results"][key]["probe"]["num_test"]
         var += p * (1 - p) / n
-    return var ** 0.5
+    return var**0.5
 
 
 def _gain_cell(rows: dict[str, dict], name: str, key: str) -> str:
@@ -169,14 +236,23 @@ def table(rows: dict[str, dict], shared: str) -> str:
     """The markdown table of the results in percent: every metric on the shared clips, then
     the linear probe on each model's own pretraining clips. Gains are over the random
     initialisation of the same backbone on the same clips, ± their standard error."""
-    out = ("| model | backbone | pretrained on | linear 100% | vs random | linear 10% | linear 1% "
-           "| kNN | R@1 | R@5 | R@10 | linear, own clips | vs random, own clips |\n"
-           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    out = (
+        "| model | backbone | pretrained on | linear 100% | vs random | linear 10% | linear 1% "
+        "| kNN | R@1 | R@5 | R@10 | linear, own clips | vs random, own clips |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
     for name, r in rows.items():
         res = r["results"][shared]
         lin, rec = res["probe"]["results"]["linear"], res["retrieve"]["results"]
-        vals = [lin.get("1.0"), lin.get("0.1"), lin.get("0.01"), res["probe"]["results"]["knn"],
-                rec.get("R@1"), rec.get("R@5"), rec.get("R@10")]
+        vals = [
+            lin.get("1.0"),
+            lin.get("0.1"),
+            lin.get("0.01"),
+            res["probe"]["results"]["knn"],
+            rec.get("R@1"),
+            rec.get("R@5"),
+            rec.get("R@10"),
+        ]
         cells = ["-" if v is None else f"{100 * v:.1f}" for v in vals]
         cells.insert(1, _gain_cell(rows, name, shared))
         own = clip_key(r["clips"]) if r.get("clips") else None
@@ -197,8 +273,10 @@ def verdict(rows: dict[str, dict], shared: str) -> str:
     if not pretext:
         return "no pretext task evaluated"
     lines = []
-    for label, key_of in ((f"on {shared} clips", lambda n: shared),
-                          ("on each model's pretraining clips", lambda n: clip_key(rows[n]["clips"]))):
+    for label, key_of in (
+        (f"on {shared} clips", lambda n: shared),
+        ("on each model's pretraining clips", lambda n: clip_key(rows[n]["clips"])),
+    ):
         gains = {n: gain(rows, n, key_of(n)) for n in pretext}
         gains = {n: g for n, g in gains.items() if g is not None}
         if not gains:
@@ -207,11 +285,15 @@ def verdict(rows: dict[str, dict], shared: str) -> str:
         above = [n for n, g in gains.items() if g > 2 * gain_se(rows, n, key_of(n))]
         noise = [n for n, g in gains.items() if n not in above and g > 0]
         below = [n for n, g in gains.items() if g <= 0]
-        parts = [f"{label}: best pretext task {best}, {100 * gains[best]:+.1f} points over random init"]
+        parts = [
+            f"{label}: best pretext task {best}, {100 * gains[best]:+.1f} points over random init"
+        ]
         if len(above) == len(gains):
             parts.append("every pretext task beats random init by more than 2 standard errors")
         else:
-            parts.append("above random init by more than 2 standard errors: " + (", ".join(above) or "none"))
+            parts.append(
+                "above random init by more than 2 standard errors: " + (", ".join(above) or "none")
+            )
             if noise:
                 parts.append("above by less (within noise): " + ", ".join(noise))
             if below:
@@ -224,13 +306,15 @@ def chart(rows: dict[str, dict], shared: str, file: Path) -> None:
     """Bar chart of every model's linear-probe top-1 (all labels) on the shared clips and on its
     own pretraining clips, and its R@1 on the shared clips."""
     names = list(rows)
-    own = [linear(rows[n], clip_key(rows[n]["clips"])) if rows[n].get("clips") else None
-           for n in names]  # None: not evaluated there (random init, --no-own-clips)
+    own = [
+        linear(rows[n], clip_key(rows[n]["clips"])) if rows[n].get("clips") else None for n in names
+    ]  # None: not evaluated there (random init, --no-own-clips)
     bars = {
         f"linear probe top-1, {shared} clips": [100 * linear(rows[n], shared) for n in names],
         "linear probe top-1, own pretraining clips": [0 if v is None else 100 * v for v in own],
-        f"retrieval R@1, {shared} clips": [100 * rows[n]["results"][shared]["retrieve"]["results"]["R@1"]
-                                           for n in names],
+        f"retrieval R@1, {shared} clips": [
+            100 * rows[n]["results"][shared]["retrieve"]["results"]["R@1"] for n in names
+        ],
     }
     xs = range(len(names))
     width = 0.8 / len(bars)
@@ -250,11 +334,20 @@ def main(argv: list[str] | None = None) -> int:
     """Pretrains, evaluates and tabulates the grid; see the module docstring."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="overrides of every task config (not of the references), e.g. "
-                        "model.init_args.head=regression seed_everything=1")
-    p.add_argument("--root", type=Path, default=Path("bench/data/synthetic"),
-                   help="the synthetic dataset (written there if missing)")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of every task config (not of the references), e.g. "
+        "model.init_args.head=regression seed_everything=1",
+    )
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=Path("bench/data/synthetic"),
+        help="the synthetic dataset (written there if missing)",
+    )
     p.add_argument("--classes", type=int, default=8)
     p.add_argument("--videos-per-class", type=int, default=96)
     p.add_argument("--frames", type=int, default=32)
@@ -262,28 +355,51 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default="tiny_r2plus1d", help="backbone of every non-ViT task")
     p.add_argument("--out-dir", type=Path, default=Path("bench/linear_probe"))
     p.add_argument("--max-epochs", type=int, default=40, help="pretraining epochs of every run")
-    p.add_argument("--reuse", action="store_true",
-                   help="evaluate existing checkpoints in --out-dir instead of pretraining again")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="evaluate existing checkpoints in --out-dir instead of pretraining again",
+    )
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--device", default="cpu", help="device of feature extraction")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--clip-len", type=int, default=16, help="clip length of the shared evaluation")
     p.add_argument("--stride", type=int, default=1, help="frame stride of the shared evaluation")
-    p.add_argument("--own-clips", action=argparse.BooleanOptionalAction, default=True,
-                   help="also evaluate each model on its pretraining clip length and stride")
+    p.add_argument(
+        "--own-clips",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also evaluate each model on its pretraining clip length and stride",
+    )
     p.add_argument("--crop-size", type=int, default=32)
-    p.add_argument("--crop-scale", type=float, nargs=2, default=(0.7, 1.0),
-                   help="area range of the pretraining crops (larger zooms blur 32 px motion)")
+    p.add_argument(
+        "--crop-scale",
+        type=float,
+        nargs=2,
+        default=(0.7, 1.0),
+        help="area range of the pretraining crops (larger zooms blur 32 px motion)",
+    )
     p.add_argument("--decode-size", type=int, default=32)
     p.add_argument("--clips", type=int, default=5, help="evenly spaced clips per test video")
-    p.add_argument("--crops", type=int, default=1, choices=(1, 3),
-                   help="crops per test clip (1: the frames are the crop's size)")
+    p.add_argument(
+        "--crops",
+        type=int,
+        default=1,
+        choices=(1, 3),
+        help="crops per test clip (1: the frames are the crop's size)",
+    )
     p.add_argument("--train-views", type=int, default=3, help="random training views per video")
     args = p.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if not (args.root / "synthetic.json").is_file():
-        make_synthetic(args.root, classes=args.classes, videos_per_class=args.videos_per_class,
-                       frames=args.frames, size=args.size, seed=0)
+        make_synthetic(
+            args.root,
+            classes=args.classes,
+            videos_per_class=args.videos_per_class,
+            frames=args.frames,
+            size=args.size,
+            seed=0,
+        )
     shared = (args.clip_len, args.stride)
 
     def pretrained_on(cfg: dict[str, Any]) -> tuple[int, int]:
@@ -299,7 +415,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: dict[str, dict] = {}
     baselines: dict[str, set[tuple[int, int]]] = {}  # backbone (JSON) -> clips to evaluate on
-    for cfg in (apply_overrides(yaml.safe_load(Path(c).read_text()), args.set) for c in args.configs):
+    for cfg in (
+        apply_overrides(yaml.safe_load(Path(c).read_text()), args.set) for c in args.configs
+    ):
         name = cfg["model"]["class_path"].rsplit(".", 1)[-1]
         init = cfg["model"]["init_args"]
         if not str(init.get("backbone", "")).startswith("vit_"):
@@ -308,8 +426,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = clip_settings(cfg)
         baselines.setdefault(key, set()).update(settings)
         ckpt = pretrain(cfg, name, args.out_dir, args)
-        rows[name] = {"backbone": init["backbone"], "clips": list(pretrained_on(cfg)),
-                      "results": evaluated(["--ckpt", str(ckpt)], name, settings)}
+        rows[name] = {
+            "backbone": init["backbone"],
+            "clips": list(pretrained_on(cfg)),
+            "results": evaluated(["--ckpt", str(ckpt)], name, settings),
+        }
     for key in baselines:
         backbone, kwargs = json.loads(key)
         suffix = "" if len(baselines) == 1 else f" {backbone}"
@@ -317,14 +438,21 @@ def main(argv: list[str] | None = None) -> int:
         settings = clip_settings(sup_cfg)
         baselines[key].update(settings)
         rows[f"random init{suffix}"] = {
-            "backbone": backbone, "random": True,
-            "results": evaluated(["--backbone", backbone, "--backbone-kwargs", json.dumps(kwargs)],
-                                 f"random-{backbone}", sorted(baselines[key], reverse=True))}
+            "backbone": backbone,
+            "random": True,
+            "results": evaluated(
+                ["--backbone", backbone, "--backbone-kwargs", json.dumps(kwargs)],
+                f"random-{backbone}",
+                sorted(baselines[key], reverse=True),
+            ),
+        }
         ckpt = pretrain(sup_cfg, f"supervised-{backbone}", args.out_dir, args)
-        rows[f"supervised{suffix}"] = {"backbone": backbone, "supervised": True,
-                                       "clips": list(pretrained_on(sup_cfg)),
-                                       "results": evaluated(["--ckpt", str(ckpt)],
-                                                            f"supervised-{backbone}", settings)}
+        rows[f"supervised{suffix}"] = {
+            "backbone": backbone,
+            "supervised": True,
+            "clips": list(pretrained_on(sup_cfg)),
+            "results": evaluated(["--ckpt", str(ckpt)], f"supervised-{backbone}", settings),
+        }
     shared_key = clip_key(shared)
     md = table(rows, shared_key) + "\n" + verdict(rows, shared_key) + "\n"
     (args.out_dir / "results.md").write_text(md)

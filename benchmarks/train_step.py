@@ -74,8 +74,12 @@ TASKS: dict[str, dict[str, Any]] = {
     "ClipOrder": {},
     "Rotation": {},
     "PlaybackRate": {},
-    "VideoMAE": {"backbone": "vit_tiny_8", "decoder_dim": 64, "decoder_depth": 1,
-                 "decoder_heads": 2},
+    "VideoMAE": {
+        "backbone": "vit_tiny_8",
+        "decoder_dim": 64,
+        "decoder_depth": 1,
+        "decoder_heads": 2,
+    },
 }
 
 
@@ -89,8 +93,12 @@ def task_class(name: str) -> type[VSSLTask] | None:
 def build_task(name: str, args: argparse.Namespace, num_classes: int) -> VSSLTask:
     """A fresh task with the benchmark's backbone, seeded so that every repeat starts alike."""
     seed_everything(0, verbose=False)
-    kwargs: dict[str, Any] = {"backbone": args.backbone, "num_classes": num_classes,
-                              "online_probe": not args.no_probe, **TASKS.get(name, {})}
+    kwargs: dict[str, Any] = {
+        "backbone": args.backbone,
+        "num_classes": num_classes,
+        "online_probe": not args.no_probe,
+        **TASKS.get(name, {}),
+    }
     if args.width and kwargs["backbone"] == args.backbone:
         kwargs["backbone_kwargs"] = {"width": args.width}
     if name == "SpatioTemporalStatistics":
@@ -127,9 +135,18 @@ class InMemoryData(LightningDataModule):
 
 def make_batches(name: str, args: argparse.Namespace, root: Path, cache: Path) -> tuple[list, int]:
     """``args.batches`` uint8 batches from the task's own data pipeline, and the class count."""
-    dm = VideoDataModule(root=str(root), clip_len=args.frames, stride=1, crop_size=args.size,
-                         decode_size=args.size, batch_size=args.batch, num_workers=args.workers,
-                         cache_dir=str(cache), flip=True, val_split=None)
+    dm = VideoDataModule(
+        root=str(root),
+        clip_len=args.frames,
+        stride=1,
+        crop_size=args.size,
+        decode_size=args.size,
+        batch_size=args.batch,
+        num_workers=args.workers,
+        cache_dir=str(cache),
+        flip=True,
+        val_split=None,
+    )
     dm.prepare_data()
     task = build_task(name, args, dm.num_classes)
     # The datamodule asks the attached trainer's task for its pipeline; no Trainer is needed
@@ -152,32 +169,46 @@ class StepClock(Callback):
     def __init__(self) -> None:
         self.ends: list[float] = []
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.ends.append(time.perf_counter())
 
     def on_train_start(self, trainer: Trainer, pl_module: Any) -> None:
         self.ends = [time.perf_counter()]
 
 
-def run_vssl(task: VSSLTask, batches: list, args: argparse.Namespace, out: Path,
-             profiler: Any = None) -> float:
+def run_vssl(
+    task: VSSLTask, batches: list, args: argparse.Namespace, out: Path, profiler: Any = None
+) -> float:
     """Mean seconds per step of ``Trainer.fit`` after the warm-up steps."""
     clock = StepClock()
     steps = args.warmup + args.steps
     trainer = Trainer(
-        accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, limit_val_batches=0,
-        num_sanity_val_steps=0, logger=CSVLogger(out, name="bench"),
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        max_epochs=-1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=CSVLogger(out, name="bench"),
         log_every_n_steps=args.log_every,
-        enable_progress_bar=args.progress_bar, enable_model_summary=False, profiler=profiler,
-        callbacks=[ModelCheckpoint(save_last=True), LearningRateMonitor(), RunInfo(), RNGState(),
-                   clock],
+        enable_progress_bar=args.progress_bar,
+        enable_model_summary=False,
+        profiler=profiler,
+        callbacks=[
+            ModelCheckpoint(save_last=True),
+            LearningRateMonitor(),
+            RunInfo(),
+            RNGState(),
+            clock,
+        ],
     )
     data = InMemoryData(batches * (steps // len(batches) + 1), args.batch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(task, datamodule=data)
-    times = [b - a for a, b in zip(clock.ends, clock.ends[1:], strict=False)][args.warmup:]
+    times = [b - a for a, b in zip(clock.ends, clock.ends[1:], strict=False)][args.warmup :]
     return sum(times) / len(times)
 
 
@@ -207,7 +238,7 @@ def run_plain(task: VSSLTask, batches: list, args: argparse.Namespace) -> float:
         opt.zero_grad()
         task.after_optimizer_step()
         ends.append(time.perf_counter())
-    times = [b - a for a, b in zip(ends, ends[1:], strict=False)][args.warmup:]
+    times = [b - a for a, b in zip(ends, ends[1:], strict=False)][args.warmup :]
     return sum(times) / len(times)
 
 
@@ -237,14 +268,17 @@ def median_pair(vssl_times: list[float], plain_times: list[float]) -> PairedTime
     """The repeat whose ratio ``vssl / plain`` is the median of the repeats' ratios (the lower
     median for an even count, so that it is one repeat's pair), with the ratios' min and max."""
     if len(vssl_times) != len(plain_times) or not vssl_times:
-        raise ValueError(f"need one plain time per vssl time, at least one pair; got "
-                         f"{len(vssl_times)} and {len(plain_times)}")
+        raise ValueError(
+            f"need one plain time per vssl time, at least one pair; got "
+            f"{len(vssl_times)} and {len(plain_times)}"
+        )
     if min(plain_times) <= 0 or min(vssl_times) <= 0:
         raise ValueError(f"times must be positive, got {vssl_times} and {plain_times}")
     ratios = [v / p for v, p in zip(vssl_times, plain_times, strict=True)]
     repeat = ratios.index(statistics.median_low(ratios))
-    return PairedTimes(vssl_times[repeat], plain_times[repeat], ratios[repeat], min(ratios),
-                       max(ratios), repeat)
+    return PairedTimes(
+        vssl_times[repeat], plain_times[repeat], ratios[repeat], min(ratios), max(ratios), repeat
+    )
 
 
 def clips_per_sample(batch: dict[str, Any], task: VSSLTask) -> int:
@@ -256,14 +290,20 @@ def clips_per_sample(batch: dict[str, Any], task: VSSLTask) -> int:
     return n
 
 
-def profile(name: str, batches: list, num_classes: int, args: argparse.Namespace,
-            out: Path) -> None:
+def profile(
+    name: str, batches: list, num_classes: int, args: argparse.Namespace, out: Path
+) -> None:
     """Lightning's SimpleProfiler over a vssl fit, then torch.profiler's top operators."""
     from lightning.pytorch.profilers import SimpleProfiler
 
     print(f"\n== {name}: Lightning SimpleProfiler (per hook, all steps incl. warm-up) ==")
-    run_vssl(build_task(name, args, num_classes), batches, args, out / "simple",
-             profiler=SimpleProfiler(extended=False))
+    run_vssl(
+        build_task(name, args, num_classes),
+        batches,
+        args,
+        out / "simple",
+        profiler=SimpleProfiler(extended=False),
+    )
     print(f"\n== {name}: torch.profiler, whole fit, top operators by self CPU time ==")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         run_vssl(build_task(name, args, num_classes), batches, args, out / "torch")
@@ -275,8 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
     parser.add_argument("--backbone", default="tiny_r2plus1d")
-    parser.add_argument("--width", type=int, default=0,
-                        help="backbone width (tiny ones; 0: the default)")
+    parser.add_argument(
+        "--width", type=int, default=0, help="backbone width (tiny ones; 0: the default)"
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
@@ -284,14 +325,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=0,
-                        help="DataLoader workers that build the batches once")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="DataLoader workers that build the batches once"
+    )
     parser.add_argument("--log-every", type=int, default=50, help="Trainer log_every_n_steps")
     parser.add_argument("--progress-bar", action="store_true", help="enable the progress bar")
     parser.add_argument("--no-probe", action="store_true", help="switch the online probe off")
     parser.add_argument("--profile", action="store_true", help="profile vssl's step instead")
-    parser.add_argument("--data", default=None,
-                        help="synthetic dataset folder (default: a temporary one)")
+    parser.add_argument(
+        "--data", default=None, help="synthetic dataset folder (default: a temporary one)"
+    )
     args = parser.parse_args(argv)
     if not args.profile:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -300,10 +343,18 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.data) if args.data else tmp / "synthetic"
     from vssl.data.synthetic import make_synthetic
 
-    make_synthetic(root, classes=4, videos_per_class=6, frames=max(32, 4 * args.frames),
-                   size=args.size, test_fraction=0.25)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    make_synthetic(
+        root,
+        classes=4,
+        videos_per_class=6,
+        frames=max(32, 4 * args.frames),
+        size=args.size,
+        test_fraction=0.25,
+    )
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+    )
     rows = []
     for name in args.tasks:
         if task_class(name) is None:
@@ -327,20 +378,43 @@ def main(argv: list[str] | None = None) -> int:
                     plain_times.append(run_plain(task, batches, args))
         clips = args.batch * clips_per_sample(batches[0], build_task(name, args, num_classes))
         pair = median_pair(vssl_times, plain_times)
-        rows.append((name, TASKS.get(name, {}).get("backbone", args.backbone), args.batch,
-                     f"{args.frames}x{args.size}x{args.size}", clips // args.batch, clips, pair))
-        pairs = ", ".join(f"{v * 1e3:.1f}/{p * 1e3:.1f}"
-                          for v, p in zip(vssl_times, plain_times, strict=True))
-        print(f"{name}: vssl/plain ms per step by repeat: {pairs}; median pair: repeat "
-              f"{pair.repeat}", flush=True)
+        rows.append(
+            (
+                name,
+                TASKS.get(name, {}).get("backbone", args.backbone),
+                args.batch,
+                f"{args.frames}x{args.size}x{args.size}",
+                clips // args.batch,
+                clips,
+                pair,
+            )
+        )
+        pairs = ", ".join(
+            f"{v * 1e3:.1f}/{p * 1e3:.1f}" for v, p in zip(vssl_times, plain_times, strict=True)
+        )
+        print(
+            f"{name}: vssl/plain ms per step by repeat: {pairs}; median pair: repeat {pair.repeat}",
+            flush=True,
+        )
     if rows:
-        head = ("task", "backbone", "batch", "clip", "clips/sample", "vssl clips/s",
-                "plain clips/s", "ratio (vssl time / plain) [min-max]", "extra ms/step")
+        head = (
+            "task",
+            "backbone",
+            "batch",
+            "clip",
+            "clips/sample",
+            "vssl clips/s",
+            "plain clips/s",
+            "ratio (vssl time / plain) [min-max]",
+            "extra ms/step",
+        )
         print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
         for name, bb, b, clip, per, clips, pair in rows:
-            print(f"| {name} | {bb} | {b} | {clip} | {per} | {clips / pair.vssl_s:.1f} "
-                  f"| {clips / pair.plain_s:.1f} | {pair.ratio:.3f} [{pair.ratio_min:.3f}-"
-                  f"{pair.ratio_max:.3f}] | {pair.extra_s * 1e3:.1f} |")
+            print(
+                f"| {name} | {bb} | {b} | {clip} | {per} | {clips / pair.vssl_s:.1f} "
+                f"| {clips / pair.plain_s:.1f} | {pair.ratio:.3f} [{pair.ratio_min:.3f}-"
+                f"{pair.ratio_max:.3f}] | {pair.extra_s * 1e3:.1f} |"
+            )
     return 0
 
 

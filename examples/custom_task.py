@@ -40,7 +40,6 @@ class ArrowOfTime(VSSLTask):
         return StepOutput(nn.functional.cross_entropy(logits, target), {"acc": accuracy}, features)
 
 
-
 def parse_args(description: str, argv: list[str] | None) -> argparse.Namespace:
     """Where the data is (the synthetic dataset is written there when missing) and run sizes."""
     parser = argparse.ArgumentParser(description=description)
@@ -76,13 +75,21 @@ def main(argv: list[str] | None = None) -> None:
         optimizer="adamw",
         lr=3e-3,
     )
-    trainer = Trainer(max_steps=args.max_steps, devices=1, logger=False, enable_progress_bar=False,
-                      enable_checkpointing=False)
+    trainer = Trainer(
+        max_steps=args.max_steps,
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+    )
     trainer.fit(task, datamodule=data)
     loss = float(trainer.callback_metrics["train/loss"])
     val = trainer.validate(task, datamodule=data, verbose=False)[0]
-    print(f"arrow of time: {trainer.global_step} steps, train/loss {loss:.3f}, "
-          f"val/acc {val['val/acc']:.2f}, val/probe_acc {val['val/probe_acc']:.2f}")
+    print(
+        f"arrow of time: {trainer.global_step} steps, train/loss {loss:.3f}, "
+        f"val/acc {val['val/acc']:.2f}, val/probe_acc {val['val/probe_acc']:.2f}"
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -54,7 +54,9 @@ def _write_audio_only(path: Path) -> None:
         frame_size = stream.codec_context.frame_size or 1024
         for start in range(0, samples.shape[1] - frame_size, frame_size):
             frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(samples[:, start : start + frame_size]), format="fltp", layout="mono"
+                np.ascontiguousarray(samples[:, start : start + frame_size]),
+                format="fltp",
+                layout="mono",
             )
             frame.sample_rate = 16000
             frame.pts = start

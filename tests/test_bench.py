@@ -17,17 +17,33 @@ def write_grid(tmp_path: Path, data: Path, **changes) -> Path:
     grid = {
         "out": str(tmp_path / "out"),
         "seeds": [0],
-        "methods": {"supervised": {"config": str(REPO / "configs" / "quickstart.yaml")},
-                    "random": {}},
+        "methods": {
+            "supervised": {"config": str(REPO / "configs" / "quickstart.yaml")},
+            "random": {},
+        },
         "backbones": ["tiny3d"],
-        "pretrain_data": {"motion": {"root": str(data), "synthetic": None, "clip_len": 4,
-                                     "crop_size": 16, "decode_size": 32, "num_workers": 0,
-                                     "batch_size": 4}},
+        "pretrain_data": {
+            "motion": {
+                "root": str(data),
+                "synthetic": None,
+                "clip_len": 4,
+                "crop_size": 16,
+                "decode_size": 32,
+                "num_workers": 0,
+                "batch_size": 4,
+            }
+        },
         "trainer": {"max_epochs": 1, "enable_progress_bar": False},
         "evaluate": {
             "data": {"motion": {"root": str(data), "layout": "folder"}},
-            "settings": {"clip_len": 4, "crop_size": 16, "decode_size": 32, "clips": 2,
-                         "crops": 1, "cache_dir": "none"},
+            "settings": {
+                "clip_len": 4,
+                "crop_size": 16,
+                "decode_size": 32,
+                "clips": 2,
+                "crops": 1,
+                "cache_dir": "none",
+            },
             "protocols": {"probe": {"steps": 10, "train_views": 1, "fractions": [1.0]}},
             "corruptions": ["clean", "gaussian-5"],
         },
@@ -41,8 +57,12 @@ def write_grid(tmp_path: Path, data: Path, **changes) -> Path:
 def test_a_two_cell_grid_end_to_end_then_skipped_and_collected(tiny_synthetic, tmp_path, capsys):
     grid = write_grid(tmp_path, tiny_synthetic)
     assert main([str(grid), "--list"]) == 0
-    assert capsys.readouterr().out.split() == ["0", "supervised-tiny3d-motion-s0",
-                                               "1", "random-tiny3d-s0"]
+    assert capsys.readouterr().out.split() == [
+        "0",
+        "supervised-tiny3d-motion-s0",
+        "1",
+        "random-tiny3d-s0",
+    ]
     assert main([str(grid)]) == 0
     out = tmp_path / "out"
     trained = out / "cells" / "supervised-tiny3d-motion-s0"
@@ -60,8 +80,11 @@ def test_a_two_cell_grid_end_to_end_then_skipped_and_collected(tiny_synthetic, t
     assert "--backbone tiny3d" in (random / "commands.sh").read_text()
     results = json.loads((out / "results.json").read_text())
     assert sorted((r["cell"], r["corruption"]) for r in results["evaluations"]) == [
-        ("random-tiny3d-s0", "clean"), ("random-tiny3d-s0", "gaussian-5"),
-        ("supervised-tiny3d-motion-s0", "clean"), ("supervised-tiny3d-motion-s0", "gaussian-5")]
+        ("random-tiny3d-s0", "clean"),
+        ("random-tiny3d-s0", "gaussian-5"),
+        ("supervised-tiny3d-motion-s0", "clean"),
+        ("supervised-tiny3d-motion-s0", "gaussian-5"),
+    ]
     table = (out / "results.md").read_text()
     assert "| supervised | tiny3d | motion | all | motion | clean | 1 |" in table
     assert "| random | tiny3d | - | all | motion | clean | 1 |" in table
@@ -97,10 +120,14 @@ def test_a_two_cell_grid_end_to_end_then_skipped_and_collected(tiny_synthetic, t
         ({"seed": [0]}, "unknown key 'seed' (did you mean 'seeds'?)"),
         ({"methods": {"x": {"config": "nope.yaml"}}}, "methods.x: config nope.yaml not found"),
         ({"methods": {"x": {"confg": "a.yaml"}}}, "unknown key 'confg' (did you mean 'config'?)"),
-        ({"evaluate": {"data": {"m": {"root": "d"}}, "corruptions": ["gaussian-7"]}},
-         "'gaussian-7' is not 'clean' or NAME-SEVERITY"),
-        ({"evaluate": {"data": {"m": {"root": "d"}}, "protocols": {"prob": {}}}},
-         "unknown protocol 'prob' (did you mean 'probe'?)"),
+        (
+            {"evaluate": {"data": {"m": {"root": "d"}}, "corruptions": ["gaussian-7"]}},
+            "'gaussian-7' is not 'clean' or NAME-SEVERITY",
+        ),
+        (
+            {"evaluate": {"data": {"m": {"root": "d"}}, "protocols": {"prob": {}}}},
+            "unknown protocol 'prob' (did you mean 'probe'?)",
+        ),
         ({"backbones": None, "methods": {"random": {}}}, "the grid must name its backbones"),
     ],
 )
@@ -116,9 +143,12 @@ def test_cells_vary_over_subsets_and_seeds_but_not_for_random_init(tmp_path):
     grid = Grid.load(write_grid(tmp_path, tmp_path / "data", seeds=[0, 1], subsets=[0.5, 1.0]))
     names = [c.name for c in grid.cells]
     assert names == [
-        "supervised-tiny3d-motion-subset0.5-s0", "supervised-tiny3d-motion-subset0.5-s1",
-        "supervised-tiny3d-motion-subset1.0-s0", "supervised-tiny3d-motion-subset1.0-s1",
-        "random-tiny3d-s0", "random-tiny3d-s1",
+        "supervised-tiny3d-motion-subset0.5-s0",
+        "supervised-tiny3d-motion-subset0.5-s1",
+        "supervised-tiny3d-motion-subset1.0-s0",
+        "supervised-tiny3d-motion-subset1.0-s1",
+        "random-tiny3d-s0",
+        "random-tiny3d-s1",
     ]
     override = grid.fit_override(grid.cells[1])
     assert override["seed_everything"] == 1
@@ -136,9 +166,21 @@ def test_shipped_grids_load(file, monkeypatch):
 
 
 def test_a_method_may_name_its_own_backbones(tmp_path):
-    grid = Grid.load(write_grid(tmp_path, tmp_path / "data", methods={
-        "supervised": {"config": str(REPO / "configs" / "quickstart.yaml"),
-                       "backbones": ["tiny_r2plus1d"]},
-        "random": {"backbones": ["tiny3d", "tiny_r2plus1d"]}}))
-    assert [c.name for c in grid.cells] == ["supervised-tiny_r2plus1d-motion-s0",
-                                            "random-tiny3d-s0", "random-tiny_r2plus1d-s0"]
+    grid = Grid.load(
+        write_grid(
+            tmp_path,
+            tmp_path / "data",
+            methods={
+                "supervised": {
+                    "config": str(REPO / "configs" / "quickstart.yaml"),
+                    "backbones": ["tiny_r2plus1d"],
+                },
+                "random": {"backbones": ["tiny3d", "tiny_r2plus1d"]},
+            },
+        )
+    )
+    assert [c.name for c in grid.cells] == [
+        "supervised-tiny_r2plus1d-motion-s0",
+        "random-tiny3d-s0",
+        "random-tiny_r2plus1d-s0",
+    ]

@@ -11,24 +11,54 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", REPO / "benchmarks" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"benchmark_{name}", REPO / "benchmarks" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-def test_linear_probe_benchmark_writes_table_chart_and_verdict(tiny_synthetic, tmp_path, monkeypatch):
+def test_linear_probe_benchmark_writes_table_chart_and_verdict(
+    tiny_synthetic, tmp_path, monkeypatch
+):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     bench = _load("linear_probe")
     out = tmp_path / "out"
-    assert bench.main([
-        "--configs", str(REPO / "configs/playback_rate/synthetic_tiny.yaml"),
-        "--root", str(tiny_synthetic), "--out-dir", str(out), "--max-epochs", "1",
-        "--backbone", "tiny3d", "--workers", "0", "--accelerator", "cpu", "--clip-len", "4",
-        "--stride", "2", "--crop-size", "24", "--decode-size", "32", "--clips", "2",
-        "--train-views", "1",
-    ]) == 0
+    assert (
+        bench.main(
+            [
+                "--configs",
+                str(REPO / "configs/playback_rate/synthetic_tiny.yaml"),
+                "--root",
+                str(tiny_synthetic),
+                "--out-dir",
+                str(out),
+                "--max-epochs",
+                "1",
+                "--backbone",
+                "tiny3d",
+                "--workers",
+                "0",
+                "--accelerator",
+                "cpu",
+                "--clip-len",
+                "4",
+                "--stride",
+                "2",
+                "--crop-size",
+                "24",
+                "--decode-size",
+                "32",
+                "--clips",
+                "2",
+                "--train-views",
+                "1",
+            ]
+        )
+        == 0
+    )
     rows = json.loads((out / "results.json").read_text())
     assert list(rows) == ["PlaybackRate", "random init", "supervised"]
     assert {r["backbone"] for r in rows.values()} == {"tiny3d"}
@@ -40,9 +70,17 @@ def test_linear_probe_benchmark_writes_table_chart_and_verdict(tiny_synthetic, t
     assert set(rows["supervised"]["results"]) == {"4x2", "16x1"}
     assert rows["PlaybackRate"]["results"]["4x1"]["probe"]["test_features"]["stride"] == 1
     md = (out / "results.md").read_text()
-    lin = {k: v["probe"]["results"]["linear"]["1.0"] for k, v in rows["PlaybackRate"]["results"].items()}
-    base = {k: v["probe"]["results"]["linear"]["1.0"] for k, v in rows["random init"]["results"].items()}
-    assert f"| PlaybackRate | tiny3d | 4x1 | {100 * lin['4x2']:.1f} | {100 * (lin['4x2'] - base['4x2']):+.1f} ± " in md
+    lin = {
+        k: v["probe"]["results"]["linear"]["1.0"]
+        for k, v in rows["PlaybackRate"]["results"].items()
+    }
+    base = {
+        k: v["probe"]["results"]["linear"]["1.0"] for k, v in rows["random init"]["results"].items()
+    }
+    assert (
+        f"| PlaybackRate | tiny3d | 4x1 | {100 * lin['4x2']:.1f} | {100 * (lin['4x2'] - base['4x2']):+.1f} ± "
+        in md
+    )
     assert f"| {100 * lin['4x1']:.1f} | {100 * (lin['4x1'] - base['4x1']):+.1f} ± " in md
     assert "on 4x2 clips: best pretext task PlaybackRate" in md
     assert "on each model's pretraining clips: best pretext task PlaybackRate" in md
@@ -53,15 +91,25 @@ def test_linear_probe_benchmark_writes_table_chart_and_verdict(tiny_synthetic, t
 
 
 def _row(accs: dict[str, float], clips: list[int] | None = None, n: int = 200, **flags) -> dict:
-    return {"results": {k: {"probe": {"results": {"linear": {"1.0": a}}, "num_test": n}}
-                        for k, a in accs.items()}, "backbone": "b", "clips": clips, **flags}
+    return {
+        "results": {
+            k: {"probe": {"results": {"linear": {"1.0": a}}, "num_test": n}}
+            for k, a in accs.items()
+        },
+        "backbone": "b",
+        "clips": clips,
+        **flags,
+    }
 
 
 def test_linear_probe_gains_are_against_random_init_on_the_same_clips():
     bench = _load("linear_probe")
-    rows = {"A": _row({"16x1": 0.13, "4x2": 0.50}, [4, 2]), "B": _row({"16x1": 0.20}, [16, 1]),
-            "C": _row({"16x1": 0.14}, [16, 1]),
-            "random init": _row({"16x1": 0.125, "4x2": 0.25}, random=True)}
+    rows = {
+        "A": _row({"16x1": 0.13, "4x2": 0.50}, [4, 2]),
+        "B": _row({"16x1": 0.20}, [16, 1]),
+        "C": _row({"16x1": 0.14}, [16, 1]),
+        "random init": _row({"16x1": 0.125, "4x2": 0.25}, random=True),
+    }
     assert bench.gain(rows, "A", "4x2") == 0.25 and bench.gain(rows, "B", "16x1") == 0.20 - 0.125
     assert bench.gain(rows, "B", "4x2") is None and bench.gain(rows, "random init", "16x1") is None
     se = (0.2 * 0.8 / 200 + 0.125 * 0.875 / 200) ** 0.5
@@ -70,16 +118,27 @@ def test_linear_probe_gains_are_against_random_init_on_the_same_clips():
     assert shared.startswith("on 16x1 clips: best pretext task B, +7.5 points")
     assert "more than 2 standard errors: B;" in shared and "within noise): A, C" in shared
     assert own.startswith("on each model's pretraining clips: best pretext task A, +25.0 points")
-    assert own.endswith("above random init by more than 2 standard errors: A, B; above by less (within noise): C")
+    assert own.endswith(
+        "above random init by more than 2 standard errors: A, B; above by less (within noise): C"
+    )
 
 
 def test_linear_probe_overrides_set_dotted_keys_as_yaml():
     bench = _load("linear_probe")
     cfg = {"model": {"init_args": {"head": "classification"}}, "seed_everything": 0}
-    bench.apply_overrides(cfg, ["model.init_args.head=regression", "seed_everything=1",
-                                "data.init_args.crop_scale=[0.5, 1.0]"])
-    assert cfg == {"model": {"init_args": {"head": "regression"}}, "seed_everything": 1,
-                   "data": {"init_args": {"crop_scale": [0.5, 1.0]}}}
+    bench.apply_overrides(
+        cfg,
+        [
+            "model.init_args.head=regression",
+            "seed_everything=1",
+            "data.init_args.crop_scale=[0.5, 1.0]",
+        ],
+    )
+    assert cfg == {
+        "model": {"init_args": {"head": "regression"}},
+        "seed_everything": 1,
+        "data": {"init_args": {"crop_scale": [0.5, 1.0]}},
+    }
     with pytest.raises(ValueError, match="is not KEY=VALUE"):
         bench.apply_overrides(cfg, ["seed_everything"])
 
@@ -99,17 +158,44 @@ def test_train_step_median_pair_gives_one_repeats_times_and_the_spread():
     with pytest.raises(ValueError, match="times must be positive"):
         bench.median_pair([0.1], [0.0])
     assert [bench.side_order(r) for r in range(3)] == [
-        ("vssl", "plain"), ("plain", "vssl"), ("vssl", "plain")]
+        ("vssl", "plain"),
+        ("plain", "vssl"),
+        ("vssl", "plain"),
+    ]
 
 
 def test_train_step_columns_agree_with_each_other(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     bench = _load("train_step")
-    assert bench.main([
-        "--tasks", "Rotation", "--backbone", "tiny3d", "--width", "4", "--frames", "4",
-        "--size", "32", "--batch", "2", "--batches", "1", "--warmup", "1", "--steps", "2",
-        "--repeats", "2", "--data", str(tmp_path / "synthetic"),
-    ]) == 0
+    assert (
+        bench.main(
+            [
+                "--tasks",
+                "Rotation",
+                "--backbone",
+                "tiny3d",
+                "--width",
+                "4",
+                "--frames",
+                "4",
+                "--size",
+                "32",
+                "--batch",
+                "2",
+                "--batches",
+                "1",
+                "--warmup",
+                "1",
+                "--steps",
+                "2",
+                "--repeats",
+                "2",
+                "--data",
+                str(tmp_path / "synthetic"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| Rotation |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -126,8 +212,27 @@ def test_index_memory_measures_both_layouts_on_the_same_data(tmp_path, capsys):
     pytest.importorskip("psutil")
     bench = _load("index_memory")
     out = tmp_path / "memory.json"
-    assert bench.main(["--entries", "3000", "--workers", "2", "--epochs", "2", "--batch", "128",
-                       "--real", "2", "--real-frames", "12", "--json", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--entries",
+                "3000",
+                "--workers",
+                "2",
+                "--epochs",
+                "2",
+                "--batch",
+                "128",
+                "--real",
+                "2",
+                "--real-frames",
+                "12",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     before, after = result["before"], result["after"]
     assert len(before["uss"]) == len(after["uss"]) == 2 and min(after["uss"]) > 0

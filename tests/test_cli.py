@@ -53,10 +53,15 @@ def test_fit_end_to_end_then_validate_from_checkpoint(tiny_synthetic, tmp_path, 
     # The run ends with its summary: the last validation's metrics, then the paths.
     tail = out.stdout.strip().splitlines()[-5:]
     assert tail[0].startswith("vssl: val/acc ") and tail[1].startswith("vssl: val/loss ")
-    assert tail[-3:] == [f"vssl: logs in {Path('runs/t/version_0')}",
-                         f"vssl: best checkpoint {tail[-2].split(' ', 3)[3]}",
-                         f"vssl: last checkpoint {Path('runs/t/version_0/checkpoints/last.ckpt')}"]
-    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["backbone"] == "tiny3d"
+    assert tail[-3:] == [
+        f"vssl: logs in {Path('runs/t/version_0')}",
+        f"vssl: best checkpoint {tail[-2].split(' ', 3)[3]}",
+        f"vssl: last checkpoint {Path('runs/t/version_0/checkpoints/last.ckpt')}",
+    ]
+    assert (
+        yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["backbone"]
+        == "tiny3d"
+    )
     model = Supervised.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
     assert model.num_classes == 4  # linked from the datamodule
     assert json.loads((run / "versions.json").read_text())["torch"]
@@ -67,8 +72,18 @@ def test_fit_end_to_end_then_validate_from_checkpoint(tiny_synthetic, tmp_path, 
     assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
 
     # A second run never overwrites the first: it gets the next version folder.
-    run_cli(["fit", "--config", str(cfg), "--trainer.logger.init_args.name", "t",
-             "--trainer.max_epochs", "1"], tmp_path)
+    run_cli(
+        [
+            "fit",
+            "--config",
+            str(cfg),
+            "--trainer.logger.init_args.name",
+            "t",
+            "--trainer.max_epochs",
+            "1",
+        ],
+        tmp_path,
+    )
     assert (tmp_path / "runs" / "t" / "version_1" / "config.yaml").exists()
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
 
@@ -76,8 +91,10 @@ def test_fit_end_to_end_then_validate_from_checkpoint(tiny_synthetic, tmp_path, 
     # training run's (a logger given on the command line would be used). recwarn records every
     # warning (filter "always"), so a "dirpath has changed" that a user would see shows here.
     recwarn.clear()
-    out = run_cli(["validate", "--config", str(cfg),
-                   "--ckpt_path", str(run / "checkpoints" / "last.ckpt")], tmp_path)
+    out = run_cli(
+        ["validate", "--config", str(cfg), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")],
+        tmp_path,
+    )
     assert "val/acc" in out
     assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
     assert sorted(p.name for p in (tmp_path / "runs" / "t").iterdir()) == ["version_0", "version_1"]
@@ -86,8 +103,9 @@ def test_fit_end_to_end_then_validate_from_checkpoint(tiny_synthetic, tmp_path, 
 
 def test_ddp_two_processes_see_disjoint_samples(tiny_synthetic, tmp_path):
     cfg = tiny_config(tiny_synthetic, tmp_path / "cache", strategy="ddp", devices=2, max_epochs=1)
-    cfg["trainer"]["callbacks"] = [{"class_path": "recording.RecordIndices",
-                                    "init_args": {"out_dir": str(tmp_path / "seen")}}]
+    cfg["trainer"]["callbacks"] = [
+        {"class_path": "recording.RecordIndices", "init_args": {"out_dir": str(tmp_path / "seen")}}
+    ]
     # No DataLoader workers: with one worker per process this test hung once in a full-suite run
     # (cause not found; a worker forked after gloo started its threads is the suspect). The
     # sampler split is what is tested here.
@@ -102,8 +120,23 @@ def test_ddp_two_processes_see_disjoint_samples(tiny_synthetic, tmp_path):
 
 
 def test_make_synthetic_command(tmp_path, run_cli):
-    out = run_cli(["make-synthetic", str(tmp_path / "syn"), "--classes", "2", "--videos-per-class",
-                   "2", "--frames", "8", "--size", "32", "--seed", "3"], tmp_path)
+    out = run_cli(
+        [
+            "make-synthetic",
+            str(tmp_path / "syn"),
+            "--classes",
+            "2",
+            "--videos-per-class",
+            "2",
+            "--frames",
+            "8",
+            "--size",
+            "32",
+            "--seed",
+            "3",
+        ],
+        tmp_path,
+    )
     assert str(tmp_path / "syn") in out
     assert len(list((tmp_path / "syn").rglob("*.mp4"))) == 4
 
@@ -124,8 +157,20 @@ def test_last_checkpoint_is_the_last_epoch_when_later_epochs_do_not_improve(
     # improvement: Lightning's own ModelCheckpoint then leaves last.ckpt at epoch 0.
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(tiny_synthetic, tmp_path / "cache", max_epochs=3)))
-    run_cli(["fit", "--config", str(cfg), "--trainer.logger.init_args.name", "t",
-             "--checkpoint.monitor", "epoch", "--checkpoint.filename", "best-{epoch}"], tmp_path)
+    run_cli(
+        [
+            "fit",
+            "--config",
+            str(cfg),
+            "--trainer.logger.init_args.name",
+            "t",
+            "--checkpoint.monitor",
+            "epoch",
+            "--checkpoint.filename",
+            "best-{epoch}",
+        ],
+        tmp_path,
+    )
     ckpts = tmp_path / "runs" / "t" / "version_0" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["best-0.ckpt", "last.ckpt"]
     last = torch.load(ckpts / "last.ckpt", weights_only=True, map_location="cpu")
@@ -140,15 +185,20 @@ def _synthetic_roots() -> dict[str, dict[str, tuple[str, dict]]]:
     """For each dataset folder that a config writes synthetic data to: its settings per config."""
     from vssl.data.synthetic import make_synthetic
 
-    defaults = {k: v.default for k, v in inspect.signature(make_synthetic).parameters.items()
-                if v.default is not inspect.Parameter.empty and k != "progress"}
+    defaults = {
+        k: v.default
+        for k, v in inspect.signature(make_synthetic).parameters.items()
+        if v.default is not inspect.Parameter.empty and k != "progress"
+    }
     roots: dict[str, dict[str, tuple[str, dict]]] = {}
     for path in sorted((ROOT / "configs").rglob("*.yaml")):
         data = (yaml.safe_load(path.read_text()) or {}).get("data")
         args = data.get("init_args", {}) if isinstance(data, dict) else {}
         if args.get("synthetic") is not None:
             settings = {**defaults, **args["synthetic"]}
-            roots.setdefault(args.get("root", "data/synthetic"), {})[str(path.relative_to(ROOT))] = settings
+            roots.setdefault(args.get("root", "data/synthetic"), {})[
+                str(path.relative_to(ROOT))
+            ] = settings
     return roots
 
 
@@ -167,14 +217,32 @@ def test_configs_sharing_a_synthetic_folder_ask_for_the_same_dataset():
 def test_quick_start_then_a_task_config_in_one_folder(tmp_path, run_cli):
     # README's order with its own configs, cut to a few videos and one step each: each config
     # keeps its folder and its frame size, so the second run must not trip over the first's data.
-    small = ["--data.init_args.synthetic.videos_per_class", "2", "--data.init_args.num_workers", "0",
-             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
-             "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
-             "--data.init_args.cache_dir", str(tmp_path / "cache")]
+    small = [
+        "--data.init_args.synthetic.videos_per_class",
+        "2",
+        "--data.init_args.num_workers",
+        "0",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--data.init_args.cache_dir",
+        str(tmp_path / "cache"),
+    ]
     for config in ("configs/quickstart.yaml", "configs/rspnet/synthetic_tiny.yaml"):
         run_cli(["fit", "--config", str(ROOT / config), *small], tmp_path)
-    assert json.loads((tmp_path / "data/quickstart/synthetic.json").read_text())["settings"]["size"] == 32
-    assert json.loads((tmp_path / "data/synthetic/synthetic.json").read_text())["settings"]["size"] == 64
+    assert (
+        json.loads((tmp_path / "data/quickstart/synthetic.json").read_text())["settings"]["size"]
+        == 32
+    )
+    assert (
+        json.loads((tmp_path / "data/synthetic/synthetic.json").read_text())["settings"]["size"]
+        == 64
+    )
 
 
 def test_a_folder_holding_another_dataset_is_one_clean_error(tmp_path, capsys, monkeypatch):
@@ -182,7 +250,9 @@ def test_a_folder_holding_another_dataset_is_one_clean_error(tmp_path, capsys, m
     # the shell's view of a one-line error is tests/test_cli_errors.py's subprocess test.
     from vssl.data.synthetic import make_synthetic
 
-    make_synthetic(tmp_path / "data" / "synthetic", classes=8, videos_per_class=1, frames=8, size=16)
+    make_synthetic(
+        tmp_path / "data" / "synthetic", classes=8, videos_per_class=1, frames=8, size=16
+    )
     (tmp_path / "data" / "synthetic" / "notes.txt").write_text("mine")
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
@@ -216,8 +286,13 @@ def test_progress_bar_has_no_version_number_and_summary_no_zero_flops(tmp_path, 
     model = Supervised(num_classes=3, backbone="tiny3d", backbone_kwargs={"width": 4})
     summary = summarize(model)
     assert summary.total_flops == 0  # no example_input_array: Lightning counts nothing
-    ModelSummary.summarize(summary._get_summary_data(), summary.total_parameters,
-                           summary.trainable_parameters, summary.model_size,
-                           summary.total_training_modes, summary.total_flops)
+    ModelSummary.summarize(
+        summary._get_summary_data(),
+        summary.total_parameters,
+        summary.trainable_parameters,
+        summary.model_size,
+        summary.total_training_modes,
+        summary.total_flops,
+    )
     out = capsys.readouterr().out
     assert "FLOPs" not in out and "backbone" in out and "Trainable params" in out

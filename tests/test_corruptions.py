@@ -96,8 +96,14 @@ def test_probe_corrupts_the_test_clips_only(tiny_synthetic, tmp_path, capsys):
     from vssl.eval.commands import probe_main
     from vssl.eval.features import FeatureSettings, extract_features
 
-    common = dict(root=str(tiny_synthetic), backbone="tiny3d", clips=1, clip_len=4,
-                  crop_size=16, decode_size=32)
+    common = dict(
+        root=str(tiny_synthetic),
+        backbone="tiny3d",
+        clips=1,
+        clip_len=4,
+        crop_size=16,
+        decode_size=32,
+    )
     clean = extract_features(FeatureSettings(split="test", **common))
     noisy = FeatureSettings(split="test", corruption="gaussian", severity=5, **common)
     first, again = extract_features(noisy), extract_features(noisy)
@@ -108,12 +114,43 @@ def test_probe_corrupts_the_test_clips_only(tiny_synthetic, tmp_path, capsys):
         FeatureSettings(split="test", corruption="shot", severity=9, **common)
 
     out = tmp_path / "probe.json"
-    assert probe_main(["--backbone", "tiny3d", "--root", str(tiny_synthetic), "--clip-len", "4",
-                       "--crop-size", "16", "--decode-size", "32", "--clips", "1", "--crops", "1",
-                       "--train-views", "1", "--steps", "5", "--cache-dir", "none",
-                       "--corruption", "impulse", "--severity", "2", "--out", str(out)]) == 0
+    assert (
+        probe_main(
+            [
+                "--backbone",
+                "tiny3d",
+                "--root",
+                str(tiny_synthetic),
+                "--clip-len",
+                "4",
+                "--crop-size",
+                "16",
+                "--decode-size",
+                "32",
+                "--clips",
+                "1",
+                "--crops",
+                "1",
+                "--train-views",
+                "1",
+                "--steps",
+                "5",
+                "--cache-dir",
+                "none",
+                "--corruption",
+                "impulse",
+                "--severity",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "with impulse noise at severity 2; training clips clean" in capsys.readouterr().out
     record = json.loads(out.read_text())
     assert (record["test_features"]["corruption"], record["test_features"]["severity"]) == (
-        "impulse", 2)
+        "impulse",
+        2,
+    )
     assert record["train_features"]["corruption"] is None

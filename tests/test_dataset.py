@@ -36,7 +36,11 @@ def test_views_hold_the_sampled_frames(video_factory, frame_index):
     assert sample["b"].shape == (2, 2, 3, 32, 32)
     assert [frame_index(f) for f in sample["a"]] == [0, 1, 2]
     assert [[frame_index(f) for f in clip] for clip in sample["b"]] == [[5, 6], [7, 5]]
-    assert sample["label"].item() == 0 and sample["index"].item() == 0 and sample["skipped"].item() == 0
+    assert (
+        sample["label"].item() == 0
+        and sample["index"].item() == 0
+        and sample["skipped"].item() == 0
+    )
 
 
 class ViewsAndTarget(ClipSampler):
@@ -89,8 +93,16 @@ def test_too_many_failures_stop_with_a_clear_message(video_factory):
 
 
 def test_datamodule_batches_and_labels(tiny_synthetic):
-    dm = VideoDataModule(root=str(tiny_synthetic), clip_len=4, stride=2, crop_size=24, decode_size=32,
-                         batch_size=4, num_workers=0, cache_dir=str(tiny_synthetic.parent / "cache"))
+    dm = VideoDataModule(
+        root=str(tiny_synthetic),
+        clip_len=4,
+        stride=2,
+        crop_size=24,
+        decode_size=32,
+        batch_size=4,
+        num_workers=0,
+        cache_dir=str(tiny_synthetic.parent / "cache"),
+    )
     assert dm.num_classes == 4
     dm.setup("fit")
     train, val = dm.datasets["train"], dm.datasets["val"]
@@ -102,7 +114,9 @@ def test_datamodule_batches_and_labels(tiny_synthetic):
     assert batch["label"].shape == (4,)
     val_batch = next(iter(dm.val_dataloader()))
     again = next(iter(dm.val_dataloader()))
-    assert torch.equal(val_batch["video"], again["video"])  # centre clip, centre crop: deterministic
+    assert torch.equal(
+        val_batch["video"], again["video"]
+    )  # centre clip, centre crop: deterministic
 
 
 def test_datamodule_leaves_out_bad_files_and_names_them(tiny_synthetic, tmp_path, caplog):
@@ -110,8 +124,9 @@ def test_datamodule_leaves_out_bad_files_and_names_them(tiny_synthetic, tmp_path
     shutil.copytree(tiny_synthetic, root)
     (root / "train" / "down" / "empty.mp4").write_bytes(b"")
     (root / "train" / "down" / "text.mp4").write_text("hello")
-    dm = VideoDataModule(root=str(root), clip_len=4, crop_size=24, num_workers=0,
-                         cache_dir=str(tmp_path / "cache"))
+    dm = VideoDataModule(
+        root=str(root), clip_len=4, crop_size=24, num_workers=0, cache_dir=str(tmp_path / "cache")
+    )
     with caplog.at_level(logging.WARNING, logger="vssl"):
         dm.setup("fit")
     assert len(dm.datasets["train"]) == 12
@@ -121,8 +136,12 @@ def test_datamodule_leaves_out_bad_files_and_names_them(tiny_synthetic, tmp_path
 def test_datamodule_with_nothing_usable_says_so(tmp_path):
     (tmp_path / "data" / "train" / "a").mkdir(parents=True)
     (tmp_path / "data" / "train" / "a" / "x.mp4").write_bytes(b"")
-    dm = VideoDataModule(root=str(tmp_path / "data"), val_split=None, num_workers=0,
-                         cache_dir=str(tmp_path / "cache"))
+    dm = VideoDataModule(
+        root=str(tmp_path / "data"),
+        val_split=None,
+        num_workers=0,
+        cache_dir=str(tmp_path / "cache"),
+    )
     with pytest.raises(ValueError, match=r"(?s)none of the 1 videos can be decoded.*x\.mp4"):
         dm.setup("fit")
 

@@ -156,8 +156,16 @@ def _dataset(root: Path, video_factory, frames: int = 40) -> Path:
 
 def test_clips_are_evenly_spaced_and_averaged(tmp_path, video_factory):
     root = _dataset(tmp_path / "data", video_factory)
-    settings = FeatureSettings(root=str(root), split="train", backbone="tiny3d", clips=4,
-                               clip_len=4, stride=2, crop_size=32, decode_size=32)
+    settings = FeatureSettings(
+        root=str(root),
+        split="train",
+        backbone="tiny3d",
+        clips=4,
+        clip_len=4,
+        stride=2,
+        crop_size=32,
+        decode_size=32,
+    )
     reader = FrameReader()
     out = extract_features(settings, model=reader, batch_size=2)
     # 40 frames, a clip spans 7: starts linspace(0, 33, 4) = 0, 11, 22, 33 in both videos.
@@ -170,9 +178,18 @@ def test_clips_are_evenly_spaced_and_averaged(tmp_path, video_factory):
 def test_same_video_same_features_and_cache_reuse(tmp_path, video_factory):
     root = _dataset(tmp_path / "data", video_factory, frames=12)
     cache = tmp_path / "cache"
-    settings = FeatureSettings(root=str(root), split="train", backbone="tiny3d",
-                               backbone_kwargs={"width": 4}, clips=2, crops=3, clip_len=4,
-                               stride=1, crop_size=24, decode_size=32)
+    settings = FeatureSettings(
+        root=str(root),
+        split="train",
+        backbone="tiny3d",
+        backbone_kwargs={"width": 4},
+        clips=2,
+        crops=3,
+        clip_len=4,
+        stride=1,
+        crop_size=24,
+        decode_size=32,
+    )
     first = extract_features(settings)
     second = extract_features(settings)
     assert first.feats.shape == (2, 16)  # tiny3d width 4: 16 pooled features per video
@@ -200,9 +217,17 @@ def test_same_video_same_features_and_cache_reuse(tmp_path, video_factory):
 
 def test_random_training_views_are_kept_apart_and_reproducible(tmp_path, video_factory):
     root = _dataset(tmp_path / "data", video_factory, frames=40)
-    settings = FeatureSettings(root=str(root), split="train", backbone="tiny3d", random_views=6,
-                               clip_len=4, stride=2, crop_size=32, decode_size=32,
-                               crop_scale=(0.9, 1.0))
+    settings = FeatureSettings(
+        root=str(root),
+        split="train",
+        backbone="tiny3d",
+        random_views=6,
+        clip_len=4,
+        stride=2,
+        crop_size=32,
+        decode_size=32,
+        crop_scale=(0.9, 1.0),
+    )
     reader = FrameReader()
     out = extract_features(settings, model=reader)
     assert out.feats.shape == (2, 6, 1)
@@ -262,8 +287,10 @@ def test_load_task_with_and_without_recorded_class(tiny_ckpt, tmp_path):
     tuned = build_finetune_model(4, ckpt=str(tiny_ckpt), lr=0.01)
     assert tuned.hparams.backbone == "tiny3d" and tuned.hparams.backbone_kwargs == {"width": 4}
     assert _same_weights(task.backbone, tuned.backbone)
-    assert not _same_weights(task.backbone, build_finetune_model(4, backbone="tiny3d",
-                                                                 backbone_kwargs={"width": 4}).backbone)
+    assert not _same_weights(
+        task.backbone,
+        build_finetune_model(4, backbone="tiny3d", backbone_kwargs={"width": 4}).backbone,
+    )
 
 
 def test_load_task_refuses_pickled_objects_unless_trusted(tiny_ckpt, tmp_path):
@@ -271,31 +298,79 @@ def test_load_task_refuses_pickled_objects_unless_trusted(tiny_ckpt, tmp_path):
     data["extra"] = argparse.Namespace(note="any pickled object can run code when loaded")
     pickled = tmp_path / "pickled.ckpt"
     torch.save(data, pickled)
-    with pytest.raises(ValueError, match="pickled.ckpt: cannot be loaded with weights_only=True.*--trust-checkpoint"):
+    with pytest.raises(
+        ValueError,
+        match="pickled.ckpt: cannot be loaded with weights_only=True.*--trust-checkpoint",
+    ):
         load_task(pickled)
     assert _same_weights(load_task(pickled, trust=True).backbone, load_task(tiny_ckpt).backbone)
 
 
 def test_probe_and_retrieve_end_to_end(tiny_synthetic, tiny_ckpt, tmp_path, run_cli):
     ckpt = tiny_ckpt
-    data = ["--root", str(tiny_synthetic), "--clip-len", "4", "--stride", "2", "--crop-size", "24",
-            "--decode-size", "32", "--clips", "2", "--cache-dir", str(tmp_path / "feats")]
-    out = run_cli(["probe", "--ckpt", str(ckpt), *data, "--crops", "3", "--steps", "50",
-                   "--train-views", "2",
-                   "--out", "probe.json"], tmp_path)
+    data = [
+        "--root",
+        str(tiny_synthetic),
+        "--clip-len",
+        "4",
+        "--stride",
+        "2",
+        "--crop-size",
+        "24",
+        "--decode-size",
+        "32",
+        "--clips",
+        "2",
+        "--cache-dir",
+        str(tmp_path / "feats"),
+    ]
+    out = run_cli(
+        [
+            "probe",
+            "--ckpt",
+            str(ckpt),
+            *data,
+            "--crops",
+            "3",
+            "--steps",
+            "50",
+            "--train-views",
+            "2",
+            "--out",
+            "probe.json",
+        ],
+        tmp_path,
+    )
     assert "linear top-1 (100% labels, 12 videos)" in out
     record = json.loads((tmp_path / "probe.json").read_text())
     assert record["protocol"] == "probe" and record["num_train"] == 12 and record["num_test"] == 4
     assert record["test_features"]["ckpt"] == str(ckpt)
     assert record["test_features"]["clips"] == 2 and record["test_features"]["crops"] == 3
     assert record["train_features"]["random_views"] == 2 and record["probe"]["train_views"] == 2
-    assert record["train_features"]["split"] == "train" and record["test_features"]["split"] == "test"
+    assert (
+        record["train_features"]["split"] == "train" and record["test_features"]["split"] == "test"
+    )
     assert record["results"]["train_videos"] == {"1.0": 12, "0.1": 4, "0.01": 4}
     accs = [*record["results"]["linear"].values(), record["results"]["knn"]]
     assert all(a in np.arange(5) / 4 for a in accs)  # 4 test videos
 
-    out = run_cli(["retrieve", "--backbone", "tiny3d", "--backbone-kwargs", '{"width": 4}', *data,
-                   "--ks", "1", "5", "50", "--out", "r.json"], tmp_path)
+    out = run_cli(
+        [
+            "retrieve",
+            "--backbone",
+            "tiny3d",
+            "--backbone-kwargs",
+            '{"width": 4}',
+            *data,
+            "--ks",
+            "1",
+            "5",
+            "50",
+            "--out",
+            "r.json",
+        ],
+        tmp_path,
+    )
     assert "R@50" in out
     record = json.loads((tmp_path / "r.json").read_text())
     assert record["num_gallery"] == 12 and record["num_queries"] == 4
@@ -305,11 +380,41 @@ def test_probe_and_retrieve_end_to_end(tiny_synthetic, tiny_ckpt, tmp_path, run_
 
 
 def test_finetune_end_to_end(tiny_synthetic, tiny_ckpt, tmp_path, run_cli):
-    out = run_cli(["finetune", "--ckpt", str(tiny_ckpt), "--root", str(tiny_synthetic),
-                   "--clip-len", "4", "--stride", "2", "--crop-size", "24", "--decode-size", "32",
-                   "--no-flip", "--epochs", "1", "--batch-size", "4", "--workers", "0",
-                   "--optimizer", "adamw", "--lr", "0.003", "--accelerator", "cpu",
-                   "--devices", "1", "--out", "ft.json"], tmp_path)
+    out = run_cli(
+        [
+            "finetune",
+            "--ckpt",
+            str(tiny_ckpt),
+            "--root",
+            str(tiny_synthetic),
+            "--clip-len",
+            "4",
+            "--stride",
+            "2",
+            "--crop-size",
+            "24",
+            "--decode-size",
+            "32",
+            "--no-flip",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "0.003",
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "1",
+            "--out",
+            "ft.json",
+        ],
+        tmp_path,
+    )
     assert "video top-1" in out
     record = json.loads((tmp_path / "ft.json").read_text())
     assert record["settings"]["ckpt"] == str(tiny_ckpt) and record["settings"]["clips"] == 10
@@ -324,8 +429,16 @@ def test_multi_clip_accuracy_clip_and_video_top1(tmp_path, video_factory):
         (tmp_path / "data" / "test" / cls).mkdir(parents=True)
         src = video_factory(f"{cls}.mp4", num_frames=frames)
         os.replace(src, tmp_path / "data" / "test" / cls / "v.mp4")
-    dm = VideoDataModule(root=str(tmp_path / "data"), train_split=None, val_split="test", clip_len=4,
-                         stride=2, crop_size=32, decode_size=32, cache_dir=str(tmp_path / "cache"))
+    dm = VideoDataModule(
+        root=str(tmp_path / "data"),
+        train_split=None,
+        val_split="test",
+        clip_len=4,
+        stride=2,
+        crop_size=32,
+        decode_size=32,
+        cache_dir=str(tmp_path / "cache"),
+    )
     model = Supervised(num_classes=2, backbone="tiny3d", backbone_kwargs={"width": 4})
     model.extract_features = FrameReader().extract_features  # feature = first frame's index
     model.head = nn.Linear(1, 2)

@@ -29,8 +29,15 @@ def tiny_checkpoint(fit_checkpoint: Path) -> Path:
 
 def _checkpoint_of(task: torch.nn.Module, path: Path) -> Path:
     """Save ``task`` in the layout Lightning checkpoints use (state_dict + hyper_parameters)."""
-    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams),
-                "epoch": 0, "global_step": 0}, path)
+    torch.save(
+        {
+            "state_dict": task.state_dict(),
+            "hyper_parameters": dict(task.hparams),
+            "epoch": 0,
+            "global_step": 0,
+        },
+        path,
+    )
     return path
 
 
@@ -38,7 +45,11 @@ def test_cli_export_then_load_gives_identical_outputs(
     tiny_checkpoint: Path, tmp_path: Path, run_cli
 ) -> None:
     run_cli(["export", str(tiny_checkpoint), "--out", str(tmp_path / "tiny")], cwd=tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.json", "tiny.pt", "tiny.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "tiny.json",
+        "tiny.pt",
+        "tiny.safetensors",
+    ]
     meta = json.loads((tmp_path / "tiny.json").read_text())
     assert meta["backbone"] == "tiny3d"
     assert meta["backbone_kwargs"] == {"width": 4}
@@ -48,7 +59,9 @@ def test_cli_export_then_load_gives_identical_outputs(
     assert meta["torchvision_model"] is None
 
     ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
-    task = Supervised(**{k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")})
+    task = Supervised(
+        **{k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+    )
     task.load_state_dict(ckpt["state_dict"])
     task.eval()
     clip = torch.randn(2, 3, 4, 24, 24)
@@ -98,8 +111,11 @@ def test_pytorchvideo_architecture_loads_into_pytorchvideo(tmp_path: Path) -> No
     torch.manual_seed(0)
     task = Supervised(backbone="x3d_xs", num_classes=5).eval()
     (weights, _) = export_backbone(_checkpoint_of(task, tmp_path / "x3d.ckpt"), tmp_path / "x3d.pt")
-    net = load_into(weights, create_x3d(input_clip_length=4, input_crop_size=160, depth_factor=2.2),
-                    head="blocks.5").eval()
+    net = load_into(
+        weights,
+        create_x3d(input_clip_length=4, input_crop_size=160, depth_factor=2.2),
+        head="blocks.5",
+    ).eval()
     clip = torch.randn(1, 3, 4, 64, 64)
     with torch.no_grad():
         x = clip
@@ -109,8 +125,11 @@ def test_pytorchvideo_architecture_loads_into_pytorchvideo(tmp_path: Path) -> No
         x = pool.pre_act(pool.pre_norm(pool.pre_conv(x)))  # conv5, the backbone's last layer
         assert torch.allclose(x, task.backbone.forward_features(clip), atol=1e-5)
     with pytest.raises(ExportError, match="x3d.pt: backbone 'x3d_xs' does not fit"):
-        load_into(weights, create_x3d(input_clip_length=4, input_crop_size=160, depth_factor=2.2),
-                  head="fc")
+        load_into(
+            weights,
+            create_x3d(input_clip_length=4, input_crop_size=160, depth_factor=2.2),
+            head="fc",
+        )
 
 
 def test_refuses_to_overwrite_without_flag(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -11,19 +11,39 @@ from vssl.tasks import Supervised
 
 def _fit(root, cache, callbacks, epochs=2):
     seed_everything(0)
-    dm = VideoDataModule(root=str(root), clip_len=4, stride=2, crop_size=24, decode_size=32,
-                         batch_size=4, num_workers=0, cache_dir=str(cache), flip=False)
-    task = Supervised(backbone="tiny3d", backbone_kwargs={"width": 4}, num_classes=dm.num_classes,
-                      optimizer="adamw", lr=0.003)
+    dm = VideoDataModule(
+        root=str(root),
+        clip_len=4,
+        stride=2,
+        crop_size=24,
+        decode_size=32,
+        batch_size=4,
+        num_workers=0,
+        cache_dir=str(cache),
+        flip=False,
+    )
+    task = Supervised(
+        backbone="tiny3d",
+        backbone_kwargs={"width": 4},
+        num_classes=dm.num_classes,
+        optimizer="adamw",
+        lr=0.003,
+    )
     losses = []
 
     class Losses(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    trainer = Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False,
-                      callbacks=[*callbacks, Losses()])
+    trainer = Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[*callbacks, Losses()],
+    )
     trainer.fit(task, dm)
     return trainer, task, dm, losses
 
@@ -34,8 +54,11 @@ def test_logs_the_knn_accuracy_of_the_model_on_centre_clips(tiny_synthetic, tmp_
     logged = float(trainer.callback_metrics["val/knn_acc"])
 
     def features(stage):
-        ds = dm.build_dataset(stage, default_clip_sampler("val", dm.clip_spec),
-                              default_clip_transform("val", dm.clip_spec))
+        ds = dm.build_dataset(
+            stage,
+            default_clip_sampler("val", dm.clip_spec),
+            default_clip_transform("val", dm.clip_spec),
+        )
         task.eval()
         samples = [ds[i] for i in range(len(ds))]
         video = torch.stack([s["video"] for s in samples])

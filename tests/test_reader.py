@@ -299,7 +299,9 @@ def write_with_gaps(path: Path, shown: list[int], codec: str, pix_fmt: str) -> P
 @pytest.mark.parametrize(
     "codec,pix_fmt,name", [("mjpeg", "yuvj420p", "gaps.mkv"), ("libx264", "yuv420p", "gaps.mkv")]
 )
-def test_indices_without_a_frame_show_the_frame_on_screen(tmp_path, frame_index, codec, pix_fmt, name):
+def test_indices_without_a_frame_show_the_frame_on_screen(
+    tmp_path, frame_index, codec, pix_fmt, name
+):
     """Index k shows the last frame whose pts is at most k, also when the reader skipped that
     frame undecoded on its way to a wanted one (intra-only streams skip every unwanted frame)."""
     shown = [i for i in range(62) if i % 7 not in (3, 4)]

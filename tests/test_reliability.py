@@ -179,7 +179,9 @@ def test_decode_timeout_turns_a_slow_clip_into_a_named_failure(tmp_path):
     with VideoReader(path, decode_timeout=30.0) as reader:
         assert reader.get_frames([0, 15], size=16).shape == (2, 3, 16, 16)
         reader.decode_timeout = 1e-9  # every clip now runs over its limit
-        with pytest.raises(VideoDecodeError, match=rf"^{path}: decoding took longer than decode_timeout"):
+        with pytest.raises(
+            VideoDecodeError, match=rf"^{path}: decoding took longer than decode_timeout"
+        ):
             reader.get_frames([3, 12])
     with pytest.raises(ValueError, match="decode_timeout must be positive"):
         VideoReader(path, decode_timeout=0)
@@ -241,8 +243,10 @@ def test_training_over_the_corpus_logs_the_skips_and_finishes(corpus, tmp_path):
     cfg = tiny_config(root, cache, max_epochs=1)
     cfg["data"]["init_args"].update(num_workers=0, batch_size=4)
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    out = run_vssl(["fit", "--config", str(tmp_path / "run.yaml"),
-                    "--trainer.logger.init_args.name", "c"], tmp_path)
+    out = run_vssl(
+        ["fit", "--config", str(tmp_path / "run.yaml"), "--trainer.logger.init_args.name", "c"],
+        tmp_path,
+    )
     text = out.stdout + out.stderr
     for name, want in expected.items():
         if not want.usable:
@@ -271,8 +275,14 @@ def test_nothing_usable_stops_with_one_clear_message(corpus, tmp_path):
     cfg = tiny_config(root, tmp_path / "cache", max_epochs=1)
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "vssl", "fit", "--config", str(tmp_path / "run.yaml")],
-                         cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "vssl", "fit", "--config", str(tmp_path / "run.yaml")],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert out.returncode != 0
     assert "split 'train': none of the 4 videos can be decoded" in out.stderr
     assert f"{root / 'train' / 'a' / 'zero_bytes.mp4'}: empty file (0 bytes)" in out.stderr
@@ -335,13 +345,27 @@ def _task_config(task: str, root: Path, cache: Path) -> dict:
                 init["clip_len"] = min(init["clip_len"], 8)
         data = cfg["data"]["init_args"]
         data.pop("synthetic", None)
-        data.update(root=str(root), cache_dir=str(cache), crop_size=24, decode_size=32, num_workers=0,
-                    clip_len=min(data.get("clip_len", 8), 8))
+        data.update(
+            root=str(root),
+            cache_dir=str(cache),
+            crop_size=24,
+            decode_size=32,
+            num_workers=0,
+            clip_len=min(data.get("clip_len", 8), 8),
+        )
     cfg["data"]["init_args"]["batch_size"] = 4
-    cfg["trainer"].update(max_epochs=1, limit_train_batches=3, limit_val_batches=1, accelerator="cpu",
-                          log_every_n_steps=1, enable_progress_bar=False,
-                          logger={"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                  "init_args": {"save_dir": "runs", "name": "seed"}})
+    cfg["trainer"].update(
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        accelerator="cpu",
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        logger={
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": "runs", "name": "seed"},
+        },
+    )
     return cfg
 
 
@@ -365,19 +389,30 @@ def test_same_seed_gives_the_same_losses_for_every_task(tiny_synthetic, tmp_path
         cfg["trainer"]["logger"]["init_args"]["name"] = name
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
         configs.append(str(tmp_path / f"{name}.yaml"))
-    script = NO_NETWORK + (f"from vssl.cli import main\nfor c in {configs!r}:\n"
-                           "    main(['fit', '--config', c])\n")
+    script = NO_NETWORK + (
+        f"from vssl.cli import main\nfor c in {configs!r}:\n    main(['fit', '--config', c])\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
     procs = []
     for folder in ("one", "two"):
         (tmp_path / folder).mkdir()
-        procs.append(subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path / folder, env=env,
-                                      text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", script],
+                cwd=tmp_path / folder,
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        )
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
     for name in runs:
-        first, second = (_train_losses(tmp_path / f / "runs" / name / "version_0") for f in ("one", "two"))
+        first, second = (
+            _train_losses(tmp_path / f / "runs" / name / "version_0") for f in ("one", "two")
+        )
         steps = 9 if name == "CVRL-worker" else 3
         assert len(first) == steps and first == second, name  # the exact strings CSVLogger wrote
 
@@ -388,8 +423,10 @@ def test_synthetic_dataset_written_twice_is_byte_identical(tmp_path):
     32x32 clips come out different from one write to the next."""
     from vssl.data.synthetic import make_synthetic
 
-    copies = [make_synthetic(tmp_path / f"s{i}", classes=4, videos_per_class=4, frames=16, size=32)
-              for i in range(3)]
+    copies = [
+        make_synthetic(tmp_path / f"s{i}", classes=4, videos_per_class=4, frames=16, size=32)
+        for i in range(3)
+    ]
     files = sorted(p.relative_to(copies[0]) for p in copies[0].rglob("*.mp4"))
     assert len(files) == 16
     for name in files:
@@ -430,19 +467,39 @@ def _fit(cfg: dict, folder: Path, *extra: str) -> subprocess.Popen:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "run.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "vssl", "fit", "--config", "run.yaml",
-                             "--checkpoint.dirpath", "ckpts", "--checkpoint.every_n_train_steps", "1",
-                             *extra], cwd=folder, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vssl",
+            "fit",
+            "--config",
+            "run.yaml",
+            "--checkpoint.dirpath",
+            "ckpts",
+            "--checkpoint.every_n_train_steps",
+            "1",
+            *extra,
+        ],
+        cwd=folder,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_killed_run_resumes_from_last_and_ends_like_an_uninterrupted_one(tiny_synthetic, tmp_path):
     cfg = tiny_config(tiny_synthetic, tmp_path / "cache", max_epochs=2)  # 4 steps per epoch
     cfg["model"]["init_args"]["dropout"] = 0.5  # the main process's RNG matters after resume
     whole = _fit(cfg, tmp_path / "whole")
-    killed_cfg = {**cfg, "trainer": {**cfg["trainer"],
-                                     "callbacks": [{"class_path": "test_reliability.KillAtStep",
-                                                    "init_args": {"step": 6}}]}}
+    killed_cfg = {
+        **cfg,
+        "trainer": {
+            **cfg["trainer"],
+            "callbacks": [{"class_path": "test_reliability.KillAtStep", "init_args": {"step": 6}}],
+        },
+    }
     killed = _fit(killed_cfg, tmp_path / "resumed")
     try:
         killed.communicate(timeout=300)
@@ -464,12 +521,19 @@ def test_killed_run_resumes_from_last_and_ends_like_an_uninterrupted_one(tiny_sy
         rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r.get("val/loss")]
         return ckpt, rows[-1]
 
-    (ckpt_a, metrics_a), (ckpt_b, metrics_b) = final(tmp_path / "whole"), final(tmp_path / "resumed")
+    (ckpt_a, metrics_a), (ckpt_b, metrics_b) = (
+        final(tmp_path / "whole"),
+        final(tmp_path / "resumed"),
+    )
     assert ckpt_a["global_step"] == ckpt_b["global_step"] == 8
     for key in ("val/loss", "val/acc"):
-        assert float(metrics_b[key]) == pytest.approx(float(metrics_a[key]), rel=1e-5, abs=1e-6), key
+        assert float(metrics_b[key]) == pytest.approx(float(metrics_a[key]), rel=1e-5, abs=1e-6), (
+            key
+        )
     for name, value in ckpt_a["state_dict"].items():
-        torch.testing.assert_close(ckpt_b["state_dict"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(
+            ckpt_b["state_dict"][name], value, rtol=1e-5, atol=1e-6, msg=name
+        )
 
 
 def test_rng_state_restores_each_process_its_own_generators(monkeypatch):
@@ -514,14 +578,20 @@ class RecordBatches(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        row = {"step": trainer.global_step, "epoch": trainer.current_epoch, "indices": batch["index"].tolist()}
+        row = {
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "indices": batch["index"].tolist(),
+        }
         with (self.out_dir / f"rank{trainer.global_rank}.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")
 
 
 def _batches(folder: Path) -> list[list[dict]]:
-    return [[json.loads(line) for line in (folder / f"rank{r}.jsonl").read_text().splitlines()]
-            for r in (0, 1)]
+    return [
+        [json.loads(line) for line in (folder / f"rank{r}.jsonl").read_text().splitlines()]
+        for r in (0, 1)
+    ]
 
 
 def test_ddp_run_killed_mid_epoch_resumes_with_the_same_samples(tiny_synthetic, tmp_path):
@@ -537,7 +607,10 @@ def test_ddp_run_killed_mid_epoch_resumes_with_the_same_samples(tiny_synthetic, 
         return {**cfg, "trainer": {**cfg["trainer"], "callbacks": list(callbacks)}}
 
     def record(name: str) -> dict:
-        return {"class_path": "test_reliability.RecordBatches", "init_args": {"out_dir": str(tmp_path / name)}}
+        return {
+            "class_path": "test_reliability.RecordBatches",
+            "init_args": {"out_dir": str(tmp_path / name)},
+        }
 
     kill = {"class_path": "test_reliability.KillAtStep", "init_args": {"step": 5}}
     whole = _fit(with_callbacks(record("whole_seen")), tmp_path / "whole")
@@ -548,15 +621,19 @@ def test_ddp_run_killed_mid_epoch_resumes_with_the_same_samples(tiny_synthetic, 
         last = tmp_path / "resumed" / "ckpts" / "last.ckpt"
         assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
 
-        resumed = _fit(with_callbacks(record("resumed_seen")), tmp_path / "resumed",
-                       "--ckpt_path", "last")  # while the uninterrupted run goes on
+        resumed = _fit(
+            with_callbacks(record("resumed_seen")), tmp_path / "resumed", "--ckpt_path", "last"
+        )  # while the uninterrupted run goes on
         _, err = resumed.communicate(timeout=300)
         assert resumed.returncode == 0, err[-3000:]
     finally:
         _, err = whole.communicate(timeout=300)
     assert whole.returncode == 0, err[-3000:]
 
-    whole_seen, resumed_seen = _batches(tmp_path / "whole_seen"), _batches(tmp_path / "resumed_seen")
+    whole_seen, resumed_seen = (
+        _batches(tmp_path / "whole_seen"),
+        _batches(tmp_path / "resumed_seen"),
+    )
     for rank in (0, 1):
         assert [b["step"] for b in whole_seen[rank]] == list(range(6))
         assert [(b["step"], b["epoch"]) for b in resumed_seen[rank]] == [(4, 1), (5, 1)]
@@ -564,8 +641,12 @@ def test_ddp_run_killed_mid_epoch_resumes_with_the_same_samples(tiny_synthetic, 
     epoch2 = [i for rank in (0, 1) for b in whole_seen[rank][3:] for i in b["indices"]]
     assert sorted(epoch2) == list(range(12))  # the two processes share the epoch out
 
-    ckpt_a, ckpt_b = (torch.load(f / "ckpts" / "last.ckpt", map_location="cpu", weights_only=True)
-                      for f in (tmp_path / "whole", tmp_path / "resumed"))
+    ckpt_a, ckpt_b = (
+        torch.load(f / "ckpts" / "last.ckpt", map_location="cpu", weights_only=True)
+        for f in (tmp_path / "whole", tmp_path / "resumed")
+    )
     assert ckpt_a["global_step"] == ckpt_b["global_step"] == 6
     for name, value in ckpt_a["state_dict"].items():
-        torch.testing.assert_close(ckpt_b["state_dict"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(
+            ckpt_b["state_dict"][name], value, rtol=1e-5, atol=1e-6, msg=name
+        )

@@ -74,25 +74,40 @@ def _fit(root: Path, cwd: Path, devices: int, batch_size: int) -> subprocess.Pop
         cfg["trainer"]["strategy"] = "ddp"
     cfg["model"] = {
         "class_path": "test_scaling.GroupNormSupervised",
-        "init_args": {"backbone": "tiny3d", "backbone_kwargs": {"width": 4}, "dropout": 0.0,
-                      "optimizer": "sgd", "lr": 0.2, "reference_batch_size": 4,
-                      "lr_schedule": "cosine"},
+        "init_args": {
+            "backbone": "tiny3d",
+            "backbone_kwargs": {"width": 4},
+            "dropout": 0.0,
+            "optimizer": "sgd",
+            "lr": 0.2,
+            "reference_batch_size": 4,
+            "lr_schedule": "cosine",
+        },
     }
     # No DataLoader workers under DDP (see test_cli.py's DDP test).
     cfg["data"]["init_args"].update(batch_size=batch_size, num_workers=0)
     cwd.mkdir(parents=True, exist_ok=True)
     (cwd / "run.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "vssl", "fit", "--config", "run.yaml",
-               "--trainer.logger.init_args.name", "s"]
+    command = [
+        sys.executable,
+        "-m",
+        "vssl",
+        "fit",
+        "--config",
+        "run.yaml",
+        "--trainer.logger.init_args.name",
+        "s",
+    ]
     with (cwd / "output.txt").open("w") as output:  # a file: no pipe fills up while we wait
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
 
 
 def _train_losses(run: Path) -> list[float]:
     rows = csv.DictReader((run / "metrics.csv").open())
-    by_step = {int(r["step"]): float(r["train/loss_step"])
-               for r in rows if r.get("train/loss_step")}
+    by_step = {
+        int(r["step"]): float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")
+    }
     return [by_step[s] for s in sorted(by_step)]
 
 

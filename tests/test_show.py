@@ -183,10 +183,16 @@ def test_show_animate_writes_every_frame(video, tmp_path):
 def test_show_task_errors_name_the_file(video, tmp_path, capsys):
     out = tmp_path / "x.png"
     assert main(["cvrl", str(tmp_path / "missing.mp4"), "--out", str(out)]) == 2
-    assert capsys.readouterr().err.strip() == f"vssl show: error: {tmp_path / 'missing.mp4'}: file not found"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"vssl show: error: {tmp_path / 'missing.mp4'}: file not found"
+    )
     assert main(["videomae", str(video), "--out", str(out), "--size", "36"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"vssl show: error: {video}: ") and "multiples of the tubelet (2, 8, 8)" in err
+    assert (
+        err.startswith(f"vssl show: error: {video}: ")
+        and "multiples of the tubelet (2, 8, 8)" in err
+    )
     assert not out.exists()
 
 

@@ -51,8 +51,14 @@ def test_fractions_counts_and_bad_sizes():
     assert subset_size(0.25, 20) == 5 and subset_size(1.0, 20) == 20 and subset_size(0.01, 20) == 1
     assert subset_size(7, 20) == 7
     assert np.array_equal(balanced_subset(LABELS, 1.0), np.arange(20))
-    for bad, message in [(0, "at least 1"), (21, "only 20"), (1.5, r"\(0, 1\]"), (0.0, r"\(0, 1\]"),
-                         ("10", "number of videos"), (True, "number of videos")]:
+    for bad, message in [
+        (0, "at least 1"),
+        (21, "only 20"),
+        (1.5, r"\(0, 1\]"),
+        (0.0, r"\(0, 1\]"),
+        ("10", "number of videos"),
+        (True, "number of videos"),
+    ]:
         with pytest.raises(InvalidInputError, match=message):
             subset_size(bad, 20)
 
@@ -65,8 +71,15 @@ def test_unlabeled_videos_give_a_random_nested_subset():
 
 def test_datamodule_trains_on_the_subset_and_says_so(tiny_synthetic, tmp_path, caplog):
     def train_videos(**kwargs) -> list[str]:
-        dm = VideoDataModule(root=str(tiny_synthetic), cache_dir=str(tmp_path), num_workers=0,
-                             clip_len=4, crop_size=16, decode_size=32, **kwargs)
+        dm = VideoDataModule(
+            root=str(tiny_synthetic),
+            cache_dir=str(tmp_path),
+            num_workers=0,
+            clip_len=4,
+            crop_size=16,
+            decode_size=32,
+            **kwargs,
+        )
         dataset = dm.build_dataset("train")
         return [dataset.table.path(i) for i in range(len(dataset))]
 

@@ -62,7 +62,14 @@ from vssl.data.corruptions import SEVERITIES
 from vssl.errors import InvalidInputError, MissingInputError, UserError
 
 GRID_KEYS = {
-    "out", "seeds", "methods", "backbones", "pretrain_data", "subsets", "trainer", "evaluate",
+    "out",
+    "seeds",
+    "methods",
+    "backbones",
+    "pretrain_data",
+    "subsets",
+    "trainer",
+    "evaluate",
 }
 EVAL_KEYS = {"data", "settings", "protocols", "corruptions"}
 METHOD_KEYS = {"config", "backbones", "model", "data", "trainer"}
@@ -143,7 +150,9 @@ class Grid:
         except yaml.YAMLError as exc:
             raise InvalidInputError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
-            raise InvalidInputError(f"{path}: a grid is a mapping of {', '.join(sorted(GRID_KEYS))}")
+            raise InvalidInputError(
+                f"{path}: a grid is a mapping of {', '.join(sorted(GRID_KEYS))}"
+            )
         _check_keys(str(path), raw, GRID_KEYS)
         evaluate = raw.get("evaluate") or {}
         _check_keys(f"{path}: evaluate", evaluate, EVAL_KEYS)
@@ -369,8 +378,10 @@ def run_cell(grid: Grid, cell: Cell, say: Any = print) -> bool:
             continue
         say(f"{cell.name}: {protocol} on {data}, {corruption}")
         if _run_here(command, folder / "logs" / f"{stem}.log") != 0 or not partial.is_file():
-            say(f"{cell.name}: {protocol} on {data} ({corruption}) failed: "
-                f"{_tail(folder / 'logs' / f'{stem}.log')}")
+            say(
+                f"{cell.name}: {protocol} on {data} ({corruption}) failed: "
+                f"{_tail(folder / 'logs' / f'{stem}.log')}"
+            )
             ok = False
             continue
         partial.replace(result)
@@ -397,21 +408,23 @@ def collect(grid: Grid) -> list[dict[str, Any]]:
                 continue
             record = json.loads(file.read_text())
             results = record.get("results", {})
-            rows.append({
-                "cell": cell.name,
-                "method": cell.method,
-                "backbone": cell.backbone,
-                "pretrain_data": cell.data,
-                "subset": cell.subset,
-                "seed": cell.seed,
-                "eval_data": data,
-                "corruption": corruption,
-                "protocol": protocol,
-                "num_test": record.get("num_test", record.get("num_queries")),
-                "metrics": {label: _dig(results, path) for label, path in HEADLINES[protocol]},
-                "file": str(file),
-                "record": record,
-            })
+            rows.append(
+                {
+                    "cell": cell.name,
+                    "method": cell.method,
+                    "backbone": cell.backbone,
+                    "pretrain_data": cell.data,
+                    "subset": cell.subset,
+                    "seed": cell.seed,
+                    "eval_data": data,
+                    "corruption": corruption,
+                    "protocol": protocol,
+                    "num_test": record.get("num_test", record.get("num_queries")),
+                    "metrics": {label: _dig(results, path) for label, path in HEADLINES[protocol]},
+                    "file": str(file),
+                    "record": record,
+                }
+            )
     return rows
 
 
@@ -430,13 +443,20 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows grouped over seeds: mean and standard error of every headline figure."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
-        key = tuple(row[k] for k in ("method", "backbone", "pretrain_data", "subset",
-                                     "eval_data", "corruption"))
+        key = tuple(
+            row[k]
+            for k in ("method", "backbone", "pretrain_data", "subset", "eval_data", "corruption")
+        )
         groups.setdefault(key, []).append(row)
     out = []
     for key, members in groups.items():
-        entry = dict(zip(("method", "backbone", "pretrain_data", "subset", "eval_data",
-                          "corruption"), key, strict=True))
+        entry = dict(
+            zip(
+                ("method", "backbone", "pretrain_data", "subset", "eval_data", "corruption"),
+                key,
+                strict=True,
+            )
+        )
         entry["seeds"] = sorted({m["seed"] for m in members})
         figures = {}
         for protocol, headlines in HEADLINES.items():
@@ -453,13 +473,27 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(summary: list[dict[str, Any]], grid: Grid) -> str:
     """The results table, in percent, mean ± standard error."""
     labels = [label for p in grid.protocols for label, _ in HEADLINES[p]]
-    head = ["method", "backbone", "pretrained on", "subset", "evaluated on", "corruption",
-            "seeds", *labels]
+    head = [
+        "method",
+        "backbone",
+        "pretrained on",
+        "subset",
+        "evaluated on",
+        "corruption",
+        "seeds",
+        *labels,
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 6 + "---:|" * (len(labels) + 1)]
     for e in summary:
-        cells = [e["method"], e["backbone"] or "(config's)", e["pretrain_data"] or "-",
-                 "all" if e["subset"] is None else str(e["subset"]), e["eval_data"],
-                 e["corruption"], str(len(e["seeds"]))]
+        cells = [
+            e["method"],
+            e["backbone"] or "(config's)",
+            e["pretrain_data"] or "-",
+            "all" if e["subset"] is None else str(e["subset"]),
+            e["eval_data"],
+            e["corruption"],
+            str(len(e["seeds"])),
+        ]
         for label in labels:
             if label in e["figures"]:
                 mean, se = e["figures"][label]
@@ -482,12 +516,19 @@ def charts(summary: list[dict[str, Any]], grid: Grid) -> list[Path]:
     written = []
     clean = [e for e in summary if e["corruption"] == "clean" and label in e["figures"]]
     if clean:
-        largest = [e for e in clean if e["subset"] in (None, max(
-            (s for s in grid.subsets if s is not None), default=None))]
+        largest = [
+            e
+            for e in clean
+            if e["subset"] in (None, max((s for s in grid.subsets if s is not None), default=None))
+        ]
         names = [f"{e['method']}\n{e['backbone'] or ''}\n{e['eval_data']}" for e in largest]
         fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 4))
-        ax.bar(range(len(names)), [100 * e["figures"][label][0] for e in largest],
-               yerr=[100 * e["figures"][label][1] for e in largest], capsize=3)
+        ax.bar(
+            range(len(names)),
+            [100 * e["figures"][label][0] for e in largest],
+            yerr=[100 * e["figures"][label][1] for e in largest],
+            capsize=3,
+        )
         ax.set_xticks(range(len(names)), names, fontsize=7)
         ax.set_ylabel(f"{label} top-1 (%)")
         fig.tight_layout()
@@ -496,12 +537,20 @@ def charts(summary: list[dict[str, Any]], grid: Grid) -> list[Path]:
     if len(subsets) > 1:
         fig, ax = plt.subplots(figsize=(6, 4))
         for key in sorted({(e["method"], e["backbone"] or "", e["eval_data"]) for e in clean}):
-            points = sorted((e["subset"], e["figures"][label]) for e in clean
-                            if (e["method"], e["backbone"] or "", e["eval_data"]) == key
-                            and e["subset"] is not None)
+            points = sorted(
+                (e["subset"], e["figures"][label])
+                for e in clean
+                if (e["method"], e["backbone"] or "", e["eval_data"]) == key
+                and e["subset"] is not None
+            )
             if points:
-                ax.errorbar([p[0] for p in points], [100 * p[1][0] for p in points],
-                            yerr=[100 * p[1][1] for p in points], marker="o", label=" ".join(key))
+                ax.errorbar(
+                    [p[0] for p in points],
+                    [100 * p[1][0] for p in points],
+                    yerr=[100 * p[1][1] for p in points],
+                    marker="o",
+                    label=" ".join(key),
+                )
         ax.set_xlabel("pretraining subset")
         ax.set_ylabel(f"{label} top-1 (%)")
         ax.legend(fontsize=7)
@@ -510,8 +559,10 @@ def charts(summary: list[dict[str, Any]], grid: Grid) -> list[Path]:
     kinds = sorted({c.rpartition("-")[0] for c in grid.corruptions if c != "clean"})
     if kinds:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for e_key in sorted({(e["method"], e["backbone"] or "", e["eval_data"], e["subset"])
-                             for e in summary}, key=str):
+        for e_key in sorted(
+            {(e["method"], e["backbone"] or "", e["eval_data"], e["subset"]) for e in summary},
+            key=str,
+        ):
             for kind in kinds:
                 points = []
                 for e in summary:
@@ -522,12 +573,17 @@ def charts(summary: list[dict[str, Any]], grid: Grid) -> list[Path]:
                     if e["corruption"] == "clean":
                         points.append((0, e["figures"][label][0]))
                     elif e["corruption"].rpartition("-")[0] == kind:
-                        points.append((int(e["corruption"].rpartition("-")[2]),
-                                       e["figures"][label][0]))
+                        points.append(
+                            (int(e["corruption"].rpartition("-")[2]), e["figures"][label][0])
+                        )
                 if points:
                     points.sort()
-                    ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o",
-                            label=f"{' '.join(str(k) for k in e_key[:3])} {kind}")
+                    ax.plot(
+                        [p[0] for p in points],
+                        [100 * p[1] for p in points],
+                        marker="o",
+                        label=f"{' '.join(str(k) for k in e_key[:3])} {kind}",
+                    )
         ax.set_xlabel("noise severity (0: clean)")
         ax.set_ylabel(f"{label} top-1 (%)")
         ax.legend(fontsize=7)
@@ -553,8 +609,10 @@ def write_results(grid: Grid) -> tuple[list[dict[str, Any]], list[Path]]:
         "cells": [c.name for c in grid.cells],
         "cells_with_results": sorted(done),
         "evaluations": rows,
-        "summary": [{**e, "figures": {k: {"mean": m, "se": s} for k, (m, s) in
-                                      e["figures"].items()}} for e in summary],
+        "summary": [
+            {**e, "figures": {k: {"mean": m, "se": s} for k, (m, s) in e["figures"].items()}}
+            for e in summary
+        ],
     }
     files = [grid.out / "results.json", grid.out / "results.md"]
     files[0].write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
@@ -575,13 +633,21 @@ def main(argv: list[str] | None = None) -> int:
         "results.json, results.md and charts. See vssl/bench.py for the grid file.",
     )
     parser.add_argument("grid", help="the grid file (YAML), e.g. configs/bench/cpu.yaml")
-    parser.add_argument("--out", default=None, help="where the cells and results go "
-                        "(default: the grid's 'out', else runs/bench/<grid name>)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="where the cells and results go "
+        "(default: the grid's 'out', else runs/bench/<grid name>)",
+    )
     parser.add_argument("--list", action="store_true", help="number the cells and stop")
-    parser.add_argument("--cell", type=int, default=None,
-                        help="run only cell N of --list (a SLURM array task, say)")
-    parser.add_argument("--collect", action="store_true",
-                        help="run nothing: gather what the cells wrote into the results")
+    parser.add_argument(
+        "--cell", type=int, default=None, help="run only cell N of --list (a SLURM array task, say)"
+    )
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="run nothing: gather what the cells wrote into the results",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         grid = Grid.load(args.grid, args.out)
@@ -605,11 +671,15 @@ def main(argv: list[str] | None = None) -> int:
             if not run_cell(grid, cell, say=lambda m: print("  " + m, flush=True)):
                 failed.append(cell.name)
     rows, files = write_results(grid)
-    print(f"{len({r['cell'] for r in rows})} of {len(grid.cells)} cells have results; wrote "
-          + ", ".join(str(f) for f in files))
+    print(
+        f"{len({r['cell'] for r in rows})} of {len(grid.cells)} cells have results; wrote "
+        + ", ".join(str(f) for f in files)
+    )
     if failed:
-        print(f"vssl bench: {len(failed)} cells failed: {', '.join(failed)} (see their logs/)",
-              file=sys.stderr)
+        print(
+            f"vssl bench: {len(failed)} cells failed: {', '.join(failed)} (see their logs/)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

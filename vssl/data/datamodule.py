@@ -30,6 +30,7 @@ from vssl.data.transforms import ViewTransform, eval_clip_transform, train_clip_
 
 log = logging.getLogger("vssl")
 
+
 def default_clip_sampler(stage: str, spec: ClipSpec) -> ClipSampler:
     """One random clip for training; the centre clip for validation and testing."""
     if stage == "train":
@@ -205,7 +206,9 @@ class VideoDataModule(LightningDataModule):
         return len(self.classes)
 
     def _load_items(self, split: str) -> tuple[list[VideoItem], list[str]]:
-        return load_layout(self.layout, self.root, split=split, fold=self.fold, annotations=self.annotations)
+        return load_layout(
+            self.layout, self.root, split=split, fold=self.fold, annotations=self.annotations
+        )
 
     def _index(self, items: list[VideoItem], progress: bool) -> VideoIndex:
         workers = max(1, min(8, os.cpu_count() or 1))
@@ -231,8 +234,12 @@ class VideoDataModule(LightningDataModule):
     def _task_pipeline(self, stage: str) -> tuple[ClipSampler, Callable]:
         task = self.trainer.lightning_module if self.trainer is not None else None
         if task is not None and hasattr(task, "clip_sampler"):
-            return task.clip_sampler(stage, self.clip_spec), task.clip_transform(stage, self.clip_spec)
-        return default_clip_sampler(stage, self.clip_spec), default_clip_transform(stage, self.clip_spec)
+            return task.clip_sampler(stage, self.clip_spec), task.clip_transform(
+                stage, self.clip_spec
+            )
+        return default_clip_sampler(stage, self.clip_spec), default_clip_transform(
+            stage, self.clip_spec
+        )
 
     def build_dataset(
         self, stage: str, sampler: ClipSampler | None = None, transform: Callable | None = None
@@ -242,7 +249,9 @@ class VideoDataModule(LightningDataModule):
         with evaluation clips, say)."""
         split = self.splits[stage]
         if split is None:
-            raise ValueError(f"no {stage} split configured for {self.layout} dataset at {self.root}")
+            raise ValueError(
+                f"no {stage} split configured for {self.layout} dataset at {self.root}"
+            )
         items, classes = self._load_items(split)
         if self._classes is None and stage == "train":
             self._classes = classes
@@ -261,7 +270,11 @@ class VideoDataModule(LightningDataModule):
             usable = [usable[i] for i in balanced_subset(labels, self.subset, self.subset_seed)]
             log.info(
                 "%s: training on a class-balanced subset of %d of %d usable videos (subset=%s, "
-                "subset_seed=%d)", self.root, len(usable), len(labels), self.subset,
+                "subset_seed=%d)",
+                self.root,
+                len(usable),
+                len(labels),
+                self.subset,
                 self.subset_seed,
             )
         if sampler is None or transform is None:
@@ -283,7 +296,12 @@ class VideoDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         """Builds the datasets that ``stage`` (fit, validate, test, predict) needs."""
-        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}
+        wanted = {
+            "fit": ["train", "val"],
+            "validate": ["val"],
+            "test": ["test"],
+            "predict": ["test"],
+        }
         for name in wanted.get(stage, []):
             if self.splits[name] is not None:
                 self.datasets[name] = self.build_dataset(name)
@@ -338,7 +356,9 @@ class VideoDataModule(LightningDataModule):
 
     def _loader(self, stage: str, shuffle: bool) -> DataLoader:
         if stage not in self.datasets:
-            raise RuntimeError(f"no {stage} dataset: call setup() first or configure a {stage} split")
+            raise RuntimeError(
+                f"no {stage} dataset: call setup() first or configure a {stage} split"
+            )
         sampler = self._train_sampler(len(self.datasets[stage])) if shuffle else None
         per_process = len(sampler) if sampler is not None else len(self.datasets[stage])
         seed = self._resumable_seed()

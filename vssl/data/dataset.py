@@ -70,8 +70,10 @@ class VideoDataset(Dataset):
     ):
         if isinstance(items, VideoTable):
             if infos is not None:
-                raise ValueError("VideoDataset: a VideoTable already holds the index entries; "
-                                 "pass infos=None with it")
+                raise ValueError(
+                    "VideoDataset: a VideoTable already holds the index entries; "
+                    "pass infos=None with it"
+                )
             table = items
         elif infos is None:
             raise ValueError("VideoDataset: the index entries (infos) of the items are missing")
@@ -147,7 +149,11 @@ class VideoDataset(Dataset):
         offset = 0
         for name, idx in views.items():
             # index_select: torch's advanced indexing copies uint8 frames about 20x slower
-            rows = frames if as_decoded else frames.index_select(0, inverse[offset : offset + idx.size])
+            rows = (
+                frames
+                if as_decoded
+                else frames.index_select(0, inverse[offset : offset + idx.size])
+            )
             sample[name] = rows.reshape(*idx.shape, *frames.shape[1:])
             offset += idx.size
         if self.transform is not None:
@@ -178,7 +184,9 @@ class VideoDataset(Dataset):
         """Item ``key`` (an index or an ``(index, epoch)`` pair) with randomness that depends
         only on ``(seed, epoch, index)``: the same sample whichever worker makes it, and after
         a resume. The process's torch RNG is left as it was."""
-        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
+        index, epoch = (
+            (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
+        )
         first, skipped = index, 0
         while True:
             seeds = np.random.SeedSequence([self.seed, epoch, first, skipped])

@@ -25,7 +25,9 @@ def write_video(
     path = Path(path)
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"{path}: frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+        raise ValueError(
+            f"{path}: frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}"
+        )
     t, h, w, _ = frames.shape
     if codec == "libx264" and (h % 2 or w % 2):
         codec = "mpeg4"

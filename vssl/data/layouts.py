@@ -137,7 +137,9 @@ def ucf101(
     for n, line in _read_lines(list_file):
         parts = line.split()
         if len(parts) not in (1, 2) or "/" not in parts[0]:
-            raise InvalidInputError(f"{list_file}:{n}: expected '<Class>/<video>.avi [id]', got {line!r}")
+            raise InvalidInputError(
+                f"{list_file}:{n}: expected '<Class>/<video>.avi [id]', got {line!r}"
+            )
         if len(parts) == 2:
             if not parts[1].isdigit() or not 1 <= int(parts[1]) <= len(classes):
                 raise InvalidInputError(

@@ -490,7 +490,11 @@ class VideoReader:
         """The frame on screen just before ``frame``: the last decoded one, or in an intra-only
         stream the last skipped packet after it, decoded now (it depends on no other frame)."""
         held, self._held = self._held, None
-        if held is None or held.pts is None or (self._prev is not None and held.pts <= self._prev.pts):
+        if (
+            held is None
+            or held.pts is None
+            or (self._prev is not None and held.pts <= self._prev.pts)
+        ):
             return self._prev
         try:
             frames = held.decode()

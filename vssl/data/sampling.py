@@ -103,7 +103,10 @@ class UniformClips(ClipSampler):
 
     def __call__(self, num_frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         clips = np.stack(
-            [clip_indices(s, self.clip_len, self.stride, num_frames) for s in self.starts(num_frames)]
+            [
+                clip_indices(s, self.clip_len, self.stride, num_frames)
+                for s in self.starts(num_frames)
+            ]
         )
         if not self.stack and self.num_clips == 1:
             clips = clips[0]

@@ -29,7 +29,9 @@ def subset_size(size: int | float, total: int) -> int:
     if size < 1:
         raise InvalidInputError(f"subset must be at least 1 video, got {size}")
     if size > total:
-        raise InvalidInputError(f"subset of {size} videos asked for, but the split has only {total}")
+        raise InvalidInputError(
+            f"subset of {size} videos asked for, but the split has only {total}"
+        )
     return int(size)
 
 

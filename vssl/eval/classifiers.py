@@ -41,8 +41,10 @@ def train_linear_probe(
     The features are normalised here, so callers pass raw pooled features.
     """
     if feats.ndim != 2 or labels.shape != (feats.shape[0],):
-        raise ValueError(f"expected features (N, D) and labels (N,), got {tuple(feats.shape)} "
-                         f"and {tuple(labels.shape)}")
+        raise ValueError(
+            f"expected features (N, D) and labels (N,), got {tuple(feats.shape)} "
+            f"and {tuple(labels.shape)}"
+        )
     gen = torch.Generator().manual_seed(seed)
     x = F.normalize(feats.float(), dim=1)
     y = labels.long()
@@ -88,7 +90,9 @@ def knn_scores(
     means all of it.
     """
     if k < 1 or temperature <= 0:
-        raise ValueError(f"k must be >= 1 and temperature > 0, got k={k}, temperature={temperature}")
+        raise ValueError(
+            f"k must be >= 1 and temperature > 0, got k={k}, temperature={temperature}"
+        )
     sim = F.normalize(test_feats.float(), dim=1) @ F.normalize(train_feats.float(), dim=1).T
     top_sim, top_idx = sim.topk(min(k, sim.shape[1]), dim=1)
     weights = (top_sim / temperature).exp()
@@ -108,4 +112,3 @@ def knn_accuracy(
     """Top-1 accuracy of `knn_scores` on a labelled test set."""
     scores = knn_scores(train_feats, train_labels, test_feats, num_classes, k, temperature)
     return float(multiclass_accuracy(scores, test_labels.long(), num_classes, average="micro"))
-

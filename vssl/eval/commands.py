@@ -196,8 +196,11 @@ def _features(
     train_s = _settings(args, args.train_split, *train, random_views=train_views)
     test_s = _settings(args, args.test_split, *test, corrupted=True)
     if test_s.corruption is not None:
-        print(f"test clips ({args.test_split}) with {test_s.corruption} noise at severity "
-              f"{test_s.severity}; training clips clean", flush=True)
+        print(
+            f"test clips ({args.test_split}) with {test_s.corruption} noise at severity "
+            f"{test_s.severity}; training clips clean",
+            flush=True,
+        )
     model = build_model(train_s, trust=args.trust_checkpoint)
     cache = None if str(args.cache_dir).lower() == "none" else args.cache_dir
     opts = {

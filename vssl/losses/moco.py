@@ -36,7 +36,9 @@ class KeyQueue(nn.Module):
     def enqueue(self, keys: Tensor) -> None:
         """Overwrites the oldest ``len(keys)`` entries with ``keys`` ``(N, D)``, in order."""
         if keys.ndim != 2 or keys.shape[1] != self.keys.shape[1]:
-            raise ValueError(f"expected keys of shape (N, {self.keys.shape[1]}), got {tuple(keys.shape)}")
+            raise ValueError(
+                f"expected keys of shape (N, {self.keys.shape[1]}), got {tuple(keys.shape)}"
+            )
         n = keys.shape[0]
         if n > self.size:
             raise ValueError(
