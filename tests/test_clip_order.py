@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import ramp_videos, run_vssl, tiny_config
+from cli_helpers import ramp_videos, tiny_config
 from torch.nn import functional as F
 
 from vssl.data.dataset import VideoDataset
@@ -173,7 +173,7 @@ def test_head_and_loss_by_hand():
     assert torch.allclose(out.features, features.mean(1), atol=1e-6)
 
 
-def test_cli_training_lowers_the_order_loss(tmp_path):
+def test_cli_training_lowers_the_order_loss(tmp_path, run_cli):
     # order is readable from brightness (the synthetic motion classes give no clue to it)
     root = ramp_videos(tmp_path / "ramps")
     cfg = tiny_config(
@@ -202,7 +202,7 @@ def test_cli_training_lowers_the_order_loss(tmp_path):
     cfg["checkpoint"] = {"monitor": None}
     cfg["data"]["init_args"].update(clip_len=2, stride=2, batch_size=4, crop_scale=[1.0, 1.0])
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_vssl(["fit", "--config", "run.yaml"], tmp_path)
+    run_cli(["fit", "--config", "run.yaml"], tmp_path)
     rows = list(csv.DictReader((tmp_path / "runs" / "vcop" / "version_0" / "metrics.csv").open()))
     losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
     acc = [float(r["train/order_acc_epoch"]) for r in rows if r.get("train/order_acc_epoch")]

@@ -343,11 +343,11 @@ def test_ddp_step_loss_and_gradients_equal_one_process_on_the_whole_batch(tiny_s
         assert (param.grad - grads[name]).abs().max().item() <= 1e-4 * largest + 1e-5, name
 
 
-def test_cli_training_lowers_the_loss(tiny_synthetic, tmp_path):
+def test_cli_training_lowers_the_loss(tiny_synthetic, tmp_path, run_cli):
     cfg = _cvrl_config(tiny_synthetic, tmp_path / "cache", max_epochs=8)
     cfg["data"]["init_args"]["batch_size"] = 4
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_vssl(["fit", "--config", "run.yaml", "--trainer.logger.init_args.name", "c"], tmp_path)
+    run_cli(["fit", "--config", "run.yaml", "--trainer.logger.init_args.name", "c"], tmp_path)
     rows = list(csv.DictReader((tmp_path / "runs" / "c" / "version_0" / "metrics.csv").open()))
     train = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
     val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import run_vssl, tiny_config
+from cli_helpers import tiny_config
 
 from vssl.data import ClipSpec, VideoDataset, VideoIndex, VideoItem
 from vssl.tasks import CVRL, RSPNet, TaskMixture
@@ -204,7 +204,7 @@ def test_bad_mixtures_are_refused_with_the_reason(kwargs, message):
         TaskMixture(**BACKBONE, **kwargs)
 
 
-def test_cli_trains_a_mixture_and_logs_each_task(tiny_synthetic, tmp_path):
+def test_cli_trains_a_mixture_and_logs_each_task(tiny_synthetic, tmp_path, run_cli):
     cfg = tiny_config(tiny_synthetic, tmp_path / "cache", max_epochs=8)
     cfg["model"] = {
         "class_path": "vssl.tasks.TaskMixture",
@@ -220,7 +220,7 @@ def test_cli_trains_a_mixture_and_logs_each_task(tiny_synthetic, tmp_path):
     }
     cfg["data"]["init_args"].update(batch_size=4, num_workers=0)
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_vssl(["fit", "--config", "run.yaml", "--trainer.logger.init_args.name", "m"], tmp_path)
+    run_cli(["fit", "--config", "run.yaml", "--trainer.logger.init_args.name", "m"], tmp_path)
     rows = list(csv.DictReader((tmp_path / "runs" / "m" / "version_0" / "metrics.csv").open()))
 
     def column(name):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import ramp_videos, run_vssl, tiny_config
+from cli_helpers import ramp_videos, tiny_config
 from torch.nn import functional as F
 
 from vssl.data.dataset import VideoDataset
@@ -90,7 +90,7 @@ def test_loss_by_hand():
     assert torch.equal(out.features, features)
 
 
-def test_cli_training_learns_the_playback_rate(tmp_path):
+def test_cli_training_learns_the_playback_rate(tmp_path, run_cli):
     # The stride between frames is readable from how much brighter each frame is than the one
     # before (4-5 grey levels a frame); in the synthetic motion data speed classes and rates
     # are confounded.
@@ -121,7 +121,7 @@ def test_cli_training_learns_the_playback_rate(tmp_path):
     # 4 frames at a stride of up to 8 span 25 of the 36 frames: no clip wraps around
     cfg["data"]["init_args"].update(clip_len=4, stride=1, batch_size=8, crop_scale=[1.0, 1.0])
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_vssl(["fit", "--config", "run.yaml"], tmp_path)
+    run_cli(["fit", "--config", "run.yaml"], tmp_path)
     rows = list(csv.DictReader((tmp_path / "runs" / "rate" / "version_0" / "metrics.csv").open()))
     losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
     acc = [float(r["train/rate_acc_epoch"]) for r in rows if r.get("train/rate_acc_epoch")]
@@ -294,7 +294,7 @@ def test_reconstruction_loss_by_hand():
     torch.testing.assert_close(out.features, task.backbone(video))
 
 
-def test_cli_training_step_with_reconstruction(tmp_path):
+def test_cli_training_step_with_reconstruction(tmp_path, run_cli):
     root = ramp_videos(tmp_path / "ramps", slope=(4, 5), frames=36, train_videos=8)
     cfg = tiny_config(
         root,
@@ -320,7 +320,7 @@ def test_cli_training_step_with_reconstruction(tmp_path):
     cfg["checkpoint"] = {"monitor": None}
     cfg["data"]["init_args"].update(clip_len=4, stride=1, batch_size=4)
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_vssl(["fit", "--config", "run.yaml"], tmp_path)
+    run_cli(["fit", "--config", "run.yaml"], tmp_path)
     rows = list(csv.DictReader((tmp_path / "runs" / "prp" / "version_0" / "metrics.csv").open()))
     rec = [
         float(r["train/reconstruction_loss_step"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import run_vssl, tiny_config
+from cli_helpers import tiny_config
 from torch.nn import functional as F
 
 from vssl.data.sampling import ClipSpec, RandomClip, UniformClips
@@ -96,7 +96,7 @@ def test_loss_and_probe_features_by_hand():
     assert torch.allclose(out.features, single.backbone(video), atol=1e-6)
 
 
-def test_cli_training_lowers_the_rotation_loss(tiny_synthetic, tmp_path):
+def test_cli_training_lowers_the_rotation_loss(tiny_synthetic, tmp_path, run_cli):
     # The synthetic scenes are isotropic, so this is the network learning the 12 training
     # videos' upright orientation (see configs/rotation/synthetic_tiny.yaml): the loss must fall.
     cfg = tiny_config(
@@ -117,7 +117,7 @@ def test_cli_training_lowers_the_rotation_loss(tiny_synthetic, tmp_path):
     cfg["checkpoint"] = {"monitor": None}
     cfg["data"]["init_args"].update(clip_len=2, stride=2, batch_size=4, crop_scale=[1.0, 1.0])
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_vssl(["fit", "--config", "run.yaml"], tmp_path)
+    run_cli(["fit", "--config", "run.yaml"], tmp_path)
     rows = list(csv.DictReader((tmp_path / "runs" / "rot" / "version_0" / "metrics.csv").open()))
     losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
     acc = [float(r["train/rotation_acc_epoch"]) for r in rows if r.get("train/rotation_acc_epoch")]

@@ -394,7 +394,7 @@ def test_ddp_every_process_queues_the_keys_of_both(tiny_synthetic, tmp_path):
         assert r["training"] and r["shuffle_error"] < 1e-5
 
 
-def test_cli_training_learns_relative_speed(tiny_synthetic, tmp_path):
+def test_cli_training_learns_relative_speed(tiny_synthetic, tmp_path, run_cli):
     # Photometric augmentation off and a lighter A-VID weight: the tiny network then learns to
     # rank speeds within a few hundred steps (the paper's colour jitter slows that down a lot).
     cfg = rspnet_config(
@@ -420,7 +420,7 @@ def test_cli_training_learns_relative_speed(tiny_synthetic, tmp_path):
         clip_len=3, stride=2, batch_size=4, crop_scale=[1.0, 1.0], num_workers=1
     )
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_vssl(["fit", "--config", "run.yaml"], tmp_path)
+    run_cli(["fit", "--config", "run.yaml"], tmp_path)
     rows = list(csv.DictReader((tmp_path / "runs" / "rsp" / "version_0" / "metrics.csv").open()))
     acc = [float(r["train/rsp_acc_step"]) for r in rows if r.get("train/rsp_acc_step")]
     assert len(acc) == 300  # 12 videos in batches of 4, 100 epochs

@@ -382,7 +382,7 @@ def test_ddp_every_process_writes_the_keys_of_both(tiny_synthetic: Path, tmp_pat
         assert r["ptr"] == 4 and r["shuffle_error"] < 1e-5
 
 
-def test_cli_training_lowers_the_loss(tiny_synthetic: Path, tmp_path: Path):
+def test_cli_training_lowers_the_loss(tiny_synthetic: Path, tmp_path: Path, run_cli):
     cfg = tdl_config(tiny_synthetic, tmp_path / "cache", queue_size=16)
     cfg["trainer"].update(
         max_epochs=30,
@@ -395,7 +395,7 @@ def test_cli_training_lowers_the_loss(tiny_synthetic: Path, tmp_path: Path):
     )
     cfg["checkpoint"] = {"monitor": None}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_vssl(["fit", "--config", "run.yaml"], tmp_path)
+    run_cli(["fit", "--config", "run.yaml"], tmp_path)
     rows = list(csv.DictReader((tmp_path / "runs" / "tdl" / "version_0" / "metrics.csv").open()))
     losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
     assert len(losses) == 90  # 12 videos in batches of 4, 30 epochs

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import run_vssl, tiny_config
+from cli_helpers import tiny_config
 from torch.nn import functional as F
 
 from vssl.backbones import build
@@ -381,7 +381,7 @@ def test_encoder_to_decoder_keeps_the_default_linear_init_and_the_decoder_is_xav
 
 
 # ---------------------------------------------------------------- command line
-def test_cli_training_lowers_the_loss(tiny_synthetic, tmp_path):
+def test_cli_training_lowers_the_loss(tiny_synthetic, tmp_path, run_cli):
     cfg = tiny_config(tiny_synthetic, tmp_path / "cache", max_epochs=6)
     cfg["model"] = {
         "class_path": "vssl.tasks.VideoMAE",
@@ -391,7 +391,7 @@ def test_cli_training_lowers_the_loss(tiny_synthetic, tmp_path):
         clip_len=8, stride=2, crop_size=32, decode_size=32, batch_size=4
     )
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_vssl(["fit", "--config", "run.yaml", "--trainer.logger.init_args.name", "m"], tmp_path)
+    run_cli(["fit", "--config", "run.yaml", "--trainer.logger.init_args.name", "m"], tmp_path)
     rows = list(csv.DictReader((tmp_path / "runs" / "m" / "version_0" / "metrics.csv").open()))
     train = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
     val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
