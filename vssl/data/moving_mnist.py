@@ -40,6 +40,7 @@ import numpy as np
 from rich.progress import track
 
 from vssl.data.encode import write_video
+from vssl.data.synthetic import check_dataset_folder, split_sizes
 from vssl.errors import DatasetFolderError, UserError
 
 MOVING_MNIST_VERSION = 1
@@ -186,19 +187,13 @@ def _settings(
     }
 
 
-def _split_sizes(videos_per_class: int, test_fraction: float) -> tuple[int, int]:
-    """(train, test) videos per class."""
-    n_test = int(videos_per_class * test_fraction + 0.5)
-    return videos_per_class - n_test, n_test
-
-
 def _video_path(split: str, digit: int, i: int) -> Path:
     return Path(split) / str(digit) / f"{digit}_{i:04d}.mp4"
 
 
 def _expected_files(settings: dict) -> list[Path]:
     """Relative paths of every video of a dataset with ``settings``, in writing order."""
-    n_train, n_test = _split_sizes(settings["videos_per_class"], settings["test_fraction"])
+    n_train, n_test = split_sizes(settings["videos_per_class"], settings["test_fraction"])
     return [
         _video_path(split, digit, i)
         for digit in range(len(CLASSES))
@@ -237,7 +232,7 @@ def _check_args(
     if not 0 <= test_fraction < 1:
         problems.append(f"test_fraction must be in [0, 1), got {test_fraction}")
     elif videos_per_class >= 1:
-        n_train, n_test = _split_sizes(videos_per_class, test_fraction)
+        n_train, n_test = split_sizes(videos_per_class, test_fraction)
         if n_train < 1:
             problems.append(
                 f"test_fraction {test_fraction} leaves no training video of {videos_per_class}"
@@ -253,56 +248,22 @@ def _check_args(
 
 
 def _matches_existing(root: Path, settings: dict) -> bool:
-    """True if ``root`` holds this very dataset, False if it is absent or an empty folder.
-
-    Raises DatasetFolderError naming ``root`` when it holds anything else; nothing is touched.
-    """
-    if not root.exists():
-        return False
-    if not root.is_dir():
-        raise DatasetFolderError(f"{root} exists and is not a folder; cannot make a dataset there")
-    if not any(root.iterdir()):
-        return False
-    meta_path = root / META_NAME
-    if not meta_path.is_file():
-        raise DatasetFolderError(
-            f"{root} is not empty and holds no Moving MNIST dataset (no {META_NAME}); refusing "
-            "to write into it. Give a new or empty folder."
-        )
-    try:
-        meta = json.loads(meta_path.read_text())
-        found, version = meta["settings"], meta["version"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise DatasetFolderError(
-            f"{meta_path} is not a readable vssl Moving MNIST description ({err}); "
-            f"{root} was left untouched"
-        ) from err
-    if version != MOVING_MNIST_VERSION or found != settings:
-        diffs = []
-        if version != MOVING_MNIST_VERSION:
-            diffs.append(f"version {version} (this vssl writes {MOVING_MNIST_VERSION})")
-        diffs += [
-            f"{key}={found.get(key)!r} (asked {value!r})"
-            for key, value in settings.items()
-            if isinstance(found, dict) and found.get(key) != value
-        ]
-        raise DatasetFolderError(
-            f"{root} holds a Moving MNIST dataset made with other settings: {', '.join(diffs)}. "
-            "It was left untouched; use another folder, or delete this one to rebuild it."
-        )
-    missing = [p for p in _expected_files(settings) if not (root / p).is_file()]
-    if missing:
-        raise DatasetFolderError(
-            f"{root} holds an incomplete Moving MNIST dataset: {root / missing[0]} and "
-            f"{len(missing) - 1} more videos are missing. Delete the folder to rebuild it."
-        )
-    return True
+    """True if ``root`` holds this very dataset, False if it is absent or an empty folder
+    (see `vssl.data.synthetic.check_dataset_folder`)."""
+    return check_dataset_folder(
+        root,
+        settings,
+        kind="Moving MNIST",
+        meta_name=META_NAME,
+        version=MOVING_MNIST_VERSION,
+        expected=_expected_files(settings),
+    )
 
 
 def _write_dataset(folder: Path, settings: dict, progress: bool) -> dict[str, int]:
     """Renders and encodes every video into ``folder``, writes the description; split counts."""
     images, labels = load_digits()
-    n_train, n_test = _split_sizes(settings["videos_per_class"], settings["test_fraction"])
+    n_train, n_test = split_sizes(settings["videos_per_class"], settings["test_fraction"])
     seed, speed = settings["seed"], tuple(settings["speed"])
     chosen: dict[tuple[str, int], np.ndarray] = {}
     for digit in range(len(CLASSES)):

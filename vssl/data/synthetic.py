@@ -371,7 +371,7 @@ def _settings(
     }
 
 
-def _split_sizes(videos_per_class: int, test_fraction: float) -> tuple[int, int]:
+def split_sizes(videos_per_class: int, test_fraction: float) -> tuple[int, int]:
     """(train, test) videos per class; the test split takes the last indices of each class."""
     n_test = int(videos_per_class * test_fraction + 0.5)
     return videos_per_class - n_test, n_test
@@ -379,7 +379,7 @@ def _split_sizes(videos_per_class: int, test_fraction: float) -> tuple[int, int]
 
 def _expected_files(settings: dict) -> list[Path]:
     """Relative paths of every video of a dataset with ``settings``, in writing order."""
-    n_train, n_test = _split_sizes(settings["videos_per_class"], settings["test_fraction"])
+    n_train, n_test = split_sizes(settings["videos_per_class"], settings["test_fraction"])
     paths = []
     for name in settings["classes"]:
         for i in range(n_train + n_test):
@@ -414,7 +414,7 @@ def _check_args(
         problems.append(f"fps must be >= 1, got {fps}")
     if not 0 <= test_fraction < 1:
         problems.append(f"test_fraction must be in [0, 1), got {test_fraction}")
-    elif videos_per_class >= 1 and _split_sizes(videos_per_class, test_fraction)[0] < 1:
+    elif videos_per_class >= 1 and split_sizes(videos_per_class, test_fraction)[0] < 1:
         problems.append(
             f"test_fraction {test_fraction} leaves no training video of {videos_per_class}"
         )
@@ -422,11 +422,15 @@ def _check_args(
         raise ValueError(f"cannot make a synthetic dataset in {root}: " + "; ".join(problems))
 
 
-def _matches_existing(root: Path, settings: dict) -> bool:
-    """True if ``root`` holds this very dataset, False if it is absent or an empty folder.
+def check_dataset_folder(
+    root: Path, settings: dict, *, kind: str, meta_name: str, version: int, expected: list[Path]
+) -> bool:
+    """True if ``root`` holds the generated dataset ``kind`` made with ``settings`` (its
+    description ``meta_name`` records them and ``version``, and every ``expected`` file is
+    there), False if ``root`` is absent or an empty folder.
 
     Raises DatasetFolderError (a FileExistsError) naming ``root`` when it holds anything else;
-    nothing is touched.
+    nothing is touched. Shared by the generated datasets (synthetic motion, Moving MNIST).
     """
     if not root.exists():
         return False
@@ -434,40 +438,53 @@ def _matches_existing(root: Path, settings: dict) -> bool:
         raise DatasetFolderError(f"{root} exists and is not a folder; cannot make a dataset there")
     if not any(root.iterdir()):
         return False
-    meta_path = root / "synthetic.json"
+    meta_path = root / meta_name
     if not meta_path.is_file():
         raise DatasetFolderError(
-            f"{root} is not empty and holds no synthetic dataset (no synthetic.json); refusing "
+            f"{root} is not empty and holds no {kind} dataset (no {meta_name}); refusing "
             "to write into it. Give a new or empty folder."
         )
     try:
         meta = json.loads(meta_path.read_text())
-        found, version = meta["settings"], meta["version"]
+        found, found_version = meta["settings"], meta["version"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DatasetFolderError(
-            f"{meta_path} is not a readable vssl synthetic dataset description ({err}); "
+            f"{meta_path} is not a readable vssl {kind} dataset description ({err}); "
             f"{root} was left untouched"
         ) from err
-    if version != SYNTHETIC_VERSION or found != settings:
+    if found_version != version or found != settings:
         diffs = []
-        if version != SYNTHETIC_VERSION:
-            diffs.append(f"version {version} (this vssl writes {SYNTHETIC_VERSION})")
+        if found_version != version:
+            diffs.append(f"version {found_version} (this vssl writes {version})")
         diffs += [
             f"{key}={found.get(key)!r} (asked {value!r})"
             for key, value in settings.items()
             if isinstance(found, dict) and found.get(key) != value
         ]
         raise DatasetFolderError(
-            f"{root} holds a synthetic dataset made with other settings: {', '.join(diffs)}. "
+            f"{root} holds a {kind} dataset made with other settings: {', '.join(diffs)}. "
             "It was left untouched; use another folder, or delete this one to rebuild it."
         )
-    missing = [p for p in _expected_files(settings) if not (root / p).is_file()]
+    missing = [p for p in expected if not (root / p).is_file()]
     if missing:
         raise DatasetFolderError(
-            f"{root} holds an incomplete synthetic dataset: {root / missing[0]} and "
+            f"{root} holds an incomplete {kind} dataset: {root / missing[0]} and "
             f"{len(missing) - 1} more videos are missing. Delete the folder to rebuild it."
         )
     return True
+
+
+def _matches_existing(root: Path, settings: dict) -> bool:
+    """True if ``root`` holds this very dataset, False if it is absent or an empty folder
+    (see `check_dataset_folder`)."""
+    return check_dataset_folder(
+        root,
+        settings,
+        kind="synthetic",
+        meta_name="synthetic.json",
+        version=SYNTHETIC_VERSION,
+        expected=_expected_files(settings),
+    )
 
 
 def _write_dataset(
@@ -475,7 +492,7 @@ def _write_dataset(
 ) -> dict[str, int]:
     """Renders and encodes every video of the dataset into ``folder``; returns split counts."""
     frames, size, seed = settings["frames"], settings["size"], settings["seed"]
-    n_train, n_test = _split_sizes(settings["videos_per_class"], settings["test_fraction"])
+    n_train, n_test = split_sizes(settings["videos_per_class"], settings["test_fraction"])
     jobs = [(m, i) for m in motions for i in range(n_train + n_test)]
     for motion, i in track(
         jobs, description=f"writing {folder.name}", disable=not progress, transient=True
