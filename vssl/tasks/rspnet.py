@@ -294,21 +294,9 @@ class RSPNet(VSSLTask):
         In training under DDP with ``shuffle_bn``, the batch norm of each process sees a random
         slice of the global key batch (see the module docstring); the result is in input order.
         """
-        world = self.world_size()
-        if not (self.shuffle_bn and self.training and world > 1):
+        if not self.shuffle_bn:
             return self._encode_keys(video)
-        batch = video.shape[0]
-        everything = self.all_gather(video).flatten(0, 1)
-        order = self.trainer.strategy.broadcast(
-            torch.randperm(batch * world, device=video.device), src=0
-        )
-        mine = order.view(world, batch)[self.global_rank]
-        appearance, speed = self._encode_keys(everything[mine])
-        # Row j of the gathered outputs is the key of global sample order[j].
-        rows = torch.argsort(order).view(world, batch)[self.global_rank]
-        return self.all_gather(appearance).flatten(0, 1)[rows], self.all_gather(speed).flatten(
-            0, 1
-        )[rows]
+        return self.encode_shuffled(video, self._encode_keys)
 
     @torch.no_grad()
     def update_momentum_encoder(self) -> None:

@@ -341,17 +341,9 @@ class TDL(VSSLTask):
         global batch of positives, so that its batch-norm statistics come from other samples
         than its anchors'.
         """
-        world = self.world_size()
-        if not (self.shuffle_bn and self.training and world > 1):
+        if not self.shuffle_bn:
             return self._encode_keys(video)
-        batch = video.shape[0]
-        everything = self.all_gather(video).flatten(0, 1)
-        order = self.trainer.strategy.broadcast(
-            torch.randperm(batch * world, device=video.device), src=0
-        )
-        keys = self._encode_keys(everything[order.view(world, batch)[self.global_rank]])
-        rows = torch.argsort(order).view(world, batch)[self.global_rank]
-        return self.all_gather(keys).flatten(0, 1)[rows]
+        return self.encode_shuffled(video, self._encode_keys)
 
     @torch.no_grad()
     def update_momentum_encoder(self) -> None:
