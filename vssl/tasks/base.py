@@ -201,6 +201,17 @@ class VSSLTask(LightningModule):
         trainer = self.attached_trainer()
         return trainer.world_size if trainer is not None else 1
 
+    def training_progress(self) -> float:
+        """How far training is, from 0 at the first optimiser step to 1 at the last (the clock of
+        momentum schedules); 0 outside a trainer."""
+        trainer = self.attached_trainer()
+        if trainer is None:
+            return 0.0
+        total = trainer.estimated_stepping_batches
+        if not total or math.isinf(total):
+            return 0.0
+        return min(1.0, self.global_step / max(1, total - 1))
+
     @torch.no_grad()
     def encode_shuffled(self, video: Tensor, encode: Callable[[Tensor], Any]) -> Any:
         """``encode(video)`` (a tensor or a tuple of tensors, one row per clip), in input order,

@@ -20,7 +20,7 @@ https://arxiv.org/abs/1911.05722):
   video-instance contrast (A-VID).
 - Keys come from a momentum copy of the backbone and both heads (as in the official code, where
   the key encoder outputs both projections), updated after every optimiser step by
-  ``k <- m k + (1 - m) q`` (`torch.optim.swa_utils.AveragedModel` with an EMA), never trained.
+  ``k <- m k + (1 - m) q`` (`vssl.tasks.momentum.MomentumEncoder`), never trained.
 - Loss ``avid_weight * (CE_same + CE_other) + rsp_weight * L_rsp``: two InfoNCE terms of the
   appearance query against the same-speed key and against the other-speed key, both with the
   queue as negatives, and the margin ranking loss on the speed projections. The queue is fed
@@ -44,7 +44,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision import tv_tensors
 
 from vssl.data.sampling import ClipSampler, ClipSpec, clip_indices
@@ -52,6 +51,7 @@ from vssl.data.transforms import eval_clip_transform, train_clip_transform
 from vssl.heads import RSPNetProjectionHead
 from vssl.losses.moco import KeyQueue, info_nce, relative_speed_loss
 from vssl.tasks.base import StepOutput, VSSLTask
+from vssl.tasks.momentum import MomentumEncoder
 
 VIEWS = ("query", "key_same", "key_other")
 """The three clips of an RSPNet sample: query, key at the query's speed, key at the other speed."""
@@ -233,13 +233,7 @@ class RSPNet(VSSLTask):
         self.shuffle_bn = shuffle_bn
         self.appearance_head = RSPNetProjectionHead(self.backbone.out_dim, proj_dim)
         self.speed_head = RSPNetProjectionHead(self.backbone.out_dim, proj_dim)
-        self.momentum_encoder = AveragedModel(
-            self._online_encoder(), multi_avg_fn=get_ema_multi_avg_fn(key_momentum)
-        )
-        self.momentum_encoder.requires_grad_(False)
-        # The copy already equals the online encoder; AveragedModel would copy again on its
-        # first update instead of averaging, so count the copy as the first average.
-        self.momentum_encoder.n_averaged.fill_(1)
+        self.momentum_encoder = MomentumEncoder(self._online_encoder(), key_momentum)
         self.queue = KeyQueue(queue_size, proj_dim)
 
     # ---------------------------------------------------------------- data
@@ -305,7 +299,7 @@ class RSPNet(VSSLTask):
         Buffers (batch-norm running statistics) are copied from the online encoder, as
         `AveragedModel` does; in training the key encoder normalises with batch statistics.
         """
-        self.momentum_encoder.update_parameters(self._online_encoder())
+        self.momentum_encoder.update(self._online_encoder())
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:

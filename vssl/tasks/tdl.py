@@ -59,7 +59,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms import v2
 
 from vssl.data.sampling import ClipSampler, ClipSpec, clip_indices
@@ -67,6 +66,7 @@ from vssl.data.transforms import AugmentParams, BatchAugment, ViewTransform
 from vssl.heads import TDLProjectionHead
 from vssl.losses.moco import KeyQueue
 from vssl.tasks.base import StepOutput, VSSLTask
+from vssl.tasks.momentum import MomentumEncoder
 
 __all__ = [
     "TDL",
@@ -279,13 +279,7 @@ class TDL(VSSLTask):
         self.min_gap, self.draw_len, self.rotation = min_gap, draw_len, rotation
         self.shuffle_bn = shuffle_bn
         self.head = TDLProjectionHead(self.backbone.out_dim, proj_dim)
-        self.momentum_encoder = AveragedModel(
-            self._online_encoder(), multi_avg_fn=get_ema_multi_avg_fn(key_momentum)
-        )
-        self.momentum_encoder.requires_grad_(False)
-        # The copy already equals the online encoder; count it as the first average, so that
-        # the first update averages instead of copying again.
-        self.momentum_encoder.n_averaged.fill_(1)
+        self.momentum_encoder = MomentumEncoder(self._online_encoder(), key_momentum)
         self.queue = KeyQueue(queue_size, proj_dim)
 
     # ---------------------------------------------------------------- data
@@ -349,7 +343,7 @@ class TDL(VSSLTask):
     def update_momentum_encoder(self) -> None:
         """Moves every momentum-encoder parameter by ``1 - key_momentum`` towards the online one
         (buffers are copied, as `AveragedModel` does)."""
-        self.momentum_encoder.update_parameters(self._online_encoder())
+        self.momentum_encoder.update(self._online_encoder())
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:
