@@ -341,3 +341,41 @@ class PlaybackRateDecoder(nn.Module):
         for stage in self.up:
             x = stage(x)
         return self.out(x)
+
+
+class MoCoProjectionHead(nn.Sequential):
+    """MoCo's MLP projection without batch norm: ``hidden_layers`` x (Linear + ReLU), then Linear.
+
+    MoCo v2 puts one hidden layer of 2048 on the backbone; rho-MoCo's official config
+    (SlowFast, ``MoCo_SlowR50_8x8``: three MLP layers, no BN in the MLP) two, then 128. The
+    InfoNCE loss compares the L2-normalised outputs; downstream use keeps the backbone's
+    features. Layers are numbered as an ``nn.Sequential``: ``0`` and ``1`` the first hidden
+    block, the last Linear at ``2 * hidden_layers``.
+
+    - Chen et al., "Improved Baselines with Momentum Contrastive Learning", 2020,
+      https://arxiv.org/abs/2003.04297
+    - Feichtenhofer et al., "A Large-Scale Study on Unsupervised Spatiotemporal Representation
+      Learning", CVPR 2021, https://arxiv.org/abs/2104.14558
+
+    Args:
+        in_dim: the backbone's feature size.
+        hidden_dim: width of the hidden layers (paper: 2048).
+        hidden_layers: number of hidden blocks (rho-MoCo: 2); 0 gives a single Linear.
+        out_dim: size of the projection (paper: 128).
+    """
+
+    def __init__(
+        self, in_dim: int, hidden_dim: int = 2048, hidden_layers: int = 2, out_dim: int = 128
+    ):
+        if min(in_dim, hidden_dim, out_dim) < 1 or hidden_layers < 0:
+            raise ValueError(
+                f"projection head sizes must be positive (in {in_dim}, hidden {hidden_dim}, out "
+                f"{out_dim}) and hidden_layers >= 0 (got {hidden_layers})"
+            )
+        layers: list[nn.Module] = []
+        width = in_dim
+        for _ in range(hidden_layers):
+            layers += [nn.Linear(width, hidden_dim), nn.ReLU(True)]
+            width = hidden_dim
+        layers.append(nn.Linear(width, out_dim))
+        super().__init__(*layers)
