@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -184,3 +186,41 @@ def test_a_method_may_name_its_own_backbones(tmp_path):
         "random-tiny3d-s0",
         "random-tiny_r2plus1d-s0",
     ]
+
+
+class ClosedPipe:
+    """A standard output whose reader has gone (``| head`` after its lines)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+@pytest.mark.parametrize("option", ["--list", "--collect"])
+def test_output_closed_early_stops_quietly_with_the_sigpipe_status(
+    tmp_path, capsys, monkeypatch, option
+):
+    grid = write_grid(tmp_path, tmp_path / "data")
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main([str(grid), option]) == 141
+    assert capsys.readouterr().err == ""
+
+
+def test_list_into_a_closed_pipe_leaves_nothing_for_the_exit_flush(tmp_path, monkeypatch):
+    """``python -m vssl bench GRID --list | head -1``: the standard output is a real pipe whose
+    reader has gone; after main the stream must flush without error, as the interpreter flushes
+    it at exit (where a BrokenPipeError printed a traceback)."""
+    grid = write_grid(tmp_path, tmp_path / "data")
+    read, write = os.pipe()
+    os.close(read)
+    stream = open(write, "w")
+    monkeypatch.setattr(sys, "stdout", stream)
+    try:
+        assert main([str(grid), "--list"]) == 141
+        stream.write("what the interpreter may still hold\n")
+        stream.flush()  # raised BrokenPipeError before the fix
+    finally:
+        monkeypatch.undo()
+        stream.close()

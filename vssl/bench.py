@@ -623,8 +623,40 @@ def write_results(grid: Grid) -> tuple[list[dict[str, Any]], list[Path]]:
     return rows, files + charts(summary, grid)
 
 
+#: The exit status of a command whose output was closed early, as a shell reports a process
+#: ended by SIGPIPE (128 + 13).
+BROKEN_PIPE_STATUS = 141
+
+
+def _silence_stdout() -> None:
+    """Points the standard output at /dev/null, so that the interpreter's last flush at exit
+    does not fail again on the closed pipe (the recipe of Python's ``signal`` documentation)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a file (a test's capture, say): nothing is flushed to a pipe at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m vssl bench``."""
+    """Entry point of ``python -m vssl bench``.
+
+    Output closed early (``--list | head``) stops the command quietly with status 141, as the
+    shell's own tools stop; cells are only started after their line is printed, so an interrupted
+    run resumes as after any other stop.
+    """
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # here, not at the interpreter's exit, where a closed pipe is an error
+        return status
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE_STATUS
+
+
+def _main(argv: list[str] | None) -> int:
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(
