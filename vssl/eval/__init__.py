@@ -1,5 +1,6 @@
 """Downstream evaluation: feature extraction, linear probe, kNN, retrieval, and their commands."""
 
+from vssl.eval.attentive import AttentiveClassifier, attentive_probe, extract_tokens
 from vssl.eval.classifiers import (
     knn_accuracy,
     knn_scores,
@@ -23,15 +24,18 @@ from vssl.eval.features import (
 from vssl.eval.retrieval import retrieval_recall
 
 __all__ = [
+    "AttentiveClassifier",
     "DATA_DEFAULTS",
     "FeatureSettings",
     "Features",
     "MultiCrop",
+    "attentive_probe",
     "build_model",
     "checkpoint_data_settings",
     "crop_offsets",
     "describe_data_settings",
     "extract_features",
+    "extract_tokens",
     "knn_accuracy",
     "knn_scores",
     "label_fraction_indices",

@@ -1,0 +1,519 @@
+"""The attentive probe: cross-attention pooling of frozen token features, then a linear head.
+
+The frozen-feature protocol of V-JEPA (Bardes et al., "Revisiting Feature Prediction for
+Learning Visual Representations from Video", 2024), following its code (facebookresearch/jepa,
+``src/models/attentive_pooler.py``, ``src/models/utils/modules.py`` and
+``evals/video_classification_frozen/eval.py``):
+
+- `AttentivePooler`: learnt query tokens and one cross-attention block,
+  ``q = q + xattn(q, norm1(x))`` then ``q = q + mlp(norm2(q))`` (the tokens are normed, the
+  queries are not, and nothing is normed after the block), then ``depth - 1`` self-attention
+  blocks on the queries. Bias on the q, k and v projections, MLP ratio 4 with GELU, PyTorch's
+  LayerNorm. Weights and queries truncated-normal with std 0.02, zero biases, and the output
+  projections of the attention and the MLP of layer ``i`` (the cross-attention block is layer 1)
+  divided by ``sqrt(2 i)``. The reference divides the extra blocks with a call that fails for
+  depth > 1 (``enumerate(1, blocks)``); here they get the rescaling that call intends.
+- `AttentiveClassifier`: the pooler with one query, then a linear layer. V-JEPA uses depth 1 and
+  the encoder's head count; `default_heads` gives 64-channel heads, as its ViT-B and ViT-L have.
+- `train_attentive_probe`: AdamW at lr 1e-3 held (no warm-up) and cosine-decayed to 0, weight
+  decay cosine-decayed from 0.01 to 1e-6 on the weights (not on biases and norm gains), the
+  gradient norm clipped at 1, cross-entropy; 20 epochs in the paper (at a batch of 256 over 64
+  GPUs; the batch here is a parameter). Both schedules are stepped before each update, as there.
+- `multiview_scores`: the multi-view test. Every clip x crop of a test video is classified on its
+  own and the softmax probabilities are averaged (``average="logits"`` averages the logits
+  instead). With ``attend_across_clips`` (V-JEPA's Kinetics and SSv2 setting,
+  ``attend_across_segments``) the tokens of all clips of one crop are concatenated into one
+  sequence, classified at once, and the probabilities averaged over crops; a training video then
+  gives one sample from the tokens of all its random views.
+
+Where vssl differs: the tokens are extracted once by `extract_tokens`, frozen and cached like the
+pooled features of `vssl.eval.features`, so the training views are a fixed set of random clips
+with random resized crops per video; V-JEPA decodes and augments anew every epoch (RandAugment,
+random erasing). A token is one position of the backbone's unpooled map
+(`vssl.backbones.Backbone.forward_features`, ``(B, C, T', H', W')`` flattened in (t, h, w) raster
+order): a ViT's tokens, or a CNN's last feature map. Cached tokens take ``T' H' W' C`` numbers
+per view, so large encoders at full resolution need ``dtype=torch.float16`` or few views.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import track
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from torchmetrics.functional.classification import multiclass_accuracy
+
+from vssl.backbones.vit import Block, Mlp
+from vssl.data.corruptions import Corruption
+from vssl.data.datamodule import VideoDataModule
+from vssl.data.sampling import UniformClips
+from vssl.data.transforms import ViewTransform, train_clip_transform
+from vssl.eval.classifiers import label_fraction_indices
+from vssl.eval.features import (
+    Corrupted,
+    Features,
+    FeatureSettings,
+    MultiCrop,
+    RandomClips,
+    build_model,
+    show_progress,
+)
+from vssl.tasks.base import VSSLTask
+
+#: How the multi-view test combines the views of a video: V-JEPA's mean of probabilities, or
+#: the mean of logits.
+AVERAGES = ("softmax", "logits")
+#: Standard deviation of the truncated-normal initialisation of the reference code.
+INIT_STD = 0.02
+
+
+def default_heads(dim: int) -> int:
+    """Attention heads of a pooler over ``dim``-channel tokens: 64 channels a head when 64
+    divides ``dim`` (ViT-S/B/L's head width), else one head."""
+    if dim < 1:
+        raise ValueError(f"token channels must be positive, got {dim}")
+    return dim // 64 if dim % 64 == 0 else 1
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of queries ``(B, n, D)`` over tokens ``(B, N, D)``: a q projection,
+    a joint k/v projection (both with bias), scaled dot-product attention, an output projection."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"token channels {dim} must be divisible by the heads {heads}")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, q: Tensor, x: Tensor) -> Tensor:
+        """``(B, n, D)`` queries over ``(B, N, D)`` tokens -> ``(B, n, D)``."""
+        b, n, d = q.shape
+        q = self.q(q).reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
+        kv = self.kv(x).reshape(b, x.shape[1], 2, self.heads, d // self.heads)
+        k, v = kv.permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class CrossAttentionBlock(nn.Module):
+    """``q + xattn(q, norm1(x))``, then ``+ mlp(norm2(.))``: the tokens are normed, the queries
+    are not (the reference's arrangement)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.xattn = CrossAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, mlp_ratio)
+
+    def forward(self, q: Tensor, x: Tensor) -> Tensor:
+        """Queries ``(B, n, D)`` updated from tokens ``(B, N, D)``."""
+        q = q + self.xattn(q, self.norm1(x))
+        return q + self.mlp(self.norm2(q))
+
+
+class AttentivePooler(nn.Module):
+    """Learnt queries that pool a token sequence ``(B, N, D)`` into ``(B, queries, D)``.
+
+    One cross-attention block, then ``depth - 1`` self-attention blocks over the queries
+    (`vssl.backbones.vit.Block`, with PyTorch's LayerNorm epsilon as the reference).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int | None = None,
+        depth: int = 1,
+        mlp_ratio: float = 4.0,
+        queries: int = 1,
+    ) -> None:
+        super().__init__()
+        heads = default_heads(dim) if heads is None else heads
+        if min(dim, heads, depth, queries) < 1:
+            raise ValueError(
+                f"dim, heads, depth and queries must be positive, got dim {dim}, heads {heads}, "
+                f"depth {depth}, queries {queries}"
+            )
+        self.query_tokens = nn.Parameter(torch.zeros(1, queries, dim))
+        self.cross_attention_block = CrossAttentionBlock(dim, heads, mlp_ratio)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth - 1))
+        for block in self.blocks:
+            block.norm1.eps = block.norm2.eps = nn.LayerNorm(dim).eps
+        nn.init.trunc_normal_(self.query_tokens, std=INIT_STD)
+        self.apply(_init_weights)
+        with torch.no_grad():
+            self.cross_attention_block.xattn.proj.weight.div_(math.sqrt(2.0))
+            self.cross_attention_block.mlp.fc2.weight.div_(math.sqrt(2.0))
+            for layer, block in enumerate(self.blocks, start=2):
+                block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
+                block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Tokens ``(B, N, D)`` -> pooled queries ``(B, queries, D)``."""
+        if x.ndim != 3 or x.shape[-1] != self.query_tokens.shape[-1]:
+            raise ValueError(
+                f"expected tokens (B, N, {self.query_tokens.shape[-1]}), got {tuple(x.shape)}"
+            )
+        q = self.cross_attention_block(self.query_tokens.expand(len(x), -1, -1), x)
+        for block in self.blocks:
+            q = block(q)
+        return q
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=INIT_STD)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class AttentiveClassifier(nn.Module):
+    """`AttentivePooler` with one query, then a linear layer: tokens ``(B, N, D)`` -> logits."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        heads: int | None = None,
+        depth: int = 1,
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.pooler = AttentivePooler(dim, heads, depth, mlp_ratio, queries=1)
+        self.linear = nn.Linear(dim, num_classes)
+        self.num_classes = num_classes
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Tokens ``(B, N, D)`` -> logits ``(B, num_classes)``."""
+        return self.linear(self.pooler(x).squeeze(1))
+
+
+# ------------------------------------------------------------------------------ token features
+def clip_tokens(model: VSSLTask, video: Tensor) -> Tensor:
+    """Frozen tokens ``(B, T' H' W', C)`` of clips: the backbone's unpooled map, flattened in
+    (t, h, w) raster order. uint8 ``(B, T, C, H, W)`` clips are normalised first by the task's
+    augmentation in eval mode, as `VSSLTask.extract_features` does."""
+    if video.dtype == torch.uint8:
+        was = model.augment.training
+        model.augment.eval()
+        try:
+            video = model.augment(video)
+        finally:
+            model.augment.train(was)
+    return model.backbone.forward_features(video).flatten(2).transpose(1, 2)
+
+
+def _token_dataset(settings: FeatureSettings, index_cache: str | None) -> tuple[Any, list[str]]:
+    """The videos of ``settings`` with the same clips and crops as `extract_features` takes."""
+    dm = VideoDataModule(
+        root=settings.root,
+        layout=settings.layout,
+        train_split=settings.split,
+        val_split=None,
+        fold=settings.fold,
+        annotations=settings.annotations,
+        clip_len=settings.clip_len,
+        stride=settings.stride,
+        crop_size=settings.crop_size,
+        decode_size=settings.decode_size,
+        cache_dir=index_cache,
+        **(getattr(settings, "data_options", None) or {}),
+    )
+    if settings.random_views:
+        sampler: Any = RandomClips(settings.clip_len, settings.stride, settings.random_views)
+        transform: Any = ViewTransform(
+            train_clip_transform(settings.crop_size, scale=settings.crop_scale, flip=settings.flip)
+        )
+    else:
+        sampler = UniformClips(settings.clip_len, settings.stride, num_clips=settings.clips)
+        transform = MultiCrop(settings.crop_size, settings.crops)
+    if settings.corruption is not None:
+        corruption = Corruption(settings.corruption, settings.severity, seed=settings.seed)
+        transform = Corrupted(transform, corruption)
+    dataset = dm.build_dataset("train", sampler=sampler, transform=transform)
+    return dataset, list(dm.classes)
+
+
+@torch.no_grad()
+def extract_tokens(
+    settings: FeatureSettings,
+    model: VSSLTask | None = None,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    cache_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Features:
+    """Token features of one split, every view kept: ``feats`` is ``(V, M, N, C)``.
+
+    The views are those `vssl.eval.features.extract_features` averages for the same settings
+    (the same seeded random views, or ``clips`` x ``crops`` with the crops of a clip next to each
+    other), so ``feats.mean(dim=2)`` of a CNN is its per-view pooled features. With
+    ``cache_dir``, a ``tokens-<key>.pt`` file of identical settings and ``dtype`` is reused and a
+    new result written there. ``dtype``: what the tokens are stored as (float16 halves the size).
+    """
+    cache_file = None
+    record = {**asdict(settings), "token_dtype": str(dtype)}
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"tokens-{settings.key()}.pt"
+        if cache_file.is_file():
+            stored = torch.load(cache_file, map_location="cpu", weights_only=False)
+            if stored.get("record") == record:
+                return Features(**stored["features"])
+    dataset, classes = _token_dataset(settings, None if cache_dir is None else str(cache_dir))
+    model = (model or build_model(settings)).to(device).eval()
+    feats, labels = [], []
+    with torch.random.fork_rng():
+        torch.manual_seed(settings.seed)  # the random views' positions and crops
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            generator=torch.Generator().manual_seed(settings.seed),
+        )
+        if progress is None:
+            progress = show_progress()
+        for batch in track(
+            loader,
+            f"tokens of {settings.split} ({len(dataset)} videos)",
+            total=len(loader),
+            disable=not progress,
+            console=Console(stderr=True),
+        ):
+            video = batch["video"].to(device)
+            b, v = video.shape[:2]
+            tokens = clip_tokens(model, video.reshape(b * v, *video.shape[2:]))
+            feats.append(tokens.reshape(b, v, *tokens.shape[1:]).to("cpu", dtype))
+            labels.append(batch["label"])
+    result = Features(
+        feats=torch.cat(feats),
+        labels=torch.cat(labels),
+        paths=dataset.table.paths(),
+        classes=classes,
+        settings=asdict(settings),
+    )
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        torch.save({"record": record, "features": asdict(result)}, tmp)
+        tmp.replace(cache_file)
+    return result
+
+
+# ------------------------------------------------------------------------------ training, test
+def _cosine(start: float, end: float, progress: float) -> float:
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train_attentive_probe(
+    tokens: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    epochs: int = 20,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    final_lr: float = 0.0,
+    weight_decay: float = 0.01,
+    final_weight_decay: float = 1e-6,
+    heads: int | None = None,
+    depth: int = 1,
+    mlp_ratio: float = 4.0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> AttentiveClassifier:
+    """An `AttentiveClassifier` trained on frozen tokens ``(S, N, C)`` of ``S`` samples.
+
+    V-JEPA's recipe (see the module docstring): AdamW, lr cosine from ``lr`` to ``final_lr``
+    and weight decay cosine from ``weight_decay`` to ``final_weight_decay`` over all steps
+    (biases and 1-d parameters without decay), gradients clipped to norm 1, shuffled
+    mini-batches of ``batch_size`` (the last one smaller), ``seed`` fixing init and order.
+    The tokens stay where they are; each mini-batch goes to ``device`` as float32.
+    """
+    if tokens.ndim != 3 or labels.shape != (tokens.shape[0],):
+        raise ValueError(
+            f"expected tokens (S, N, C) and labels (S,), got {tuple(tokens.shape)} "
+            f"and {tuple(labels.shape)}"
+        )
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        probe = AttentiveClassifier(tokens.shape[-1], num_classes, heads, depth, mlp_ratio)
+    probe.to(device)
+    decay = [p for n, p in probe.named_parameters() if "bias" not in n and p.ndim != 1]
+    no_decay = [p for n, p in probe.named_parameters() if "bias" in n or p.ndim == 1]
+    opt = torch.optim.AdamW(
+        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "exclude": True}], lr=lr
+    )
+    gen = torch.Generator().manual_seed(seed)
+    y = labels.long().to(device)
+    per_epoch = math.ceil(tokens.shape[0] / batch_size)
+    total = epochs * per_epoch
+    step = 0
+    probe.train()
+    for _ in range(epochs):
+        order = torch.randperm(tokens.shape[0], generator=gen)
+        for idx in order.split(batch_size):
+            step += 1
+            for group in opt.param_groups:
+                group["lr"] = _cosine(lr, final_lr, step / total)
+                if not group.get("exclude"):
+                    group["weight_decay"] = _cosine(weight_decay, final_weight_decay, step / total)
+            x = tokens[idx].to(device, torch.float32)
+            loss = F.cross_entropy(probe(x), y[idx.to(device)])
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(probe.parameters(), 1.0)
+            opt.step()
+    return probe.eval()
+
+
+def _check_tokens(name: str, feats: Tensor) -> None:
+    if feats.ndim != 4:
+        raise ValueError(
+            f"{name} features must be tokens (videos, views, tokens, channels) from "
+            f"extract_tokens, got shape {tuple(feats.shape)} (pooled features?)"
+        )
+
+
+def _views(feats: Tensor, crops: int, attend_across_clips: bool) -> Tensor:
+    """Test tokens ``(V, clips * crops, N, C)`` as the sequences classified: each view, or per
+    crop the clips' tokens concatenated ``(V, crops, clips * N, C)``."""
+    if not attend_across_clips:
+        return feats
+    v, m, n, c = feats.shape
+    if m % crops:
+        raise ValueError(f"{m} views per video are not a whole number of clips x {crops} crops")
+    return feats.reshape(v, m // crops, crops, n, c).transpose(1, 2).reshape(v, crops, -1, c)
+
+
+@torch.no_grad()
+def multiview_scores(
+    probe: nn.Module,
+    feats: Tensor,
+    crops: int = 1,
+    average: str = "softmax",
+    attend_across_clips: bool = False,
+    batch_size: int = 64,
+) -> Tensor:
+    """Scores ``(V, classes)`` of test videos with tokens ``(V, clips * crops, N, C)``.
+
+    Each view is classified on its own, or with ``attend_across_clips`` the clips of one crop
+    together; the results are averaged as probabilities (``average="softmax"``, V-JEPA) or as
+    logits (``"logits"``). ``batch_size``: sequences per forward pass, on the probe's device.
+    """
+    if average not in AVERAGES:
+        raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
+    _check_tokens("test", feats)
+    seqs = _views(feats, crops, attend_across_clips)
+    flat = seqs.flatten(0, 1)
+    device = next(probe.parameters()).device
+    logits = torch.cat(
+        [probe(chunk.to(device, torch.float32)).cpu() for chunk in flat.split(batch_size)]
+    )
+    per_view = logits.softmax(dim=-1) if average == "softmax" else logits
+    return per_view.reshape(*seqs.shape[:2], -1).mean(dim=1)
+
+
+def attentive_probe(
+    train: Features,
+    test: Features,
+    fractions: tuple[float, ...] | list[float] = (1.0,),
+    epochs: int = 20,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    heads: int | None = None,
+    depth: int = 1,
+    average: str = "softmax",
+    attend_across_clips: bool = False,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Top-1 accuracy of attentive probes trained on ``fractions`` of the training labels.
+
+    ``train`` and ``test`` are `extract_tokens` results: the training views each a sample (all
+    of a video's views one sample with ``attend_across_clips``), the test views averaged by
+    `multiview_scores`, the test crops read from ``test.settings``. Label subsets are per-class
+    stratified with `label_fraction_indices`, as the linear probe's. Returns
+    ``{"attentive": {fraction: top-1}, "train_videos": {fraction: videos}}`` with the fractions
+    as strings, the layout of the linear probe's results. ``device``: where the probes train.
+    """
+    _check_tokens("training", train.feats)
+    _check_tokens("test", test.feats)
+    if train.classes != test.classes:
+        raise ValueError(
+            f"training and test splits have different classes: {train.classes} vs {test.classes}"
+        )
+    if train.feats.shape[-1] != test.feats.shape[-1]:
+        raise ValueError(
+            f"training and test tokens have {train.feats.shape[-1]} and {test.feats.shape[-1]} "
+            "channels: not the same model"
+        )
+    if average not in AVERAGES:
+        raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
+    num_classes = len(train.classes)
+    v, m, n, c = train.feats.shape
+    results: dict[str, Any] = {"attentive": {}, "train_videos": {}}
+    for fraction in fractions:
+        idx = label_fraction_indices(train.labels, fraction, seed=seed)
+        if attend_across_clips:
+            x, y = train.feats[idx].reshape(len(idx), m * n, c), train.labels[idx]
+        else:
+            x, y = train.feats[idx].flatten(0, 1), train.labels[idx].repeat_interleave(m)
+        probe = train_attentive_probe(
+            x,
+            y,
+            num_classes,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            heads=heads,
+            depth=depth,
+            seed=seed,
+            device=device,
+        )
+        scores = multiview_scores(
+            probe,
+            test.feats,
+            crops=int(test.settings.get("crops", 1)),
+            average=average,
+            attend_across_clips=attend_across_clips,
+        )
+        acc = multiclass_accuracy(scores, test.labels.long(), num_classes, average="micro")
+        results["attentive"][str(fraction)] = float(acc)
+        results["train_videos"][str(fraction)] = int(idx.numel())
+    return results
+
+
+__all__ = [
+    "AVERAGES",
+    "AttentiveClassifier",
+    "AttentivePooler",
+    "CrossAttention",
+    "CrossAttentionBlock",
+    "attentive_probe",
+    "clip_tokens",
+    "default_heads",
+    "extract_tokens",
+    "multiview_scores",
+    "train_attentive_probe",
+]
