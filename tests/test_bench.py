@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vssl.bench import Grid, main
+from vssl.bench import Grid, main, markdown, versus_random
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -131,6 +131,10 @@ def test_a_two_cell_grid_end_to_end_then_skipped_and_collected(tiny_synthetic, t
             "unknown protocol 'prob' (did you mean 'probe'?)",
         ),
         ({"backbones": None, "methods": {"random": {}}}, "the grid must name its backbones"),
+        (
+            {"methods": {"random": {"evaluate": {"m4": {"clip_len": 4}}}}},
+            "methods.random.evaluate.m4 needs a root",
+        ),
     ],
 )
 def test_grid_mistakes_are_one_line_naming_the_file(tmp_path, capsys, change, message):
@@ -224,3 +228,71 @@ def test_list_into_a_closed_pipe_leaves_nothing_for_the_exit_flush(tmp_path, mon
     finally:
         monkeypatch.undo()
         stream.close()
+
+
+def test_a_method_adds_its_own_evaluation_datasets(tmp_path):
+    """The linear-probe grid evaluates each task also on its pretraining clips: a method's
+    ``evaluate`` adds datasets (options over the grid's settings) to its cells only."""
+    own = {"root": str(tmp_path / "data"), "layout": "folder", "clip_len": 8, "stride": 2}
+    grid = Grid.load(
+        write_grid(
+            tmp_path,
+            tmp_path / "data",
+            methods={
+                "supervised": {
+                    "config": str(REPO / "configs" / "quickstart.yaml"),
+                    "evaluate": {"motion_8x2": own},
+                },
+                "random": {},
+            },
+        )
+    )
+    supervised, random = grid.cells
+    evaluations = grid.evaluations(supervised)
+    assert [(d, c) for d, c, _, _ in evaluations] == [
+        ("motion", "clean"),
+        ("motion", "gaussian-5"),
+        ("motion_8x2", "clean"),
+        ("motion_8x2", "gaussian-5"),
+    ]
+    args = evaluations[2][3]
+    assert args[args.index("--clip-len") + 1] == "8" and args[args.index("--stride") + 1] == "2"
+    assert args.count("--clip-len") == 1
+    assert {d for d, _, _, _ in grid.evaluations(random)} == {"motion"}
+
+
+def entry(method: str, backbone: str, linear: tuple[float, float], **keys) -> dict:
+    return {
+        "method": method,
+        "backbone": backbone,
+        "pretrain_data": None if method == "random" else "motion",
+        "subset": None,
+        "eval_data": keys.get("eval_data", "motion"),
+        "corruption": keys.get("corruption", "clean"),
+        "seeds": [0],
+        "figures": {"linear": linear},
+    }
+
+
+def test_gain_over_random_init_of_the_same_backbone_data_and_corruption(tmp_path):
+    cvrl = entry("cvrl", "tiny3d", (0.60, 0.03))
+    summary = [
+        cvrl,
+        entry("random", "tiny3d", (0.10, 0.01), corruption="gaussian-5"),
+        entry("random", "vit", (0.50, 0.01)),
+        entry("random", "tiny3d", (0.20, 0.04)),
+        entry("random", "tiny3d", (0.30, 0.01), eval_data="motion_4x2"),
+    ]
+    gain, se = versus_random(cvrl, summary)
+    assert gain == pytest.approx(0.40) and se == pytest.approx(0.05)  # sqrt(0.03^2 + 0.04^2)
+    assert versus_random(summary[3], summary) is None  # random init itself
+    assert versus_random(entry("cvrl", "r3d", (0.5, 0.1)), summary) is None  # no baseline
+    small = entry("rotation", "tiny3d", (0.29, 0.03))
+    grid = Grid.load(write_grid(tmp_path, tmp_path / "data"))
+    table = markdown([cvrl, small, summary[3]], grid).splitlines()
+    assert table[0].startswith("| method |") and table[0].endswith(
+        "| linear | vs random | linear 10% | linear 1% | kNN |"
+    )
+    assert table[2].endswith("| 60.0 ± 3.0 | **+40.0 ± 5.0** | - | - | - |")
+    assert table[3].endswith("| 29.0 ± 3.0 | +9.0 ± 5.0 | - | - | - |")  # within 2 errors
+    assert table[4].endswith("| 20.0 ± 4.0 | - | - | - | - |")

@@ -12,6 +12,9 @@ evaluation datasets, clean and corrupted. A grid file::
       videomae: {config: configs/videomae/synthetic_tiny.yaml, backbones: [vit_tiny]}
       supervised: {config: configs/quickstart.yaml}
       random: {}                         # no config: the randomly initialised backbone
+                                         # (named random: results.md adds "vs random")
+      # a method's own evaluation datasets, besides evaluate.data (its pretraining clips, say):
+      # cvrl: {config: ..., evaluate: {motion_8x2: {root: data/synthetic, clip_len: 8, stride: 2}}}
     backbones: [tiny_r2plus1d]           # model.init_args.backbone of every method (optional;
                                          # a method's own ``backbones`` replace them)
     pretrain_data:                       # name -> data.init_args of the pretraining runs
@@ -72,13 +75,20 @@ GRID_KEYS = {
     "evaluate",
 }
 EVAL_KEYS = {"data", "settings", "protocols", "corruptions"}
-METHOD_KEYS = {"config", "backbones", "model", "data", "trainer"}
+METHOD_KEYS = {"config", "backbones", "model", "data", "trainer", "evaluate"}
 PROTOCOLS = ("probe", "retrieve")
 # The figure of each protocol that results.md and the charts report: (label, path in the JSON).
 HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
-    "probe": [("linear", ("linear", "1.0")), ("kNN", ("knn",))],
-    "retrieve": [("R@1", ("R@1",))],
+    "probe": [
+        ("linear", ("linear", "1.0")),
+        ("linear 10%", ("linear", "0.1")),
+        ("linear 1%", ("linear", "0.01")),
+        ("kNN", ("knn",)),
+    ],
+    "retrieve": [("R@1", ("R@1",)), ("R@5", ("R@5",)), ("R@10", ("R@10",))],
 }
+#: The baseline method of the "vs random" column: its cells have no pretraining.
+RANDOM = "random"
 
 
 def _close(word: str, choices: Iterable[str]) -> str:
@@ -162,6 +172,16 @@ class Grid:
         for name, spec in methods.items():
             spec = methods[name] = spec or {}
             _check_keys(f"{path}: methods.{name}", spec, METHOD_KEYS)
+            extra = spec.get("evaluate") or {}
+            if not isinstance(extra, dict):
+                raise InvalidInputError(
+                    f"{path}: methods.{name}.evaluate is a mapping of evaluation datasets "
+                    "(name -> options, as evaluate.data), got {extra!r}"
+                )
+            for data, options in extra.items():
+                if not isinstance(options, dict) or "root" not in options:
+                    raise InvalidInputError(f"{path}: methods.{name}.evaluate.{data} needs a root")
+            spec["evaluate"] = extra
             configs = spec.get("config") or []
             spec["config"] = [configs] if isinstance(configs, str) else list(configs)
             for config in spec["config"]:
@@ -254,8 +274,9 @@ class Grid:
         else:
             model = ["--backbone", str(cell.backbone)]
         out = []
+        datasets = {**self.eval_data, **self.methods[cell.method].get("evaluate", {})}
         for (data, spec), corruption, (protocol, options) in itertools.product(
-            self.eval_data.items(), self.corruptions, self.protocols.items()
+            datasets.items(), self.corruptions, self.protocols.items()
         ):
             args = [protocol, *model, "--seed", str(cell.seed)]
             args += _options({**self.eval_settings, **spec, **options})
@@ -470,9 +491,29 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def versus_random(
+    entry: dict[str, Any], summary: list[dict[str, Any]], label: str = "linear"
+) -> tuple[float, float] | None:
+    """``entry``'s ``label`` figure minus that of the random initialisation of the same backbone
+    on the same evaluation data and corruption, and the standard error of the difference
+    (``sqrt(se^2 + se_random^2)``, independent errors); None where there is no such baseline."""
+    if entry["method"] == RANDOM or label not in entry["figures"]:
+        return None
+    for base in summary:
+        same = all(base[k] == entry[k] for k in ("backbone", "eval_data", "corruption"))
+        if base["method"] == RANDOM and same and label in base["figures"]:
+            (mean, se), (base_mean, base_se) = entry["figures"][label], base["figures"][label]
+            return mean - base_mean, math.sqrt(se**2 + base_se**2)
+    return None
+
+
 def markdown(summary: list[dict[str, Any]], grid: Grid) -> str:
-    """The results table, in percent, mean ± standard error."""
+    """The results table, in percent, mean ± standard error; with a ``random`` method, the
+    linear probe's gain over it ("vs random", bold beyond two standard errors)."""
     labels = [label for p in grid.protocols for label, _ in HEADLINES[p]]
+    gains = RANDOM in grid.methods and "linear" in labels
+    if gains:
+        labels.insert(labels.index("linear") + 1, "vs random")
     head = [
         "method",
         "backbone",
@@ -495,7 +536,11 @@ def markdown(summary: list[dict[str, Any]], grid: Grid) -> str:
             str(len(e["seeds"])),
         ]
         for label in labels:
-            if label in e["figures"]:
+            if label == "vs random":
+                gain = versus_random(e, summary)
+                text = "-" if gain is None else f"{100 * gain[0]:+.1f} ± {100 * gain[1]:.1f}"
+                cells.append(f"**{text}**" if gain and gain[0] > 2 * gain[1] else text)
+            elif label in e["figures"]:
                 mean, se = e["figures"][label]
                 cells.append(f"{100 * mean:.1f} ± {100 * se:.1f}")
             else:
@@ -716,4 +761,13 @@ def _main(argv: list[str] | None) -> int:
     return 0
 
 
-__all__ = ["Cell", "Grid", "collect", "main", "run_cell", "summarise", "write_results"]
+__all__ = [
+    "Cell",
+    "Grid",
+    "collect",
+    "main",
+    "run_cell",
+    "summarise",
+    "versus_random",
+    "write_results",
+]
