@@ -239,6 +239,11 @@ def test_attentive_probe_finds_the_active_token_where_mean_pooling_cannot():
     results = attentive_probe(train, test, fractions=[1.0, 0.2], epochs=10, lr=1e-2)
     assert results["train_videos"] == {"1.0": 100, "0.2": 20}
     assert results["attentive"]["1.0"] >= 0.95
+    # A video's two views in one sequence: one training sample a video, one test sequence.
+    across = attentive_probe(
+        train, test, epochs=10, lr=1e-2, batch_size=16, attend_across_clips=True
+    )
+    assert across == {"attentive": {"1.0": pytest.approx(1.0)}, "train_videos": {"1.0": 100}}
     linear = train_linear_probe(
         train.feats.mean(dim=2).flatten(0, 1), train.labels.repeat_interleave(2), 4
     )
@@ -255,3 +260,32 @@ def test_attentive_probe_refuses_pooled_or_mismatched_features():
         attentive_probe(train, other)
     with pytest.raises(ValueError, match=r"expected tokens \(S, N, C\) and labels \(S,\)"):
         train_attentive_probe(train.feats, train.labels, 4)
+
+
+def test_training_recipe_schedules_and_decay_groups(monkeypatch):
+    seen: list[list[tuple[float, float, int]]] = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append([(g["lr"], g["weight_decay"], len(g["params"])) for g in self.param_groups])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    train = _which_token(2, 1, 0)  # 8 samples: 2 batches of 5 and 3 per epoch, 2 epochs
+    probe = train_attentive_probe(
+        train.feats.flatten(0, 1), train.labels, 4, epochs=2, batch_size=5, lr=0.1
+    )
+    # Stepped before each update (as V-JEPA's schedulers): step i of 4 at cos progress i / 4.
+    for i, groups in enumerate(seen, start=1):
+        cos = 0.5 * (1 + math.cos(math.pi * i / 4))
+        assert groups[0][:2] == pytest.approx((0.1 * cos, 1e-6 + (0.01 - 1e-6) * cos))
+        assert groups[1][:2] == pytest.approx((0.1 * cos, 0.0))
+    assert len(seen) == 4
+    # No decay on biases and norm gains (1-d), decay on weights and the query token (3-d).
+    one_d = [n for n, p in probe.named_parameters() if p.ndim == 1]
+    assert seen[0][1][2] == len(one_d) and seen[0][0][2] == len(list(probe.parameters())) - len(
+        one_d
+    )
+    assert (
+        "pooler.query_tokens" not in one_d and "pooler.cross_attention_block.norm1.weight" in one_d
+    )
