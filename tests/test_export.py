@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import vssl
+import vssl.export
+from vssl.errors import UserError
 from vssl.export import (
     ExportError,
     export_backbone,
@@ -166,4 +168,8 @@ def test_not_a_torchvision_architecture_and_bad_files(tmp_path: Path) -> None:
     lonely = tmp_path / "lonely.pt"
     torch.save({}, lonely)
     with pytest.raises(ExportError, match="lonely.pt: no lonely.json next to it"):
+        vssl.export.load_backbone(str(lonely))
+    with pytest.raises(
+        UserError, match=r"lonely.pt: cannot tell the weight format \(found an empty"
+    ):
         vssl.load_backbone(str(lonely))

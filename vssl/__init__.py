@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vssl.backbones import Backbone
@@ -15,14 +15,18 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0"
 
 
-def load_backbone(path: str | Path) -> Backbone:
-    """Rebuild a backbone written by ``python -m vssl export`` (weights file or its ``.json``).
+def load_backbone(
+    path: str | Path, format: str = "auto", backbone: str | Backbone | None = None, **kwargs: Any
+) -> Backbone:
+    """A backbone with the weights of ``path``: a vssl checkpoint or export, an official
+    VideoMAE / RSPNet / VCOP / PRP checkpoint, a transformers VideoMAE model, or torchvision /
+    pytorchvideo weights on disk; ``format="auto"`` reads which from the keys.
 
-    Imported lazily so that ``import vssl`` stays cheap; see `vssl.export.load_backbone`.
+    Imported lazily so that ``import vssl`` stays cheap; see `vssl.weights.load_backbone`.
     """
-    from vssl.export import load_backbone as _load
+    from vssl.weights import load_backbone as _load
 
-    return _load(path)
+    return _load(path, format, backbone, **kwargs)
 
 
 __all__ = ["__version__", "load_backbone"]

@@ -8,6 +8,12 @@ ResNets keep torchvision's parameter names under ``trunk.``, so ``load_torchvisi
 the same weights into ``torchvision.models.video.r3d_18()`` (and mc3_18, r2plus1d_18) with only
 the classifier ``fc`` missing; ``load_into(FILE, model, head="blocks.5")`` does the same for the
 pytorchvideo models that slow_r50, r3d_50 and x3d_* wrap.
+
+``python -m vssl export CKPT --format hf --out DIR`` writes a video ViT (``vit_*``) as a
+transformers VideoMAE model: ``config.json``, ``model.safetensors`` and a model card
+``README.md`` (`export_hf`; the key map is `vssl.weights.hf`). ``VideoMAEModel.from_pretrained
+(DIR)`` loads it, and ``VideoMAEForPreTraining.from_pretrained(DIR)`` a VideoMAE checkpoint's
+with its decoder.
 """
 
 from __future__ import annotations
@@ -186,7 +192,10 @@ def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 
 def load_backbone(path: str | Path) -> backbones.Backbone:
-    """Rebuild an exported backbone with its weights (``path``: the weights or the ``.json``)."""
+    """Rebuild an exported backbone with its weights (``path``: the weights or the ``.json``).
+
+    `vssl.load_backbone` reads these files too, and the other formats of `vssl.weights`.
+    """
     state, meta = read_export(path)
     model = backbones.build(meta["backbone"], **meta.get("backbone_kwargs", {}))
     try:
@@ -246,12 +255,193 @@ def load_torchvision(path: str | Path, model: nn.Module | None = None) -> nn.Mod
     return load_into(path, model, head="fc")
 
 
+HF_FILES = ("config.json", "model.safetensors", "README.md")
+
+
+def _hf_sizes(model: backbones.Backbone, path: Path) -> dict[str, Any]:
+    from vssl.backbones.vit import VideoViT
+
+    if not isinstance(model, VideoViT):
+        raise ExportError(
+            f"{path}: --format hf exports the video ViTs (vit_*); this checkpoint's backbone is "
+            f"a {type(model).__name__}"
+        )
+    block = model.trunk.blocks[0]
+    return {
+        "dim": int(model.out_dim),
+        "depth": len(model.trunk.blocks),
+        "heads": int(block.attn.heads),
+        "mlp_hidden": int(block.mlp.fc1.out_features),
+        "tubelet": tuple(model.tubelet),
+    }
+
+
+def find_probe(checkpoint: Path) -> Path | None:
+    """A ``vssl probe --out`` JSON in the run folder of ``checkpoint`` (up to three levels up,
+    and their ``eval/`` folders), the newest if several."""
+    found: list[Path] = []
+    for folder in list(checkpoint.resolve().parents)[:3]:
+        for candidate in [*folder.glob("*.json"), *folder.glob("eval/*.json")]:
+            try:
+                data = json.loads(candidate.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if isinstance(data, dict) and data.get("protocol") == "probe" and "results" in data:
+                found.append(candidate)
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def _flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        return [row for k, v in value.items() for row in _flat(v, f"{prefix}{k}.")]
+    return [(prefix.rstrip("."), value)]
+
+
+def model_card(
+    meta: dict[str, Any],
+    config: dict[str, Any],
+    hparams: dict[str, Any],
+    data: dict[str, Any],
+    probe: Path | None,
+) -> str:
+    """The README.md of an exported transformers folder: task, data, settings, probe result."""
+    pretraining = config["architectures"] == ["VideoMAEForPreTraining"]
+    task = meta.get("task") or "unknown"
+    frames, size = config["num_frames"], config["image_size"]
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [video, self-supervised, videomae, vssl]",
+        "---",
+        "",
+        f"# {meta['backbone']} pretrained with {task.rsplit('.', 1)[-1]} (vssl)",
+        "",
+        f"A video ViT ({config['hidden_size']}-d, {config['num_hidden_layers']} blocks, "
+        f"{config['num_attention_heads']} heads, {config['tubelet_size']}x{config['patch_size']}x"
+        f"{config['patch_size']} tubelets) exported by vssl {meta['vssl_version']} from "
+        f"`{Path(meta['source_checkpoint']).name}` (epoch {meta.get('epoch')}, step "
+        f"{meta.get('global_step')}).",
+        "",
+        "## Task",
+        "",
+        f"`{task}`" + (" with its decoder (`VideoMAEForPreTraining`)." if pretraining else "."),
+        "",
+        "## Data",
+        "",
+    ]
+    lines += [f"- {k}: `{v}`" for k, v in sorted(data.items())] or ["- not recorded"]
+    lines += ["", "## Settings", ""]
+    lines += [f"- {k}: `{v}`" for k, v in sorted(hparams.items()) if not k.startswith("_")]
+    lines += ["", "## Probe result", ""]
+    if probe is None:
+        lines.append("No `vssl probe --out` result was found in the run folder.")
+    else:
+        record = json.loads(probe.read_text())
+        lines.append(f"From `{probe.name}` (`vssl probe`):")
+        lines.append("")
+        for key, value in _flat(record.get("results", {})):
+            shown = f"{100 * value:.2f} %" if isinstance(value, float) else f"`{value}`"
+            lines.append(f"- {key}: {shown}")
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import torch",
+        "from transformers import VideoMAEModel",
+        "",
+        'model = VideoMAEModel.from_pretrained("PATH").eval()',
+        f"video = torch.randn(1, {frames}, 3, {size}, {size})  # (B, T, C, H, W), normalised",
+        "tokens = model(pixel_values=video).last_hidden_state",
+        "```",
+        "",
+        "transformers takes clips as (B, T, C, H, W), vssl as (B, C, T, H, W). vssl's pooled "
+        "features are `fc_norm` of the token mean"
+        + (
+            "; this pretraining export's `last_hidden_state` includes the encoder's final norm."
+            if pretraining
+            else " (`VideoMAEForVideoClassification` loads `fc_norm` too)."
+        ),
+        "",
+        'With vssl: `vssl.load_backbone("PATH")`.',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export_hf(
+    checkpoint: str | Path,
+    out: str | Path,
+    frames: int | None = None,
+    size: int | None = None,
+    overwrite: bool = False,
+    trust: bool = False,
+    probe: str | Path | None = None,
+) -> list[Path]:
+    """Write a video ViT checkpoint as a transformers VideoMAE folder; return the files.
+
+    ``frames`` / ``size``: the clip length and crop of ``config.json`` (transformers fixes both);
+    by default the checkpoint's data settings, else the backbone's published input. A VideoMAE
+    task checkpoint is written with its decoder (``VideoMAEForPreTraining``). ``probe``: a
+    ``vssl probe --out`` JSON for the model card (default: one found in the run folder).
+    """
+    from vssl.weights import hf
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    files = [out / name for name in HF_FILES]
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: --format hf writes a folder; this is a file")
+    existing = [str(f) for f in files if f.exists()]
+    if existing and not overwrite:
+        raise ExportError(f"{', '.join(existing)}: already exist(s); pass --overwrite to replace")
+    state, meta = backbone_from_checkpoint(checkpoint, trust=trust)
+    ckpt = read_checkpoint(checkpoint, trust=trust)
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    data = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    model = backbones.build(meta["backbone"], **meta["backbone_kwargs"])
+    sizes = _hf_sizes(model, checkpoint)
+    default_frames, default_size = backbones.info(meta["backbone"]).input_size
+    frames = int(frames or data.get("clip_len") or default_frames)
+    size = int(size or data.get("crop_size") or default_size)
+    task_state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("backbone.")}
+    dim = sizes["dim"]
+    decoder = None
+    weights = hf.encoder_state(state, dim)
+    if "encoder_to_decoder.weight" in task_state:
+        decoder_dim = int(task_state["encoder_to_decoder.weight"].shape[0])
+        decoder = {
+            "decoder_hidden_size": decoder_dim,
+            "decoder_num_hidden_layers": hf.depth_of(task_state, "decoder."),
+            "decoder_num_attention_heads": int(hparams.get("decoder_heads", 6)),
+            "decoder_intermediate_size": int(task_state["decoder.0.mlp.fc1.weight"].shape[0]),
+            "norm_pix_loss": bool(hparams.get("normalize_target", True)),
+        }
+        weights.update(hf.pretraining_state(task_state, dim, decoder_dim))
+    else:
+        weights.update({f"fc_norm.{k}": state[f"fc_norm.{k}"] for k in ("weight", "bias")})
+    try:
+        config = hf.config_dict(**sizes, frames=frames, size=size, decoder=decoder)
+    except ValueError as err:
+        raise ExportError(f"{checkpoint}: {err}") from None
+    config["vssl"] = {"backbone": meta["backbone"], "backbone_kwargs": meta["backbone_kwargs"]}
+    probe_file = Path(probe) if probe is not None else find_probe(checkpoint)
+    if probe_file is not None and not probe_file.is_file():
+        raise ExportError(f"{probe_file}: probe result not found")
+    out.mkdir(parents=True, exist_ok=True)
+    files[0].write_text(json.dumps(config, indent=2) + "\n")
+    save_file(hf.contiguous(weights), str(files[1]), metadata={"format": "pt"})
+    files[2].write_text(model_card(meta, config, hparams, data, probe_file))
+    return files
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m vssl export CKPT --out FILE``: write a checkpoint's backbone weights alone."""
     parser = argparse.ArgumentParser(
         prog="python -m vssl export",
         description="Write the backbone weights of a vssl checkpoint (.safetensors and/or .pt) "
-        "and a .json of how to rebuild it; load with vssl.load_backbone(FILE).",
+        "and a .json of how to rebuild it; load with vssl.load_backbone(FILE). --format hf "
+        "writes a video ViT as a transformers VideoMAE folder (config.json, model.safetensors, "
+        "README.md).",
         formatter_class=HelpFormatter,
         allow_abbrev=False,
     )
@@ -260,7 +450,25 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         required=True,
-        help="FILE.safetensors, FILE.pt, or FILE without suffix for both",
+        help="FILE.safetensors, FILE.pt, or FILE without suffix for both; a folder for --format hf",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("vssl", "hf"),
+        default="vssl",
+        help="vssl: the weights and a .json; hf: a transformers VideoMAE folder",
+    )
+    parser.add_argument(
+        "--frames", type=int, help="hf: clip length in config.json (default: the checkpoint's)"
+    )
+    parser.add_argument(
+        "--size", type=int, help="hf: crop size in config.json (default: the checkpoint's)"
+    )
+    parser.add_argument(
+        "--probe",
+        type=Path,
+        help="hf: a vssl probe --out JSON for the model card "
+        "(default: one found in the run folder)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument(
@@ -270,10 +478,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        files = export_backbone(args.checkpoint, args.out, args.overwrite, args.trust_checkpoint)
+        if args.format == "hf":
+            files = export_hf(
+                args.checkpoint,
+                args.out,
+                frames=args.frames,
+                size=args.size,
+                overwrite=args.overwrite,
+                trust=args.trust_checkpoint,
+                probe=args.probe,
+            )
+        else:
+            files = export_backbone(
+                args.checkpoint, args.out, args.overwrite, args.trust_checkpoint
+            )
     except (ExportError, TypeError, KeyError) as err:
         print(f"vssl export: error: {err}", file=sys.stderr)
         return 2
+    if args.format == "hf":
+        config = json.loads(files[0].read_text())
+        print(
+            f"vssl export: {config['vssl']['backbone']} as transformers "
+            f"{config['architectures'][0]} ({config['num_frames']} frames, "
+            f"{config['image_size']} px) written to"
+        )
+        for path in files:
+            print(f"  {path}")
+        return 0
     meta = json.loads(files[-1].read_text())
     print(f"vssl export: backbone {meta['backbone']} (out_dim {meta['out_dim']}) written to")
     for path in files:
@@ -290,6 +521,8 @@ __all__ = [
     "ExportError",
     "backbone_from_checkpoint",
     "export_backbone",
+    "export_hf",
+    "find_probe",
     "load_backbone",
     "load_into",
     "load_torchvision",

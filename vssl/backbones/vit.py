@@ -243,6 +243,17 @@ def vit_b_16(patch_size: int = 16, tubelet_frames: int = 2) -> VideoViT:
     return VideoViT(768, 12, 12, _tubelet(tubelet_frames, patch_size))
 
 
+def vit_l_16(patch_size: int = 16, tubelet_frames: int = 2) -> VideoViT:
+    """Build ViT-L/16 (1024-d, 24 blocks, 16 heads, about 303.9M parameters; VideoMAE's ViT-L)
+    with ``tubelet_frames`` x ``patch_size`` x ``patch_size`` tubelets.
+
+    Not in the registry yet: the registry's tests build every entry on the CPU, which takes
+    tens of seconds at this size; ``build("vit_tiny_8", dim=1024, depth=24, heads=16,
+    patch_size=16)`` is the same network under a registered name.
+    """
+    return VideoViT(1024, 24, 16, _tubelet(tubelet_frames, patch_size))
+
+
 @register(
     "vit_tiny_8",
     input_size=(16, 32),
