@@ -166,3 +166,44 @@ class CVRLClips(ClipSampler):
             self.views[0]: clip_indices(first, self.clip_len, self.stride, num_frames),
             self.views[1]: clip_indices(second, self.clip_len, self.stride, num_frames),
         }
+
+
+@dataclass
+class RhoClips(ClipSampler):
+    """``rho`` clips of one video, their start times drawn independently and uniformly over the
+    whole video, returned in time order (Feichtenhofer et al., "A Large-Scale Study on
+    Unsupervised Spatiotemporal Representation Learning", CVPR 2021).
+
+    Positives of rho-BYOL and rho-MoCo are clips of one video up to its whole length apart, so
+    no gap is preferred: each start is uniform on the ``num_frames - (clip_len - 1) * stride``
+    valid starts, and the starts are sorted, as the official decoder sorts its clips. Returns
+    ``{view: (rho, clip_len)}`` frame indices, one stack that the dataset decodes in one pass.
+    Short videos (a clip spans more frames than the video has) draw each start uniformly from
+    ``[0, num_frames)`` and the clips wrap around (`clip_indices`).
+    """
+
+    clip_len: int = 8
+    stride: int = 8
+    rho: int = 2
+    view: str = "clips"
+
+    def __post_init__(self) -> None:
+        clip_span(self.clip_len, self.stride)
+        if int(self.rho) != self.rho or self.rho < 2:
+            raise ValueError(f"rho (clips per video) must be an integer >= 2, got {self.rho}")
+        self.rho = int(self.rho)
+
+    def starts(self, num_frames: int, rng: np.random.Generator) -> np.ndarray:
+        """The ``rho`` start frames, sorted."""
+        if num_frames < 1:
+            raise ValueError(f"a video must have at least one frame, got num_frames={num_frames}")
+        valid = num_frames - (self.clip_len - 1) * self.stride
+        high = valid if valid >= 1 else num_frames
+        return np.sort(rng.integers(0, high, size=self.rho))
+
+    def __call__(self, num_frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        clips = [
+            clip_indices(int(s), self.clip_len, self.stride, num_frames)
+            for s in self.starts(num_frames, rng)
+        ]
+        return {self.view: np.stack(clips)}

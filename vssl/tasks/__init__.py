@@ -6,6 +6,8 @@ from vssl.tasks.cvrl import CVRL
 from vssl.tasks.distillation import Distillation
 from vssl.tasks.mixture import TaskMixture
 from vssl.tasks.playback_rate import PlaybackRate
+from vssl.tasks.rho_byol import RhoBYOL
+from vssl.tasks.rho_moco import RhoMoCo
 from vssl.tasks.rotation import Rotation
 from vssl.tasks.rspnet import RSPNet
 from vssl.tasks.statistics import SpatioTemporalStatistics
@@ -19,6 +21,8 @@ __all__ = [
     "Distillation",
     "PlaybackRate",
     "RSPNet",
+    "RhoBYOL",
+    "RhoMoCo",
     "Rotation",
     "SpatioTemporalStatistics",
     "StepOutput",
