@@ -97,7 +97,7 @@ def cpu_overrides(config: Path, root: Path, cache: Path) -> list[str]:
     model_args = model.get("init_args") or {}
     if model["class_path"].endswith("SpatioTemporalStatistics"):
         args["model.init_args.clip_len"] = "4"  # the statistics task: must equal the data's
-    if model["class_path"].endswith("VideoMAE"):  # VideoMAE needs a video ViT
+    if model["class_path"].endswith(("VideoMAE", "VJEPA")):  # these need a video ViT
         args["model.init_args.backbone"] = "vit_tiny_8"
         args["model.init_args.backbone_kwargs"] = "{dim: 32, depth: 1, heads: 2}"
     if "tasks" in model_args:  # a task mixture: the same for its members

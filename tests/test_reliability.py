@@ -300,6 +300,7 @@ TASK_CONFIGS = {
     "Rotation": "configs/rotation/synthetic_tiny.yaml",
     "PlaybackRate": "configs/playback_rate/synthetic_tiny.yaml",
     "VideoMAE": "configs/videomae/synthetic_tiny.yaml",
+    "VJEPA": "configs/vjepa/synthetic_tiny.yaml",
     "TDL": "configs/tdl/synthetic_tiny.yaml",
     "TaskMixture": "configs/mixtures/synthetic_tiny.yaml",
 }

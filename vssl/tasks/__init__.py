@@ -14,6 +14,7 @@ from vssl.tasks.statistics import SpatioTemporalStatistics
 from vssl.tasks.supervised import Supervised
 from vssl.tasks.tdl import TDL
 from vssl.tasks.videomae import VideoMAE
+from vssl.tasks.vjepa import VJEPA
 
 __all__ = [
     "CVRL",
@@ -29,6 +30,7 @@ __all__ = [
     "Supervised",
     "TDL",
     "TaskMixture",
+    "VJEPA",
     "VSSLTask",
     "VideoMAE",
 ]
