@@ -20,7 +20,15 @@ from torch.nn import functional as F
 import vssl
 from vssl.backbones import build
 from vssl.errors import MissingInputError, UserError
-from vssl.weights import WeightsFormatError, detect_format, load_task, prp, read_backbone, vcop
+from vssl.weights import (
+    WeightsFormatError,
+    detect_format,
+    is_lightning_checkpoint,
+    load_task,
+    prp,
+    read_backbone,
+    vcop,
+)
 from vssl.weights._common import ViTShape, vit_entry
 
 DIM, DEPTH, HEADS, PATCH, HIDDEN = 32, 2, 2, 16, 128
@@ -237,6 +245,7 @@ def test_wrong_format_gives_the_expected_and_the_found(tmp_path: Path):
         expected = task.eval().backbone(clip)
         assert torch.equal(vssl.load_backbone(ckpt)(clip), expected)
         assert torch.equal(load_task(ckpt).backbone(clip), expected)
+    assert is_lightning_checkpoint(ckpt) and detect_format(ckpt) == "vssl"
     torch.save({"foo": torch.zeros(1)}, tmp_path / "foo.pt")
     with pytest.raises(WeightsFormatError, match=r"foo.pt: cannot tell the weight format \(found "
                        r"a dict with keys 'foo'\); pass format= one of vssl, hf, videomae"):  # fmt: skip
@@ -507,7 +516,9 @@ def test_transformers_folders_and_state_dicts_give_the_same_features(architectur
     folder = read_backbone(tmp_path / "folder")
     assert (folder.format, folder.backbone, folder.backbone_kwargs) == ("hf", "vit_tiny_8", TINY)
     state = read_backbone(tmp_path / "state.bin", backbone="vit_tiny_8", backbone_kwargs=TINY)
-    assert state.format == "hf"
+    assert state.format == "hf" and not is_lightning_checkpoint(tmp_path / "state.bin")
+    # the folder's weight file alone: its config.json is read too
+    assert read_backbone(tmp_path / "folder" / "model.safetensors").backbone_kwargs == TINY
     with torch.no_grad():
         tokens = encoder(pixel_values=x.transpose(1, 2)).last_hidden_state
         for loaded in (folder, state):

@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
             files = export_backbone(
                 args.checkpoint, args.out, args.overwrite, args.trust_checkpoint
             )
-    except (ExportError, TypeError, KeyError) as err:
+    except (UserError, TypeError, KeyError) as err:
         print(f"vssl export: error: {err}", file=sys.stderr)
         return 2
     if args.format == "hf":

@@ -150,6 +150,8 @@ def read_backbone(
         raise MissingInputError(f"{path}: weight file not found")
     obj: object = None
     config = None
+    if path.name in hf.WEIGHT_NAMES and (path.parent / "config.json").is_file():
+        path = path.parent  # the weights of a save_pretrained folder: read its config too
     if path.is_dir():
         kind, found = "hf", "a folder"
         if format not in ("auto", "hf"):
@@ -232,12 +234,10 @@ def load_task(
 
     path = Path(path)
     _check_format(path, format)
-    if format in ("auto", "vssl") and path.is_file() and _vssl_export_meta(path) is None:
-        obj = read_file(path, trust)
-        if detect.identify(obj) == "lightning":
-            from vssl.eval import load_task as load_vssl_task
+    if format in ("auto", "vssl") and is_lightning_checkpoint(path, trust):
+        from vssl.eval import load_task as load_vssl_task
 
-            return load_vssl_task(path, trust=trust)
+        return load_vssl_task(path, trust=trust)
     loaded = read_backbone(
         path, format, backbone, backbone_kwargs=backbone_kwargs, strict=strict, trust=trust
     )
@@ -246,6 +246,15 @@ def load_task(
     )
     task.backbone = loaded.model
     return task.eval()
+
+
+def is_lightning_checkpoint(path: str | Path, trust: bool = False) -> bool:
+    """Whether ``path`` is a Lightning checkpoint (of a vssl task), the file that commands read
+    data settings and whole tasks from; False for every other weight format."""
+    path = Path(path)
+    if not path.is_file() or _vssl_export_meta(path) is not None or path.suffix == ".safetensors":
+        return False
+    return detect.identify(read_file(path, trust)) == "lightning"
 
 
 def detect_format(path: str | Path, trust: bool = False) -> str:
@@ -270,6 +279,7 @@ __all__ = [
     "LoadedBackbone",
     "WeightsFormatError",
     "detect_format",
+    "is_lightning_checkpoint",
     "load_backbone",
     "load_task",
     "read_backbone",
