@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from vssl.data.index import VideoInfo
 from vssl.data.layouts import VideoItem
 from vssl.data.reader import VideoDecodeError, open_reader
-from vssl.data.sampling import ClipSampler
+from vssl.data.sampling import AudioSpan, ClipSampler
 from vssl.data.table import VideoTable
 
 log = logging.getLogger("vssl")
@@ -36,6 +36,41 @@ DECODE_ERRORS = (VideoDecodeError, av.FFmpegError, OSError, EOFError)
 
 class TooManyDecodeFailures(RuntimeError):
     """Raised when too large a share of a dataset's videos fails to decode."""
+
+
+def _with_audio(table: VideoTable) -> VideoTable:
+    """The rows of ``table`` whose file has an audio stream (its header says so); the others
+    are left out with one logged count. Raises a ValueError when none has one."""
+    from vssl.data.audio import probe_audio
+
+    keep = []
+    for i in range(len(table)):
+        try:
+            if probe_audio(table.path(i)) is not None:
+                keep.append(i)
+        except VideoDecodeError as err:
+            log.warning("leaving out a video: %s", err)
+    if not keep:
+        raise ValueError(
+            f"none of the {len(table)} videos has an audio stream (first: {table.path(0)}), and "
+            "the task needs audio"
+        )
+    if len(keep) < len(table):
+        log.warning(
+            "%d of %d videos have no audio stream and are left out: the task needs audio",
+            len(table) - len(keep),
+            len(table),
+        )
+        rows = np.asarray(keep)
+        table = VideoTable(
+            [table.path(i) for i in keep],
+            table.labels[rows],
+            table.num_frames[rows],
+            table.fps[rows],
+            table.width[rows],
+            table.height[rows],
+        )
+    return table
 
 
 class VideoDataset(Dataset):
@@ -51,7 +86,9 @@ class VideoDataset(Dataset):
     ``(seed, epoch, index)`` (the sampler may give ``(index, epoch)`` pairs), so that a run
     resumed mid-epoch sees the same samples as an uninterrupted one.
     A sample is a dict: one uint8 tensor ``(T, 3, H, W)`` (or ``(N, T, 3, H, W)``) per view,
-    plus ``label`` (-1 when unlabeled), ``index`` (the item's position) and ``skipped``.
+    plus ``label`` (-1 when unlabeled), ``index`` (the item's position) and ``skipped``; an
+    audio view (`AudioSpan`) is a float32 waveform ``(C, N)``. When the sampler needs audio,
+    the videos without an audio stream are left out here, with one logged count.
     """
 
     def __init__(
@@ -81,6 +118,8 @@ class VideoDataset(Dataset):
             table = VideoTable.from_items(items, infos)
         if not len(table):
             raise ValueError("the dataset is empty: no usable video was found")
+        if getattr(sampler, "needs_audio", False):
+            table = _with_audio(table)
         self.table = table
         self.sampler = sampler
         self.transform = transform
@@ -130,8 +169,17 @@ class VideoDataset(Dataset):
         """Samples, decodes and transforms item ``index``; raises on a decode failure."""
         num_frames = int(self.table.num_frames[index])
         views = self.sampler(num_frames, rng)
-        targets = {name: torch.as_tensor(v) for name, v in views.items() if np.ndim(v) == 0}
-        views = {name: np.asarray(v) for name, v in views.items() if name not in targets}
+        spans = {name: v for name, v in views.items() if isinstance(v, AudioSpan)}
+        targets = {
+            name: torch.as_tensor(v)
+            for name, v in views.items()
+            if np.ndim(v) == 0 and name not in spans
+        }
+        views = {
+            name: np.asarray(v)
+            for name, v in views.items()
+            if name not in targets and name not in spans
+        }
         wanted = np.concatenate([v.ravel() for v in views.values()])
         unique, inverse = np.unique(wanted, return_inverse=True)
         with open_reader(
@@ -142,6 +190,7 @@ class VideoDataset(Dataset):
             decode_timeout=self.decode_timeout,
         ) as reader:
             frames = reader.get_frames(unique, size=self.decode_size)
+            video_start = reader.start_time if spans else None
         # One view of increasing indices (most clips) is the decoded frames as they are.
         as_decoded = len(views) == 1 and bool(np.all(np.diff(wanted) > 0))
         inverse = torch.from_numpy(inverse.reshape(-1))
@@ -156,12 +205,34 @@ class VideoDataset(Dataset):
             )
             sample[name] = rows.reshape(*idx.shape, *frames.shape[1:])
             offset += idx.size
+        if spans:
+            sample.update(self._audio(index, spans, video_start))
         if self.transform is not None:
             sample = self.transform(sample)
         sample.update(targets)
         sample["label"] = torch.tensor(self.table.label(index))
         sample["index"] = torch.tensor(index)
         return sample
+
+    def _audio(
+        self, index: int, spans: dict[str, AudioSpan], video_start: float | None
+    ) -> dict[str, Tensor]:
+        """The waveforms of the audio views of video ``index``."""
+        from vssl.data.audio import read_audio
+
+        fps = float(self.table.fps[index])
+        return {
+            name: read_audio(
+                self.table.path(index),
+                span.start_time(fps),
+                span.num_samples,
+                span.sample_rate,
+                span.mono,
+                video_start=video_start,
+                timeout=self.decode_timeout,
+            )
+            for name, span in spans.items()
+        }
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Tensor]:
         if self.seed is not None:

@@ -16,7 +16,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,11 @@ _TRANSIENT_PROBLEMS = ("file not found", "permission denied")
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What the index knows about one video; ``error`` says why an unusable one is unusable."""
+    """What the index knows about one video; ``error`` says why an unusable one is unusable.
+
+    ``has_audio`` says whether the file has an audio stream (None: not known, an entry cached
+    by an older vssl); it does not take part in comparisons.
+    """
 
     path: str
     num_frames: int
@@ -42,6 +46,7 @@ class VideoInfo:
     width: int
     height: int
     error: str | None = None
+    has_audio: bool | None = field(default=None, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -69,7 +74,8 @@ def probe_video(path: str | Path, mode: str = "fast") -> VideoInfo:
                 raise VideoDecodeError(name, "no decodable video frames")
             width = stream.codec_context.width or scan.width
             height = stream.codec_context.height or scan.height
-            return VideoInfo(name, scan.num_frames, fps, width, height)
+            has_audio = bool(container.streams.audio)
+            return VideoInfo(name, scan.num_frames, fps, width, height, has_audio=has_audio)
     except VideoDecodeError as exc:
         return VideoInfo(name, 0, 0.0, 0, 0, exc.problem)
     except Exception as exc:
@@ -210,6 +216,11 @@ class VideoIndex:
     def good(self) -> list[VideoInfo]:
         """The usable videos."""
         return [info for info in self._infos if info.ok]
+
+    @property
+    def silent(self) -> list[VideoInfo]:
+        """The usable videos known to have no audio stream."""
+        return [info for info in self._infos if info.ok and info.has_audio is False]
 
     @property
     def bad(self) -> list[VideoInfo]:

@@ -391,6 +391,16 @@ class VideoReader:
             f"{self.width}x{self.height})"
         )
 
+    @property
+    def start_time(self) -> float | None:
+        """Presentation time of frame 0 in seconds, the clock other streams of the file (its
+        audio) line up with; None until frames were read, or when frames carry no timestamps
+        (and for backends that do not say)."""
+        pts, stream = getattr(self, "_start_pts", None), getattr(self, "_stream", None)
+        if pts is None or getattr(self, "_sequential", True) or not stream.time_base:
+            return None
+        return float(pts * stream.time_base)
+
     def close(self) -> None:
         """Release the file; the reader cannot be used afterwards."""
         self._frames, self._pending, self._prev = None, None, None

@@ -47,6 +47,32 @@ def clip_indices(start: int, clip_len: int, stride: int, num_frames: int) -> np.
     return (start + stride * np.arange(clip_len)) % num_frames
 
 
+@dataclass(frozen=True)
+class AudioSpan:
+    """An audio view: ``seconds`` of sound centred on the frames ``start .. stop - 1`` (the time
+    from frame ``start`` to frame ``stop``), at ``sample_rate``, mono or stereo.
+
+    A sampler returns one under a view name; the dataset puts the waveform there, float32
+    ``(C, round(seconds * sample_rate))`` (`vssl.data.audio.read_audio`). With ``seconds``
+    equal to ``(stop - start) / fps`` the window is the clip's own sound, sample for sample.
+    """
+
+    start: int
+    stop: int
+    seconds: float
+    sample_rate: int = 16000
+    mono: bool = True
+
+    @property
+    def num_samples(self) -> int:
+        """Samples of the waveform."""
+        return round(self.seconds * self.sample_rate)
+
+    def start_time(self, fps: float) -> float:
+        """Seconds from frame 0 to the window's first sample, for a video at ``fps``."""
+        return (self.start + self.stop) / (2 * fps) - self.seconds / 2
+
+
 class ClipSampler:
     """Base class: maps a video's frame count to the frame indices of each view.
 
@@ -54,7 +80,11 @@ class ClipSampler:
     clip or ``(N, T)`` for a stack of N clips. The dataset decodes the union of all indices once.
     A 0-d integer array is not a view but a target the sampler chose (a playback rate, say): the
     dataset puts it in the sample as a scalar tensor under its name, untouched by transforms.
+    An `AudioSpan` is an audio view; a sampler that returns them sets ``needs_audio``, and the
+    dataset then leaves out the videos without an audio stream.
     """
+
+    needs_audio: bool = False
 
     def __call__(self, num_frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         raise NotImplementedError

@@ -24,6 +24,11 @@ colours stay near mid-grey because a per-clip colour offset that varies a lot fr
 drowns the motion signal in the first layer of a small network trained from scratch (it learned
 nothing in that setting).
 
+Sound (``audio=True``): an AAC track whose content follows the motion (`clip_sound`): a tone
+whose pitch is set by the class and rises with the speed of the motion in each frame, and a
+click at each reversal of an oscillation (a bounce), at the time of the frame where it turns.
+Without ``audio`` the files are silent and exactly as before.
+
 Units: rates are per frame, so speeds do not depend on the clip length. Distances are fractions
 of ``size``, so the data looks the same at every resolution. Coordinates are in pixels, x to the
 right and y downwards; pixel ``i`` covers ``[i, i + 1)`` and the centre of the frame is
@@ -108,6 +113,9 @@ MAX_PAN = 0.004
 """Largest camera pan, as a size fraction per frame: under a fifth of the slowest normal
 translation (half of the slowest slow one), so that the object's motion relative to the
 background defines the class."""
+
+SOUND_RATE = 16000
+"""Sample rate of the synthetic sound track (Hz)."""
 
 OSCILLATION_PERIOD = (6.0, 10.0)
 """Range of the oscillation period in frames: short enough that an 8-frame clip sees a reversal,
@@ -348,6 +356,56 @@ def render_clip(
     )
 
 
+def frame_speeds(clip: SyntheticClip, motion: MotionClass) -> np.ndarray:
+    """How far the motion moves between frames ``t`` and ``t + 1``, ``(T - 1,)``, as a fraction
+    of the frame size: the first object's travel relative to the camera pan (translation,
+    oscillation), the travel of a point at the frame's edge (rotation: half the angle in
+    radians; zoom: half the change of the log scale)."""
+    if motion.kind == "rotate":
+        return 0.5 * np.abs(np.diff(clip.rotation))
+    if motion.kind == "zoom":
+        return 0.5 * np.abs(np.diff(np.log(clip.scale)))
+    size = clip.frames.shape[1]
+    travel = np.diff(clip.centres[0] - clip.pan, axis=0)
+    return np.linalg.norm(travel, axis=1) / size
+
+
+def bounce_frames(clip: SyntheticClip, motion: MotionClass) -> np.ndarray:
+    """Frames at which an oscillation turns back (its velocity along the axis changes sign)."""
+    if motion.kind != "oscillate":
+        return np.zeros(0, dtype=np.int64)
+    axis = np.array([np.cos(np.radians(motion.angle)), -np.sin(np.radians(motion.angle))])
+    velocity = np.diff(clip.centres[0] - clip.pan, axis=0) @ axis
+    turns = np.nonzero(np.sign(velocity[1:]) * np.sign(velocity[:-1]) < 0)[0] + 1
+    return turns.astype(np.int64)
+
+
+def clip_sound(
+    clip: SyntheticClip, motion: MotionClass, fps: int, sample_rate: int = SOUND_RATE
+) -> np.ndarray:
+    """The sound of a clip, float32 ``(1, T * sample_rate / fps)``: a tone of
+    ``200 * 2 ** (c / 6)`` Hz for class ``c`` (its position in `SYNTHETIC_CLASSES`), raised by
+    ``2 ** (speed / 0.04)`` with the frame's `frame_speeds` (one octave for a normal
+    translation), amplitude 0.3; plus a 10 ms decaying click of amplitude 0.6 starting at the
+    time ``t / fps`` of every `bounce_frames` frame ``t``."""
+    frames = clip.frames.shape[0]
+    n = round(frames * sample_rate / fps)
+    base = 200.0 * 2.0 ** (SYNTHETIC_CLASSES.index(motion) / 6)
+    speeds = frame_speeds(clip, motion)
+    per_frame = np.append(speeds, speeds[-1:] if len(speeds) else [0.0])
+    frame_of = np.minimum(np.arange(n) * fps // sample_rate, frames - 1)
+    freq = base * 2.0 ** (per_frame[frame_of] / 0.04)
+    phase = 2 * np.pi * np.cumsum(freq) / sample_rate
+    sound = 0.3 * np.sin(phase)
+    length = round(0.01 * sample_rate)
+    click = 0.6 * np.exp(-np.arange(length) / (length / 4))
+    for t in bounce_frames(clip, motion):
+        at = round(t * sample_rate / fps)
+        part = click[: max(0, n - at)]
+        sound[at : at + len(part)] += part
+    return np.clip(sound, -1.0, 1.0).astype(np.float32)[None]
+
+
 def _settings(
     motions: tuple[MotionClass, ...],
     videos_per_class: int,
@@ -356,8 +414,10 @@ def _settings(
     size: int,
     fps: int,
     test_fraction: float,
+    audio: bool = False,
 ) -> dict:
     """What defines a synthetic dataset: equal settings mean equal files."""
+    sound = {"audio": {"codec": "aac", "sample_rate": SOUND_RATE}} if audio else {}
     return {
         "classes": [m.name for m in motions],
         "videos_per_class": videos_per_class,
@@ -368,6 +428,7 @@ def _settings(
         "test_fraction": test_fraction,
         "codec": "libx264",
         "crf": 18,
+        **sound,
     }
 
 
@@ -499,13 +560,25 @@ def _write_dataset(
     ):
         split = "train" if i < n_train else "test"
         clip = render_clip(motion, clip_rng(seed, motion.name, i), frames, size)
-        write_video(
-            folder / split / motion.name / f"{motion.name}_{i:04d}.mp4",
-            clip.frames,
-            fps=settings["fps"],
-            codec=settings["codec"],
-            crf=settings["crf"],
-        )
+        path = folder / split / motion.name / f"{motion.name}_{i:04d}.mp4"
+        if "audio" in settings:
+            from vssl.data.audio import write_video_with_audio
+
+            rate = settings["audio"]["sample_rate"]
+            write_video_with_audio(
+                path,
+                clip.frames,
+                clip_sound(clip, motion, settings["fps"], rate),
+                fps=settings["fps"],
+                sample_rate=rate,
+                codec=settings["codec"],
+                crf=settings["crf"],
+                audio_codec=settings["audio"]["codec"],
+            )
+        else:
+            write_video(
+                path, clip.frames, fps=settings["fps"], codec=settings["codec"], crf=settings["crf"]
+            )
     counts = {"train": n_train * len(motions), "test": n_test * len(motions)}
     (folder / "classes.txt").write_text("".join(f"{m.name}\n" for m in motions))
     meta = {
@@ -529,6 +602,7 @@ def make_synthetic(
     fps: int = 25,
     test_fraction: float = 0.25,
     progress: bool = False,
+    audio: bool = False,
 ) -> Path:
     """Writes the synthetic dataset into ``root`` unless it is already there; returns ``root``.
 
@@ -537,12 +611,13 @@ def make_synthetic(
     of each class (no ``test`` folder when that is 0). Safe to call again: the same settings
     return at once; a folder holding anything else raises FileExistsError and is never
     modified. Videos are written into a hidden sibling folder that is renamed at the end, so an
-    interrupted run leaves no half dataset.
+    interrupted run leaves no half dataset. ``audio`` adds the sound track of `clip_sound`
+    (AAC, mono, `SOUND_RATE`); without it the files are silent.
     """
     root = Path(root).expanduser().resolve()
     _check_args(root, classes, videos_per_class, seed, frames, size, fps, test_fraction)
     motions = SYNTHETIC_CLASSES[:classes]
-    settings = _settings(motions, videos_per_class, seed, frames, size, fps, test_fraction)
+    settings = _settings(motions, videos_per_class, seed, frames, size, fps, test_fraction, audio)
     if _matches_existing(root, settings):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -580,6 +655,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--test-fraction", type=float, default=0.25)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--audio", action="store_true", help="add a sound track that follows the motion (AAC)"
+    )
     args = parser.parse_args(argv)
     existed = (Path(args.root) / "synthetic.json").is_file()
     start = time.perf_counter()
@@ -594,6 +672,7 @@ def main(argv: list[str] | None = None) -> int:
             fps=args.fps,
             test_fraction=args.test_fraction,
             progress=not args.quiet,
+            audio=args.audio,
         )
     except (ValueError, FileExistsError) as err:
         print(f"vssl make-synthetic: error: {err}", file=sys.stderr)

@@ -1,0 +1,176 @@
+"""AVID: the sampler, the memory, the NCE loss against a hand computation, and a short training
+on the synthetic dataset with sound whose loss falls."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from vssl.data.datamodule import VideoDataModule
+from vssl.data.sampling import AudioSpan
+from vssl.data.synthetic import make_synthetic
+from vssl.tasks import AVID
+from vssl.tasks.avid import AudioVisualClip, AVIDProjectionHead, InstanceMemory, nce_loss
+
+TINY = {
+    "backbone": "tiny3d",
+    "backbone_kwargs": {"width": 4},
+    "audio_backbone": "audio_tiny",
+    "audio_backbone_kwargs": {"width": 4},
+    "proj_dims": [16],
+    "num_negatives": 4,
+    "audio_seconds": 0.5,
+    "sample_rate": 8000,
+    "n_fft": 128,
+    "spectrogram_fps": 50,
+    "n_mels": 16,
+}
+
+
+def test_nce_loss_by_hand() -> None:
+    # one sample, K = 2 negatives, Z = 2: K Z = 4
+    data = -math.log(math.exp(0.5) / (math.exp(0.5) + 4))
+    noise = -math.log(4 / (math.exp(0.1) + 4)) - math.log(4 / (math.exp(-0.2) + 4))
+    loss = nce_loss(torch.tensor([0.5]), torch.tensor([[0.1, -0.2]]), 2.0)
+    assert abs(float(loss) - (data + noise)) < 1e-6
+    # the batch mean
+    two = nce_loss(torch.tensor([0.5, 0.0]), torch.tensor([[0.1, -0.2], [0.0, 0.0]]), 2.0)
+    other = -math.log(1 / 5) - 2 * math.log(4 / 5)
+    assert abs(float(two) - (data + noise + other) / 2) < 1e-6
+
+
+def test_sampler_centres_the_sound_on_the_clip() -> None:
+    sampler = AudioVisualClip(clip_len=4, stride=2, audio_seconds=1.0, sample_rate=8000)
+    assert sampler.needs_audio
+    views = sampler(40, np.random.default_rng(0))
+    start = int(views["video"][0])
+    np.testing.assert_array_equal(views["video"], start + 2 * np.arange(4))
+    assert views["audio"] == AudioSpan(start, start + 7, 1.0, 8000, True)
+    # the 7 frames from `start` at 8 fps last 0.875 s, centred in the 1 s window
+    assert views["audio"].start_time(8.0) == pytest.approx(start / 8 - 0.0625)
+    centre = AudioVisualClip(4, 2, 1.0, 8000, random=False)(40, np.random.default_rng(0))
+    assert int(centre["video"][0]) == (40 - 7) // 2
+    with pytest.raises(ValueError, match="audio_seconds"):
+        AudioVisualClip(audio_seconds=0)
+
+
+def test_memory_negatives_update_and_loading() -> None:
+    memory = InstanceMemory(5, 3)
+    assert memory.size == 5
+    torch.testing.assert_close(memory.video.norm(dim=1), torch.ones(5))
+    index = torch.tensor([0, 4, 2])
+    drawn = memory.negatives(index, 400, torch.Generator().manual_seed(0))
+    assert drawn.shape == (3, 400)
+    for row, own in zip(drawn, index.tolist(), strict=True):
+        assert set(row.tolist()) == set(range(5)) - {own}  # uniform over the others
+    memory.video.zero_()
+    memory.video[1] = torch.tensor([1.0, 0.0, 0.0])
+    memory.update(torch.tensor([1]), torch.tensor([[0.0, 1.0, 0.0]]), torch.zeros(1, 3), 0.5)
+    torch.testing.assert_close(memory.video[1], torch.tensor([1.0, 1.0, 0.0]) / math.sqrt(2))
+    fresh = InstanceMemory(0, 3)
+    fresh.load_state_dict(memory.state_dict())
+    assert fresh.size == 5
+    torch.testing.assert_close(fresh.video, memory.video)
+    with pytest.raises(ValueError, match="at least 2 videos"):
+        InstanceMemory(1, 3).negatives(torch.tensor([0]), 2)
+
+
+def test_projection_head_is_linear_layers_with_relu_between() -> None:
+    head = AVIDProjectionHead(8, [6, 4])
+    assert [type(m).__name__ for m in head] == ["Linear", "ReLU", "Linear"]
+    assert [type(m).__name__ for m in AVIDProjectionHead(8)] == ["Linear"]
+
+
+def _batch(n: int = 3) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    return {
+        "video": torch.randn(n, 3, 4, 16, 16),
+        "audio": torch.randn(n, 1, 4000),
+        "index": torch.arange(n),
+        "label": torch.zeros(n, dtype=torch.long),
+    }
+
+
+def test_step_scores_against_the_memory_and_moves_it() -> None:
+    torch.manual_seed(0)
+    task = AVID(memory_size=6, memory_momentum=0.5, **TINY)
+    batch = task.augment_batch(_batch())
+    assert batch["audio"].shape == (3, 1, 16, 0.5 * 50 + 1)
+    before_v, before_a = task.memory.video.clone(), task.memory.audio.clone()
+    assert float(task.partition) == -1.0
+    out = task.step(batch, "train")
+    assert torch.isfinite(out.loss) and out.features.shape == (3, 16)
+    assert float(task.partition) > 0  # Z from this first batch, then kept
+    z = float(task.partition)
+    _, v, a = task.embed(batch["video"], batch["audio"])
+    expected = F.normalize(0.5 * before_v[:3] + 0.5 * v.detach(), dim=1)
+    torch.testing.assert_close(task.memory.video[:3], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(task.memory.audio[3:], before_a[3:])
+    task.step(batch, "train")
+    assert float(task.partition) == z
+    assert set(out.logs) == {"xmodal_acc", "nce_v2a", "nce_a2v"}
+    evaluation = task.step(batch, "val")  # no memory of these videos: the in-batch InfoNCE
+    assert set(evaluation.logs) == {"xmodal_acc"} and torch.isfinite(evaluation.loss)
+    with pytest.raises(ValueError, match="video index 7 does not fit the memory of 6 videos"):
+        task.step({**batch, "index": torch.tensor([0, 1, 7])}, "train")
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="memory_momentum"):
+        AVID(memory_momentum=1.0, **TINY)
+    with pytest.raises(ValueError, match="cross_weight and within_weight"):
+        AVID(cross_weight=0.0, **TINY)
+
+
+@pytest.fixture(scope="module")
+def sound_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 classes, 3 videos each (2 train, 1 test), 16 frames of 32x32 at 8 fps, with sound."""
+    root = tmp_path_factory.mktemp("avid") / "synthetic"
+    return make_synthetic(
+        root, classes=4, videos_per_class=3, frames=16, size=32, fps=8, audio=True
+    )
+
+
+def test_short_training_loss_falls(sound_synthetic: Path, tmp_path: Path) -> None:
+    pl.seed_everything(0)  # seeds 1 to 3 pass too
+    data = VideoDataModule(
+        str(sound_synthetic),
+        clip_len=4,
+        stride=2,
+        crop_size=24,
+        decode_size=32,
+        batch_size=4,
+        num_workers=0,
+        flip=False,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    task = AVID(**{**TINY, "audio_seconds": 1.0}, lr=3e-3, num_classes=4)
+    trainer = pl.Trainer(
+        max_epochs=5,
+        accelerator="cpu",
+        logger=pl.loggers.CSVLogger(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        log_every_n_steps=1,
+    )
+    trainer.fit(task, data)
+    assert task.memory.size == 8  # the training videos
+
+    (metrics,) = tmp_path.rglob("metrics.csv")
+    rows = list(csv.DictReader(metrics.open()))
+    epochs = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
+    assert len(epochs) == 5 and all(math.isfinite(x) for x in epochs)
+    assert sum(epochs[-2:]) / 2 < sum(epochs[:2]) / 2 - 1.0, epochs
+    # a checkpoint's memory loads into a task that has none yet
+    fresh = AVID(**{**TINY, "audio_seconds": 1.0}, num_classes=4)
+    fresh.load_state_dict(task.state_dict())
+    assert fresh.memory.size == 8 and float(fresh.partition) == float(task.partition)
