@@ -117,13 +117,14 @@ def _wrong(path: Path, fmt: str, found: str) -> WeightsFormatError:
     return WeightsFormatError(f"{path}: expected {EXPECTED[fmt]}, found {found}")
 
 
-def _from_vssl(path: Path, obj: object, trust: bool) -> Converted:
+def _from_vssl(path: Path, lightning: bool, trust: bool) -> Converted:
+    """The backbone of a vssl task's Lightning checkpoint, or of a ``vssl export`` file."""
     from vssl.export import backbone_from_checkpoint, read_export
 
-    if obj is None:
-        state, meta = read_export(path)
-    else:
+    if lightning:
         state, meta = backbone_from_checkpoint(path, trust=trust)
+    else:
+        state, meta = read_export(path)
     return Converted(state, meta["backbone"], dict(meta.get("backbone_kwargs") or {}))
 
 
@@ -175,7 +176,7 @@ def read_backbone(
     elif kind is not None and kind != format and kind not in _SAME_LAYOUT.get(format, ()):
         raise _wrong(path, format, found)
     if format == "vssl":
-        converted = _from_vssl(path, obj if kind == "vssl" and obj is not None else None, trust)
+        converted = _from_vssl(path, kind == "vssl" and obj is not None, trust)
     elif format == "hf":
         converted = hf.convert(obj, config, path)  # type: ignore[arg-type]
     else:
