@@ -10,8 +10,9 @@ cores one GPU needs, in one run.
 3. Training clips per second on one core (one process, one thread, no DataLoader workers: what
    one worker does), for random 16-frame clips at stride 2 randomly cropped to 112 (from the
    128 files, and from the raw ones decoded at 128) or 224 (from the 256 files, and from the raw
-   ones decoded at 256): vssl's `VideoDataset` with each installed reader backend (pyav,
-   torchcodec, decord) against pytorchvideo's `LabeledVideoDataset` (PyAV, decoding the clip's
+   ones decoded at 256): vssl's `VideoDataset` with each installed reader backend (auto, the
+   default: libjpeg-turbo for MJPEG and PyAV for the rest; pyav; torchcodec; decord) against
+   pytorchvideo's `LabeledVideoDataset` (PyAV, decoding the clip's
    time window at full resolution, then resizing). The sides alternate round by round and each
    figure is the median of the rounds, so that a noisy machine slows every side alike.
 4. The statistics task's whole worker pipeline (17 frames decoded, crop, flip, DIS flow, the 27
@@ -23,7 +24,7 @@ cores one GPU needs, in one run.
    labelled "estimate".
 
     python benchmarks/data_pipeline.py
-    python benchmarks/data_pipeline.py --seconds 2 --rounds 1 --backends pyav   # a quick look
+    python benchmarks/data_pipeline.py --seconds 2 --rounds 1 --backends auto   # a quick look
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--videos", type=Path, default=ROOT.parent / "shared" / "videos")
     p.add_argument("--seconds", type=float, default=6.0, help="CPU seconds per side per round")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--backends", nargs="+", default=["pyav", "torchcodec", "decord"])
+    p.add_argument("--backends", nargs="+", default=["auto", "pyav", "torchcodec", "decord"])
     p.add_argument("--no-pytorchvideo", action="store_true")
     p.add_argument("--no-statistics", action="store_true")
     p.add_argument(

@@ -9,7 +9,10 @@ One run prints every figure the budget needs:
    decoded at their size, all made from ``--source``. Two ways: a reader opened per clip (what
    ``VideoDataset`` does) and one reader kept open per file; clips per second of the process's
    CPU time, in interleaved rounds, median of them.
-2. GPU decode (torchcodec's NVDEC decoder, ``device="cuda"``), clips/s on the same files.
+2. GPU decode (torchcodec's NVDEC decoder, ``device="cuda"``), clips/s on the same files; and
+   MJPEG copies of the prepared-like files (what ``vssl prepare`` writes by default) decoded by
+   the ``jpeg`` backend with nvJPEG (``device="cuda"``, the packets of a clip in one batch),
+   next to the same backend on one CPU core (libjpeg-turbo).
 3. Training clips/s in bf16 (``torch.autocast``) of vssl's backbones: R3D-18 at 16x112,
    R3D-50 and ViT-B at 16x224 (forward, backward and an AdamW step on random clips).
 4. The budget: CPU cores one GPU needs = GPU training clips/s / CPU decode clips/s per core,
@@ -115,9 +118,30 @@ def make_files(
     return files
 
 
+def mjpeg_copy(src: Path, dst: Path) -> Path:
+    """``src`` re-encoded as MJPEG at its size, with `vssl prepare`'s pixel format and quality."""
+    if dst.exists():
+        return dst
+    tmp = dst.with_name(dst.stem + ".tmp" + dst.suffix)
+    with av.open(str(src)) as source, av.open(str(tmp), "w") as out:
+        video = source.streams.video[0]
+        stream = out.add_stream("mjpeg", rate=round(video.average_rate or 25))
+        stream.width, stream.height = video.codec_context.width, video.codec_context.height
+        stream.pix_fmt = "yuvj420p"
+        stream.codec_context.qmin, stream.codec_context.qmax = 2, 4
+        for frame in source.decode(video):
+            image = frame.reformat(format="yuvj420p")
+            image.pts, image.time_base = frame.pts, frame.time_base
+            out.mux(stream.encode(image))
+        out.mux(stream.encode())
+    tmp.replace(dst)
+    return dst
+
+
 def usable(backend: str) -> bool:
-    """Whether ``backend``'s package imports here (torchcodec also needs FFmpeg's libraries)."""
-    if backend == "pyav":
+    """Whether ``backend``'s package imports here (torchcodec also needs FFmpeg's libraries);
+    vssl's own (pyav, jpeg, auto) always do."""
+    if backend in ("pyav", "jpeg", "auto"):
         return True
     try:
         importlib.import_module({"torchcodec": "torchcodec.decoders"}.get(backend, backend))
@@ -310,7 +334,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     short_sides = [int(v) for v in args.short_sides.split(",")]
     files = make_files(args.source, workdir, raw_size, short_sides)
     cuda = cuda_available()
-    results: dict = {"cpu": {}, "gpu_decode": {}, "train": {}, "budget": {}}
+    mjpeg = {
+        f"{kind} mjpeg": mjpeg_copy(path, path.with_name(path.stem + "_mjpeg.mp4"))
+        for kind, path in files.items()
+        if kind != "raw-like"
+    }
+    results: dict = {"cpu": {}, "gpu_decode": {}, "mjpeg": {}, "train": {}, "budget": {}}
 
     print(
         f"CPU decode: random {CLIP_LEN}-frame clips at stride {STRIDE}, 1 thread, "
@@ -332,7 +361,25 @@ def main(argv: Sequence[str] | None = None) -> dict:
             results["gpu_decode"] = print_rates(rates, widths)
         else:
             print("GPU decode: torchcodec is not installed (or not loadable), not measured")
-    else:
+    print(
+        "\nPrepared MJPEG (vssl prepare's default codec), backend 'jpeg': libjpeg-turbo on one "
+        "CPU core (clips per CPU-second)"
+        + (", nvJPEG on the GPU (clips per second of one process)" if cuda else "")
+    )
+    jobs = {
+        (name, kind, int(kind.split()[0].split("-")[1]), reuse): {
+            "path": path,
+            "backend": "jpeg",
+            "size": int(kind.split()[0].split("-")[1]),
+            "reuse": reuse,
+            "device": device,
+        }
+        for name, device in [("jpeg", "cpu")] + ([("jpeg cuda", "cuda")] if cuda else [])
+        for kind, path in mjpeg.items()
+        for reuse in (False, True)
+    }
+    results["mjpeg"] = print_rates(interleaved_rates(jobs, args.seconds, args.rounds), widths)
+    if not cuda:
         print(
             "\nNo CUDA device: GPU decode and training speed cannot be measured here; the "
             "training figures below are FLOPs-based estimates, not measurements."
@@ -373,7 +420,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             results["budget"][spec, backend, kind] = cores
             shown = f"{gpu:.0f} ({label})"
             print(row((spec, backend, kind, side, shown, f"{math.ceil(cores)}"), widths))
-        for (_, kind, decoded), pair in results["gpu_decode"].items():
+        gpu_decoded = list(results["gpu_decode"].items()) + [
+            (key, pair) for key, pair in results["mjpeg"].items() if key[0] == "jpeg cuda"
+        ]
+        for (_, kind, decoded), pair in gpu_decoded:
             if decoded == side:
                 share = gpu / max(pair)
                 print(

@@ -84,7 +84,9 @@ class VideoDataset(Dataset):
     runs over counts as a decode failure and is replaced like one. With a ``seed``, a
     sample's random choices (clip positions, crops, replacements) are a function of
     ``(seed, epoch, index)`` (the sampler may give ``(index, epoch)`` pairs), so that a run
-    resumed mid-epoch sees the same samples as an uninterrupted one.
+    resumed mid-epoch sees the same samples as an uninterrupted one. ``backend`` names the
+    reader (see `vssl.data.reader.BACKENDS`); the default ``"auto"`` decodes MJPEG (what
+    ``vssl prepare`` writes) with libjpeg-turbo and every other codec with PyAV.
     A sample is a dict: one uint8 tensor ``(T, 3, H, W)`` (or ``(N, T, 3, H, W)``) per view,
     plus ``label`` (-1 when unlabeled), ``index`` (the item's position) and ``skipped``; an
     audio view (`AudioSpan`) is a float32 waveform ``(C, N)``. When the sampler needs audio,
@@ -98,7 +100,7 @@ class VideoDataset(Dataset):
         sampler: ClipSampler,
         transform: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
         decode_size: int | tuple[int, int] | None = None,
-        backend: str = "pyav",
+        backend: str = "auto",
         decode_threads: int = 1,
         max_failure_fraction: float = 0.1,
         min_failures: int = 10,

@@ -651,18 +651,27 @@ class VideoReader:
 
     def _convert(self, frame: Any, out: np.ndarray, rows: np.ndarray) -> None:
         height, width = out.shape[2], out.shape[3]
-        rgb = self._reformatter.reformat(
-            frame,
-            width=width,
-            height=height,
-            format="gbrp",
-            interpolation=_INTERPOLATION,
-            threads=self.threads,
-        )
         first = rows[0]
-        for channel, plane in zip(_GBRP_TO_RGB, rgb.planes, strict=True):
+        if width % 16 and (height, width) == (frame.height, frame.width):
+            # swscale's unscaled conversion of 4:2:0 and 4:2:2 video to planar GBR leaves the
+            # last columns of such widths unwritten (2 to 8 past a multiple of 16 in the FFmpeg
+            # PyAV bundles); its packed RGB conversion is exact and otherwise the same.
+            rgb = self._reformatter.reformat(frame, format="rgb24", threads=self.threads)
+            plane = rgb.planes[0]
             pixels = np.frombuffer(plane, dtype=np.uint8).reshape(height, plane.line_size)
-            out[first, channel] = pixels[:, :width]
+            out[first] = pixels[:, : 3 * width].reshape(height, width, 3).transpose(2, 0, 1)
+        else:
+            rgb = self._reformatter.reformat(
+                frame,
+                width=width,
+                height=height,
+                format="gbrp",
+                interpolation=_INTERPOLATION,
+                threads=self.threads,
+            )
+            for channel, plane in zip(_GBRP_TO_RGB, rgb.planes, strict=True):
+                pixels = np.frombuffer(plane, dtype=np.uint8).reshape(height, plane.line_size)
+                out[first, channel] = pixels[:, :width]
         if len(rows) > 1:
             out[rows[1:]] = out[first]
 
@@ -671,9 +680,12 @@ BACKENDS: dict[str, type[VideoReader] | str] = {
     "pyav": VideoReader,
     "torchcodec": "vssl.data.reader_torchcodec:TorchCodecReader",
     "decord": "vssl.data.reader_decord:DecordReader",
+    "jpeg": "vssl.data.reader_jpeg:JpegReader",
+    "auto": "vssl.data.reader_jpeg:JpegReader",
 }
 """Reader classes by backend name, a class or ``"module:Class"`` imported on first use; register
-a subclass of VideoReader to add one."""
+a subclass of VideoReader to add one. ``"auto"`` (`VideoDataset`'s default) is ``"jpeg"``:
+MJPEG decoded with libjpeg-turbo, every other codec with PyAV."""
 
 
 def reader_class(backend: str, path: str | Path | None = None) -> type[VideoReader]:

@@ -1,0 +1,217 @@
+"""The ``jpeg`` backend: MJPEG packets demuxed with PyAV, decoded with libjpeg-turbo (OpenCV).
+
+Clips are written here with PyAV (frame ``i`` shows the bits of ``i``, see conftest). The
+backend must pick exactly the frames the PyAV reader picks (the index read back from each
+frame), with pixels within JPEG decoders' rounding of PyAV's, and hand every other codec, and
+every MJPEG call it cannot serve exactly, to the PyAV reader unchanged.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import code_frame, read_frame_index
+
+from vssl.data.reader import VideoDecodeError, VideoReader, open_reader
+from vssl.data.reader_jpeg import JpegReader, reduced_flag
+
+HEIGHT, WIDTH, COUNT = 48, 64, 40
+
+
+def _write(path: Path, codec: str, pix_fmt: str, width: int = WIDTH, pts=None) -> Path:
+    """``COUNT`` frames at 25 fps; ``pts`` (frame i's timestamp in 1/25 s) defaults to i."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.height, stream.width, stream.pix_fmt = HEIGHT, width, pix_fmt
+        stream.codec_context.thread_count = 1
+        if codec == "libx264":
+            stream.options = {"preset": "veryfast", "x264-params": "keyint=8:bframes=0"}
+        for i in range(COUNT):
+            image = av.VideoFrame.from_ndarray(code_frame(i, HEIGHT, width), format="rgb24")
+            image.pts = i if pts is None else pts[i]
+            image.time_base = Fraction(1, 25)
+            container.mux(stream.encode(image))
+        container.mux(stream.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("jpeg")
+    # a timestamp skipped: pts jump from 9 to 11
+    gap = [i if i < 10 else i + 1 for i in range(COUNT)]
+    return {
+        "mjpeg-mp4": _write(folder / "clip.mp4", "mjpeg", "yuvj420p"),  # as `vssl prepare`
+        "mjpeg-avi": _write(folder / "clip.avi", "mjpeg", "yuvj420p"),
+        "mjpeg-mkv-422": _write(folder / "clip.mkv", "mjpeg", "yuvj422p"),
+        "mjpeg-gap": _write(folder / "gap.mp4", "mjpeg", "yuvj420p", pts=gap),
+        "h264": _write(folder / "h264.mp4", "libx264", "yuv420p"),
+        "mjpeg-228": _write(folder / "wide.mp4", "mjpeg", "yuvj420p", width=228),
+        "h264-228": _write(folder / "wide_h264.mp4", "libx264", "yuv420p", width=228),
+    }
+
+
+def _indices(count: int) -> list[int]:
+    """Unsorted, repeated indices with the first and the last frame."""
+    picks = np.random.default_rng(count).integers(0, count, 10).tolist()
+    return [count - 1, 0, *picks[:5], 3, 3, count - 1, *picks[5:], count // 2, 1, count - 2, 0]
+
+
+def _mean_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().mean())
+
+
+def test_the_backend_is_registered(files):
+    with open_reader(files["mjpeg-mp4"], "jpeg") as reader:
+        assert type(reader) is JpegReader and reader.is_jpeg
+        assert (reader.num_frames, reader.width, reader.height, reader.fps) == (COUNT, 64, 48, 25)
+    with pytest.raises(ValueError, match=r"unknown video backend 'nope'.*'jpeg'"):
+        open_reader(files["mjpeg-mp4"], "nope")
+
+
+@pytest.mark.parametrize("name", ["mjpeg-mp4", "mjpeg-avi", "mjpeg-mkv-422", "mjpeg-228"])
+def test_frames_are_the_pyav_readers(files, name):
+    indices = _indices(COUNT)
+    with VideoReader(files[name]) as reference:
+        expected = reference.get_frames(indices)
+    with open_reader(files[name], "jpeg", num_frames=COUNT) as reader:
+        got = reader.get_frames(indices)
+        assert got.dtype == torch.uint8 and got.shape == expected.shape
+        assert [read_frame_index(f) for f in got] == indices
+        # libjpeg-turbo's and FFmpeg's decoders round and upsample chroma a little differently
+        assert _mean_difference(got, expected) < 1.5
+        # continuing forward, then seeking back, then a training clip at stride 2
+        again = reader.get_frames([*range(COUNT - 6, COUNT), 2])
+        assert [read_frame_index(f) for f in again] == [*range(COUNT - 6, COUNT), 2]
+        clip = reader.get_frames(np.arange(5, 36, 2))
+        assert [read_frame_index(f) for f in clip] == list(range(5, 36, 2))
+        assert reader.get_frames([]).shape == (0, 3, HEIGHT, reader.width)
+
+
+def test_a_wanted_index_no_packet_maps_to_shows_the_one_before(files):
+    # 40 frames over 41 ticks: the average rate is 40/41 of 25 fps, so index 10 falls in the
+    # gap (no packet maps to it) and packets 20 and 21 map to one index (the first is shown)
+    path = files["mjpeg-gap"]
+    indices = [8, 9, 10, 11, 19, 20, 21, 10, 39, 0]
+    with VideoReader(path) as reference:
+        assert reference.num_frames == COUNT
+        expected = [read_frame_index(f) for f in reference.get_frames(indices)]
+    assert expected == [8, 9, 9, 10, 18, 19, 21, 9, 39, 0]
+    with open_reader(path, "jpeg") as reader:
+        assert [read_frame_index(f) for f in reader.get_frames(indices)] == expected
+        assert [read_frame_index(f) for f in reader.get_frames([10, 10])] == [9, 9]
+        every = [read_frame_index(f) for f in reader.get_frames(range(COUNT))]
+    with VideoReader(path) as reference:
+        assert every == [read_frame_index(f) for f in reference.get_frames(range(COUNT))]
+
+
+@pytest.mark.parametrize(
+    "size,shape,scaled", [(24, (24, 32), True), ((20, 30), (20, 30), True), (40, (40, 54), False)]
+)
+def test_resized_frames_agree_with_pyav(files, size, shape, scaled):
+    path = files["mjpeg-mp4"]
+    indices = _indices(COUNT)
+    with VideoReader(path) as reference:
+        expected = reference.get_frames(indices, size=size)
+    assert (reduced_flag(HEIGHT, WIDTH, *shape)[0] > 1) == scaled  # libjpeg's scaled IDCT used
+    with open_reader(path, "jpeg") as reader:
+        got = reader.get_frames(indices, size=size)
+    assert got.shape == (len(indices), 3, *shape)
+    assert [read_frame_index(f) for f in got] == indices
+    assert _mean_difference(got, expected) < 3  # libjpeg's scaled IDCT and OpenCV's area resize
+
+
+def test_reduced_flag_is_the_largest_scale_that_covers_the_output():
+    assert reduced_flag(128, 228, 128, 228) == (1, cv2.IMREAD_COLOR)
+    assert reduced_flag(128, 228, 112, 112) == (1, cv2.IMREAD_COLOR)
+    assert reduced_flag(128, 228, 64, 114) == (2, cv2.IMREAD_REDUCED_COLOR_2)
+    assert reduced_flag(256, 456, 64, 114) == (4, cv2.IMREAD_REDUCED_COLOR_4)
+    assert reduced_flag(256, 456, 32, 57) == (8, cv2.IMREAD_REDUCED_COLOR_8)
+    assert reduced_flag(256, 456, 33, 57) == (4, cv2.IMREAD_REDUCED_COLOR_4)
+    assert reduced_flag(255, 455, 32, 57) == (8, cv2.IMREAD_REDUCED_COLOR_8)  # ceil(255 / 8)
+
+
+def test_other_codecs_decode_exactly_as_pyav(files):
+    indices = _indices(COUNT)
+    with VideoReader(files["h264"]) as reference:
+        expected = reference.get_frames(indices)
+    with open_reader(files["h264"], "jpeg") as reader:
+        assert not reader.is_jpeg
+        assert torch.equal(reader.get_frames(indices), expected)
+
+
+def test_a_packet_libjpeg_rejects_goes_to_the_pyav_reader(files, monkeypatch):
+    indices = _indices(COUNT)
+    with VideoReader(files["mjpeg-mp4"]) as reference:
+        expected = reference.get_frames(indices)
+    monkeypatch.setattr(cv2, "imdecode", lambda *args: None)
+    with open_reader(files["mjpeg-mp4"], "jpeg") as reader:
+        assert torch.equal(reader.get_frames(indices), expected)  # PyAV's pixels exactly
+
+
+def test_a_packet_that_is_not_a_whole_frame_goes_to_the_pyav_reader(files, monkeypatch):
+    # interlaced MJPEG carries two fields per packet: libjpeg decodes one, half the height
+    real = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda *args: real(*args)[::2])
+    with VideoReader(files["mjpeg-mp4"]) as reference:
+        expected = reference.get_frames([4, 30])
+    with open_reader(files["mjpeg-mp4"], "jpeg") as reader:
+        assert torch.equal(reader.get_frames([4, 30]), expected)
+
+
+def test_errors_name_the_file(files, tmp_path, monkeypatch):
+    path = files["mjpeg-mp4"]
+    with pytest.raises(VideoDecodeError, match=r"clip\.mp4: frame indices \[40\] out of range"):
+        open_reader(path, "jpeg").get_frames([0, 40])
+    reader = open_reader(path, "jpeg", decode_timeout=5.0)
+    reader.decode_timeout = 1e-9  # the packet loop checks the deadline the call starts
+    with pytest.raises(
+        VideoDecodeError, match=r"clip\.mp4: decoding took longer than decode_timeout=1e-09 s"
+    ):
+        reader.get_frames([0, 1])
+    with pytest.raises(ValueError, match=r"clip\.mp4: the 'jpeg' backend decodes on 'cpu' or"):
+        open_reader(path, "jpeg", device="mps")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"hello, not a video\n" * 20)
+    with pytest.raises(VideoDecodeError, match=r"bad\.mp4: FFmpeg cannot read it"):
+        open_reader(bad, "jpeg")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"clip\.mp4: device='cuda' needs CUDA"):
+        open_reader(path, "jpeg", device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ValueError, match=r"h264\.mp4: the 'jpeg' backend decodes only MJPEG on"):
+        open_reader(files["h264"], "jpeg", device="cuda")
+
+
+@pytest.mark.parametrize("name", ["mjpeg-228", "h264-228"])
+def test_pyav_frames_at_their_own_size_have_every_column(files, name):
+    # swscale's unscaled planar-GBR conversion leaves the last 4 columns of a 228-pixel-wide
+    # 4:2:0 frame unwritten (whatever memory held): the reader converts those widths exactly.
+    with av.open(str(files[name])) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    expected = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+    for _ in range(3):
+        with VideoReader(files[name]) as reader:
+            assert torch.equal(reader.get_frames(range(COUNT)), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (nvJPEG)")
+def test_nvjpeg_decodes_the_same_frames(files):
+    indices = _indices(COUNT)
+    with VideoReader(files["mjpeg-mp4"]) as reference:
+        expected = reference.get_frames(indices)
+        expected_small = reference.get_frames(indices, size=24)
+    with open_reader(files["mjpeg-mp4"], "jpeg", device="cuda") as reader:
+        got = reader.get_frames(indices)
+        small = reader.get_frames(indices, size=24)
+    assert got.is_cuda and got.dtype == torch.uint8 and got.shape == expected.shape
+    assert small.is_cuda and small.shape == (len(indices), 3, 24, 32)
+    assert [read_frame_index(f) for f in got.cpu()] == indices
+    assert _mean_difference(got.cpu(), expected) < 3
+    assert _mean_difference(small.cpu(), expected_small) < 3
