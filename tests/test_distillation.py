@@ -237,3 +237,84 @@ def test_bad_teachers_and_settings_are_named(teacher16: Path, tmp_path: Path) ->
         student([teacher16], weights=[1.0, 2.0])
     with pytest.raises(UserError, match="loss must be one of"):
         student([teacher16], loss="kl")
+
+
+def test_logit_loss_by_hand() -> None:
+    from vssl.tasks.distillation import logit_distillation_loss
+
+    student = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    teacher = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]])
+    # row 0: KL([3/4, 1/4] || [1/2, 1/2]) = 3/4 ln(3/2) + 1/4 ln(1/2); row 1: 0
+    kl = (0.75 * math.log(1.5) + 0.25 * math.log(0.5)) / 2
+    assert float(logit_distillation_loss(student, teacher)) == pytest.approx(kl)
+    # T = 2 on doubled teacher logits: the same softmaxes, times T^2
+    assert float(logit_distillation_loss(student, 2 * teacher, 2.0)) == pytest.approx(4 * kl)
+    assert float(logit_distillation_loss(teacher, teacher, 3.0)) == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(ValueError, match="differ in shape"):
+        logit_distillation_loss(student, teacher[:, :1])
+
+
+def test_logits_match_the_teachers_pretext_head(teacher16: Path, tmp_path: Path) -> None:
+    task = student([teacher16], match="logits", temperature=2.0)
+    head = task.logit_heads[0]["head"]  # Rotation's classifier: 4 rotations
+    assert (head.in_features, head.out_features) == (32, 4)
+    frozen = {k: v.clone() for k, v in task.teacher_heads.state_dict().items()}
+    video = task._normalise(clips(8, seed=2))
+    task.eval()  # the student's batch norm on its running statistics, as the teacher's
+    with torch.no_grad():
+        z_t = task.teacher_heads[0]["head"](task.teachers[0](video))
+        z_s = head(task.backbone(video))
+        p_t, log_p_s = (z_t / 2).softmax(1), (z_s / 2).log_softmax(1)
+        by_hand = 4 * float((p_t * (p_t.log() - log_p_s)).sum(1).mean())
+        first = task.step({"video": video}, "val")
+    assert float(first.loss) == pytest.approx(by_hand, rel=1e-5)
+    assert float(first.logs["teacher0_kl"]) == pytest.approx(by_hand, rel=1e-5)
+    trainer = fit(task, tmp_path, steps=12)
+    task.eval()
+    with torch.no_grad():
+        assert float(task.step({"video": video}, "val").loss) < 0.5 * by_hand
+    state = task.teacher_heads.state_dict()
+    assert all(torch.equal(state[k], frozen[k]) for k in frozen)
+    in_optimizer = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert not in_optimizer & {id(p) for p in task.teacher_heads.parameters()}
+    assert {id(p) for p in task.logit_heads.parameters()} <= in_optimizer
+    task.train()
+    assert not any(m.training for m in task.teacher_heads.modules())
+    path = tmp_path / "student.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    assert not [k for k in saved if k.startswith(("teachers.", "teacher_heads."))]
+    assert "logit_heads.0.head.weight" in saved
+    loaded = load_task(path)
+    assert isinstance(loaded, Distillation) and loaded.match == "logits"
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in task.state_dict().items())
+
+
+def test_both_adds_the_feature_and_the_logit_losses(teacher16: Path) -> None:
+    from vssl.tasks.distillation import logit_distillation_loss
+
+    task = student([teacher16], match="both", temperature=3.0).eval()
+    video = task._normalise(clips(4, seed=5))
+    with torch.no_grad():
+        out = task.step({"video": video}, "val")
+        s, z = task.backbone(video), task.teachers[0](video)
+        soft = task.teacher_heads[0]["head"](z)
+        features = distillation_loss(task.projections[0](s), z)
+        logits = logit_distillation_loss(task.logit_heads[0]["head"](s), soft, 3.0)
+    assert float(out.loss) == pytest.approx(float(features + logits), rel=1e-5)
+    assert set(out.logs) == {"teacher0_cos", "teacher0_kl"}
+    only_logits = student([teacher16], match="logits")
+    assert isinstance(only_logits.projections[0], nn.Identity)  # nothing left untrained
+
+
+def test_logit_settings_and_teachers_without_a_clip_head_are_named(teacher16: Path) -> None:
+    from vssl.tasks import ClipOrder
+    from vssl.tasks.distillation import pretext_heads
+
+    with pytest.raises(UserError, match=r"match must be one of \['features', 'logits', 'both'\]"):
+        student([teacher16], match="logit")
+    with pytest.raises(UserError, match="temperature must be positive, got 0"):
+        student([teacher16], match="logits", temperature=0)
+    vcop = ClipOrder(backbone="tiny3d", backbone_kwargs={"width": 4}, online_probe=False)
+    with pytest.raises(UserError, match=r"teacher 2: vcop.ckpt: a ClipOrder checkpoint has no"):
+        pretext_heads(vcop, "vcop.ckpt", 2)

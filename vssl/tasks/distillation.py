@@ -19,13 +19,23 @@ label.
   ``cosine`` (default) ``2 - 2 cos(s, z)``, the squared distance of the L2-normalised vectors;
   ``mse`` the mean squared error of the raw vectors, over batch and dimensions. The loss is the
   mean over teachers, weighted by ``weights`` when given (``sum w_t L_t / sum w_t``).
+- Logit distillation (``match: logits``, or ``both`` for the sum of the two losses): the student
+  also matches the outputs of each teacher's pretext heads (`PRETEXT_HEADS`: RSPNet's speed and
+  appearance heads, the rotation, playback-rate and class classifiers, CVRL's and TDL's
+  projections), as the paper distils its teachers' pretext predictions. A Linear per teacher
+  head maps the student's features to that head's output size; the loss of one head is Hinton
+  et al.'s ("Distilling the Knowledge in a Neural Network", 2015) ``T^2 KL(softmax(z_t / T) ||
+  softmax(z_s / T))`` with ``temperature`` T, averaged over a teacher's heads, then weighted
+  over teachers as the feature loss. VCOP's head reads clip pairs, not one clip: a clip-order
+  teacher is rejected for logit distillation.
 - The teachers' weights are not written to the task's checkpoints (they are the files named by
   ``teachers``, recorded in the hyperparameters as absolute paths): loading a checkpoint of this
   task reads the teacher files again and fills their entries in, so the teacher files must
   still exist where they were. A backbone exported with ``vssl export`` needs them no more.
 
 Logged: ``teacher<i>_cos``, the mean cosine between the (projected) student features and
-teacher ``i``'s.
+teacher ``i``'s (not with ``match: logits``, which has no feature projection); with logits,
+``teacher<i>_kl``, that teacher's logit loss.
 """
 
 from __future__ import annotations
@@ -42,8 +52,21 @@ from vssl.heads import DistillationProjectionHead
 from vssl.tasks.base import StepOutput, VSSLTask
 
 LOSSES = ("cosine", "mse")
-#: The prefix of the teachers' entries in the module's state dict (left out of checkpoints).
+MATCHES = ("features", "logits", "both")
+#: The prefixes of the teachers' entries in the module's state dict (left out of checkpoints):
+#: their backbones and, with logits, their pretext heads.
 TEACHER_PREFIX = "teachers."
+TEACHER_HEADS_PREFIX = "teacher_heads."
+#: Task class name -> the attributes of its pretext heads that map pooled clip features to the
+#: task's outputs (what logit distillation matches).
+PRETEXT_HEADS: dict[str, tuple[str, ...]] = {
+    "RSPNet": ("speed_head", "appearance_head"),
+    "Rotation": ("head",),
+    "PlaybackRate": ("head",),
+    "Supervised": ("head",),
+    "CVRL": ("head",),
+    "TDL": ("head",),
+}
 
 
 def distillation_loss(student: Tensor, teacher: Tensor, loss: str = "cosine") -> Tensor:
@@ -61,20 +84,56 @@ def distillation_loss(student: Tensor, teacher: Tensor, loss: str = "cosine") ->
     return (2 - 2 * F.cosine_similarity(student, teacher, dim=1)).mean()
 
 
-def load_teacher(path: str | Path, index: int = 0) -> nn.Module:
-    """The frozen backbone of the vssl checkpoint at ``path`` (eval mode, no gradients); errors
-    name the file and the teacher's place in the list."""
+def logit_distillation_loss(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
+    """Hinton et al.'s soft-target loss of student logits ``(B, K)`` against a teacher's:
+    ``T^2 KL(softmax(teacher / T) || softmax(student / T))``, averaged over the batch (the
+    ``T^2`` keeps the gradient's size independent of ``T``)."""
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student logits {tuple(student.shape)} and teacher logits "
+            f"{tuple(teacher.shape)} differ in shape"
+        )
+    if temperature <= 0:
+        raise InvalidInputError(f"temperature must be positive, got {temperature}")
+    log_student = F.log_softmax(student / temperature, dim=1)
+    log_teacher = F.log_softmax(teacher / temperature, dim=1)
+    kl = F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
+    return temperature**2 * kl
+
+
+def _load_teacher_task(path: str | Path, index: int) -> nn.Module:
     from vssl.eval.features import load_task
 
     try:
-        task = load_task(path)
+        return load_task(path)
     except UserError as err:
         raise type(err)(f"Distillation teacher {index}: {err}") from None
     except ValueError as err:
         raise InvalidInputError(f"Distillation teacher {index}: {err}") from None
-    backbone = task.backbone.eval()
-    backbone.requires_grad_(False)
-    return backbone
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def load_teacher(path: str | Path, index: int = 0) -> nn.Module:
+    """The frozen backbone of the vssl checkpoint at ``path`` (eval mode, no gradients); errors
+    name the file and the teacher's place in the list."""
+    return _frozen(_load_teacher_task(path, index).backbone)
+
+
+def pretext_heads(task: nn.Module, path: str | Path, index: int = 0) -> nn.ModuleDict:
+    """The frozen pretext heads (`PRETEXT_HEADS`) of a teacher task loaded from ``path``."""
+    name = type(task).__name__
+    if name not in PRETEXT_HEADS:
+        raise InvalidInputError(
+            f"Distillation teacher {index}: {path}: a {name} checkpoint has no pretext head that "
+            f"reads one clip's features, so its logits cannot be distilled (tasks with one: "
+            f"{', '.join(sorted(PRETEXT_HEADS))}); use match: features"
+        )
+    return _frozen(nn.ModuleDict({a: getattr(task, a) for a in PRETEXT_HEADS[name]}))
 
 
 class Distillation(VSSLTask):
@@ -84,6 +143,9 @@ class Distillation(VSSLTask):
         teachers: paths of vssl task checkpoints (any task); their backbones are the teachers.
         loss: ``cosine`` (``2 - 2 cos`` of the features) or ``mse`` (of the raw features).
         weights: one positive weight per teacher (default: all equal).
+        match: what the student matches: the teachers' ``features``, the ``logits`` of their
+            pretext heads, or ``both`` (the sum of the two losses).
+        temperature: the softmax temperature of logit distillation.
         **kwargs: the settings of `VSSLTask` for the student (backbone, optimiser, schedule,
             probe, augment, ...).
     """
@@ -93,6 +155,8 @@ class Distillation(VSSLTask):
         teachers: list[str],
         loss: str = "cosine",
         weights: list[float] | None = None,
+        match: str = "features",
+        temperature: float = 1.0,
         **kwargs: Any,
     ):
         if isinstance(teachers, (str, Path)) or not teachers:
@@ -110,18 +174,43 @@ class Distillation(VSSLTask):
                 f"Distillation weights must be one positive number per teacher ({len(teachers)}), "
                 f"got {list(weights)}"
             )
+        if match not in MATCHES:
+            raise InvalidInputError(
+                f"Distillation match must be one of {list(MATCHES)}, got {match!r}"
+            )
+        if not float(temperature) > 0:
+            raise InvalidInputError(
+                f"Distillation temperature must be positive, got {temperature!r}"
+            )
         super().__init__(**kwargs)
         self.loss_name = loss
-        self.teachers = nn.ModuleList(load_teacher(p, i) for i, p in enumerate(teachers))
+        self.match = match
+        self.temperature = float(temperature)
+        tasks = [_load_teacher_task(p, i) for i, p in enumerate(teachers)]
+        self.teachers = nn.ModuleList(_frozen(t.backbone) for t in tasks)
         # absolute paths in the checkpoint, so that it loads from any working folder
         self.hparams["teachers"] = [str(Path(p).resolve()) for p in teachers]
         student = self.backbone.out_dim
         self.projections = nn.ModuleList(
             nn.Identity()
-            if t.out_dim == student
+            if t.out_dim == student or match == "logits"  # logits only: no feature projection
             else DistillationProjectionHead(student, t.out_dim)
             for t in self.teachers
         )
+        if match != "features":
+            self.teacher_heads = nn.ModuleList(
+                pretext_heads(t, p, i) for i, (t, p) in enumerate(zip(tasks, teachers, strict=True))
+            )
+            self.logit_heads = nn.ModuleList(
+                nn.ModuleDict(
+                    {
+                        name: nn.Linear(student, _output_size(head, teacher.out_dim))
+                        for name, head in heads.items()
+                    }
+                )
+                for heads, teacher in zip(self.teacher_heads, self.teachers, strict=True)
+            )
+        del tasks
         w = torch.tensor([float(x) for x in weights] if weights else [1.0] * len(teachers))
         self.register_buffer("teacher_weights", w / w.sum(), persistent=False)
 
@@ -129,6 +218,8 @@ class Distillation(VSSLTask):
         """Sets the student's mode; the teachers stay in eval mode."""
         super().train(mode)
         self.teachers.eval()
+        if self.match != "features":
+            self.teacher_heads.eval()
         return self
 
     @torch.no_grad()
@@ -137,25 +228,39 @@ class Distillation(VSSLTask):
         return [teacher(video) for teacher in self.teachers]
 
     def step(self, batch: dict[str, Tensor], stage: str) -> StepOutput:
-        """The weighted mean over teachers of the feature-matching loss on the batch's clips."""
+        """The weighted mean over teachers of the feature-matching loss on the batch's clips
+        and/or of the logit loss (the mean over each teacher's pretext heads)."""
         video = batch["video"]
         features = self.backbone(video)
         targets = self.teacher_features(video)
         loss = features.new_zeros(())
         logs: dict[str, Tensor | float] = {}
         for i, (project, target) in enumerate(zip(self.projections, targets, strict=True)):
-            student = project(features)
-            loss = loss + self.teacher_weights[i] * distillation_loss(
-                student, target, self.loss_name
-            )
-            logs[f"teacher{i}_cos"] = F.cosine_similarity(student.detach(), target, dim=1).mean()
+            if self.match != "logits":
+                student = project(features)
+                loss = loss + self.teacher_weights[i] * distillation_loss(
+                    student, target, self.loss_name
+                )
+                cos = F.cosine_similarity(student.detach(), target, dim=1).mean()
+                logs[f"teacher{i}_cos"] = cos
+            if self.match != "features":
+                with torch.no_grad():
+                    soft = {n: h(target) for n, h in self.teacher_heads[i].items()}
+                kl = torch.stack(
+                    [
+                        logit_distillation_loss(head(features), soft[n], self.temperature)
+                        for n, head in self.logit_heads[i].items()
+                    ]
+                ).mean()
+                loss = loss + self.teacher_weights[i] * kl
+                logs[f"teacher{i}_kl"] = kl.detach()
         return StepOutput(loss, logs, features)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Leaves the teachers' weights out: they are the files named by ``teachers``."""
         super().on_save_checkpoint(checkpoint)
         state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
+        for key in [k for k in state if k.startswith((TEACHER_PREFIX, TEACHER_HEADS_PREFIX))]:
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -165,3 +270,12 @@ class Distillation(VSSLTask):
         state = checkpoint.setdefault("state_dict", {})
         for key, value in self.teachers.state_dict(prefix=TEACHER_PREFIX).items():
             state.setdefault(key, value)
+        if self.match != "features":
+            for key, value in self.teacher_heads.state_dict(prefix=TEACHER_HEADS_PREFIX).items():
+                state.setdefault(key, value)
+
+
+def _output_size(head: nn.Module, in_dim: int) -> int:
+    """The output size of a frozen pretext head reading ``in_dim`` features."""
+    with torch.no_grad():
+        return int(head(torch.zeros(2, in_dim)).shape[1])
