@@ -43,8 +43,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
+from vssl.commands.probe import main as probe_main  # noqa: E402
+from vssl.commands.retrieve import main as retrieve_main  # noqa: E402
 from vssl.data.synthetic import make_synthetic  # noqa: E402
-from vssl.eval.commands import probe_main, retrieve_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIGS = [
@@ -131,7 +132,7 @@ def evaluate(
     """Probe (with kNN) and retrieval of one model with the shared protocol, on clips of
     ``clips`` = (frames, stride)."""
     data = [
-        "--root",
+        "--data.root",
         str(args.root),
         "--clip-len",
         str(clips[0]),

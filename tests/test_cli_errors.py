@@ -154,22 +154,52 @@ def test_plain_subcommands(tiny_synthetic, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     missing = tmp_path / "missing.ckpt"
     for command in ("probe", "retrieve", "finetune"):
-        assert error_line(capsys, [command, "--ckpt", str(missing), "--root", "x"]) == (
+        assert error_line(capsys, [command, "--ckpt", str(missing), "--data.root", "x"]) == (
             f"vssl {command}: error: {missing}: checkpoint not found"
         )
-    line = error_line(capsys, ["probe", "--backbone", "r3d_81", "--root", str(tiny_synthetic)])
+    line = error_line(capsys, ["probe", "--backbone", "r3d_81", "--data.root", str(tiny_synthetic)])
     assert line.startswith("vssl probe: error: unknown backbone 'r3d_81'. Did you mean 'r3d_18'?")
     not_ckpt = tmp_path / "notes.txt"
     not_ckpt.write_text("not a checkpoint")
-    assert error_line(capsys, ["retrieve", "--ckpt", str(not_ckpt), "--root", "x"]) == (
+    assert error_line(capsys, ["retrieve", "--ckpt", str(not_ckpt), "--data.root", "x"]) == (
         f"vssl retrieve: error: {not_ckpt}: not a PyTorch checkpoint (not a torch.save zip archive)"
     )
-    argv = ["finetune", "--backbone", "tiny3d", "--root", "nowhere", "--epochs", "1"]
+    argv = ["finetune", "--backbone", "tiny3d", "--data.root", "nowhere", "--epochs", "1"]
     assert error_line(capsys, argv) == (
         "vssl finetune: error: nowhere: the dataset root folder does not exist (layout 'folder')"
     )
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        main(["probe", "--ckpt", str(missing), "--root", "x", "--debug"])
+        main(["probe", "--ckpt", str(missing), "--data.root", "x", "--debug"])
+
+
+def test_evaluation_options_and_data_blocks_are_checked(tmp_path, capsys):
+    # The evaluations parse their data block as fit does: the same one-line messages, naming
+    # the config file and line or the option.
+    bad = tmp_path / "data.yaml"
+    bad.write_text("data:\n  init_args:\n    roots: x\n")
+    assert error_line(capsys, ["probe", "--backbone", "tiny3d", "--config", str(bad)]) == (
+        f"vssl probe: error: {bad}, line 3: data.init_args.roots: not an option of "
+        "vssl.data.VideoDataModule; did you mean 'root'?"
+    )
+    assert error_line(capsys, ["retrieve", "--backbone", "tiny3d", "--data.roo", "x"]) == (
+        "vssl retrieve: error: --data.roo: not an option of vssl.data.VideoDataModule; "
+        "did you mean 'root'?"
+    )
+    assert error_line(capsys, ["finetune", "--backbone", "tiny3d"]) == (
+        "vssl finetune: error: no dataset: give --config configs/data/NAME.yaml (or a fit "
+        "config) or --data.root DIR"
+    )
+    assert error_line(capsys, ["probe", "--data.root", "x"]) == (
+        "vssl probe: error: give one of --ckpt CKPT (a checkpoint) or --backbone NAME (random init)"
+    )
+    argv = ["probe", "--backbone", "tiny3d", "--data.root", "x", "--corruption", "gauss"]
+    assert error_line(capsys, argv) == (
+        "vssl probe: error: --corruption: unknown corruption 'gauss'; did you mean 'gaussian'? "
+        "one of gaussian, impulse, shot, speckle"
+    )
+    assert error_line(capsys, [*argv[:5], "--stride", "x"]) == (
+        "vssl probe: error: --stride: expected int or null, got 'x'"
+    )
 
 
 def test_from_a_shell_a_wrong_backbone_is_one_line(config):

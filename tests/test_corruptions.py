@@ -93,7 +93,7 @@ def test_bad_settings_are_named():
 def test_probe_corrupts_the_test_clips_only(tiny_synthetic, tmp_path, capsys):
     import json
 
-    from vssl.eval.commands import probe_main
+    from vssl.commands.probe import main as probe_main
     from vssl.eval.features import FeatureSettings, extract_features
 
     common = dict(
@@ -119,7 +119,7 @@ def test_probe_corrupts_the_test_clips_only(tiny_synthetic, tmp_path, capsys):
             [
                 "--backbone",
                 "tiny3d",
-                "--root",
+                "--data.root",
                 str(tiny_synthetic),
                 "--clip-len",
                 "4",

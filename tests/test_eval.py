@@ -309,7 +309,7 @@ def test_load_task_refuses_pickled_objects_unless_trusted(tiny_ckpt, tmp_path):
 def test_probe_and_retrieve_end_to_end(tiny_synthetic, tiny_ckpt, tmp_path, run_cli):
     ckpt = tiny_ckpt
     data = [
-        "--root",
+        "--data.root",
         str(tiny_synthetic),
         "--clip-len",
         "4",
@@ -354,6 +354,13 @@ def test_probe_and_retrieve_end_to_end(tiny_synthetic, tiny_ckpt, tmp_path, run_
     accs = [*record["results"]["linear"].values(), record["results"]["knn"]]
     assert all(a in np.arange(5) / 4 for a in accs)  # 4 test videos
 
+    # A task's whole fit config gives the dataset: its other keys are read and left unused.
+    fit_config = tmp_path / "fit.yaml"
+    fit_config.write_text(
+        "trainer: {max_epochs: 1}\n"
+        "model: {class_path: vssl.tasks.Supervised, init_args: {backbone: tiny3d}}\n"
+        f"data: {{init_args: {{root: {tiny_synthetic}, batch_size: 2}}}}\n"
+    )
     out = run_cli(
         [
             "retrieve",
@@ -361,7 +368,9 @@ def test_probe_and_retrieve_end_to_end(tiny_synthetic, tiny_ckpt, tmp_path, run_
             "tiny3d",
             "--backbone-kwargs",
             '{"width": 4}',
-            *data,
+            "--config",
+            str(fit_config),
+            *data[2:],
             "--ks",
             "1",
             "5",
@@ -375,6 +384,7 @@ def test_probe_and_retrieve_end_to_end(tiny_synthetic, tiny_ckpt, tmp_path, run_
     record = json.loads((tmp_path / "r.json").read_text())
     assert record["num_gallery"] == 12 and record["num_queries"] == 4
     assert record["query_features"]["backbone"] == "tiny3d"
+    assert record["query_features"]["root"] == str(tiny_synthetic)
     assert record["results"]["R@50"] == 1.0  # the whole gallery holds every class
     assert 0.0 <= record["results"]["R@1"] <= record["results"]["R@5"] <= 1.0
 
@@ -385,7 +395,7 @@ def test_finetune_end_to_end(tiny_synthetic, tiny_ckpt, tmp_path, run_cli):
             "finetune",
             "--ckpt",
             str(tiny_ckpt),
-            "--root",
+            "--data.init_args.root",
             str(tiny_synthetic),
             "--clip-len",
             "4",

@@ -3,7 +3,6 @@ from the checkpoint's training data unless given; finetune's run folder; progres
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -11,14 +10,16 @@ import pytest
 import torch
 
 from vssl.callbacks import PACKAGES, package_versions
+from vssl.commands import finetune, probe, retrieve
+from vssl.commands.common import clip_settings, data_block, parse
+from vssl.commands.finetune import main as finetune_main
+from vssl.commands.probe import main as probe_main
 from vssl.eval import FeatureSettings, extract_features
-from vssl.eval.commands import apply_data_settings, probe_main
 from vssl.eval.features import (
     checkpoint_data_settings,
     describe_data_settings,
     resolve_data_settings,
 )
-from vssl.eval.finetune import finetune_main
 
 DATA_KEYS = ("clip_len", "stride", "crop_size", "decode_size", "flip")
 
@@ -36,7 +37,7 @@ def _probe(ckpt: Path, root: Path, tmp_path: Path, *options: str) -> dict:
     argv = [
         "--ckpt",
         str(ckpt),
-        "--root",
+        "--data.root",
         str(root),
         "--clips",
         "1",
@@ -144,27 +145,59 @@ def test_settings_missing_from_the_checkpoint_take_the_defaults(flip_ckpt, tmp_p
     )
 
 
-def test_random_init_keeps_each_commands_defaults(capsys):
-    args = argparse.Namespace(ckpt=None, trust_checkpoint=False, decode_size=None)
-    sources = apply_data_settings("vssl finetune", args, flip=True)
-    assert (args.clip_len, args.stride, args.crop_size, args.decode_size, args.flip) == (
-        16,
-        1,
-        112,
-        None,
-        True,
-    )
+def _clip_settings(command, argv: list[str], flip: bool | None) -> tuple[dict, dict]:
+    """A command's clip settings as its ``main`` resolves them from ``argv``."""
+    args, given = parse(command.build_parser(), argv)
+    _, data_given = data_block(args, given)
+    return clip_settings(command.PROG, args, given, data_given, flip=flip)
+
+
+def test_random_init_keeps_each_commands_defaults(capsys, tmp_path):
+    argv = ["--backbone", "tiny3d", "--data.root", str(tmp_path)]
+    values, sources = _clip_settings(finetune, [*argv, "--decode-size", "none"], flip=True)
+    assert values == {
+        "clip_len": 16,
+        "stride": 1,
+        "crop_size": 112,
+        "decode_size": None,
+        "flip": True,
+    }
     assert sources["decode_size"] == "the command line"
     assert capsys.readouterr().out == (
         "vssl finetune: clips 16x1, crop 112, decode full size, flip on (clip length, stride, "
         "crop, flip from the defaults: random init, no checkpoint; decode from the command line)\n"
     )
-    args = argparse.Namespace(ckpt=None, trust_checkpoint=False)
-    apply_data_settings("vssl retrieve", args, flip=None)
-    assert not hasattr(args, "flip")
+    values, _ = _clip_settings(retrieve, argv, flip=None)
+    assert "flip" not in values
     assert capsys.readouterr().out == (
         "vssl retrieve: clips 16x1, crop 112, decode 128 "
         "(from the defaults: random init, no checkpoint)\n"
+    )
+
+
+def test_a_data_blocks_clip_settings_come_before_the_checkpoints(flip_ckpt, tmp_path, capsys):
+    # A fit config's data block (as a task's config gives it) sets the clip length and the
+    # flip; the command line sets the crop; the rest is the checkpoint's.
+    config = tmp_path / "fit.yaml"
+    config.write_text(
+        "trainer: {max_epochs: 3}\n"
+        "model: {class_path: vssl.tasks.Supervised, init_args: {backbone: tiny3d}}\n"
+        f"data: {{init_args: {{root: {tmp_path}, clip_len: 8, flip: false, batch_size: 2}}}}\n"
+    )
+    argv = ["--ckpt", str(flip_ckpt), "--config", str(config), "--crop-size", "16"]
+    values, sources = _clip_settings(probe, argv, flip=False)
+    assert values == {"clip_len": 8, "stride": 2, "crop_size": 16, "decode_size": 32, "flip": False}
+    assert sources == {
+        "clip_len": "the data block (data.init_args)",
+        "stride": "the checkpoint's data settings",
+        "crop_size": "the command line",
+        "decode_size": "the checkpoint's data settings",
+        "flip": "the data block (data.init_args)",
+    }
+    assert capsys.readouterr().out == (
+        "vssl probe: clips 8x2, crop 16, decode 32, flip off (clip length, flip from the data "
+        "block (data.init_args); stride, decode from the checkpoint's data settings; crop from "
+        "the command line)\n"
     )
 
 
@@ -172,7 +205,7 @@ def test_finetune_writes_a_new_version_folder_each_run(flip_ckpt, tiny_synthetic
     argv = [
         "--ckpt",
         str(flip_ckpt),
-        "--root",
+        "--data.root",
         str(tiny_synthetic),
         "--epochs",
         "1",

@@ -285,12 +285,35 @@ class Grid:
         return out
 
 
+#: Keys of an evaluation dataset that go to the evaluation's data block (``--data.init_args.KEY``,
+#: as in a fit config); the other keys are the protocol's own options.
+DATA_BLOCK_KEYS = (
+    "root",
+    "layout",
+    "fold",
+    "annotations",
+    "train_split",
+    "val_split",
+    "test_split",
+    "backend",
+    "index_mode",
+    "decode_timeout",
+    "max_decode_failures",
+)
+
+
 def _options(options: dict[str, Any]) -> list[str]:
-    """``{"clip_len": 16, "flip": False}`` as ``--clip-len 16 --no-flip``."""
+    """``{"root": "data/x", "clip_len": 16, "flip": False}`` as ``--data.init_args.root data/x
+    --clip-len 16 --no-flip``."""
     args = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
+        if key in DATA_BLOCK_KEYS:
+            args += [
+                f"--data.init_args.{key}",
+                value if isinstance(value, str) else json.dumps(value),
+            ]
+        elif isinstance(value, bool):
             args.append(flag if value else "--no-" + key.replace("_", "-"))
         elif isinstance(value, (list, tuple)):
             args += [flag, *map(str, value)]

@@ -55,15 +55,16 @@ EXTRA_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
         "draw what a pretext task gives the network (show TASK VIDEO --out FILE.png)",
     ),
     "probe": (
-        _lazy("vssl.eval.commands", "probe_main"),
-        "linear probe (100/10/1% labels) and kNN on frozen features (probe --ckpt CKPT --root DIR)",
+        _lazy("vssl.commands.probe", "main"),
+        "linear probe (100/10/1% labels) and kNN on frozen features "
+        "(probe --ckpt CKPT --config configs/data/NAME.yaml)",
     ),
     "retrieve": (
-        _lazy("vssl.eval.commands", "retrieve_main"),
-        "video retrieval R@k: test videos query training videos (retrieve --ckpt CKPT --root DIR)",
+        _lazy("vssl.commands.retrieve", "main"),
+        "video retrieval R@k: test videos query training videos (retrieve --ckpt CKPT --data.root DIR)",
     ),
     "finetune": (
-        _lazy("vssl.eval.finetune", "finetune_main"),
+        _lazy("vssl.commands.finetune", "main"),
         "train a checkpoint's backbone end to end on labels; clip and video top-1 (finetune --ckpt)",
     ),
     "prepare": (

@@ -1,4 +1,5 @@
-"""Downstream evaluation: feature extraction, linear probe, kNN, retrieval, and their commands."""
+"""Downstream evaluation: feature extraction, linear probe, kNN, retrieval and fine-tuning (their
+command-line front-ends are in `vssl.commands`)."""
 
 from vssl.eval.attentive import AttentiveClassifier, attentive_probe, extract_tokens
 from vssl.eval.classifiers import (

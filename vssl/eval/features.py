@@ -53,6 +53,9 @@ class FeatureSettings:
     With ``random_views`` = K > 0 (training features for a probe), each video gives K randomly
     placed clips, each with its own random resized crop (area ``crop_scale``, flipped when
     ``flip``), kept apart rather than averaged; ``clips`` and ``crops`` are then unused.
+    ``data_options``: other `VideoDataModule` arguments that change what is decoded (``backend``,
+    ``index_mode``, ``decode_timeout``, ``max_decode_failures``), only where they differ from
+    its defaults.
     """
 
     root: str
@@ -75,6 +78,7 @@ class FeatureSettings:
     flip: bool = False
     corruption: str | None = None
     severity: int | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.corruption is not None:
@@ -100,6 +104,8 @@ class FeatureSettings:
         record = asdict(self)
         if self.corruption is None:  # the keys of features cached before corruptions existed
             del record["corruption"], record["severity"]
+        if not self.data_options:  # nor those cached before data options existed
+            del record["data_options"]
         if self.ckpt is not None:
             path = Path(self.ckpt)
             record["ckpt"] = str(path.resolve())
@@ -175,6 +181,7 @@ _LABELS = {
     "flip": "flip",
 }
 FROM_COMMAND_LINE = "the command line"
+FROM_DATA_BLOCK = "the data block (data.init_args)"
 FROM_CHECKPOINT = "the checkpoint's data settings"
 FROM_DEFAULTS_NO_DATA = "the defaults: the checkpoint records no data settings"
 FROM_DEFAULTS_RANDOM_INIT = "the defaults: random init, no checkpoint"
@@ -186,9 +193,12 @@ def resolve_data_settings(
     ckpt: str | Path | None,
     defaults: dict[str, Any],
     trust: bool = False,
+    data_given: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Each data setting of ``defaults`` from the command line (``given``), else the
-    checkpoint's training data, else ``defaults``; returns the values and where each came from.
+    """Each data setting of ``defaults`` from the command line (``given``), else the data block
+    of a config (``data_given``: the ``data.init_args`` set in a config file or on the command
+    line, such as a fit config's clip length), else the checkpoint's training data, else
+    ``defaults``; returns the values and where each came from.
 
     An evaluation at another clip length, crop or decode size than the network was trained at
     measures the mismatch as much as the features, and flipping swaps direction-dependent
@@ -203,6 +213,8 @@ def resolve_data_settings(
     for key, default in defaults.items():
         if key in given:
             values[key], sources[key] = given[key], FROM_COMMAND_LINE
+        elif data_given and key in data_given:
+            values[key], sources[key] = data_given[key], FROM_DATA_BLOCK
         elif stored is not None and key in stored:
             values[key], sources[key] = stored[key], FROM_CHECKPOINT
         elif stored is not None:
@@ -349,6 +361,7 @@ def _datamodule(settings: FeatureSettings, index_cache: str | None) -> VideoData
         crop_size=settings.crop_size,
         decode_size=settings.decode_size,
         cache_dir=index_cache,
+        **settings.data_options,
     )
 
 
@@ -378,18 +391,19 @@ def extract_features(
             if stored.get("settings") == asdict(settings):
                 return Features(**stored)
     dm = _datamodule(settings, None if cache_dir is None else str(cache_dir))
-    dataset = dm.build_dataset("train")
+    sampler: ClipSampler
     if settings.random_views:
-        dataset.sampler = RandomClips(settings.clip_len, settings.stride, settings.random_views)
-        dataset.transform = ViewTransform(
+        sampler = RandomClips(settings.clip_len, settings.stride, settings.random_views)
+        transform: Any = ViewTransform(
             train_clip_transform(settings.crop_size, scale=settings.crop_scale, flip=settings.flip)
         )
     else:
-        dataset.sampler = UniformClips(settings.clip_len, settings.stride, num_clips=settings.clips)
-        dataset.transform = MultiCrop(settings.crop_size, settings.crops)
+        sampler = UniformClips(settings.clip_len, settings.stride, num_clips=settings.clips)
+        transform = MultiCrop(settings.crop_size, settings.crops)
     if settings.corruption is not None:
         corruption = Corruption(settings.corruption, settings.severity, seed=settings.seed)
-        dataset.transform = Corrupted(dataset.transform, corruption)
+        transform = Corrupted(transform, corruption)
+    dataset = dm.build_dataset("train", sampler=sampler, transform=transform)
     model = (model or build_model(settings)).to(device).eval()
     feats, labels = [], []
     with torch.random.fork_rng():

@@ -1,0 +1,265 @@
+"""``python -m vssl probe``: a linear probe (all, 10% and 1% of the training labels) and kNN on
+frozen features.
+
+Features of the data block's training and test splits are extracted (cached, see
+`vssl.eval.features`); the table is printed and, with ``--out``, written as JSON with every
+setting that produced it. Clip length, stride, crop, decode size and flip default to the
+checkpoint's training settings (see `vssl.commands.common.clip_settings`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from jsonargparse import ArgumentParser, Namespace
+
+from vssl.commands.common import (
+    add_clip_options,
+    add_corruption_options,
+    add_model_options,
+    add_output_option,
+    clip_settings,
+    command_parser,
+    data_block,
+    decode_options,
+    model_choice,
+    parse,
+    print_and_write,
+    splits,
+)
+from vssl.data.index import default_cache_dir
+from vssl.eval.classifiers import (
+    knn_accuracy,
+    label_fraction_indices,
+    probe_accuracy,
+    train_linear_probe,
+)
+from vssl.eval.features import Features, FeatureSettings, build_model, extract_features
+
+PROG = "vssl probe"
+
+
+def add_feature_options(parser: ArgumentParser, clips: int, crops: int) -> None:
+    """The test views and the feature extraction's resources (probe and retrieve)."""
+    parser.add_argument("--clips", type=int, default=clips, help="evenly spaced clips per video")
+    parser.add_argument("--crops", type=Literal[1, 3], default=crops, help="spatial crops per clip")
+    parser.add_argument("--batch-size", type=int, default=4, help="videos per forward pass")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--device", type=str, default="cpu", help="torch device of the extraction")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random init and of the probe")
+    parser.add_argument(
+        "--cache-dir",
+        type=str,
+        default=str(default_cache_dir() / "features"),
+        help="where features are cached ('none': no cache)",
+    )
+
+
+def build_parser() -> ArgumentParser:
+    """``vssl probe``'s options."""
+    parser = command_parser(
+        PROG,
+        "Linear probe (all, 10% and 1% of the labels) and kNN on frozen "
+        "features of the data block's training and test splits.",
+    )
+    add_model_options(parser)
+    add_clip_options(parser, flip=False)
+    add_feature_options(parser, clips=10, crops=3)
+    parser.add_argument(
+        "--train-views",
+        type=int,
+        default=5,
+        help="random clips with random resized crops per training video, each a training "
+        "sample (0: use --train-clips x --train-crops, averaged)",
+    )
+    parser.add_argument(
+        "--crop-scale",
+        type=float,
+        nargs=2,
+        default=[0.2, 1.0],
+        help="area range of the training views' random resized crops",
+    )
+    parser.add_argument("--train-clips", type=int, default=1, help="with --train-views 0")
+    parser.add_argument("--train-crops", type=Literal[1, 3], default=1, help="with --train-views 0")
+    parser.add_argument("--steps", type=int, default=300, help="optimisation steps of the probe")
+    parser.add_argument("--lr", type=float, default=0.1, help="learning rate of the probe")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="weight decay of the probe")
+    parser.add_argument(
+        "--probe-batch-size", type=int | None, default=None, help="null: full batch"
+    )
+    parser.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        default=[1.0, 0.1, 0.01],
+        help="fractions of the training labels (per-class stratified)",
+    )
+    parser.add_argument("--knn-k", type=int, default=20, help="neighbours that vote in the kNN")
+    parser.add_argument(
+        "--knn-temperature",
+        type=float,
+        default=0.07,
+        help="temperature of the kNN's vote weights exp(similarity / T)",
+    )
+    add_corruption_options(parser)
+    add_output_option(parser)
+    return parser
+
+
+def feature_settings(
+    args: Namespace,
+    data: dict[str, Any],
+    clip: dict[str, Any],
+    split: str,
+    clips: int,
+    crops: int,
+    random_views: int = 0,
+    corrupted: bool = False,
+) -> FeatureSettings:
+    """The `FeatureSettings` of one split from a command's options, its data block and its
+    resolved clip settings."""
+    return FeatureSettings(
+        root=str(data["root"]),
+        split=split,
+        layout=data["layout"],
+        fold=data["fold"],
+        annotations=data["annotations"],
+        ckpt=args.ckpt,
+        backbone=args.backbone,
+        backbone_kwargs=args.backbone_kwargs if args.backbone else {},
+        clips=clips,
+        crops=crops,
+        clip_len=clip["clip_len"],
+        stride=clip["stride"],
+        crop_size=clip["crop_size"],
+        decode_size=clip["decode_size"],
+        seed=args.seed,
+        random_views=random_views,
+        crop_scale=tuple(args.get("crop_scale") or (0.2, 1.0)),
+        flip=clip.get("flip", False),
+        corruption=args.corruption if corrupted else None,
+        severity=args.severity if corrupted and args.corruption else None,
+        data_options=decode_options(data),
+    )
+
+
+def train_and_test_features(
+    args: Namespace,
+    data: dict[str, Any],
+    clip: dict[str, Any],
+    train: tuple[int, int],
+    test: tuple[int, int],
+    train_views: int = 0,
+) -> tuple[Features, Features]:
+    """Features of the data block's training split (``train``: clips, crops) and test split
+    (``test``; corrupted when ``--corruption`` is given)."""
+    train_split, test_split = splits(data)
+    train_s = feature_settings(args, data, clip, train_split, *train, random_views=train_views)
+    test_s = feature_settings(args, data, clip, test_split, *test, corrupted=True)
+    if test_s.corruption is not None:
+        print(
+            f"test clips ({test_split}) with {test_s.corruption} noise at severity "
+            f"{test_s.severity}; training clips clean",
+            flush=True,
+        )
+    model = build_model(train_s, trust=args.trust_checkpoint)
+    cache = None if str(args.cache_dir).lower() == "none" else args.cache_dir
+    opts = {
+        "model": model,
+        "batch_size": args.batch_size,
+        "num_workers": args.workers,
+        "cache_dir": cache,
+        "device": args.device,
+    }
+    return extract_features(train_s, **opts), extract_features(test_s, **opts)
+
+
+def linear_results(
+    args: Namespace, train: Features, test: Features, views: int
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The classifier on the frozen features at each label fraction: accuracies, videos used
+    and the table's rows. Another classifier on the same features goes next to this one."""
+    num_classes = len(train.classes)
+    train_x = train.feats.reshape(len(train.paths), views, -1)
+    accuracies, videos, rows = {}, {}, []
+    for fraction in args.fractions:
+        idx = label_fraction_indices(train.labels, fraction, seed=args.seed)
+        probe = train_linear_probe(
+            train_x[idx].flatten(0, 1),
+            train.labels[idx].repeat_interleave(views),
+            num_classes,
+            steps=args.steps,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            batch_size=args.probe_batch_size,
+            seed=args.seed,
+        )
+        acc = probe_accuracy(probe, test.feats, test.labels)
+        accuracies[str(fraction)], videos[str(fraction)] = acc, int(idx.numel())
+        rows.append(
+            (f"linear top-1 ({fraction:.0%} labels, {idx.numel()} videos)", f"{100 * acc:.2f}")
+        )
+    return {"linear": accuracies, "train_videos": videos}, rows
+
+
+def main(argv: list[str]) -> int:
+    """Runs ``vssl probe ARGV``; 0 when done."""
+    args, given = parse(build_parser(), argv)
+    name = model_choice(args)
+    data, data_given = data_block(args, given)
+    clip, sources = clip_settings(PROG, args, given, data_given, flip=False)
+    train, test = train_and_test_features(
+        args,
+        data,
+        clip,
+        (args.train_clips, args.train_crops),
+        (args.clips, args.crops),
+        train_views=args.train_views,
+    )
+    views = max(1, args.train_views)
+    results, rows = linear_results(args, train, test, views)
+    knn = knn_accuracy(
+        train.feats.reshape(len(train.paths) * views, -1),
+        train.labels.repeat_interleave(views),
+        test.feats,
+        test.labels,
+        len(train.classes),
+        k=args.knn_k,
+        temperature=args.knn_temperature,
+    )
+    results["knn"] = knn
+    rows.append((f"kNN top-1 (k={args.knn_k}, T={args.knn_temperature:g})", f"{100 * knn:.2f}"))
+    probe_keys = (
+        "train_views",
+        "steps",
+        "lr",
+        "weight_decay",
+        "probe_batch_size",
+        "fractions",
+        "knn_k",
+        "knn_temperature",
+        "seed",
+    )
+    record = {
+        "protocol": "probe",
+        "train_features": train.settings,
+        "test_features": test.settings,
+        "probe": {k: args[k] for k in probe_keys},
+        "data_settings_from": sources,
+        "classes": train.classes,
+        "num_train": len(train.paths),
+        "num_test": len(test.paths),
+        "results": results,
+    }
+    print_and_write("linear probe and kNN", name, rows, record, args.out)
+    return 0
+
+
+__all__ = [
+    "add_feature_options",
+    "build_parser",
+    "feature_settings",
+    "linear_results",
+    "main",
+    "train_and_test_features",
+]
