@@ -153,6 +153,28 @@ def test_refuses_to_overwrite_without_flag(tmp_path: Path, capsys: pytest.Captur
     assert torch.equal(state["trunk.0.weight"], task.backbone.state_dict()["trunk.0.weight"])
 
 
+def test_export_reads_its_options_from_a_config_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from vssl.cli import main as vssl_main
+
+    task = Supervised(backbone="tiny3d", backbone_kwargs={"width": 4}, num_classes=2)
+    ckpt = _checkpoint_of(task, tmp_path / "task.ckpt")
+    out = tmp_path / "w.pt"
+    config = tmp_path / "export.yaml"
+    config.write_text(f"checkpoint: {ckpt}\nout: {out}\noverwrite: true\n")
+    assert vssl_main(["export", "--config", str(config)]) == 0
+    assert vssl_main(["export", "--config", str(config)]) == 0  # the file's overwrite: true
+    assert f"written to\n  {out}\n" in capsys.readouterr().out
+    assert vssl_main(["export", "--config", str(config), "--no-overwrite"]) == 2
+    assert "already exist(s); pass --overwrite" in capsys.readouterr().err
+    config.write_text(f"checkpoint: {ckpt}\nout: {out}\nformats: hf\n")
+    assert vssl_main(["export", "--config", str(config)]) == 2
+    assert capsys.readouterr().err == (
+        f"vssl export: error: {config}, line 3: formats: no such option; did you mean 'format'?\n"
+    )
+
+
 def test_not_a_torchvision_architecture_and_bad_files(tmp_path: Path) -> None:
     task = Supervised(backbone="tiny3d", backbone_kwargs={"width": 4}, num_classes=2)
     ckpt = _checkpoint_of(task, tmp_path / "task.ckpt")

@@ -95,8 +95,10 @@ def test_show_errors_name_the_file(tmp_path, capsys):
         main(["statistics", str(video), "--out", str(out), "--clip-len", "2", "--size", "20"]) == 2
     )
     assert f"{video}: " in capsys.readouterr().err and not out.exists()
-    with pytest.raises(SystemExit):
-        main(["statistics", str(video)])  # --out is required
+    assert main(["statistics", str(video)]) == 2  # --out is required
+    assert capsys.readouterr().err == (
+        "vssl show: error: the following arguments are required: out\n"
+    )
 
 
 TASK_NAMES = ("rspnet", "cvrl", "videomae", "clip_order", "rotation", "playback_rate")
@@ -106,6 +108,21 @@ TASK_NAMES = ("rspnet", "cvrl", "videomae", "clip_order", "rotation", "playback_
 def video(tmp_path_factory) -> Path:
     clip = render_clip("rotate_cw", clip_rng(0, "rotate_cw", 0), frames=40, size=40)
     return write_video(tmp_path_factory.mktemp("show") / "clip.mp4", clip.frames)
+
+
+def test_show_reads_its_options_from_a_config_file(video, tmp_path, capsys):
+    out, given = tmp_path / "file.png", tmp_path / "given.png"
+    config = tmp_path / "show.yaml"
+    config.write_text(f"video: {video}\nout: {out}\ndpi: 40\nseed: 3\n")
+    # the command line's --out comes after the file's
+    assert main(["rotation", "--config", str(config), "--out", str(given)]) == 0
+    assert f"wrote {given}" in capsys.readouterr().out
+    assert given.is_file() and not out.exists()
+    config.write_text("video: x.mp4\nout: x.png\nseeds: 3\n")
+    assert main(["rotation", "--config", str(config)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"vssl show: error: {config}, line 3: seeds: no such option; did you mean 'seed'?"
+    )
 
 
 @pytest.mark.parametrize("task", TASK_NAMES)

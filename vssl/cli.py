@@ -72,7 +72,7 @@ EXTRA_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
         "transcode a dataset tree for fast random access (prepare SRC DST --short-side 128)",
     ),
     "export": (
-        _lazy("vssl.export", "main"),
+        _lazy("vssl.commands.export", "main"),
         "write a checkpoint's backbone weights alone (export CKPT --out FILE.safetensors)",
     ),
     "bench": (

@@ -26,7 +26,6 @@ tubelets. Every frame is titled with its frame number in the video.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from jsonargparse import Namespace
 from matplotlib.animation import FuncAnimation, PillowWriter
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -45,7 +45,7 @@ from matplotlib.patches import Rectangle
 from torch import Tensor
 
 from vssl.data.dataset import VideoDataset
-from vssl.data.flow import FLOW_METHODS, compute_flow, flow_to_rgb
+from vssl.data.flow import compute_flow, flow_to_rgb
 from vssl.data.index import probe_video
 from vssl.data.layouts import VideoItem
 from vssl.data.reader import VideoDecodeError, VideoReader
@@ -272,7 +272,7 @@ def statistics_figure(
     return fig
 
 
-def _statistics(args: argparse.Namespace) -> int:
+def _statistics(args: Namespace) -> int:
     frames = read_clip(args.video, args.start, args.clip_len + 1, args.decode_size, args.size)
     end = args.start + args.clip_len
     title = (
@@ -720,7 +720,7 @@ def task_figure(s: TaskSample) -> tuple[Figure, str]:
     return _FIGURES[s.name](s)
 
 
-def _task(args: argparse.Namespace) -> int:
+def _task(args: Namespace) -> int:
     s = sample_task(
         args.what,
         args.video,
@@ -739,63 +739,20 @@ def _task(args: argparse.Namespace) -> int:
     return 0
 
 
-def _video_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("video", metavar="VIDEO", help="a video file")
-    parser.add_argument("--out", required=True, metavar="FILE.png", help="where to write the image")
-    parser.add_argument("--dpi", type=int, default=100, help="pixels per inch of the PNG (100)")
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m vssl show``; returns the exit status."""
+    """Entry point of ``python -m vssl show``; returns the exit status. The options are
+    `vssl.commands.show`'s (jsonargparse: ``--config FILE`` too)."""
+    from vssl.commands.show import parse_show
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-") and argv[0] not in TASKS:
         print(f"error: unknown task {argv[0]!r}; tasks: {', '.join(TASKS)}", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(
-        prog="python -m vssl show",
-        description="Draw what a pretext task gives the network for a clip of VIDEO.",
-    )
-    sub = parser.add_subparsers(dest="what", required=True, metavar="TASK")
-    stats = sub.add_parser(
-        "statistics",
-        help="motion and appearance statistics (MAS / STS) of one clip",
-        description="Draw the motion and appearance statistics labels of one clip of VIDEO.",
-    )
-    _video_arguments(stats)
-    stats.add_argument("--start", type=int, default=0, help="first frame of the clip (default 0)")
-    stats.add_argument("--clip-len", type=int, default=16, help="frames the network sees (16)")
-    stats.add_argument("--size", type=int, default=112, help="crop side, divisible by 8 (112)")
-    stats.add_argument(
-        "--decode-size", type=int, default=128, help="short side after decoding (128)"
-    )
-    stats.add_argument("--flow", choices=FLOW_METHODS, default="dis", help="optical flow method")
-    for name in TASK_DEFAULTS:
-        task = sub.add_parser(
-            name,
-            help=_TASK_HELP[name],
-            description=(
-                f"Draw one {name} sample of VIDEO made by the task's own sampler, worker "
-                f"transform and batch augmentation, with configs/{name}/synthetic_tiny.yaml's "
-                "settings (tiny backbone, no weights), or with --ckpt a checkpoint's task and data "
-                "settings."
-            ),
-        )
-        _video_arguments(task)
-        task.add_argument("--seed", type=int, default=0, help="data and augmentation seed (0)")
-        task.add_argument(
-            "--stage", choices=("train", "val"), default="train", help="sampler stage (train)"
-        )
-        task.add_argument("--clip-len", type=int, default=None, help="frames per clip (config's)")
-        task.add_argument("--size", type=int, default=None, help="crop side (config's)")
-        task.add_argument("--decode-size", type=int, default=None, help="short side (config's)")
-        task.add_argument(
-            "--animate", metavar="FILE.gif", default=None, help="also write the clips as a GIF"
-        )
-        task.add_argument(
-            "--ckpt", default=None, metavar="CKPT", help="weights from a checkpoint of the task"
-        )
-        task.add_argument("--fps", type=float, default=4.0, help="frames per second of the GIF (4)")
-    args = parser.parse_args(argv)
+    try:
+        args = parse_show(argv)
+    except UserError as err:
+        print(f"vssl show: error: {err}", file=sys.stderr)
+        return 2
     try:
         return _statistics(args) if args.what == "statistics" else _task(args)
     except (VideoDecodeError, UserError, ValueError, OSError) as err:
