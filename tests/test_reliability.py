@@ -293,8 +293,9 @@ def test_nothing_usable_stops_with_one_clear_message(corpus, tmp_path):
 TASK_CONFIGS = {
     "Supervised": None,
     "CVRL": "configs/cvrl/synthetic_tiny.yaml",
-    "Distillation": None,  # needs a teacher checkpoint: tests/test_distillation.py, same seed
     "RSPNet": "configs/rspnet/synthetic_tiny.yaml",
+    # after RSPNet: its run in the same process is the teacher (see _task_config)
+    "Distillation": "configs/distillation/synthetic_tiny.yaml",
     "SpatioTemporalStatistics": "configs/statistics/synthetic_tiny.yaml",
     "ClipOrder": "configs/clip_order/synthetic_tiny.yaml",
     "Rotation": "configs/rotation/synthetic_tiny.yaml",
@@ -344,6 +345,8 @@ def _task_config(task: str, root: Path, cache: Path) -> dict:
         for init in (model, *(m.get("init_args", {}) for m in model.get("tasks", {}).values())):
             if "clip_len" in init:  # the statistics task's (or a mixture member's) clip length
                 init["clip_len"] = min(init["clip_len"], 8)
+        if task == "Distillation":  # the RSPNet run of the same process, trained before it
+            model["teachers"] = ["runs/RSPNet/version_0/checkpoints/last.ckpt"]
         data = cfg["data"]["init_args"]
         data.pop("synthetic", None)
         data.update(
