@@ -243,14 +243,15 @@ def vit_b_16(patch_size: int = 16, tubelet_frames: int = 2) -> VideoViT:
     return VideoViT(768, 12, 12, _tubelet(tubelet_frames, patch_size))
 
 
+@register(
+    "vit_l_16",
+    input_size=(16, 224),
+    source="vssl (VideoMAE)",
+    description="ViT-L video transformer (1024-d, 24 blocks, 16 heads) on 2x16x16 tubelets, "
+    "sinusoidal positions, about 303.9M parameters (VideoMAE, V-JEPA)",
+)
 def vit_l_16(patch_size: int = 16, tubelet_frames: int = 2) -> VideoViT:
-    """Build ViT-L/16 (1024-d, 24 blocks, 16 heads, about 303.9M parameters; VideoMAE's ViT-L)
-    with ``tubelet_frames`` x ``patch_size`` x ``patch_size`` tubelets.
-
-    Not in the registry yet: the registry's tests build every entry on the CPU, which takes
-    tens of seconds at this size; ``build("vit_tiny_8", dim=1024, depth=24, heads=16,
-    patch_size=16)`` is the same network under a registered name.
-    """
+    """Build ViT-L/16 with ``tubelet_frames`` x ``patch_size`` x ``patch_size`` tubelets."""
     return VideoViT(1024, 24, 16, _tubelet(tubelet_frames, patch_size))
 
 

@@ -365,7 +365,7 @@ class VJEPA(VSSLTask):
 
     def __init__(
         self,
-        backbone: str = "vit_b_16",
+        backbone: str = "vit_l_16",
         predictor_dim: int = 384,
         predictor_depth: int = 12,
         predictor_heads: int | None = None,
@@ -404,7 +404,7 @@ class VJEPA(VSSLTask):
         )
         if not isinstance(self.backbone, VideoViT):
             raise ValueError(
-                f"VJEPA needs a video ViT from vssl.backbones.vit (vit_s_16, vit_b_16, "
+                f"VJEPA needs a video ViT from vssl.backbones.vit (vit_s_16, vit_b_16, vit_l_16, "
                 f"vit_tiny_8, ...), got backbone {backbone!r} ({type(self.backbone).__name__})"
             )
         self.mask_specs = specs
