@@ -108,6 +108,9 @@ class VSSLCLI(LightningCLI):
             if mistake is None:
                 raise
             raise mistake from err
+        # The task declares its views, the datamodule serves them: one explicit hand-over.
+        if isinstance(self.datamodule, VideoDataModule):
+            self.datamodule.attach(self.model)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer; ``validate``, ``test`` and ``predict`` log nowhere unless a logger is

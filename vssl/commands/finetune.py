@@ -112,7 +112,7 @@ def main(argv: list[str]) -> int:
         log_every_n_steps=1,
         callbacks=[RunFiles(settings), *([ProgressBar()] if progress else [])],
     )
-    trainer.fit(net, datamodule=dm)
+    trainer.fit(net, datamodule=dm.attach(net))
     if not trainer.is_global_zero:
         return 0
     results = multi_clip_accuracy(

@@ -1,10 +1,11 @@
 """`VideoDataModule`: a dataset layout on disk, indexed once, served with the task's own sampling.
 
 The datamodule knows where the videos are and how big clips are; the task (the LightningModule
-it is trained with) knows which views it needs from a video and how to transform them. In
-``setup`` the datamodule asks the attached task for its `ClipSampler` and per-clip transform
-(`VSSLTask.clip_sampler` / `VSSLTask.clip_transform`), so that a new task never needs its own
-dataset class. Without a task (used as a library), it serves one random clip per video.
+it is trained with) knows which views it needs from a video and how to transform them. The task
+declares them (`VSSLTask.clip_sampler` / `VSSLTask.clip_transform`) and the datamodule executes:
+``datamodule.attach(task)`` (done by the CLI) hands it the task, whose sampler and transform
+every dataset it builds then uses, so that a new task never needs its own dataset class. Without
+a task (used as a library), it serves one random clip per video.
 """
 
 from __future__ import annotations
@@ -186,6 +187,7 @@ class VideoDataModule(LightningDataModule):
         self.datasets: dict[str, VideoDataset] = {}
         self._classes: list[str] | None = None
         self._resume_at: tuple[int, int] | None = None
+        self._task: Any = None
 
     @property
     def classes(self) -> list[str]:
@@ -231,8 +233,26 @@ class VideoDataModule(LightningDataModule):
             if items:
                 self._index(items, progress=True)
 
+    def attach(self, task: Any) -> VideoDataModule:
+        """Serve ``task``'s views: its `ClipSampler` and per-clip transform
+        (``task.clip_sampler(stage, spec)`` / ``task.clip_transform(stage, spec)``, as
+        `VSSLTask` declares them) for every dataset built from now on; returns the datamodule.
+
+        The CLI calls it before fit, validate, test and predict. Without it, the task the
+        attached trainer runs is asked instead (a plain ``trainer.fit(task, datamodule=dm)``),
+        and without either, one random clip per video (`default_clip_sampler`).
+        """
+        if not (hasattr(task, "clip_sampler") and hasattr(task, "clip_transform")):
+            raise TypeError(
+                f"{type(task).__name__} declares no clip_sampler and clip_transform to attach"
+            )
+        self._task = task
+        return self
+
     def _task_pipeline(self, stage: str) -> tuple[ClipSampler, Callable]:
-        task = self.trainer.lightning_module if self.trainer is not None else None
+        task = self._task
+        if task is None and self.trainer is not None:
+            task = self.trainer.lightning_module
         if task is not None and hasattr(task, "clip_sampler"):
             return task.clip_sampler(stage, self.clip_spec), task.clip_transform(
                 stage, self.clip_spec
