@@ -100,6 +100,9 @@ def cpu_overrides(config: Path, root: Path, cache: Path) -> list[str]:
     if model["class_path"].endswith(("VideoMAE", "VJEPA")):  # these need a video ViT
         args["model.init_args.backbone"] = "vit_tiny_8"
         args["model.init_args.backbone_kwargs"] = "{dim: 32, depth: 1, heads: 2}"
+    if model["class_path"].endswith("AVID"):  # and a tiny audio network
+        args["model.init_args.audio_backbone"] = "audio_tiny"
+        args["model.init_args.audio_backbone_kwargs"] = "{width: 4}"
     if "tasks" in model_args:  # a task mixture: the same for its members
         tasks = {
             name: {**spec, "init_args": {**(spec.get("init_args") or {})}}
@@ -187,6 +190,15 @@ def _build_only(built: list) -> Any:
     return fit
 
 
+@pytest.fixture(scope="session")
+def tiny_synthetic_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_synthetic` with its sound track (make_synthetic(audio=True)), for AVID."""
+    from vssl.data.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp("data") / "synthetic_audio"
+    return make_synthetic(root, classes=4, videos_per_class=4, frames=16, size=32, audio=True)
+
+
 @pytest.mark.parametrize("config", RUN_CONFIGS, ids=_ids(RUN_CONFIGS))
 def test_run_config_trains_one_step(
     config: Path,
@@ -198,7 +210,10 @@ def test_run_config_trains_one_step(
 ) -> None:
     """One training step for each `STEP_GROUPS` group; the group's other configs are built."""
     monkeypatch.chdir(tmp_path)
-    overrides = cpu_overrides(config, tiny_synthetic, tmp_path / "cache")
+    root = tiny_synthetic
+    if _load(config)["model"]["class_path"].endswith("AVID"):  # videos with sound
+        root = request.getfixturevalue("tiny_synthetic_audio")
+    overrides = cpu_overrides(config, root, tmp_path / "cache")
     if _load(config)["model"]["class_path"].endswith("Distillation"):  # a real teacher file
         overrides.append(
             f"--model.init_args.teachers=[{request.getfixturevalue('fit_checkpoint')}]"

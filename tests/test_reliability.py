@@ -303,6 +303,9 @@ TASK_CONFIGS = {
     "VideoMAE": "configs/videomae/synthetic_tiny.yaml",
     "VJEPA": "configs/vjepa/synthetic_tiny.yaml",
     "TDL": "configs/tdl/synthetic_tiny.yaml",
+    "RhoBYOL": "configs/rho_byol/synthetic_tiny.yaml",
+    "RhoMoCo": "configs/rho_moco/synthetic_tiny.yaml",
+    "AVID": None,  # needs videos with sound, which this corpus has not: tests/test_avid.py
     "TaskMixture": "configs/mixtures/synthetic_tiny.yaml",
 }
 

@@ -1,6 +1,6 @@
 """Pretext tasks: LightningModules that share `VSSLTask`, one file per task."""
 
-from vssl.tasks.avid import AVID as AVID  # not in __all__ yet: see tests/test_reliability.py
+from vssl.tasks.avid import AVID
 from vssl.tasks.base import StepOutput, VSSLTask
 from vssl.tasks.clip_order import ClipOrder
 from vssl.tasks.cvrl import CVRL
@@ -18,6 +18,7 @@ from vssl.tasks.videomae import VideoMAE
 from vssl.tasks.vjepa import VJEPA
 
 __all__ = [
+    "AVID",
     "CVRL",
     "ClipOrder",
     "Distillation",
