@@ -621,7 +621,8 @@ def charts(summary: list[dict[str, Any]], grid: Grid) -> list[Path]:
                 )
         ax.set_xlabel("pretraining subset")
         ax.set_ylabel(f"{label} top-1 (%)")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         fig.tight_layout()
         written.append(_save(fig, grid.out / "subsets.png", plt))
     kinds = sorted({c.rpartition("-")[0] for c in grid.corruptions if c != "clean"})
@@ -654,7 +655,8 @@ def charts(summary: list[dict[str, Any]], grid: Grid) -> list[Path]:
                     )
         ax.set_xlabel("noise severity (0: clean)")
         ax.set_ylabel(f"{label} top-1 (%)")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         fig.tight_layout()
         written.append(_save(fig, grid.out / "corruptions.png", plt))
     return written
