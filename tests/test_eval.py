@@ -459,3 +459,48 @@ def test_multi_clip_accuracy_clip_and_video_top1(tmp_path, video_factory):
     # b (class 1, 80 frames): starts 0, 24, 49, 73 -> 2 of 4 right; p(0) = (1 + 0.88 + 0 + 0) / 4.
     acc = multi_clip_accuracy(model, dm, "test", clips=4)
     assert acc == {"clip_top1": 5 / 8, "video_top1": 1.0}
+
+
+def test_probe_with_the_attentive_head(tiny_synthetic, tiny_ckpt, tmp_path, run_cli):
+    """``--head attentive``: token features, V-JEPA's attentive probe per label fraction, its
+    settings in the JSON record, and no kNN (it needs pooled features)."""
+    out = run_cli(
+        [
+            "probe",
+            "--ckpt",
+            str(tiny_ckpt),
+            "--data.root",
+            str(tiny_synthetic),
+            "--clip-len",
+            "4",
+            "--crop-size",
+            "24",
+            "--decode-size",
+            "32",
+            "--clips",
+            "2",
+            "--crops",
+            "1",
+            "--train-views",
+            "2",
+            "--head",
+            "attentive",
+            "--attentive-epochs",
+            "2",
+            "--fractions",
+            "1.0",
+            "0.1",
+            "--cache-dir",
+            str(tmp_path / "feats"),
+            "--out",
+            "probe.json",
+        ],
+        tmp_path,
+    )
+    assert "attentive top-1 (100% labels, 12 videos)" in out and "kNN" not in out
+    record = json.loads((tmp_path / "probe.json").read_text())
+    assert record["probe"]["head"] == "attentive" and record["probe"]["attentive_epochs"] == 2
+    assert "knn" not in record["results"] and "steps" not in record["probe"]
+    assert record["results"]["train_videos"] == {"1.0": 12, "0.1": 4}
+    assert all(a in np.arange(5) / 4 for a in record["results"]["attentive"].values())
+    assert list((tmp_path / "feats").glob("tokens-*.pt"))  # token features, cached

@@ -1,5 +1,5 @@
 """``python -m vssl probe``: a linear probe (all, 10% and 1% of the training labels) and kNN on
-frozen features.
+frozen features, or with ``--head attentive`` V-JEPA's attentive probe on frozen tokens.
 
 Features of the data block's training and test splits are extracted (cached, see
 `vssl.eval.features`); the table is printed and, with ``--out``, written as JSON with every
@@ -28,6 +28,7 @@ from vssl.commands.common import (
     splits,
 )
 from vssl.data.index import default_cache_dir
+from vssl.eval.attentive import attentive_probe, extract_tokens
 from vssl.eval.classifiers import (
     knn_accuracy,
     label_fraction_indices,
@@ -101,6 +102,29 @@ def build_parser() -> ArgumentParser:
         default=0.07,
         help="temperature of the kNN's vote weights exp(similarity / T)",
     )
+    parser.add_argument(
+        "--head",
+        type=Literal["linear", "attentive"],
+        default="linear",
+        help="linear: a linear probe on pooled features, and kNN; attentive: a cross-attention "
+        "pooler with a learnt query over the frozen tokens, then a linear layer (V-JEPA's "
+        "frozen evaluation; test views' probabilities averaged; no kNN)",
+    )
+    parser.add_argument("--attentive-epochs", type=int, default=20, help="with --head attentive")
+    parser.add_argument("--attentive-lr", type=float, default=1e-3, help="with --head attentive")
+    parser.add_argument(
+        "--attentive-batch-size", type=int, default=32, help="with --head attentive"
+    )
+    parser.add_argument(
+        "--attentive-depth", type=int, default=1, help="attention blocks of the attentive pooler"
+    )
+    parser.add_argument(
+        "--attend-across-clips",
+        type=bool,
+        default=False,
+        help="with --head attentive: a crop's clips are one token sequence (V-JEPA's Kinetics "
+        "setting) instead of one sequence per clip",
+    )
     add_corruption_options(parser)
     add_output_option(parser)
     return parser
@@ -150,9 +174,11 @@ def train_and_test_features(
     train: tuple[int, int],
     test: tuple[int, int],
     train_views: int = 0,
+    tokens: bool = False,
 ) -> tuple[Features, Features]:
     """Features of the data block's training split (``train``: clips, crops) and test split
-    (``test``; corrupted when ``--corruption`` is given)."""
+    (``test``; corrupted when ``--corruption`` is given); every view's tokens with ``tokens``
+    (`vssl.eval.attentive.extract_tokens`), else pooled features averaged over the views."""
     train_split, test_split = splits(data)
     train_s = feature_settings(args, data, clip, train_split, *train, random_views=train_views)
     test_s = feature_settings(args, data, clip, test_split, *test, corrupted=True)
@@ -171,7 +197,8 @@ def train_and_test_features(
         "cache_dir": cache,
         "device": args.device,
     }
-    return extract_features(train_s, **opts), extract_features(test_s, **opts)
+    extract = extract_tokens if tokens else extract_features
+    return extract(train_s, **opts), extract(test_s, **opts)
 
 
 def linear_results(
@@ -208,6 +235,7 @@ def main(argv: list[str]) -> int:
     name = model_choice(args)
     data, data_given = data_block(args, given)
     clip, sources = clip_settings(PROG, args, given, data_given, flip=False)
+    attentive = args.head == "attentive"
     train, test = train_and_test_features(
         args,
         data,
@@ -215,30 +243,20 @@ def main(argv: list[str]) -> int:
         (args.train_clips, args.train_crops),
         (args.clips, args.crops),
         train_views=args.train_views,
+        tokens=attentive,
     )
-    views = max(1, args.train_views)
-    results, rows = linear_results(args, train, test, views)
-    knn = knn_accuracy(
-        train.feats.reshape(len(train.paths) * views, -1),
-        train.labels.repeat_interleave(views),
-        test.feats,
-        test.labels,
-        len(train.classes),
-        k=args.knn_k,
-        temperature=args.knn_temperature,
-    )
-    results["knn"] = knn
-    rows.append((f"kNN top-1 (k={args.knn_k}, T={args.knn_temperature:g})", f"{100 * knn:.2f}"))
+    if attentive:
+        results, rows = attentive_results(args, train, test)
+        title = "attentive probe"
+    else:
+        results, rows = linear_and_knn_results(args, train, test, max(1, args.train_views))
+        title = "linear probe and kNN"
     probe_keys = (
+        "head",
         "train_views",
-        "steps",
-        "lr",
-        "weight_decay",
-        "probe_batch_size",
         "fractions",
-        "knn_k",
-        "knn_temperature",
         "seed",
+        *(ATTENTIVE_KEYS if attentive else LINEAR_KEYS),
     )
     record = {
         "protocol": "probe",
@@ -251,14 +269,71 @@ def main(argv: list[str]) -> int:
         "num_test": len(test.paths),
         "results": results,
     }
-    print_and_write("linear probe and kNN", name, rows, record, args.out)
+    print_and_write(title, name, rows, record, args.out)
     return 0
+
+
+LINEAR_KEYS = ("steps", "lr", "weight_decay", "probe_batch_size", "knn_k", "knn_temperature")
+ATTENTIVE_KEYS = (
+    "attentive_epochs",
+    "attentive_lr",
+    "attentive_batch_size",
+    "attentive_depth",
+    "attend_across_clips",
+)
+
+
+def attentive_results(
+    args: Namespace, train: Features, test: Features
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The attentive probe at each label fraction on token features: results and table rows."""
+    results = attentive_probe(
+        train,
+        test,
+        fractions=args.fractions,
+        epochs=args.attentive_epochs,
+        batch_size=args.attentive_batch_size,
+        lr=args.attentive_lr,
+        depth=args.attentive_depth,
+        attend_across_clips=args.attend_across_clips,
+        seed=args.seed,
+        device=args.device,
+    )
+    rows = [
+        (
+            f"attentive top-1 ({float(f):.0%} labels, {results['train_videos'][f]} videos)",
+            f"{100 * acc:.2f}",
+        )
+        for f, acc in results["attentive"].items()
+    ]
+    return results, rows
+
+
+def linear_and_knn_results(
+    args: Namespace, train: Features, test: Features, views: int
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The linear probe at each label fraction and the kNN classifier: results and rows."""
+    results, rows = linear_results(args, train, test, views)
+    knn = knn_accuracy(
+        train.feats.reshape(len(train.paths) * views, -1),
+        train.labels.repeat_interleave(views),
+        test.feats,
+        test.labels,
+        len(train.classes),
+        k=args.knn_k,
+        temperature=args.knn_temperature,
+    )
+    results["knn"] = knn
+    rows.append((f"kNN top-1 (k={args.knn_k}, T={args.knn_temperature:g})", f"{100 * knn:.2f}"))
+    return results, rows
 
 
 __all__ = [
     "add_feature_options",
+    "attentive_results",
     "build_parser",
     "feature_settings",
+    "linear_and_knn_results",
     "linear_results",
     "main",
     "train_and_test_features",

@@ -119,6 +119,8 @@ class VideoDataModule(LightningDataModule):
         num_workers: DataLoader worker processes per training process (decoding runs there);
             None: the CPUs this process may use, shared by the processes of the node, at most 8
             (`default_num_workers`).
+        backend: the reader (`vssl.data.reader.BACKENDS`); ``auto`` reads MJPEG (what
+            ``vssl prepare`` writes) with libjpeg-turbo and every other codec with PyAV.
         index_mode: ``fast`` or ``full`` video probing when the index is built (see `VideoIndex`).
         cache_dir: where the video index is cached (default ``$VSSL_CACHE_DIR`` or ~/.cache/vssl).
         max_decode_failures: fraction of failed reads in a worker above which training stops.
@@ -152,7 +154,7 @@ class VideoDataModule(LightningDataModule):
         batch_size: int = 8,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
-        backend: str = "pyav",
+        backend: str = "auto",
         index_mode: str = "fast",
         cache_dir: str | None = None,
         max_decode_failures: float = 0.1,
