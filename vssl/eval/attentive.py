@@ -38,33 +38,17 @@ per view, so large encoders at full resolution need ``dtype=torch.float16`` or f
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import track
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from vssl.backbones.vit import Block, Mlp
-from vssl.data.corruptions import Corruption
-from vssl.data.datamodule import VideoDataModule
-from vssl.data.sampling import UniformClips
-from vssl.data.transforms import ViewTransform, train_clip_transform
 from vssl.eval.classifiers import label_fraction_indices
-from vssl.eval.features import (
-    Corrupted,
-    Features,
-    FeatureSettings,
-    MultiCrop,
-    RandomClips,
-    build_model,
-    show_progress,
-)
+from vssl.eval.features import Features, FeatureSettings, clip_tokens, extract_features
 from vssl.tasks.base import VSSLTask
 
 #: How the multi-view test combines the views of a video: V-JEPA's mean of probabilities, or
@@ -204,52 +188,6 @@ class AttentiveClassifier(nn.Module):
 
 
 # ------------------------------------------------------------------------------ token features
-def clip_tokens(model: VSSLTask, video: Tensor) -> Tensor:
-    """Frozen tokens ``(B, T' H' W', C)`` of clips: the backbone's unpooled map, flattened in
-    (t, h, w) raster order. uint8 ``(B, T, C, H, W)`` clips are normalised first by the task's
-    augmentation in eval mode, as `VSSLTask.extract_features` does."""
-    if video.dtype == torch.uint8:
-        was = model.augment.training
-        model.augment.eval()
-        try:
-            video = model.augment(video)
-        finally:
-            model.augment.train(was)
-    return model.backbone.forward_features(video).flatten(2).transpose(1, 2)
-
-
-def _token_dataset(settings: FeatureSettings, index_cache: str | None) -> tuple[Any, list[str]]:
-    """The videos of ``settings`` with the same clips and crops as `extract_features` takes."""
-    dm = VideoDataModule(
-        root=settings.root,
-        layout=settings.layout,
-        train_split=settings.split,
-        val_split=None,
-        fold=settings.fold,
-        annotations=settings.annotations,
-        clip_len=settings.clip_len,
-        stride=settings.stride,
-        crop_size=settings.crop_size,
-        decode_size=settings.decode_size,
-        cache_dir=index_cache,
-        **(getattr(settings, "data_options", None) or {}),
-    )
-    if settings.random_views:
-        sampler: Any = RandomClips(settings.clip_len, settings.stride, settings.random_views)
-        transform: Any = ViewTransform(
-            train_clip_transform(settings.crop_size, scale=settings.crop_scale, flip=settings.flip)
-        )
-    else:
-        sampler = UniformClips(settings.clip_len, settings.stride, num_clips=settings.clips)
-        transform = MultiCrop(settings.crop_size, settings.crops)
-    if settings.corruption is not None:
-        corruption = Corruption(settings.corruption, settings.severity, seed=settings.seed)
-        transform = Corrupted(transform, corruption)
-    dataset = dm.build_dataset("train", sampler=sampler, transform=transform)
-    return dataset, list(dm.classes)
-
-
-@torch.no_grad()
 def extract_tokens(
     settings: FeatureSettings,
     model: VSSLTask | None = None,
@@ -260,61 +198,26 @@ def extract_tokens(
     progress: bool | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Features:
-    """Token features of one split, every view kept: ``feats`` is ``(V, M, N, C)``.
+    """Token features of one split, every view kept: ``feats`` is ``(V, M, N, C)``
+    (`vssl.eval.features.extract_features` with ``tokens=True``).
 
-    The views are those `vssl.eval.features.extract_features` averages for the same settings
-    (the same seeded random views, or ``clips`` x ``crops`` with the crops of a clip next to each
-    other), so ``feats.mean(dim=2)`` of a CNN is its per-view pooled features. With
-    ``cache_dir``, a ``tokens-<key>.pt`` file of identical settings and ``dtype`` is reused and a
-    new result written there. ``dtype``: what the tokens are stored as (float16 halves the size).
+    The views are those `extract_features` averages for the same settings (the same seeded
+    random views, or ``clips`` x ``crops`` with the crops of a clip next to each other), so
+    ``feats.mean(dim=2)`` of a CNN is its per-view pooled features. With ``cache_dir``, a
+    ``tokens-<key>.pt`` file of identical settings and ``dtype`` is reused and a new result
+    written there. ``dtype``: what the tokens are stored as (float16 halves the size).
     """
-    cache_file = None
-    record = {**asdict(settings), "token_dtype": str(dtype)}
-    if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"tokens-{settings.key()}.pt"
-        if cache_file.is_file():
-            stored = torch.load(cache_file, map_location="cpu", weights_only=False)
-            if stored.get("record") == record:
-                return Features(**stored["features"])
-    dataset, classes = _token_dataset(settings, None if cache_dir is None else str(cache_dir))
-    model = (model or build_model(settings)).to(device).eval()
-    feats, labels = [], []
-    with torch.random.fork_rng():
-        torch.manual_seed(settings.seed)  # the random views' positions and crops
-        loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=num_workers,
-            generator=torch.Generator().manual_seed(settings.seed),
-        )
-        if progress is None:
-            progress = show_progress()
-        for batch in track(
-            loader,
-            f"tokens of {settings.split} ({len(dataset)} videos)",
-            total=len(loader),
-            disable=not progress,
-            console=Console(stderr=True),
-        ):
-            video = batch["video"].to(device)
-            b, v = video.shape[:2]
-            tokens = clip_tokens(model, video.reshape(b * v, *video.shape[2:]))
-            feats.append(tokens.reshape(b, v, *tokens.shape[1:]).to("cpu", dtype))
-            labels.append(batch["label"])
-    result = Features(
-        feats=torch.cat(feats),
-        labels=torch.cat(labels),
-        paths=dataset.table.paths(),
-        classes=classes,
-        settings=asdict(settings),
+    return extract_features(
+        settings,
+        model=model,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        cache_dir=cache_dir,
+        device=device,
+        progress=progress,
+        tokens=True,
+        dtype=dtype,
     )
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        torch.save({"record": record, "features": asdict(result)}, tmp)
-        tmp.replace(cache_file)
-    return result
 
 
 # ------------------------------------------------------------------------------ training, test

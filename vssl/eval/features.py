@@ -365,32 +365,11 @@ def _datamodule(settings: FeatureSettings, index_cache: str | None) -> VideoData
     )
 
 
-@torch.no_grad()
-def extract_features(
-    settings: FeatureSettings,
-    model: VSSLTask | None = None,
-    batch_size: int = 4,
-    num_workers: int = 0,
-    cache_dir: str | Path | None = None,
-    device: str | torch.device = "cpu",
-    progress: bool | None = None,
-) -> Features:
-    """Per-video features of one split: mean pooled features over ``clips`` x ``crops`` views.
-
-    With ``cache_dir``, a cached result of identical settings is returned without decoding,
-    and a new result is written there (the video index is cached there too). ``model``
-    overrides building one from ``settings`` (it must be what the settings name; it is not
-    part of the cache key beyond them). ``progress``: a progress bar per batch on stderr
-    (None: when stderr is a terminal).
-    """
-    cache_file = None
-    if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"features-{settings.key()}.pt"
-        if cache_file.is_file():
-            stored = torch.load(cache_file, map_location="cpu", weights_only=False)
-            if stored.get("settings") == asdict(settings):
-                return Features(**stored)
-    dm = _datamodule(settings, None if cache_dir is None else str(cache_dir))
+def feature_dataset(settings: FeatureSettings, index_cache: str | None) -> tuple[Any, list[str]]:
+    """The videos of one split with the views ``settings`` asks for (seeded random views, or
+    ``clips`` x ``crops`` with the crops of a clip next to each other; corrupted if asked) and
+    the class names."""
+    dm = _datamodule(settings, index_cache)
     sampler: ClipSampler
     if settings.random_views:
         sampler = RandomClips(settings.clip_len, settings.stride, settings.random_views)
@@ -403,7 +382,56 @@ def extract_features(
     if settings.corruption is not None:
         corruption = Corruption(settings.corruption, settings.severity, seed=settings.seed)
         transform = Corrupted(transform, corruption)
-    dataset = dm.build_dataset("train", sampler=sampler, transform=transform)
+    return dm.build_dataset("train", sampler=sampler, transform=transform), list(dm.classes)
+
+
+def clip_tokens(model: VSSLTask, video: Tensor) -> Tensor:
+    """Frozen tokens ``(B, T' H' W', C)`` of clips: the backbone's unpooled map, flattened in
+    (t, h, w) raster order (a ViT's tokens, a CNN's last map). uint8 ``(B, T, C, H, W)`` clips
+    are normalised first by the task's augmentation in eval mode, as
+    `VSSLTask.extract_features` does."""
+    if video.dtype == torch.uint8:
+        was = model.augment.training
+        model.augment.eval()
+        try:
+            video = model.augment(video)
+        finally:
+            model.augment.train(was)
+    return model.backbone.forward_features(video).flatten(2).transpose(1, 2)
+
+
+@torch.no_grad()
+def extract_features(
+    settings: FeatureSettings,
+    model: VSSLTask | None = None,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    cache_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+    tokens: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> Features:
+    """Per-video features of one split: mean pooled features over ``clips`` x ``crops`` views
+    (``(V, D)``; ``(V, K, D)`` with ``random_views``), or with ``tokens`` every view's tokens
+    (`clip_tokens`, ``(V, M, N, C)``, stored as ``dtype``: float16 halves the size).
+
+    With ``cache_dir``, a cached result of identical settings (and ``tokens``, ``dtype``) is
+    returned without decoding, and a new result is written there (the video index is cached
+    there too). ``model`` overrides building one from ``settings`` (it must be what the
+    settings name; it is not part of the cache key beyond them). ``progress``: a progress bar
+    per batch on stderr (None: when stderr is a terminal).
+    """
+    cache_file = None
+    record = asdict(settings) | ({"token_dtype": str(dtype)} if tokens else {})
+    if cache_dir is not None:
+        prefix = "tokens" if tokens else "features"
+        cache_file = Path(cache_dir) / f"{prefix}-{settings.key()}.pt"
+        if cache_file.is_file():
+            stored = torch.load(cache_file, map_location="cpu", weights_only=False)
+            if stored.get("record", stored.get("settings")) == record:
+                return Features(**stored.get("features", stored))
+    dataset, classes = feature_dataset(settings, None if cache_dir is None else str(cache_dir))
     model = (model or build_model(settings)).to(device).eval()
     feats, labels = [], []
     with torch.random.fork_rng():
@@ -417,29 +445,36 @@ def extract_features(
         )
         if progress is None:
             progress = show_progress()
-        description = f"features of {settings.split} ({len(dataset)} videos)"
+        description = f"{'tokens' if tokens else 'features'} of {settings.split}"
         for batch in track(
             loader,
-            description,
+            f"{description} ({len(dataset)} videos)",
             total=len(loader),
             disable=not progress,
             console=Console(stderr=True),
         ):
             video = batch["video"].to(device)
             b, v = video.shape[:2]
-            out = model.extract_features(video.reshape(b * v, *video.shape[2:])).reshape(b, v, -1)
-            feats.append((out if settings.random_views else out.mean(dim=1)).float().cpu())
+            clips = video.reshape(b * v, *video.shape[2:])
+            if tokens:
+                out = clip_tokens(model, clips)
+                feats.append(out.reshape(b, v, *out.shape[1:]).to("cpu", dtype))
+            else:
+                out = model.extract_features(clips).reshape(b, v, -1)
+                feats.append((out if settings.random_views else out.mean(dim=1)).float().cpu())
             labels.append(batch["label"])
     result = Features(
         feats=torch.cat(feats),
         labels=torch.cat(labels),
         paths=dataset.table.paths(),
-        classes=list(dm.classes),
+        classes=classes,
         settings=asdict(settings),
     )
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(".tmp")
-        torch.save(asdict(result), tmp)
+        torch.save(
+            {"record": record, "features": asdict(result)} if tokens else asdict(result), tmp
+        )
         tmp.replace(cache_file)
     return result
