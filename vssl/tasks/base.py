@@ -394,6 +394,25 @@ class VSSLTask(LightningModule):
             )
         return groups
 
+    def split_weight_decay(
+        self,
+        group: dict[str, Any],
+        exempt: Callable[[str, nn.Parameter], bool],
+        **decay_keys: Any,
+    ) -> list[dict[str, Any]]:
+        """``group`` as two optimiser groups: the parameters with weight decay (with
+        ``decay_keys`` added), and those ``exempt(name, parameter)`` frees of it (biases and
+        norms in the ViT recipes); an empty group is dropped."""
+        names = {id(p): n for n, p in self.named_parameters()}
+        free = [exempt(names[id(p)], p) for p in group["params"]]
+        decay = [p for p, f in zip(group["params"], free, strict=True) if not f]
+        no_decay = [p for p, f in zip(group["params"], free, strict=True) if f]
+        split = [
+            {**group, "params": decay, **decay_keys},
+            {**group, "params": no_decay, "weight_decay": 0.0},
+        ]
+        return [g for g in split if g["params"]]
+
     def lr_factor(self, step: int, total_steps: int, steps_per_epoch: float) -> float:
         """Multiplier of the base lr at optimisation ``step`` (warm-up, then the schedule)."""
         hp = self.hparams

@@ -272,13 +272,8 @@ class VideoMAE(VSSLTask):
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The base groups with the main group split into decay / no-decay, plus Adam's betas."""
-        groups = super().parameter_groups()
-        main, rest = groups[0], groups[1:]
-        names = {id(p): n for n, p in self.named_parameters()}
-        decay = [p for p in main["params"] if not self.no_weight_decay(names[id(p)], p)]
-        no_decay = [p for p in main["params"] if self.no_weight_decay(names[id(p)], p)]
-        split = [{**main, "params": decay}, {**main, "params": no_decay, "weight_decay": 0.0}]
-        groups = [g for g in split if g["params"]] + rest
+        main, *rest = super().parameter_groups()
+        groups = self.split_weight_decay(main, self.no_weight_decay) + rest
         if self.hparams.optimizer in ("adam", "adamw"):
             for group in groups:
                 group["betas"] = self.betas

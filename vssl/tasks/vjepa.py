@@ -503,16 +503,10 @@ class VJEPA(VSSLTask):
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The base groups with the main group split into decay / no-decay; the decay group is
         marked ``scheduled_weight_decay`` for `on_train_batch_start`."""
-        groups = super().parameter_groups()
-        main, rest = groups[0], groups[1:]
-        names = {id(p): n for n, p in self.named_parameters()}
-        decay = [p for p in main["params"] if not self.no_weight_decay(names[id(p)], p)]
-        no_decay = [p for p in main["params"] if self.no_weight_decay(names[id(p)], p)]
-        split = [
-            {**main, "params": decay, "scheduled_weight_decay": True},
-            {**main, "params": no_decay, "weight_decay": 0.0},
-        ]
-        return [g for g in split if g["params"]] + rest
+        main, *rest = super().parameter_groups()
+        return (
+            self.split_weight_decay(main, self.no_weight_decay, scheduled_weight_decay=True) + rest
+        )
 
     def weight_decay_at(self, step: int, total_steps: int) -> float:
         """The official cosine weight decay at optimisation ``step`` (0-based) of
