@@ -305,7 +305,7 @@ TASK_CONFIGS = {
     "TDL": "configs/tdl/synthetic_tiny.yaml",
     "RhoBYOL": "configs/rho_byol/synthetic_tiny.yaml",
     "RhoMoCo": "configs/rho_moco/synthetic_tiny.yaml",
-    "AVID": None,  # needs videos with sound, which this corpus has not: tests/test_avid.py
+    "AVID": None,  # needs videos with sound, which this corpus has not: tests/tasks/test_avid.py
     "TaskMixture": "configs/mixtures/synthetic_tiny.yaml",
 }
 

@@ -30,7 +30,7 @@ def _hara_resnet(layers: list[int]) -> Backbone:
     Checkpoint keys: the stem keeps Hara's names (``conv1``, ``bn1``); in the blocks, Hara's
     ``layerX.Y.conv1.weight`` / ``bn1.*`` / ``conv2.weight`` / ``bn2.*`` are torchvision's
     ``layerX.Y.conv1.0.weight`` / ``conv1.1.*`` / ``conv2.0.weight`` / ``conv2.1.*``;
-    ``downsample.0`` / ``downsample.1`` are the same (tests/test_backbones.py loads the renamed
+    ``downsample.0`` / ``downsample.1`` are the same (tests/backbones/test_backbones.py loads the renamed
     official key set strictly). RSPNet's checkpoints add the prefix ``module.encoder.`` and a
     ``fc``, which ``trunk`` does not have.
     """

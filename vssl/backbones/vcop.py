@@ -10,7 +10,7 @@ The official code never re-initialises its layers, so these keep PyTorch's defau
 initialisation (torchvision's ``VideoResNet`` Kaiming init is undone).
 
 Checkpoint keys (VCOP, PRP, STS and RSPNet's ``r2plus1d-vcop`` name layers the same way; PRP and
-RSPNet add a wrapper prefix; tests/test_backbones.py loads the renamed official key set strictly):
+RSPNet add a wrapper prefix; tests/backbones/test_backbones.py loads the renamed official key set strictly):
 VCOP's ``conv{k}.block1`` is ``layer{k-1}.0`` here, and a block's ``conv1`` / ``bn1`` /
 ``conv2`` / ``bn2`` / ``downsampleconv`` / ``downsamplebn`` are ``conv1.0`` / ``conv1.1`` /
 ``conv2.0`` / ``conv2.1`` / ``downsample.0`` / ``downsample.1``. Inside a conv, R3D's

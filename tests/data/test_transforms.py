@@ -16,7 +16,7 @@ from vssl.data.transforms import (
 from vssl.tasks.cvrl import CVRL_AUGMENT
 from vssl.tasks.rspnet import RSPNET_AUGMENT
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _reference(

@@ -28,7 +28,7 @@ from vssl.data.statistics_labels import (
 )
 from vssl.tasks.statistics import SpatioTemporalStatistics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 P3_MIRROR = [4, 3, 2, 1, 8, 7, 6, 5]
 
 

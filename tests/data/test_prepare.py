@@ -24,7 +24,7 @@ from vssl.data.layouts import load_layout
 from vssl.data.prepare import REPORT_NAME, STATE_DIR, TMP_SUFFIX, PrepareError, prepare
 from vssl.data.reader import VideoReader
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def clip(path: Path, num_frames: int = 16, size: tuple[int, int] = (48, 64), **kwargs) -> Path:
