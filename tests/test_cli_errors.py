@@ -162,7 +162,7 @@ def test_plain_subcommands(tiny_synthetic, tmp_path, capsys, monkeypatch):
     not_ckpt = tmp_path / "notes.txt"
     not_ckpt.write_text("not a checkpoint")
     assert error_line(capsys, ["retrieve", "--ckpt", str(not_ckpt), "--data.root", "x"]) == (
-        f"vssl retrieve: error: {not_ckpt}: not a PyTorch checkpoint (not a torch.save zip archive)"
+        f"vssl retrieve: error: {not_ckpt}: not a PyTorch weight file (not a torch.save archive or pickle)"
     )
     argv = ["finetune", "--backbone", "tiny3d", "--data.root", "nowhere", "--epochs", "1"]
     assert error_line(capsys, argv) == (

@@ -177,6 +177,35 @@ def use_vssl_console(trainer: Trainer, keep: list[Callback] | None = None) -> No
             trainer.callbacks[i] = ModelSummary(max_depth=cb._max_depth, **cb._summarize_kwargs)
 
 
+class InitialWeights(Callback):
+    """Starts training from published or exported backbone weights (``--init_weights.path``):
+    loaded strictly into the task's backbone by `vssl.load_backbone` when a run starts, never
+    when it resumes from a checkpoint (whose weights are the run's own).
+
+    Args:
+        path: the weights: a vssl checkpoint or export, an official VideoMAE / RSPNet / VCOP /
+            PRP file, a transformers folder, or a torchvision / pytorchvideo backbone name
+            (None: the task's own initialisation).
+        format: what ``path`` is (`vssl.weights.FORMATS`; ``auto`` reads it from the keys).
+    """
+
+    def __init__(self, path: str | None = None, format: str = "auto") -> None:
+        from vssl.weights import FORMATS
+
+        if format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        self.path, self.format = path, format
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.path is None or trainer.ckpt_path is not None:
+            return
+        from vssl.weights import load_backbone
+
+        load_backbone(self.path, format=self.format, backbone=pl_module.backbone)
+        if trainer.is_global_zero:
+            print(f"vssl: backbone initialised from {self.path} ({self.format})", flush=True)
+
+
 class RunInfo(Callback):
     """Saves the library versions next to the run's logs and says where logs and checkpoints are."""
 

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
-from vssl.callbacks import Checkpoint, RNGState, RunInfo, use_vssl_console
+from vssl.callbacks import Checkpoint, InitialWeights, RNGState, RunInfo, use_vssl_console
 from vssl.cli_errors import explain_parse_error, option_strings, user_error_in
 from vssl.data.datamodule import VideoDataModule
 from vssl.errors import UserError
@@ -148,6 +148,7 @@ class VSSLCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(RunInfo, "run_info")
         parser.add_lightning_class_args(RNGState, "rng_state")
+        parser.add_lightning_class_args(InitialWeights, "init_weights")
 
 
 # Lightning messages that say nothing about a vssl run: advertising tips, a deprecation inside

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import read_frame_index
 from torch import Tensor, nn
 
@@ -504,3 +505,48 @@ def test_probe_with_the_attentive_head(tiny_synthetic, tiny_ckpt, tmp_path, run_
     assert record["results"]["train_videos"] == {"1.0": 12, "0.1": 4}
     assert all(a in np.arange(5) / 4 for a in record["results"]["attentive"].values())
     assert list((tmp_path / "feats").glob("tokens-*.pt"))  # token features, cached
+
+
+def test_published_weights_in_probe_finetune_and_fit(
+    tiny_synthetic, tiny_ckpt, tmp_path, run_cli, capsys
+):
+    """``--ckpt`` takes weights of another format (a vssl export here, its format read from the
+    keys) with the clip defaults; a wrong ``--ckpt-format`` is one line naming the file and the
+    format; ``fit --init_weights.path`` starts the backbone from the weights (lr 0: the run's
+    checkpoint still holds them)."""
+    from cli_helpers import tiny_config
+
+    from vssl.cli import main
+    from vssl.export import main as export_main
+
+    assert export_main([str(tiny_ckpt), "--out", str(tmp_path / "w")]) == 0
+    weights = tmp_path / "w.safetensors"
+    clip = ["--clip-len", "4", "--crop-size", "24", "--decode-size", "32", "--clips", "2"]
+    data = ["--data.root", str(tiny_synthetic), *clip, "--cache-dir", str(tmp_path / "feats")]
+    out = run_cli(
+        ["probe", "--ckpt", str(weights), *data, "--steps", "20", "--out", "p.json"], tmp_path
+    )
+    assert "linear top-1 (100% labels, 12 videos)" in out
+    record = json.loads((tmp_path / "p.json").read_text())
+    assert record["test_features"]["ckpt_format"] == "auto"
+    assert record["data_settings_from"]["stride"] != "checkpoint"  # an export has no data settings
+
+    capsys.readouterr()
+    assert main(["probe", "--ckpt", str(weights), "--ckpt-format", "videomae", *data]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "w.safetensors" in err[0] and "VideoMAE" in err[0], err
+
+    run_cli(
+        ["finetune", "--ckpt", str(weights), *data[:-2], "--epochs", "1", "--lr", "0"], tmp_path
+    )
+
+    cfg = tiny_config(tiny_synthetic, tmp_path / "cache", max_epochs=1, limit_train_batches=1)
+    cfg["model"]["init_args"]["lr"] = 0.0
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    out = run_cli(["fit", "--config", "run.yaml", "--init_weights.path", str(weights)], tmp_path)
+    assert f"backbone initialised from {weights} (auto)" in out
+    run = next((tmp_path / "runs").rglob("last.ckpt"))
+    trained = load_task(run).backbone.state_dict()
+    source = load_task(tiny_ckpt).backbone.state_dict()
+    convs = [k for k in source if k.endswith("weight") and source[k].ndim == 5]
+    assert convs and all(torch.equal(trained[k], source[k]) for k in convs)

@@ -31,6 +31,7 @@ from vssl.data.corruptions import corruption_names
 from vssl.data.datamodule import VideoDataModule
 from vssl.errors import UserError
 from vssl.eval.features import DATA_DEFAULTS, describe_data_settings, resolve_data_settings
+from vssl.weights import FORMATS
 
 #: Top-level keys of a ``vssl fit`` config that an evaluation accepts and leaves unused, so that
 #: a task's fit config can give an evaluation its dataset (LightningCLI's ``optimizer`` and
@@ -115,7 +116,19 @@ def command_parser(prog: str, description: str) -> ArgumentParser:
 
 def add_model_options(parser: ArgumentParser) -> None:
     """``--ckpt`` or ``--backbone`` (exactly one; checked by `model_choice`)."""
-    parser.add_argument("--ckpt", type=str | None, default=None, help="checkpoint of any vssl task")
+    parser.add_argument(
+        "--ckpt",
+        type=str | None,
+        default=None,
+        help="checkpoint of any vssl task, or published weights (see --ckpt-format)",
+    )
+    parser.add_argument(
+        "--ckpt-format",
+        type=Literal[FORMATS],
+        default="auto",
+        help="what --ckpt is: auto (read from its keys), vssl, hf, videomae, rspnet, vcop, prp, "
+        "torchvision, pytorchvideo (vssl.load_backbone)",
+    )
     parser.add_argument(
         "--backbone",
         type=str | None,

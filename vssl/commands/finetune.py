@@ -89,6 +89,7 @@ def main(argv: list[str]) -> int:
         backbone=args.backbone,
         backbone_kwargs=args.backbone_kwargs,
         trust=args.trust_checkpoint,
+        ckpt_format=args.ckpt_format,
         optimizer=args.optimizer,
         lr=args.lr,
         weight_decay=args.weight_decay,

@@ -149,6 +149,7 @@ def feature_settings(
         fold=data["fold"],
         annotations=data["annotations"],
         ckpt=args.ckpt,
+        ckpt_format=args.ckpt_format,
         backbone=args.backbone,
         backbone_kwargs=args.backbone_kwargs if args.backbone else {},
         clips=clips,

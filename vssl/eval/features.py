@@ -79,6 +79,7 @@ class FeatureSettings:
     corruption: str | None = None
     severity: int | None = None
     data_options: dict[str, Any] = field(default_factory=dict)
+    ckpt_format: str = "auto"
 
     def __post_init__(self) -> None:
         if self.corruption is not None:
@@ -106,6 +107,8 @@ class FeatureSettings:
             del record["corruption"], record["severity"]
         if not self.data_options:  # nor those cached before data options existed
             del record["data_options"]
+        if self.ckpt_format == "auto":  # nor those cached before checkpoint formats existed
+            del record["ckpt_format"]
         if self.ckpt is not None:
             path = Path(self.ckpt)
             record["ckpt"] = str(path.resolve())
@@ -207,7 +210,13 @@ def resolve_data_settings(
     stored: dict[str, Any] | None = None
     no_data = FROM_DEFAULTS_RANDOM_INIT
     if ckpt is not None:
-        stored = checkpoint_data_settings(ckpt, trust=trust)
+        from vssl.weights import is_lightning_checkpoint
+
+        if not Path(ckpt).exists():
+            raise MissingInputError(f"{ckpt}: checkpoint not found")
+        # Published weights (another format) carry no data settings: the defaults apply.
+        if is_lightning_checkpoint(ckpt, trust):
+            stored = checkpoint_data_settings(ckpt, trust=trust)
         no_data = FROM_DEFAULTS_NO_DATA
     values, sources = {}, {}
     for key, default in defaults.items():
@@ -262,7 +271,9 @@ def build_model(settings: FeatureSettings, trust: bool = False) -> VSSLTask:
     """The model that ``settings`` names: a checkpoint's task (``trust``: see `load_task`), or a
     random-init backbone."""
     if settings.ckpt is not None:
-        return load_task(settings.ckpt, trust=trust)
+        from vssl.weights import load_task as load_weights
+
+        return load_weights(settings.ckpt, format=settings.ckpt_format, trust=trust)
     with torch.random.fork_rng():
         torch.manual_seed(settings.seed)
         task = VSSLTask(

@@ -28,7 +28,7 @@ from vssl.callbacks import package_versions
 from vssl.data.corruptions import Corruption
 from vssl.data.datamodule import VideoDataModule
 from vssl.data.sampling import UniformClips
-from vssl.eval.features import Corrupted, MultiCrop, load_task, show_progress
+from vssl.eval.features import Corrupted, MultiCrop, show_progress
 from vssl.tasks.supervised import Supervised
 
 
@@ -38,12 +38,15 @@ def build_finetune_model(
     backbone: str | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
     trust: bool = False,
+    ckpt_format: str = "auto",
     **kwargs: Any,
 ) -> Supervised:
     """A `Supervised` task whose backbone is the checkpoint's (architecture and weights).
 
-    Without ``ckpt``, the backbone ``backbone`` is randomly initialised. ``trust``: see
-    `vssl.eval.load_task`. ``kwargs`` go to `Supervised` (optimiser, lr, dropout, ...).
+    ``ckpt`` is a vssl checkpoint or published weights of ``ckpt_format`` (see
+    `vssl.load_backbone`). Without ``ckpt``, the backbone ``backbone`` is randomly
+    initialised. ``trust``: see `vssl.eval.load_task`. ``kwargs`` go to `Supervised`
+    (optimiser, lr, dropout, ...).
     """
     if (ckpt is None) == (backbone is None):
         raise ValueError("give exactly one of a checkpoint (ckpt) or a backbone name (backbone)")
@@ -54,7 +57,9 @@ def build_finetune_model(
             backbone_kwargs=backbone_kwargs or {},
             **kwargs,
         )
-    source = load_task(ckpt, trust=trust)
+    from vssl.weights import load_task as load_weights
+
+    source = load_weights(ckpt, format=ckpt_format, trust=trust)
     model = Supervised(
         num_classes=num_classes,
         backbone=source.hparams.backbone,
