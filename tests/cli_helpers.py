@@ -10,11 +10,17 @@ import numpy as np
 from vssl.data.encode import write_video
 
 TESTS = Path(__file__).resolve().parent
+#: tests/ and its package folders: what a subprocess needs to import a test module's callbacks
+#: (``test_tdl.BankRecorder`` from tests/tasks/) and these helpers.
+TEST_PATH = os.pathsep.join(
+    [str(TESTS), *sorted(str(d) for d in TESTS.iterdir() if d.is_dir() and d.name[0] not in "._")]
+)
 
 
 def run_vssl(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Runs ``python -m vssl ARGS`` in ``cwd`` (tests/ on PYTHONPATH); fails the test if it fails."""
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    """Runs ``python -m vssl ARGS`` in ``cwd`` (tests/ and its folders on PYTHONPATH); fails
+    the test if it fails."""
+    env = {**os.environ, "PYTHONPATH": TEST_PATH, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, "-m", "vssl", *args],
         cwd=cwd,

@@ -296,3 +296,13 @@ def test_gain_over_random_init_of_the_same_backbone_data_and_corruption(tmp_path
     assert table[2].endswith("| 60.0 ± 3.0 | **+40.0 ± 5.0** | - | - | - |")
     assert table[3].endswith("| 29.0 ± 3.0 | +9.0 ± 5.0 | - | - | - |")  # within 2 errors
     assert table[4].endswith("| 20.0 ± 4.0 | - | - | - | - |")
+
+
+def test_options_from_a_config_file(tmp_path, capsys):
+    """``vssl bench --config FILE``: the grid and the options from YAML."""
+    grid = write_grid(tmp_path, tmp_path / "data")
+    (tmp_path / "bench.yaml").write_text(f"grid: {grid}\nlist: true\n")
+    assert main(["--config", str(tmp_path / "bench.yaml")]) == 0
+    listed = capsys.readouterr().out
+    assert main([str(grid), "--list"]) == 0
+    assert listed == capsys.readouterr().out and listed.strip()

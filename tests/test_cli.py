@@ -119,6 +119,21 @@ def test_ddp_two_processes_see_disjoint_samples(tiny_synthetic, tmp_path):
     assert not a & b and a | b == set(range(12))
 
 
+def test_make_commands_take_a_config_file(tmp_path, run_cli):
+    """``make-synthetic`` and ``make-moving-mnist`` read their options from ``--config FILE``
+    (the folder too); options after it win."""
+    (tmp_path / "syn.yaml").write_text("root: syn\nclasses: 3\nvideos_per_class: 2\nframes: 8\n")
+    out = run_cli(
+        ["make-synthetic", "--config", "syn.yaml", "--classes", "2", "--size", "32"], tmp_path
+    )
+    assert "syn: 2 classes, 2 train + 2 test videos of 8 frames at 32x32" in out
+    (tmp_path / "mm.yaml").write_text(
+        "root: mm\nvideos_per_class: 1\nframes: 4\nsize: 32\nspeed: [0.05, 0.06]\n"
+    )
+    out = run_cli(["make-moving-mnist", "--config", "mm.yaml", "--quiet"], tmp_path)
+    assert "mm: 10 classes" in out and "of 4 frames at 32x32" in out
+
+
 def test_make_synthetic_command(tmp_path, run_cli):
     out = run_cli(
         [

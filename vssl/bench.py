@@ -727,12 +727,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from jsonargparse import ArgumentParser
+    from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(
         prog="python -m vssl bench",
         description="Run a benchmark grid (every cell an ordinary run folder), then write "
         "results.json, results.md and charts. See vssl/bench.py for the grid file.",
+    )
+    parser.add_argument(
+        "-c", "--config", action=ActionConfigFile, help="a YAML file of these options"
     )
     parser.add_argument("grid", help="the grid file (YAML), e.g. configs/bench/cpu.yaml")
     parser.add_argument(

@@ -600,3 +600,16 @@ def test_help_shows_every_option_with_its_default(capsys):
     for option in ("--short_side SHORT_SIDE", "--gop GOP", "--workers WORKERS", "--keep_audio"):
         assert option in text
     assert "(type: int, default: 128)" in text and "(type: int, default: 8)" in text
+
+
+def test_options_from_a_config_file(tmp_path, run_cli):
+    """``vssl prepare --config FILE``: the options (positionals too) from YAML, as every
+    subcommand takes them; the command line after it wins."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    clip(src / "a.mp4")
+    (tmp_path / "prepare.yaml").write_text(
+        f"src: {src}\ndst: {dst}\nshort_side: 32\ncodec: h264\ngop: 8\n"
+    )
+    out = run_cli(["prepare", "--config", "prepare.yaml", "--gop", "4"], cwd=tmp_path)
+    assert "prepared: 1 done, 0 skipped (already done), 0 failed" in out
+    assert [n for n, (_, key) in enumerate(packets(dst / "a.mp4")) if key] == [0, 4, 8, 12]

@@ -1,5 +1,10 @@
 """Video data: decoding, the video index, dataset layouts, clip sampling, augmentation, datamodule."""
 
+# OpenCV first: its libpng must bind its own zlib before PyAV's encoders load theirs; imported
+# after PyAV has written a video, cv2.imread of a PNG fails ("libpng error: bad parameters to
+# zlib"; tests/data/test_flow.py after tests/data/test_codecs.py in one process).
+import cv2  # noqa: F401
+
 from vssl.data.datamodule import VideoDataModule
 from vssl.data.dataset import TooManyDecodeFailures, VideoDataset
 from vssl.data.encode import write_video

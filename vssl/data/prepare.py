@@ -1034,7 +1034,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m vssl prepare``; returns the exit status: 0 when the run
     went through (sources that cannot be read are listed in the report), 1 when it stopped
     (a full disk), 2 for a user error (one line on stderr)."""
-    from jsonargparse import ArgumentParser
+    from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(
         prog="python -m vssl prepare",
@@ -1045,10 +1045,13 @@ def main(argv: list[str] | None = None) -> int:
             "Options may also be spelled with dashes (--short-side)."
         ),
     )
+    parser.add_argument(
+        "-c", "--config", action=ActionConfigFile, help="a YAML file of these options"
+    )
     parser.add_function_arguments(prepare, as_positional=True)
     args = parser.parse_args(_normalize_argv(list(sys.argv[1:] if argv is None else argv)))
     try:
-        summary = prepare(**args.as_dict())
+        summary = prepare(**{k: v for k, v in args.as_dict().items() if k != "config"})
     except PrepareError as exc:
         print(f"vssl prepare: error: {exc}", file=sys.stderr)
         return 2

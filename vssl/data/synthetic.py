@@ -38,7 +38,6 @@ so much longer clips zoom far in or out at their ends.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -641,10 +640,15 @@ def make_synthetic(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m vssl make-synthetic DIR ...``: writes the dataset and prints what it did."""
-    parser = argparse.ArgumentParser(
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(
         prog="python -m vssl make-synthetic",
         description="Write the synthetic motion-classes video dataset (does nothing if DIR "
         "already holds it with the same settings).",
+    )
+    parser.add_argument(
+        "-c", "--config", action=ActionConfigFile, help="a YAML file of these options"
     )
     parser.add_argument("root", metavar="DIR", help="folder to create")
     parser.add_argument("--classes", type=int, default=8, help="number of classes (1-16)")
