@@ -18,7 +18,6 @@ with its decoder.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pickle
 import sys
@@ -31,7 +30,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vssl import backbones
-from vssl.cli_help import HelpFormatter
 from vssl.errors import UserError
 
 #: vssl backbone name -> the torchvision.models.video builder with the same parameter names.
@@ -435,63 +433,31 @@ def export_hf(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vssl export CKPT --out FILE``: write a checkpoint's backbone weights alone."""
-    parser = argparse.ArgumentParser(
-        prog="python -m vssl export",
-        description="Write the backbone weights of a vssl checkpoint (.safetensors and/or .pt) "
-        "and a .json of how to rebuild it; load with vssl.load_backbone(FILE). --format hf "
-        "writes a video ViT as a transformers VideoMAE folder (config.json, model.safetensors, "
-        "README.md).",
-        formatter_class=HelpFormatter,
-        allow_abbrev=False,
-    )
-    parser.add_argument("checkpoint", type=Path, help="a Lightning checkpoint of a vssl task")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="FILE.safetensors, FILE.pt, or FILE without suffix for both; a folder for --format hf",
-    )
-    parser.add_argument(
-        "--format",
-        choices=("vssl", "hf"),
-        default="vssl",
-        help="vssl: the weights and a .json; hf: a transformers VideoMAE folder",
-    )
-    parser.add_argument(
-        "--frames", type=int, help="hf: clip length in config.json (default: the checkpoint's)"
-    )
-    parser.add_argument(
-        "--size", type=int, help="hf: crop size in config.json (default: the checkpoint's)"
-    )
-    parser.add_argument(
-        "--probe",
-        type=Path,
-        help="hf: a vssl probe --out JSON for the model card "
-        "(default: one found in the run folder)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="load with weights_only=False (runs pickled code: trusted files only)",
-    )
-    args = parser.parse_args(argv)
+    """``python -m vssl export CKPT --out FILE``: write a checkpoint's backbone weights alone
+    (the options are `vssl.commands.export`'s)."""
+    from vssl.commands.export import main as command
+
+    return command(sys.argv[1:] if argv is None else list(argv))
+
+
+def run(args: Any) -> int:
+    """Exports as the parsed options ``args`` of `vssl.commands.export` say and prints the files
+    written; 2 (with one line on stderr) for a user mistake."""
+    checkpoint, out = Path(args.checkpoint), Path(args.out)
+    probe = None if args.probe is None else Path(args.probe)
     try:
         if args.format == "hf":
             files = export_hf(
-                args.checkpoint,
-                args.out,
+                checkpoint,
+                out,
                 frames=args.frames,
                 size=args.size,
                 overwrite=args.overwrite,
                 trust=args.trust_checkpoint,
-                probe=args.probe,
+                probe=probe,
             )
         else:
-            files = export_backbone(
-                args.checkpoint, args.out, args.overwrite, args.trust_checkpoint
-            )
+            files = export_backbone(checkpoint, out, args.overwrite, args.trust_checkpoint)
     except (UserError, TypeError, KeyError) as err:
         print(f"vssl export: error: {err}", file=sys.stderr)
         return 2
@@ -527,6 +493,7 @@ __all__ = [
     "load_into",
     "load_torchvision",
     "main",
+    "run",
     "read_export",
     "torchvision_state_dict",
 ]

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
 from vssl.commands.common import HelpFormatter, parse
 
 
 def build_parser() -> ArgumentParser:
-    """``vssl export``'s options (those of `vssl.export.main`, plus ``--config``)."""
+    """``vssl export``'s options."""
     parser = ArgumentParser(
         prog="vssl export",
         description="Write the backbone weights of a vssl checkpoint (.safetensors and/or .pt) "
@@ -76,23 +76,12 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def export_argv(args: Namespace) -> list[str]:
-    """The parsed options as `vssl.export.main`'s command line."""
-    argv = [args.checkpoint, "--out", args.out, "--format", args.format]
-    for key in ("frames", "size", "probe"):
-        if args[key] is not None:
-            argv += [f"--{key}", str(args[key])]
-    argv += ["--overwrite"] * bool(args.overwrite)
-    argv += ["--trust-checkpoint"] * bool(args.trust_checkpoint)
-    return argv
-
-
 def main(argv: list[str]) -> int:
-    """Runs ``vssl export ARGV``; the exit status of `vssl.export.main`."""
-    from vssl.export import main as export_main
+    """Runs ``vssl export ARGV`` (`vssl.export.run` on the parsed options)."""
+    from vssl.export import run
 
     args, _ = parse(build_parser(), argv)
-    return export_main(export_argv(args))
+    return run(args)
 
 
-__all__ = ["build_parser", "export_argv", "main"]
+__all__ = ["build_parser", "main"]
