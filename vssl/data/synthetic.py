@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -534,6 +535,32 @@ def check_dataset_folder(
     return True
 
 
+def write_dataset_folder(
+    root: Path, write: Callable[[Path], object], written_by_another: Callable[[], bool]
+) -> None:
+    """Writes a generated dataset into a hidden folder beside ``root`` and renames it to
+    ``root`` (an absent or empty folder), so that an interrupted write never leaves a folder
+    that looks complete. When another process finished the same dataset first
+    (``written_by_another()``), its folder is kept and this one dropped. Shared by the
+    generated datasets (synthetic motion, Moving MNIST)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    try:
+        write(partial)
+        try:
+            if root.is_dir() and not any(root.iterdir()):
+                root.rmdir()
+            os.rename(partial, root)
+        except OSError as err:
+            if written_by_another():
+                shutil.rmtree(partial)
+                return
+            raise DatasetFolderError(f"could not move the new dataset into {root}: {err}") from err
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
 def _matches_existing(root: Path, settings: dict) -> bool:
     """True if ``root`` holds this very dataset, False if it is absent or an empty folder
     (see `check_dataset_folder`)."""
@@ -619,22 +646,11 @@ def make_synthetic(
     settings = _settings(motions, videos_per_class, seed, frames, size, fps, test_fraction, audio)
     if _matches_existing(root, settings):
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
-    try:
-        _write_dataset(partial, motions, settings, progress)
-        try:
-            if root.is_dir() and not any(root.iterdir()):
-                root.rmdir()
-            os.rename(partial, root)
-        except OSError as err:
-            if _matches_existing(root, settings):
-                shutil.rmtree(partial)
-                return root
-            raise FileExistsError(f"could not move the new dataset into {root}: {err}") from err
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    write_dataset_folder(
+        root,
+        lambda folder: _write_dataset(folder, motions, settings, progress),
+        lambda: _matches_existing(root, settings),
+    )
     return root
 
 
