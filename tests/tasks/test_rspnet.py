@@ -196,7 +196,10 @@ def test_lr_scales_with_the_global_batch_over_64():
     task = make_task()
     assert task.hparams.reference_batch_size == 64
     task.trainer = SimpleNamespace(
-        datamodule=SimpleNamespace(batch_size=32), world_size=4, accumulate_grad_batches=1
+        train_dataloader=DataLoader([], batch_size=32),
+        state=SimpleNamespace(fn="fit"),
+        world_size=4,
+        accumulate_grad_batches=1,
     )
     assert task.effective_lr() == pytest.approx(0.1 * 128 / 64)
 

@@ -1,7 +1,6 @@
 """The shared task base: schedule, lr scaling, online probe, feature extraction; Supervised."""
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -31,16 +30,6 @@ def test_lr_factor_step_schedule():
     assert task.lr_factor(19, 100, 10.0) == 1.0
     assert task.lr_factor(20, 100, 10.0) == pytest.approx(0.1)
     assert task.lr_factor(45, 100, 10.0) == pytest.approx(0.01)
-
-
-def test_linear_lr_scaling_uses_the_global_batch():
-    task = tiny(lr=0.1, reference_batch_size=64)
-    task.trainer = SimpleNamespace(
-        datamodule=SimpleNamespace(batch_size=32), world_size=4, accumulate_grad_batches=2
-    )
-    assert task.global_batch_size() == 256
-    assert task.effective_lr() == pytest.approx(0.4)
-    assert tiny(lr=0.1).effective_lr() == 0.1  # no reference batch: as configured
 
 
 def test_bad_settings_are_refused():

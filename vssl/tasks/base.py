@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
@@ -360,18 +361,46 @@ class VSSLTask(LightningModule):
         return self._shared_step(batch, "test")
 
     # ---------------------------------------------------------------- optimisation
-    def global_batch_size(self) -> int:
-        """Samples per optimisation step over all processes."""
-        dm = getattr(self.trainer, "datamodule", None)
-        per_device = getattr(dm, "batch_size", None)
-        if per_device is None:
+    def per_device_batch_size(self) -> int:
+        """Samples per process in a training step: the ``batch_size`` of the trainer's train
+        dataloader, whether a datamodule or ``trainer.fit(task, train_dataloaders=...)`` gave it.
+
+        Lightning builds the optimiser (`configure_optimizers`, where the linear scaling rule
+        needs this) before its fit loop loads the train dataloader; it is loaded here then, as
+        `Trainer.estimated_stepping_batches` does, and Lightning does not load it again.
+        """
+        trainer = self.attached_trainer()
+        if trainer is None:
             raise RuntimeError(
-                "the global batch size needs a datamodule with a batch_size attribute"
+                f"{type(self).__name__}: the batch size is known once a trainer fits this task "
+                "(trainer.fit(task, datamodule=...) or trainer.fit(task, train_dataloaders=...))"
             )
-        return int(per_device) * self.trainer.world_size * self.trainer.accumulate_grad_batches
+        if trainer.train_dataloader is None and trainer.state.fn == TrainerFn.FITTING:
+            trainer.fit_loop.setup_data()
+        loader = trainer.train_dataloader
+        size = getattr(loader, "batch_size", None)
+        if size is None:  # a DataLoader given a batch_sampler keeps its batch size there
+            size = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+        if not isinstance(size, int) or size < 1:
+            found = "no train dataloader" if loader is None else f"a {type(loader).__name__}"
+            raise RuntimeError(
+                f"{type(self).__name__}: the linear lr scaling (reference_batch_size="
+                f"{self.hparams.get('reference_batch_size')}) needs the per-process batch size, "
+                f"and the trainer has {found} without a batch_size to read it from. Fit with one "
+                "torch DataLoader that has a batch_size (or a datamodule whose train_dataloader "
+                "returns one), or set reference_batch_size: null to use lr as configured."
+            )
+        return size
+
+    def global_batch_size(self) -> int:
+        """Samples per optimisation step over all processes: the per-process batch size times
+        the processes times the batches accumulated per step."""
+        per_device = self.per_device_batch_size()
+        return per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
     def effective_lr(self) -> float:
-        """The configured lr after the linear scaling rule (when ``reference_batch_size`` is set)."""
+        """The configured lr after the linear scaling rule (when ``reference_batch_size`` is set),
+        from "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour" (Goyal et al., 2017)."""
         ref = self.hparams.reference_batch_size
         if not ref:
             return self.hparams.lr
