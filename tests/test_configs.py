@@ -97,12 +97,15 @@ def cpu_overrides(config: Path, root: Path, cache: Path) -> list[str]:
     model_args = model.get("init_args") or {}
     if model["class_path"].endswith("SpatioTemporalStatistics"):
         args["model.init_args.clip_len"] = "4"  # the statistics task: must equal the data's
-    if model["class_path"].endswith(("VideoMAE", "VJEPA")):  # these need a video ViT
+    if model["class_path"].endswith(("VideoMAE", "VJEPA", "VATT")):  # these need a video ViT
         args["model.init_args.backbone"] = "vit_tiny_8"
         args["model.init_args.backbone_kwargs"] = "{dim: 32, depth: 1, heads: 2}"
     if model["class_path"].endswith("AVID"):  # and a tiny audio network
         args["model.init_args.audio_backbone"] = "audio_tiny"
         args["model.init_args.audio_backbone_kwargs"] = "{width: 4}"
+    if model["class_path"].endswith("VATT"):  # a tiny waveform transformer
+        args["model.init_args.audio_backbone"] = "vatt_audio_tiny"
+        args["model.init_args.audio_backbone_kwargs"] = "{dim: 32, depth: 1, heads: 2}"
     if "tasks" in model_args:  # a task mixture: the same for its members
         tasks = {
             name: {**spec, "init_args": {**(spec.get("init_args") or {})}}
@@ -211,7 +214,7 @@ def test_run_config_trains_one_step(
     """One training step for each `STEP_GROUPS` group; the group's other configs are built."""
     monkeypatch.chdir(tmp_path)
     root = tiny_synthetic
-    if _load(config)["model"]["class_path"].endswith("AVID"):  # videos with sound
+    if _load(config)["model"]["class_path"].endswith(("AVID", "VATT")):  # videos with sound
         root = request.getfixturevalue("tiny_synthetic_audio")
     overrides = cpu_overrides(config, root, tmp_path / "cache")
     if _load(config)["model"]["class_path"].endswith("Distillation"):  # a real teacher file

@@ -306,6 +306,7 @@ TASK_CONFIGS = {
     "RhoBYOL": "configs/rho_byol/synthetic_tiny.yaml",
     "RhoMoCo": "configs/rho_moco/synthetic_tiny.yaml",
     "AVID": None,  # needs videos with sound, which this corpus has not: tests/tasks/test_avid.py
+    "VATT": None,  # videos with sound too: tests/tasks/test_vatt.py
     "TaskMixture": "configs/mixtures/synthetic_tiny.yaml",
 }
 

@@ -15,6 +15,21 @@
 
 Features are pooled by the maximum over frequency and time (AVID's ``AdaptiveMaxPool2d``):
 a sound event anywhere in the window counts.
+
+A waveform transformer (`WaveformTransformer`) takes the raw waveform ``(B, C, N)`` instead, as
+VATT's audio network (Akbari et al., "VATT: Transformers for Multimodal Self-Supervised
+Learning from Raw Video, Audio and Text", NeurIPS 2021): the waveform is cut into patches of
+``patch_size`` samples (128 at 48 kHz in the paper), each patch linearly projected to a token,
+position embeddings added (learnable, as VATT's audio positions, or the fixed sinusoid table of
+`vssl.backbones.vit`) and the tokens run through the pre-norm blocks of `vssl.backbones.vit`.
+
+- ``vatt_audio_base``: VATT's audio Transformer-Base (768-d, 12 blocks, 12 heads, MLP 3072) on
+  128-sample patches, 1200 learnable positions (3.2 s at 48 kHz).
+- ``vatt_audio_tiny``: the same design at 64-d, 2 blocks, for CPU tests and the synthetic runs.
+
+Its features are the mean of the tokens followed by a LayerNorm (`VideoViT`'s pooling), where
+VATT reads a learned aggregation token. Every audio backbone says what it takes in
+``input_kind``: ``"spectrogram"`` or ``"waveform"``.
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from vssl.backbones.registry import register_audio
+from vssl.backbones.vit import LN_EPS, Block, init_vit_weights, sinusoid_position_embedding
 
 
 class AudioBackbone(nn.Module):
@@ -33,6 +49,9 @@ class AudioBackbone(nn.Module):
     ``forward_features`` gives the unpooled ``(B, out_dim, F', T')`` map; ``forward`` takes its
     maximum over frequency and time.
     """
+
+    #: What the backbone takes in: log spectrograms ``(B, C, F, T)``.
+    input_kind = "spectrogram"
 
     def __init__(self, trunk: nn.Module, out_dim: int, in_channels: int) -> None:
         super().__init__()
@@ -147,3 +166,141 @@ def audio_tiny(in_channels: int = 1, width: int = 16) -> AudioBackbone:
         ]
         channels = out
     return AudioBackbone(nn.Sequential(*layers), out_dim=4 * width, in_channels=in_channels)
+
+
+class WaveformTransformer(nn.Module):
+    """A transformer on raw waveform patches: ``(B, in_channels, N)`` in, ``(B, dim)`` out.
+
+    Args:
+        dim, depth, heads: width, number of blocks and attention heads.
+        patch_size: samples per token (VATT: 128); ``N`` must be a multiple of it.
+        in_channels: waveform channels (1: mono).
+        positions: ``"learnable"`` (a table of ``max_tokens`` rows, the first ``N / patch_size``
+            used) or ``"sinusoid"`` (fixed, any length).
+        max_tokens: rows of the learnable table (VATT: 1200, 3.2 s at 48 kHz).
+        mlp_ratio: MLP hidden width over ``dim``.
+    """
+
+    #: What the backbone takes in: raw waveforms ``(B, C, N)``.
+    input_kind = "waveform"
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        patch_size: int = 128,
+        in_channels: int = 1,
+        positions: str = "learnable",
+        max_tokens: int = 1200,
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        if min(dim, depth, heads, patch_size, in_channels, max_tokens) < 1:
+            raise ValueError(
+                f"dim, depth, heads, patch_size, in_channels and max_tokens must be positive, got "
+                f"{dim}, {depth}, {heads}, {patch_size}, {in_channels} and {max_tokens}"
+            )
+        if positions not in ("learnable", "sinusoid"):
+            raise ValueError(f"positions must be 'learnable' or 'sinusoid', got {positions!r}")
+        self.dim, self.out_dim = dim, dim
+        self.patch_size, self.in_channels = patch_size, in_channels
+        self.positions, self.max_tokens = positions, max_tokens
+        self.patch_embed = nn.Linear(in_channels * patch_size, dim)
+        self.pos_embed = (
+            nn.Parameter(torch.zeros(max_tokens, dim)) if positions == "learnable" else None
+        )
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+        self.apply(init_vit_weights)
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def num_tokens(self, num_samples: int) -> int:
+        """Tokens of a waveform of ``num_samples`` samples; a clear error if they do not fit."""
+        if num_samples < self.patch_size or num_samples % self.patch_size:
+            raise ValueError(
+                f"{type(self).__name__}: the waveform's {num_samples} samples must be a positive "
+                f"multiple of the patch size {self.patch_size}"
+            )
+        tokens = num_samples // self.patch_size
+        if self.pos_embed is not None and tokens > self.max_tokens:
+            raise ValueError(
+                f"{type(self).__name__}: {num_samples} samples make {tokens} tokens, more than "
+                f"the {self.max_tokens} learnable positions (raise max_tokens)"
+            )
+        return tokens
+
+    def patchify(self, waveform: Tensor) -> Tensor:
+        """Waveforms ``(B, C, N)`` -> patches ``(B, N / patch_size, C * patch_size)``: patch
+        ``i`` holds samples ``i * patch_size .. (i + 1) * patch_size - 1`` of each channel."""
+        if waveform.ndim != 3 or waveform.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} expects waveforms shaped (B, {self.in_channels}, N), got "
+                f"{tuple(waveform.shape)}"
+            )
+        b, c, n = waveform.shape
+        tokens = self.num_tokens(n)
+        return waveform.reshape(b, c, tokens, self.patch_size).transpose(1, 2).flatten(2)
+
+    def embed(self, waveform: Tensor) -> Tensor:
+        """Tokens ``(B, n, dim)`` of waveforms ``(B, C, N)``, position embeddings added."""
+        tokens = self.patch_embed(self.patchify(waveform))
+        n = tokens.shape[1]
+        if self.pos_embed is not None:
+            pos = self.pos_embed[:n]
+        else:
+            pos = sinusoid_position_embedding(n, self.dim).to(tokens.device)
+        return tokens + pos.to(dtype=tokens.dtype)
+
+    def encode(self, tokens: Tensor) -> Tensor:
+        """The transformer blocks on ``(B, n, dim)`` tokens (all of them, or a kept subset)."""
+        for block in self.blocks:
+            tokens = block(tokens)
+        return tokens
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        """Features ``(B, dim)`` of encoded tokens: their mean, then a LayerNorm."""
+        return self.norm(tokens.mean(dim=1))
+
+    def forward_features(self, waveform: Tensor) -> Tensor:
+        """The last block's tokens as a map ``(B, dim, N / patch_size)``."""
+        return self.encode(self.embed(waveform)).transpose(1, 2)
+
+    def forward(self, waveform: Tensor) -> Tensor:
+        """Features ``(B, dim)`` of waveforms ``(B, C, N)``."""
+        return self.pool(self.encode(self.embed(waveform)))
+
+
+@register_audio(
+    "vatt_audio_base",
+    input_size=(1, 153600),
+    source="vssl (VATT)",
+    description="VATT's audio Transformer-Base on raw waveform: 128-sample patches, 768-d, "
+    "12 blocks, 12 heads, 1200 learnable positions (3.2 s at 48 kHz)",
+)
+def vatt_audio_base(
+    in_channels: int = 1, patch_size: int = 128, max_tokens: int = 1200
+) -> WaveformTransformer:
+    """VATT's audio Transformer-Base (out_dim 768)."""
+    return WaveformTransformer(768, 12, 12, patch_size, in_channels, "learnable", max_tokens)
+
+
+@register_audio(
+    "vatt_audio_tiny",
+    input_size=(1, 16000),
+    source="vssl",
+    description="a tiny waveform transformer for CPU runs and tests: 64-d, 2 blocks, 2 heads, "
+    "128-sample patches, sinusoid positions",
+)
+def vatt_audio_tiny(
+    in_channels: int = 1,
+    dim: int = 64,
+    depth: int = 2,
+    heads: int = 2,
+    patch_size: int = 128,
+    positions: str = "sinusoid",
+    max_tokens: int = 1200,
+) -> WaveformTransformer:
+    """A small `WaveformTransformer` (sizes configurable; out_dim ``dim``)."""
+    return WaveformTransformer(dim, depth, heads, patch_size, in_channels, positions, max_tokens)

@@ -14,6 +14,7 @@ from vssl.tasks.rspnet import RSPNet
 from vssl.tasks.statistics import SpatioTemporalStatistics
 from vssl.tasks.supervised import Supervised
 from vssl.tasks.tdl import TDL
+from vssl.tasks.vatt import VATT
 from vssl.tasks.videomae import VideoMAE
 from vssl.tasks.vjepa import VJEPA
 
@@ -32,6 +33,7 @@ __all__ = [
     "Supervised",
     "TDL",
     "TaskMixture",
+    "VATT",
     "VJEPA",
     "VSSLTask",
     "VideoMAE",
