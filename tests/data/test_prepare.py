@@ -479,7 +479,11 @@ def test_a_full_disk_stops_the_run_and_leaves_nothing_that_counts_as_done(tmp_pa
     summary = run(src, dst)
     assert summary.fatal == "b.mp4: No space left on device"
     assert (summary.done, summary.failed) == (1, [("b.mp4", "No space left on device")])
-    assert sorted(p.name for p in dst.iterdir() if p.is_file()) == ["a.mp4", REPORT_NAME]
+    assert sorted(p.name for p in dst.iterdir() if p.is_file()) == [
+        "a.mp4",
+        "a.mp4.jpgidx",
+        REPORT_NAME,
+    ]
     assert summary.lines()[-2] == "stopped: b.mp4: No space left on device"
     monkeypatch.setattr(module, "_transcode", transcode)
     assert (run(src, dst).done, run(src, dst).skipped) == (2, 3)

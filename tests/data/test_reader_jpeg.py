@@ -1,13 +1,16 @@
-"""The ``jpeg`` backend: MJPEG packets demuxed with PyAV, decoded with libjpeg-turbo (OpenCV).
+"""The ``jpeg`` backend: MJPEG frames read by byte range (a sidecar index written by ``vssl
+prepare``, or one built in memory) or demuxed with PyAV, decoded with libjpeg-turbo (OpenCV).
 
 Clips are written here with PyAV (frame ``i`` shows the bits of ``i``, see conftest). The
 backend must pick exactly the frames the PyAV reader picks (the index read back from each
 frame), with pixels within JPEG decoders' rounding of PyAV's, and hand every other codec, and
-every MJPEG call it cannot serve exactly, to the PyAV reader unchanged.
+every MJPEG call it cannot serve exactly, to the PyAV reader unchanged. A stale, truncated or
+wrong sidecar must never give wrong frames, and the reader never writes beside a video.
 """
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,8 +21,18 @@ import pytest
 import torch
 from conftest import code_frame, read_frame_index
 
+from vssl.data.prepare import prepare
 from vssl.data.reader import VideoDecodeError, VideoReader, open_reader
-from vssl.data.reader_jpeg import JpegReader, reduced_flag
+from vssl.data.reader_jpeg import (
+    SIDECAR_SUFFIX,
+    JpegIndex,
+    JpegReader,
+    _IndexCache,
+    build_jpeg_index,
+    clear_index_cache,
+    read_sidecar,
+    reduced_flag,
+)
 
 HEIGHT, WIDTH, COUNT = 48, 64, 40
 
@@ -39,6 +52,14 @@ def _write(path: Path, codec: str, pix_fmt: str, width: int = WIDTH, pts=None) -
             container.mux(stream.encode(image))
         container.mux(stream.encode())
     return path
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    """Every test starts with no index in this process's cache."""
+    clear_index_cache()
+    yield
+    clear_index_cache()
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +236,216 @@ def test_nvjpeg_decodes_the_same_frames(files):
     assert [read_frame_index(f) for f in got.cpu()] == indices
     assert _mean_difference(got.cpu(), expected) < 3
     assert _mean_difference(small.cpu(), expected_small) < 3
+
+
+# ---------------------------------------------------------------- the frame index
+
+
+def _packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as container:
+        return [bytes(p) for p in container.demux(video=0) if p.size]
+
+
+def _with_sidecar(path: Path, folder: Path) -> Path:
+    """A copy of ``path`` in ``folder`` with its sidecar, as ``vssl prepare`` leaves it."""
+    folder.mkdir(exist_ok=True)
+    copy = folder / path.name
+    copy.write_bytes(path.read_bytes())
+    index = build_jpeg_index(copy)
+    assert index is not None
+    (folder / (path.name + SIDECAR_SUFFIX)).write_bytes(index.to_bytes())
+    return copy
+
+
+def _opened_from_index(path: Path, **kwargs) -> JpegReader:
+    reader = open_reader(path, "jpeg", **kwargs)
+    assert reader._index is not None and reader._container is None
+    return reader
+
+
+def test_the_index_is_each_frames_packet_bytes(files):
+    packets = _packets(files["mjpeg-mkv-422"])  # in MKV a packet's bytes follow a block header
+    index = build_jpeg_index(files["mjpeg-mkv-422"])
+    assert index.num_frames == COUNT and (index.width, index.height, index.fps) == (64, 48, 25)
+    data = files["mjpeg-mkv-422"].read_bytes()
+    for i in range(COUNT):
+        assert data[index.offsets[i] : index.offsets[i] + index.sizes[i]] == packets[i]
+    # pts 0..9 then 11..40 at 40/41 of 25 fps: index 10 shows packet 9, packets 20 and 21
+    # (indices 20 and 20.5 -> 20, rounded half to even) give index 20 the first of them
+    gap = build_jpeg_index(files["mjpeg-gap"])
+    starts = [int(o) for o in gap.offsets]
+    order = sorted(set(starts))
+    assert [order.index(o) for o in starts[8:12]] == [8, 9, 9, 10]
+    assert gap.num_frames == COUNT
+    again = JpegIndex.from_bytes(index.to_bytes())
+    assert np.array_equal(again.offsets, index.offsets)
+    assert np.array_equal(again.sizes, index.sizes)
+    assert (again.width, again.height, again.fps, again.start_pts, again.time_base) == (
+        64,
+        48,
+        25.0,
+        index.start_pts,
+        index.time_base,
+    )
+    assert (again.file_size, again.mtime_ns, again.digest) == (
+        index.file_size,
+        index.mtime_ns,
+        index.digest,
+    )
+
+
+def test_only_mjpeg_is_indexed(files, tmp_path):
+    assert build_jpeg_index(files["h264"]) is None
+    assert build_jpeg_index(tmp_path / "missing.mp4") is None
+    for _ in range(3):
+        with open_reader(files["h264"], "jpeg") as reader:
+            assert reader._index is None and not reader.is_jpeg
+
+
+@pytest.mark.parametrize(
+    "name", ["mjpeg-mp4", "mjpeg-avi", "mjpeg-mkv-422", "mjpeg-228", "mjpeg-gap"]
+)
+@pytest.mark.parametrize("source", ["sidecar", "memory"])
+def test_frames_from_the_index_are_the_pyav_readers(files, tmp_path, name, source):
+    path = files[name]
+    if source == "sidecar":
+        path = _with_sidecar(path, tmp_path)
+    else:
+        open_reader(path, "jpeg").close()  # opened once: the second open builds the index
+    indices = [*_indices(COUNT), *range(COUNT)]
+    with VideoReader(path) as reference:
+        expected = reference.get_frames(indices)
+        expected_small = reference.get_frames(indices, size=24)
+        start_time, fps = reference.start_time, reference.fps
+    with _opened_from_index(path, num_frames=COUNT) as reader:
+        assert (reader.num_frames, reader.width, reader.fps) == (COUNT, expected.shape[-1], fps)
+        got = reader.get_frames(indices)
+        assert [read_frame_index(f) for f in got] == [read_frame_index(f) for f in expected]
+        assert _mean_difference(got, expected) < 1.5
+        assert _mean_difference(reader.get_frames(indices, size=24), expected_small) < 3
+        assert reader.start_time == start_time
+        assert reader.get_frames([]).shape == (0, 3, HEIGHT, reader.width)
+
+
+def test_a_file_opened_once_is_not_indexed_and_nothing_is_written_beside_it(files):
+    path = files["mjpeg-avi"]
+    before = sorted(path.parent.iterdir())
+    with open_reader(path, "jpeg") as first:
+        assert first._index is None and first.is_jpeg
+    with open_reader(path, "jpeg") as second:
+        assert second._index is not None
+    with open_reader(path, "jpeg", num_frames=COUNT) as third:
+        assert third._index is not None
+    assert sorted(path.parent.iterdir()) == before
+    assert read_sidecar(path) is None
+
+
+def test_prepare_writes_the_sidecar_and_the_reader_opens_no_container(tmp_path, monkeypatch):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    _write(src / "v.mp4", "libx264", "yuv420p")
+    summary = prepare(src, dst, short_side=HEIGHT, codec="mjpeg", workers=1, progress=False)
+    assert summary.done == 1
+    sidecar = dst / ("v.mp4" + SIDECAR_SUFFIX)
+    assert sorted(p.name for p in src.iterdir()) == ["v.mp4"]  # nothing beside the source
+    index = read_sidecar(dst / "v.mp4")
+    assert index is not None and index.num_frames == COUNT
+    assert index.to_bytes() == sidecar.read_bytes()
+    with VideoReader(dst / "v.mp4") as reference:
+        expected = reference.get_frames(range(COUNT))
+
+    def no_container(*args, **kwargs):
+        raise AssertionError("a container was opened")
+
+    monkeypatch.setattr(av, "open", no_container)
+    with _opened_from_index(dst / "v.mp4", num_frames=COUNT) as reader:
+        got = reader.get_frames(range(COUNT))
+    assert [read_frame_index(f) for f in got] == list(range(COUNT))
+    assert _mean_difference(got, expected) < 1.5
+    monkeypatch.undo()
+    # an H.264 output has no sidecar; preparing over it again with --overwrite removes it
+    prepare(src, dst, short_side=HEIGHT, codec="h264", workers=1, progress=False, overwrite=True)
+    assert not sidecar.exists()
+
+
+def test_a_stale_or_truncated_sidecar_is_ignored(files, tmp_path):
+    path = _with_sidecar(files["mjpeg-mp4"], tmp_path)
+    sidecar = tmp_path / ("clip.mp4" + SIDECAR_SUFFIX)
+    good = sidecar.read_bytes()
+    for bad in (good[:-8], good[:40], b"", b"not an index at all" * 10):
+        sidecar.write_bytes(bad)
+        assert read_sidecar(path) is None
+        clear_index_cache()
+        with open_reader(path, "jpeg", num_frames=COUNT) as reader:
+            assert reader._index is None  # opened as a file without a sidecar
+            assert [read_frame_index(f) for f in reader.get_frames([0, 39, 7])] == [0, 39, 7]
+    sidecar.write_bytes(good)
+    assert read_sidecar(path) is not None
+    # a copy without its modification time is still the same file: its tail digest says so
+    os.utime(path, ns=(0, 123_456_789))
+    assert read_sidecar(path) is not None
+    # the video rewritten: another size, or the same size with other bytes, and another mtime
+    data = bytearray(path.read_bytes())
+    path.write_bytes(bytes(data[:-1]))
+    assert read_sidecar(path) is None
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert read_sidecar(path) is None
+    _write(path, "mjpeg", "yuvj420p", pts=[i if i < 10 else i + 1 for i in range(COUNT)])
+    assert read_sidecar(path) is None
+    with open_reader(path, "jpeg") as reader:
+        assert reader._index is None
+        assert [read_frame_index(f) for f in reader.get_frames([9, 10, 11])] == [9, 9, 10]
+
+
+def test_a_sidecar_pointing_at_the_wrong_bytes_gives_the_pyav_readers_frames(files, tmp_path):
+    path = _with_sidecar(files["mjpeg-mp4"], tmp_path)
+    sidecar = tmp_path / ("clip.mp4" + SIDECAR_SUFFIX)
+    index = JpegIndex.from_bytes(sidecar.read_bytes())
+    shifted = JpegIndex(**{**vars(index), "offsets": index.offsets + 3})
+    sidecar.write_bytes(shifted.to_bytes())
+    indices = _indices(COUNT)
+    with VideoReader(path) as reference:
+        expected = reference.get_frames(indices)
+    with _opened_from_index(path) as reader:
+        assert torch.equal(reader.get_frames(indices), expected)  # PyAV's pixels exactly
+        assert reader._index is None
+    with open_reader(path, "jpeg") as reader:  # this process no longer trusts that sidecar
+        assert reader._index is None
+
+
+def test_a_video_cut_short_under_its_index_raises_naming_the_file(files, tmp_path):
+    path = _with_sidecar(files["mjpeg-mp4"], tmp_path)
+    with _opened_from_index(path) as reader:
+        assert [read_frame_index(f) for f in reader.get_frames([0, 30])] == [0, 30]
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        with pytest.raises(VideoDecodeError, match=r"clip\.mp4: "):
+            reader.get_frames([35, 39])
+    with pytest.raises(VideoDecodeError, match=r"clip\.mp4: "):
+        open_reader(path, "jpeg", num_frames=COUNT).get_frames([39])
+
+
+def test_frames_past_the_index_go_to_the_pyav_reader(files, tmp_path):
+    path = _with_sidecar(files["mjpeg-mp4"], tmp_path)
+    # the video index counted one frame more than the file holds
+    with _opened_from_index(path, num_frames=COUNT + 1) as reader:
+        with pytest.raises(VideoDecodeError, match=r"clip\.mp4: frames \[40\] could not be"):
+            reader.get_frames([3, COUNT])
+    with _opened_from_index(path, num_frames=COUNT + 1) as reader:  # still trusted
+        assert [read_frame_index(f) for f in reader.get_frames([3, 39])] == [3, 39]
+
+
+def test_the_cache_keeps_the_most_recently_used_indexes_up_to_its_frames(files):
+    index = build_jpeg_index(files["mjpeg-mp4"])
+    cache = _IndexCache(max_frames=2 * COUNT + 1, max_seen=2)
+    cache.put("a", (1, 1), index)
+    cache.put("b", (1, 1), index)
+    assert cache.get("a", (1, 1)) == (True, index)  # a is now the most recently used
+    cache.put("c", (1, 1), None)  # a file without an index counts as one frame
+    assert cache.frames == 2 * COUNT + 1
+    cache.put("d", (1, 1), None)
+    assert cache.get("b", (1, 1)) == (False, None)
+    assert cache.get("a", (2, 1)) == (False, None)  # the file changed since
+    assert cache.frames == COUNT + 2
+    assert [cache.opened_before(p, (1, 1)) for p in "xyxzx"] == [False, False, True, False, True]
+    assert list(cache.seen) == ["z", "x"]

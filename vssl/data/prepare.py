@@ -13,7 +13,10 @@ of the source (timestamps mapped the reader's way, gaps filled with the frame on
 frame counts and durations are unchanged. Each output is written under a temporary name in its
 folder, verified (frame count and duration as the reader counts them, size, codec, keyframe
 interval, first and last frame decodable), and only then renamed into place and recorded in
-``DST/.vssl_prepare/manifest.jsonl`` with the settings and the source's size and mtime. A
+``DST/.vssl_prepare/manifest.jsonl`` with the settings and the source's size and mtime. An
+MJPEG output gets its frame index beside it, ``<output>.jpgidx``
+(:class:`~vssl.data.reader_jpeg.JpegIndex`: each frame's byte range, so the jpeg reader reads
+a clip without opening the container), written just before the output is renamed into place. A
 rerun skips recorded outputs, finishes what an interrupted run left (leftover temporary files
 are deleted; an output renamed but not yet recorded is verified and kept), and refuses to
 replace an output made with other settings or from a changed source unless ``overwrite``.
@@ -56,6 +59,7 @@ from vssl.data.reader import (
     _stream_fps,
     output_size,
 )
+from vssl.data.reader_jpeg import SIDECAR_SUFFIX, build_jpeg_index, read_sidecar
 from vssl.errors import UserError
 
 REPORT_NAME = "prepare_report.json"
@@ -606,6 +610,28 @@ def _structure_problem(path: str, settings: Settings, size: tuple[int, int]) -> 
     return None
 
 
+def _write_sidecar(video: str, output: str, codec: str) -> None:
+    """Write the frame index of ``video`` (the file that is or is about to become ``output``)
+    beside ``output`` as ``<output>.jpgidx``, atomically, so that the jpeg reader serves its
+    frames without opening the container; remove an old one when there is nothing to index."""
+    sidecar = output + SIDECAR_SUFFIX
+    index = build_jpeg_index(video) if codec == "mjpeg" else None
+    if index is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sidecar)
+        return
+    tmp = f"{sidecar}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(index.to_bytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, sidecar)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def _verify(
     path: str, settings: Settings, frames: int, duration: float, rate: float, size: tuple[int, int]
 ) -> str | None:
@@ -656,6 +682,8 @@ def _run_job(job: _Job) -> _Outcome:
                     f"exists and is not an output of these settings ({problem}); pass "
                     "--overwrite to replace it",
                 )
+            if job.settings.codec == "mjpeg" and read_sidecar(job.output) is None:
+                _write_sidecar(job.output, job.output, job.settings.codec)
             size_now = os.stat(job.output).st_size
             return _Outcome(job, "adopted", frames=total, source_key=key, output_size=size_now)
         Path(job.output).parent.mkdir(parents=True, exist_ok=True)
@@ -667,6 +695,7 @@ def _run_job(job: _Job) -> _Outcome:
             return _Outcome(job, "failed", f"the output failed verification: {problem}")
         if _file_key(job.source) != key:
             return _Outcome(job, "failed", "the source changed while it was transcoded")
+        _write_sidecar(tmp, job.output, job.settings.codec)
         os.replace(tmp, job.output)
         return _Outcome(
             job,
