@@ -33,6 +33,16 @@ label.
   task reads the teacher files again and fills their entries in, so the teacher files must
   still exist where they were. A backbone exported with ``vssl export`` needs them no more.
 
+- Cached teacher features (``teacher_cache``, a folder; `vssl.tasks.teacher_cache` has the
+  design): the teachers' features (and pretext-head outputs, with logits) of ``cache_views``
+  fixed views per training video (drawn once from ``cache_seed``) and of the centre view of
+  each validation video, computed once and read from memory-mapped files. The student then
+  trains on exactly those views (deterministic centre crop, the view's flip, no photometric
+  augmentation) and the teachers do not run; when the folder holds a complete cache for these
+  teachers, they are not even loaded. The cache is filled when fitting starts if it is
+  missing, or beforehand with `vssl.tasks.teacher_cache.cache_teacher_features`; a cache made
+  for other teachers, views, data or videos is refused, naming its manifest.
+
 Logged: ``teacher<i>_cos``, the mean cosine between the (projected) student features and
 teacher ``i``'s (not with ``match: logits``, which has no feature projection); with logits,
 ``teacher<i>_kl``, that teacher's logit loss.
@@ -40,6 +50,7 @@ teacher ``i``'s (not with ``match: logits``, which has no feature projection); w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +58,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from vssl.data.sampling import ClipSampler, ClipSpec
 from vssl.errors import InvalidInputError, UserError
 from vssl.heads import DistillationProjectionHead
+from vssl.tasks import teacher_cache as tc
 from vssl.tasks.base import StepOutput, VSSLTask
 
 LOSSES = ("cosine", "mse")
@@ -146,6 +159,10 @@ class Distillation(VSSLTask):
         match: what the student matches: the teachers' ``features``, the ``logits`` of their
             pretext heads, or ``both`` (the sum of the two losses).
         temperature: the softmax temperature of logit distillation.
+        teacher_cache: a folder for cached teacher features (None: the teachers run on every
+            batch); see the module docstring.
+        cache_views: fixed views per training video in the cache.
+        cache_seed: the seed the fixed views are drawn from.
         **kwargs: the settings of `VSSLTask` for the student (backbone, optimiser, schedule,
             probe, augment, ...).
     """
@@ -157,6 +174,9 @@ class Distillation(VSSLTask):
         weights: list[float] | None = None,
         match: str = "features",
         temperature: float = 1.0,
+        teacher_cache: str | None = None,
+        cache_views: int = 4,
+        cache_seed: int = 0,
         **kwargs: Any,
     ):
         if isinstance(teachers, (str, Path)) or not teachers:
@@ -186,30 +206,57 @@ class Distillation(VSSLTask):
         self.loss_name = loss
         self.match = match
         self.temperature = float(temperature)
-        tasks = [_load_teacher_task(p, i) for i, p in enumerate(teachers)]
-        self.teachers = nn.ModuleList(_frozen(t.backbone) for t in tasks)
         # absolute paths in the checkpoint, so that it loads from any working folder
         self.hparams["teachers"] = [str(Path(p).resolve()) for p in teachers]
+        self.teacher_cache = None if teacher_cache is None else Path(teacher_cache).resolve()
+        self.cache: tc.TeacherCache | None = None
+        self._cache_checked = False
+        if self.teacher_cache is not None:
+            self.hparams["teacher_cache"] = str(self.teacher_cache)
+            tc.train_views(cache_views, cache_seed, False)  # checks cache_views
+            if self.augment.photometric:
+                raise InvalidInputError(
+                    f"Distillation teacher_cache {self.teacher_cache}: the cached teacher features "
+                    "are those of the unaugmented views, so the student's augment may only "
+                    "normalise (no jitter, grayscale, blur or solarisation)"
+                )
+            manifest = tc.read_manifest(self.teacher_cache)
+            if manifest is not None:
+                tc.check_teachers(self.teacher_cache, manifest, teachers, match != "features")
+                if manifest.get("complete"):
+                    self.cache = tc.TeacherCache(self.teacher_cache, manifest)
+        if self.cache is not None:  # the teachers are not needed: their sizes are in the cache
+            tasks = []
+            self.teachers = nn.ModuleList()
+            records = self.cache.manifest["teachers"]
+            dims = [r["out_dim"] for r in records]
+            self._head_sizes = [dict(r["heads"]) if match != "features" else {} for r in records]
+        else:
+            tasks = [_load_teacher_task(p, i) for i, p in enumerate(teachers)]
+            self.teachers = nn.ModuleList(_frozen(t.backbone) for t in tasks)
+            dims = [t.out_dim for t in self.teachers]
         student = self.backbone.out_dim
         self.projections = nn.ModuleList(
             nn.Identity()
-            if t.out_dim == student or match == "logits"  # logits only: no feature projection
-            else DistillationProjectionHead(student, t.out_dim)
-            for t in self.teachers
+            if dim == student or match == "logits"  # logits only: no feature projection
+            else DistillationProjectionHead(student, dim)
+            for dim in dims
         )
         if match != "features":
             self.teacher_heads = nn.ModuleList(
                 pretext_heads(t, p, i) for i, (t, p) in enumerate(zip(tasks, teachers, strict=True))
             )
+            if tasks:
+                self._head_sizes = [
+                    {name: _output_size(head, dim) for name, head in heads.items()}
+                    for heads, dim in zip(self.teacher_heads, dims, strict=True)
+                ]
             self.logit_heads = nn.ModuleList(
-                nn.ModuleDict(
-                    {
-                        name: nn.Linear(student, _output_size(head, teacher.out_dim))
-                        for name, head in heads.items()
-                    }
-                )
-                for heads, teacher in zip(self.teacher_heads, self.teachers, strict=True)
+                nn.ModuleDict({name: nn.Linear(student, size) for name, size in sizes.items()})
+                for sizes in self._head_sizes
             )
+        elif tasks:
+            self._head_sizes = [{} for _ in tasks]
         del tasks
         w = torch.tensor([float(x) for x in weights] if weights else [1.0] * len(teachers))
         self.register_buffer("teacher_weights", w / w.sum(), persistent=False)
@@ -218,7 +265,7 @@ class Distillation(VSSLTask):
         """Sets the student's mode; the teachers stay in eval mode."""
         super().train(mode)
         self.teachers.eval()
-        if self.match != "features":
+        if self.match != "features" and self.teachers:
             self.teacher_heads.eval()
         return self
 
@@ -227,12 +274,113 @@ class Distillation(VSSLTask):
         """Each teacher's pooled features of the float clips ``(B, C, T, H, W)``."""
         return [teacher(video) for teacher in self.teachers]
 
+    def teacher_head_sizes(self) -> list[dict[str, int]]:
+        """Each teacher's pretext heads and their output sizes (empty with ``match:
+        features``): the columns a cached row has after the features."""
+        return [dict(sizes) for sizes in self._head_sizes]
+
+    @torch.no_grad()
+    def teacher_rows(self, video: Tensor) -> list[Tensor]:
+        """Each teacher's cache rows of the float clips: its features, then (with logits) the
+        outputs of its pretext heads in `teacher_head_sizes` order."""
+        rows = []
+        for i, features in enumerate(self.teacher_features(video)):
+            heads = self.teacher_heads[i].values() if self.match != "features" else []
+            rows.append(torch.cat([features, *(head(features) for head in heads)], dim=1))
+        return rows
+
+    def cache_view_table(self, stage: str, spec: ClipSpec) -> list[tuple[float, bool]]:
+        """The fixed ``(start fraction, flip)`` views of ``stage``'s videos in the cache."""
+        if stage == "train":
+            return tc.train_views(
+                self.hparams["cache_views"], self.hparams["cache_seed"], spec.flip
+            )
+        return list(tc.EVAL_VIEWS)
+
+    def clip_sampler(self, stage: str, spec: ClipSpec) -> ClipSampler:
+        """With a cache, one of the video's fixed views (`teacher_cache.CachedViews`)."""
+        if self.teacher_cache is None:
+            return super().clip_sampler(stage, spec)
+        views = tuple(self.cache_view_table(stage, spec))
+        return tc.CachedViews(spec.clip_len, spec.stride, views)
+
+    def clip_transform(self, stage: str, spec: ClipSpec) -> Callable:
+        """With a cache, the deterministic centre crop (the flip is applied on the device)."""
+        if self.teacher_cache is None:
+            return super().clip_transform(stage, spec)
+        return tc.view_transform(spec.crop_size)
+
+    def augment_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Flips the cached views that are flipped, then augments and normalises."""
+        video = batch.get("video")
+        if "cache_flip" in batch and video is not None and video.dtype == torch.uint8:
+            batch["video"] = tc.flip_views(video, batch["cache_flip"])
+        return super().augment_batch(batch)
+
+    def _cache_datamodule(self) -> Any:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not hasattr(datamodule, "build_dataset"):
+            raise InvalidInputError(
+                f"Distillation teacher_cache {self.teacher_cache}: needs a VideoDataModule "
+                "(its samples say which video and view they are), got "
+                f"{type(datamodule).__name__}"
+            )
+        return datamodule
+
+    def on_fit_start(self) -> None:
+        """Fills the teacher cache when it is missing, or checks it against the data."""
+        if self.teacher_cache is None:
+            return
+        datamodule = self._cache_datamodule()
+        if self.cache is None:
+            self.cache = tc.cache_teacher_features(self, datamodule)
+        else:
+            tc.verify_cache(self, datamodule, self.cache)
+        self._cache_checked = True
+
+    def _check_cache(self) -> None:
+        if self.teacher_cache is None or self._cache_checked:
+            return
+        if self.cache is None:
+            raise InvalidInputError(
+                f"Distillation teacher_cache {self.teacher_cache}: no complete cache there; fit "
+                "fills it, or vssl.tasks.teacher_cache.cache_teacher_features"
+            )
+        tc.verify_cache(self, self._cache_datamodule(), self.cache)
+        self._cache_checked = True
+
+    def on_validation_start(self) -> None:
+        self._check_cache()
+
+    def on_test_start(self) -> None:
+        self._check_cache()
+
+    def _targets(
+        self, batch: dict[str, Tensor], stage: str, video: Tensor
+    ) -> tuple[list[Tensor], list[dict[str, Tensor] | None]]:
+        """The teachers' features of the batch and (with logits) their heads' outputs: read
+        from the cache, or computed by the teachers."""
+        if self.cache is None:
+            return self.teacher_features(video), [None] * len(self.teachers)
+        if "index" not in batch or "cache_view" not in batch:
+            raise InvalidInputError(
+                f"Distillation teacher_cache {self.teacher_cache}: a batch needs 'index' and "
+                "'cache_view' (a VideoDataModule serving the task's views), got keys "
+                f"{sorted(batch)}"
+            )
+        features, logits = [], []
+        for i, rows in enumerate(self.cache.rows(stage, batch["index"], batch["cache_view"])):
+            z, heads = self.cache.split(i, rows.to(video.device, non_blocking=True))
+            features.append(z)
+            logits.append(heads)
+        return features, logits
+
     def step(self, batch: dict[str, Tensor], stage: str) -> StepOutput:
         """The weighted mean over teachers of the feature-matching loss on the batch's clips
         and/or of the logit loss (the mean over each teacher's pretext heads)."""
         video = batch["video"]
         features = self.backbone(video)
-        targets = self.teacher_features(video)
+        targets, cached_logits = self._targets(batch, stage, video)
         loss = features.new_zeros(())
         logs: dict[str, Tensor | float] = {}
         for i, (project, target) in enumerate(zip(self.projections, targets, strict=True)):
@@ -244,8 +392,10 @@ class Distillation(VSSLTask):
                 cos = F.cosine_similarity(student.detach(), target, dim=1).mean()
                 logs[f"teacher{i}_cos"] = cos
             if self.match != "features":
-                with torch.no_grad():
-                    soft = {n: h(target) for n, h in self.teacher_heads[i].items()}
+                soft = cached_logits[i]
+                if soft is None:
+                    with torch.no_grad():
+                        soft = {n: h(target) for n, h in self.teacher_heads[i].items()}
                 kl = torch.stack(
                     [
                         logit_distillation_loss(head(features), soft[n], self.temperature)
