@@ -1,18 +1,20 @@
 """Training-step overhead: vssl's training (Lightning Trainer + task + batched augmentation)
-against a plain PyTorch loop doing the same work on the same in-memory uint8 batches.
+against a plain PyTorch loop doing the same work on the same in-memory uint8 samples.
 
-Decoding is excluded from both sides: each task's own datamodule pipeline (its clip sampler
-and worker transform, on the synthetic dataset) is run once to build ``--batches`` uint8
-batches, which are kept in a list.
+Decoding is excluded from both sides: the task is attached to a `VideoDataModule` on the
+synthetic dataset (`VideoDataModule.attach`: its clip sampler and worker transform), whose train
+dataloader is run once for ``--batches`` batches of uint8 samples, kept in a list. Both sides
+batch that list with the same ``DataLoader(batch_size=--batch)``, so both pay the collation.
 
-- vssl side: ``Trainer.fit`` as the CLI sets it up (CSVLogger, LearningRateMonitor,
-  ModelCheckpoint with ``save_last``, RunInfo, RNGState; progress bar as ``--progress-bar``;
-  ``log_every_n_steps`` as ``--log-every``), on a LightningDataModule that serves the list.
+- vssl side: ``Trainer.fit(task, train_dataloaders=...)`` as the CLI sets it up (CSVLogger,
+  LearningRateMonitor, ModelCheckpoint with ``save_last``, RunInfo, RNGState; progress bar as
+  ``--progress-bar``; ``log_every_n_steps`` as ``--log-every``); the task reads its batch size
+  (for its lr scaling) from that dataloader, as in any run.
   Everything of a step counts: fetch, ``on_after_batch_transfer`` (the augmentation), the
   task's ``training_step`` (loss, online probe, metrics, ``self.log``), backward, optimiser
   and lr scheduler step, the task's ``after_optimizer_step`` (RSPNet's momentum update),
   callbacks and logger.
-- plain side: a loop over the same list doing ``task.augment_batch`` (the same `BatchAugment`
+- plain side: a loop over the same batches doing ``task.augment_batch`` (the same `BatchAugment`
   draws), ``task.step(batch, "train").loss``, plus the online probe's linear layer and
   cross-entropy on the detached features when the task has a probe and the batch has labels
   (the probe is part of vssl's training objective, so both sides train it), ``backward``,
@@ -49,15 +51,14 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningDataModule, Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from vssl.callbacks import RNGState, RunInfo
 from vssl.data.datamodule import VideoDataModule
@@ -108,33 +109,9 @@ def build_task(name: str, args: argparse.Namespace, num_classes: int) -> VSSLTas
     return task_class(name)(**kwargs)
 
 
-class _ListDataset(Dataset):
-    """Pre-collated batches; each item is a shallow copy, since augmentation replaces the
-    batch's video entries in place."""
-
-    def __init__(self, batches: list[dict[str, Any]]):
-        self.batches = batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return dict(self.batches[i])
-
-
-class InMemoryData(LightningDataModule):
-    """Serves a list of ready uint8 batches, in order, as the training data."""
-
-    def __init__(self, batches: list[dict[str, Any]], batch_size: int):
-        super().__init__()
-        self.batches, self.batch_size = batches, batch_size
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(_ListDataset(self.batches), batch_size=None, shuffle=False)
-
-
-def make_batches(name: str, args: argparse.Namespace, root: Path, cache: Path) -> tuple[list, int]:
-    """``args.batches`` uint8 batches from the task's own data pipeline, and the class count."""
+def make_samples(name: str, args: argparse.Namespace, root: Path, cache: Path) -> tuple[list, int]:
+    """``args.batches * args.batch`` uint8 samples of the task's own data pipeline (the
+    datamodule's train dataloader with the task attached), and the class count."""
     dm = VideoDataModule(
         root=str(root),
         clip_len=args.frames,
@@ -148,19 +125,22 @@ def make_batches(name: str, args: argparse.Namespace, root: Path, cache: Path) -
         val_split=None,
     )
     dm.prepare_data()
-    task = build_task(name, args, dm.num_classes)
-    # The datamodule asks the attached trainer's task for its pipeline; no Trainer is needed
-    # to run it once.
-    dm.trainer = SimpleNamespace(lightning_module=task, world_size=1, global_rank=0)
-    dm.setup("fit")
-    batches: list[dict[str, Any]] = []
-    epoch = 0
-    while len(batches) < args.batches:
-        loader = dm.train_dataloader()
-        loader.sampler.set_epoch(epoch)
-        batches += [b for b, _ in zip(loader, range(args.batches - len(batches)), strict=False)]
-        epoch += 1
-    return batches, dm.num_classes
+    dm.attach(build_task(name, args, dm.num_classes)).setup("fit")
+    wanted = args.batches * args.batch
+    samples: list[dict[str, Any]] = []
+    while len(samples) < wanted:
+        for batch in dm.train_dataloader():
+            size = len(next(iter(batch.values())))
+            samples += [{k: v[i] for k, v in batch.items()} for i in range(size)]
+    return samples[:wanted], dm.num_classes
+
+
+def batches_of(samples: list, args: argparse.Namespace) -> DataLoader:
+    """The batches of both sides: ``samples`` in order, repeated so that the warm-up and timed
+    steps fit in one epoch (no epoch-end checkpoint inside the timing)."""
+    steps = args.warmup + args.steps
+    repeats = steps * args.batch // len(samples) + 1
+    return DataLoader(samples * repeats, batch_size=args.batch, shuffle=False)
 
 
 class StepClock(Callback):
@@ -179,7 +159,7 @@ class StepClock(Callback):
 
 
 def run_vssl(
-    task: VSSLTask, batches: list, args: argparse.Namespace, out: Path, profiler: Any = None
+    task: VSSLTask, samples: list, args: argparse.Namespace, out: Path, profiler: Any = None
 ) -> float:
     """Mean seconds per step of ``Trainer.fit`` after the warm-up steps."""
     clock = StepClock()
@@ -204,10 +184,9 @@ def run_vssl(
             clock,
         ],
     )
-    data = InMemoryData(batches * (steps // len(batches) + 1), args.batch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(task, datamodule=data)
+        trainer.fit(task, train_dataloaders=batches_of(samples, args))
     times = [b - a for a, b in zip(clock.ends, clock.ends[1:], strict=False)][args.warmup :]
     return sum(times) / len(times)
 
@@ -221,13 +200,14 @@ def _optimizer(task: VSSLTask) -> torch.optim.Optimizer:
     return cls(params, lr=1e-3, weight_decay=hp.weight_decay)
 
 
-def run_plain(task: VSSLTask, batches: list, args: argparse.Namespace) -> float:
+def run_plain(task: VSSLTask, samples: list, args: argparse.Namespace) -> float:
     """Mean seconds per step after warm-up of a hand-written loop doing the same work."""
     task.train()
     opt = _optimizer(task)
+    batches = iter(batches_of(samples, args))
     ends = [time.perf_counter()]
-    for i in range(args.warmup + args.steps):
-        batch = task.augment_batch(dict(batches[i % len(batches)]))
+    for _ in range(args.warmup + args.steps):
+        batch = task.augment_batch(next(batches))
         out = task.step(batch, "train")
         loss = out.loss
         labels = batch.get("label")
@@ -291,7 +271,7 @@ def clips_per_sample(batch: dict[str, Any], task: VSSLTask) -> int:
 
 
 def profile(
-    name: str, batches: list, num_classes: int, args: argparse.Namespace, out: Path
+    name: str, samples: list, num_classes: int, args: argparse.Namespace, out: Path
 ) -> None:
     """Lightning's SimpleProfiler over a vssl fit, then torch.profiler's top operators."""
     from lightning.pytorch.profilers import SimpleProfiler
@@ -299,14 +279,14 @@ def profile(
     print(f"\n== {name}: Lightning SimpleProfiler (per hook, all steps incl. warm-up) ==")
     run_vssl(
         build_task(name, args, num_classes),
-        batches,
+        samples,
         args,
         out / "simple",
         profiler=SimpleProfiler(extended=False),
     )
     print(f"\n== {name}: torch.profiler, whole fit, top operators by self CPU time ==")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        run_vssl(build_task(name, args, num_classes), batches, args, out / "torch")
+        run_vssl(build_task(name, args, num_classes), samples, args, out / "torch")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
@@ -321,12 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--batches", type=int, default=4, help="distinct batches kept in memory")
+    parser.add_argument(
+        "--batches", type=int, default=4, help="distinct batches of samples kept in memory"
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--workers", type=int, default=0, help="DataLoader workers that build the batches once"
+        "--workers", type=int, default=0, help="DataLoader workers that build the samples once"
     )
     parser.add_argument("--log-every", type=int, default=50, help="Trainer log_every_n_steps")
     parser.add_argument("--progress-bar", action="store_true", help="enable the progress bar")
@@ -361,22 +343,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: not in vssl.tasks, skipped")
             continue
         try:
-            batches, num_classes = make_batches(name, args, root, tmp / "cache")
+            samples, num_classes = make_samples(name, args, root, tmp / "cache")
         except ValueError as err:  # a task that refuses these sizes says why; the others run
             print(f"{name}: skipped, {err}")
             continue
         if args.profile:
-            profile(name, batches, num_classes, args, tmp / name)
+            profile(name, samples, num_classes, args, tmp / name)
             continue
         vssl_times, plain_times = [], []
         for r in range(args.repeats):
             for side in side_order(r):
                 task = build_task(name, args, num_classes)
                 if side == "vssl":
-                    vssl_times.append(run_vssl(task, batches, args, tmp / name / f"r{r}"))
+                    vssl_times.append(run_vssl(task, samples, args, tmp / name / f"r{r}"))
                 else:
-                    plain_times.append(run_plain(task, batches, args))
-        clips = args.batch * clips_per_sample(batches[0], build_task(name, args, num_classes))
+                    plain_times.append(run_plain(task, samples, args))
+        first = next(iter(batches_of(samples, args)))
+        clips = args.batch * clips_per_sample(first, build_task(name, args, num_classes))
         pair = median_pair(vssl_times, plain_times)
         rows.append(
             (

@@ -205,7 +205,9 @@ def test_train_step_columns_agree_with_each_other(tmp_path, monkeypatch, capsys)
     assert low <= float(ratio) <= high
     assert abs(float(ratio) - plain / vssl) < 2e-3 * float(ratio) + 1e-3
     clips = 2 * int(cells[4])
-    assert abs(extra - 1e3 * (clips / vssl - clips / plain)) < 0.05 + 1e-3 * abs(extra)
+    # clips/s are printed to 0.05 and extra ms to 0.05: what that rounding can move the difference
+    rounding = 0.05 + 1e3 * clips * 0.05 * (1 / vssl**2 + 1 / plain**2)
+    assert abs(extra - 1e3 * (clips / vssl - clips / plain)) <= rounding * 1.01
 
 
 def test_index_memory_measures_both_layouts_on_the_same_data(tmp_path, capsys):
