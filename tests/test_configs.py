@@ -95,6 +95,9 @@ def cpu_overrides(config: Path, root: Path, cache: Path) -> list[str]:
     }
     model = _load(config)["model"]
     model_args = model.get("init_args") or {}
+    if model["class_path"].endswith("SiamMAE"):  # an image ViT (frame pairs)
+        args["model.init_args.backbone"] = "vit_tiny_8_image"
+        args["model.init_args.backbone_kwargs"] = "{dim: 32, depth: 1, heads: 2}"
     if model["class_path"].endswith("SpatioTemporalStatistics"):
         args["model.init_args.clip_len"] = "4"  # the statistics task: must equal the data's
     if model["class_path"].endswith(("VideoMAE", "VJEPA", "VATT")):  # these need a video ViT

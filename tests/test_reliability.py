@@ -302,6 +302,7 @@ TASK_CONFIGS = {
     "PlaybackRate": "configs/playback_rate/synthetic_tiny.yaml",
     "VideoMAE": "configs/videomae/synthetic_tiny.yaml",
     "VJEPA": "configs/vjepa/synthetic_tiny.yaml",
+    "SiamMAE": "configs/siammae/synthetic_tiny.yaml",
     "TDL": "configs/tdl/synthetic_tiny.yaml",
     "RhoBYOL": "configs/rho_byol/synthetic_tiny.yaml",
     "RhoMoCo": "configs/rho_moco/synthetic_tiny.yaml",

@@ -51,6 +51,9 @@ ARCH: dict[str, tuple[int, Callable[[int], int], Callable[[int], int]]] = {
     "vit_b_16": (768, lambda t: t // 2, lambda h: h // 16),
     "vit_l_16": (1024, lambda t: t // 2, lambda h: h // 16),
     "vit_tiny_8": (64, lambda t: t // 2, lambda h: h // 8),
+    # Image ViTs: every frame its own grid of 16x16 (8x8) patches.
+    "vit_s_16_image": (384, _keep, lambda h: h // 16),
+    "vit_tiny_8_image": (64, _keep, lambda h: h // 8),
     # 3D ShuffleNets: stem stride (1, 2, 2), a stride-2 max-pool, three stride-2 stages.
     "shufflenet3d_v1": (960, lambda t: _ceil_halve(t, 4), lambda h: _ceil_halve(h, 5)),
     "shufflenet3d_v2": (1024, lambda t: _ceil_halve(t, 4), lambda h: _ceil_halve(h, 5)),

@@ -266,3 +266,84 @@ def vit_tiny_8(
 ) -> VideoViT:
     """Build a small ViT (sizes configurable) with 2x8x8 tubelets by default."""
     return VideoViT(dim, depth, heads, _tubelet(tubelet_frames, patch_size))
+
+
+class ImageViT(VideoViT):
+    """An image ViT applied to clips frame by frame: each frame is its own token grid.
+
+    The encoder of frame-based methods (SiamMAE, Gupta et al., "Siamese Masked Autoencoders",
+    NeurIPS 2023): ``patch x patch`` patches of one frame (a `VideoViT` with one-frame tubelets),
+    the 1-D sinusoidal positions of one frame's ``H' W'`` tokens, and attention within a frame
+    only. On a clip ``(B, 3, T, H, W)`` every frame is encoded on its own (time folded into the
+    batch), so one model serves frames and clips alike:
+
+    - ``forward_features``: the per-frame token maps stacked over time, ``(B, D, T, H', W')``;
+      the attentive probe and ``extract_features(tokens=True)`` read its ``T H' W'`` tokens.
+    - ``forward``: ``fc_norm`` of the mean of all those tokens, i.e. of the average of the
+      frames' mean tokens: per-frame features averaged over the clip.
+    - ``embed``: tokens ``(B, T H' W', D)`` with each frame's positions ``0 .. H' W' - 1``;
+      ``encode`` runs the blocks on the tokens it is given, so a task that wants one frame's
+      attention passes one frame's tokens (frames as one-frame clips, ``(B T, 3, 1, H, W)``).
+
+    Args:
+        dim, depth, heads: width, number of blocks and attention heads.
+        patch_size: side of a square patch in pixels.
+        mlp_ratio: MLP hidden width over ``dim``.
+    """
+
+    def __init__(
+        self, dim: int, depth: int, heads: int, patch_size: int = 16, mlp_ratio: float = 4.0
+    ) -> None:
+        super().__init__(dim, depth, heads, (1, patch_size, patch_size), mlp_ratio)
+
+    @staticmethod
+    def frames(x: Tensor) -> Tensor:
+        """Clips ``(B, 3, T, H, W)`` -> one-frame clips ``(B T, 3, 1, H, W)``, frame-major."""
+        b, c, t, h, w = x.shape
+        return x.transpose(1, 2).reshape(b * t, c, 1, h, w)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Tokens ``(B, T H' W', D)`` of clips, each frame's with that frame's positions."""
+        if x.ndim != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} expects clips shaped (B, 3, T, H, W), got {tuple(x.shape)}"
+            )
+        self.grid(x.shape)
+        tokens = self.trunk.embed(self.frames(x))
+        return tokens.reshape(x.shape[0], -1, self.out_dim)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The token maps ``(B, D, T, H', W')`` of every frame, each frame encoded on its own."""
+        if x.ndim != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} expects clips shaped (B, 3, T, H, W), got {tuple(x.shape)}"
+            )
+        b, t = x.shape[0], x.shape[2]
+        maps = self.trunk(self.frames(x))  # (B T, D, 1, H', W')
+        return maps.reshape(b, t, *maps.shape[1:]).squeeze(3).transpose(1, 2)
+
+
+@register(
+    "vit_s_16_image",
+    input_size=(2, 224),
+    source="vssl (SiamMAE)",
+    description="ViT-S image transformer (384-d, 12 blocks, 6 heads) on 16x16 patches of each "
+    "frame, sinusoidal positions per frame, about 21.6M parameters; clips frame by frame (SiamMAE)",
+)
+def vit_s_16_image(patch_size: int = 16) -> ImageViT:
+    """Build the image ViT-S/16 that SiamMAE pretrains."""
+    return ImageViT(384, 12, 6, patch_size)
+
+
+@register(
+    "vit_tiny_8_image",
+    input_size=(2, 64),
+    source="vssl",
+    description="a tiny image ViT for tests and CPU runs: 64-d, 2 blocks, 2 heads, 8x8 patches "
+    "of each frame, clips frame by frame",
+)
+def vit_tiny_8_image(
+    dim: int = 64, depth: int = 2, heads: int = 2, patch_size: int = 8
+) -> ImageViT:
+    """Build a small image ViT (sizes configurable) with 8x8 patches by default."""
+    return ImageViT(dim, depth, heads, patch_size)

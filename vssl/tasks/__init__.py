@@ -11,6 +11,7 @@ from vssl.tasks.rho_byol import RhoBYOL
 from vssl.tasks.rho_moco import RhoMoCo
 from vssl.tasks.rotation import Rotation
 from vssl.tasks.rspnet import RSPNet
+from vssl.tasks.siammae import SiamMAE
 from vssl.tasks.statistics import SpatioTemporalStatistics
 from vssl.tasks.supervised import Supervised
 from vssl.tasks.tdl import TDL
@@ -28,6 +29,7 @@ __all__ = [
     "RhoBYOL",
     "RhoMoCo",
     "Rotation",
+    "SiamMAE",
     "SpatioTemporalStatistics",
     "StepOutput",
     "Supervised",
