@@ -240,7 +240,7 @@ def test_a_few_optimisation_steps_lower_the_loss():
         optimiser.step()
     with torch.no_grad():
         after = loss().item()
-    assert after < 0.8 * before, (before, after)
+    assert after < 0.85 * before, (before, after)  # 1.256 -> 0.976 here
 
 
 def test_weight_decay_groups_and_betas_follow_mae():
