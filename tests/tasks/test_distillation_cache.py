@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import lightning
@@ -155,6 +156,17 @@ def test_the_student_sees_the_view_whose_teacher_features_are_cached(
         ],
         rows,
     )
+    # the same loss read from the cache, by a task that loads no teacher, as computed on the fly
+    again = student(teacher, tmp_path / "cache", match="both").eval()
+    assert len(again.teachers) == 0 and len(again.teacher_heads) == 0
+    assert again.logit_heads[0]["head"].out_features == 4
+    missing, unexpected = again.load_state_dict(task.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith("teacher") for k in unexpected)
+    task.cache = None  # the teachers run
+    with torch.no_grad():
+        live, read = task.step(batch, "train"), again.step(batch, "train")
+    assert float(read.loss) == pytest.approx(float(live.loss), rel=1e-6)
+    assert set(read.logs) == {"teacher0_cos", "teacher0_kl"}
     # a validation sample: the centre view, never flipped
     val = next(iter(DataLoader(dm.build_dataset("val"), batch_size=4)))
     assert val["cache_view"].tolist() == [0] * 4 and not val["cache_flip"].any()
@@ -286,3 +298,48 @@ def test_a_stale_cache_is_refused_naming_its_manifest(
         student(teacher, tmp_path / "new", augment={"jitter_p": 0.8, "brightness": 0.4})
     with pytest.raises(UserError, match="cache_views must be a positive integer, got 0"):
         Distillation(teachers=[str(teacher)], teacher_cache=str(cache), cache_views=0)
+
+
+class Rank:
+    """The trainer of one of ``world`` processes, as the fill sees it: rank, world size and a
+    barrier shared with the other ranks (threads here)."""
+
+    def __init__(self, rank: int, world: int, barrier: threading.Barrier) -> None:
+        self.global_rank, self.world_size = rank, world
+        self.strategy = self
+        self._barrier = barrier
+
+    def barrier(self, name: str | None = None) -> None:
+        self._barrier.wait(timeout=60)
+
+
+def test_ranks_fill_their_shares_into_one_cache(
+    teacher: Path, tiny_synthetic: Path, index: Path, tmp_path: Path
+) -> None:
+    one = student(teacher, tmp_path / "one")
+    cache_teacher_features(one, datamodule(tiny_synthetic, index).attach(one), batch_size=1)
+    barrier, errors = threading.Barrier(2), []
+
+    def rank(r: int) -> None:
+        try:
+            task = student(teacher, tmp_path / "two")
+            task.attached_trainer = lambda: Rank(r, 2, barrier)
+            dm = datamodule(tiny_synthetic, index).attach(task)
+            cache_teacher_features(task, dm, batch_size=1)
+        except BaseException as err:  # reported below
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for stage in ("train", "val"):
+        single = np.load(tmp_path / "one" / f"teacher0.{stage}.npy")
+        shared = np.load(tmp_path / "two" / f"teacher0.{stage}.npy")
+        assert np.abs(single).sum(axis=1).min() > 0  # every row written
+        np.testing.assert_array_equal(shared, single)
+    manifests = [json.loads((tmp_path / d / MANIFEST).read_text()) for d in ("one", "two")]
+    assert manifests[0] == manifests[1] and manifests[1]["complete"]

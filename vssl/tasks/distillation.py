@@ -244,7 +244,8 @@ class Distillation(VSSLTask):
         )
         if match != "features":
             self.teacher_heads = nn.ModuleList(
-                pretext_heads(t, p, i) for i, (t, p) in enumerate(zip(tasks, teachers, strict=True))
+                pretext_heads(t, p, i)
+                for i, (t, p) in enumerate(zip(tasks, teachers if tasks else [], strict=True))
             )
             if tasks:
                 self._head_sizes = [
@@ -353,7 +354,17 @@ class Distillation(VSSLTask):
         self._check_cache()
 
     def on_test_start(self) -> None:
+        """Checks the cache; it holds the validation videos, which must be the test videos."""
         self._check_cache()
+        if self.teacher_cache is None:
+            return
+        splits = self._cache_datamodule().splits
+        if splits.get("test") != splits.get("val"):
+            raise InvalidInputError(
+                f"Distillation teacher_cache {self.teacher_cache}: the cache holds the "
+                f"{splits.get('val')!r} split's teacher features, not those of the test split "
+                f"{splits.get('test')!r}; test on the validation split or without teacher_cache"
+            )
 
     def _targets(
         self, batch: dict[str, Tensor], stage: str, video: Tensor

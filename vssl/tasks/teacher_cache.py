@@ -307,10 +307,13 @@ def cache_teacher_features(
     every rank fills its share of the videos (see the module docstring).
     """
     directory = Path(directory if directory is not None else task.teacher_cache)
-    if not task.teachers:
+    if not task.teachers:  # the task found a complete cache and loaded no teacher
+        if task.cache is not None and task.cache.directory == directory and not overwrite:
+            verify_cache(task, datamodule, task.cache)
+            return task.cache
         raise InvalidInputError(
-            f"{directory}: the teachers were not loaded (the task found a complete cache), so "
-            "nothing can be filled"
+            f"{directory}: the task loaded no teachers (it uses the complete cache in "
+            f"{task.teacher_cache}), so nothing can be filled"
         )
     trainer = task.attached_trainer()
     world = trainer.world_size if trainer is not None else 1
