@@ -257,12 +257,17 @@ HF_FILES = ("config.json", "model.safetensors", "README.md")
 
 
 def _hf_sizes(model: backbones.Backbone, path: Path) -> dict[str, Any]:
-    from vssl.backbones.vit import VideoViT
+    from vssl.backbones.vit import ImageViT, VideoViT
 
-    if not isinstance(model, VideoViT):
+    if not isinstance(model, VideoViT) or isinstance(model, ImageViT):
         raise ExportError(
             f"{path}: --format hf exports the video ViTs (vit_*); this checkpoint's backbone is "
             f"a {type(model).__name__}"
+            + (
+                " (frame by frame: a transformers VideoMAE would attend across frames)"
+                if isinstance(model, ImageViT)
+                else ""
+            )
         )
     block = model.trunk.blocks[0]
     return {

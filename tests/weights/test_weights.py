@@ -608,6 +608,13 @@ def test_export_hf_of_a_vit_backbone_and_errors(tmp_path: Path, capsys):
                tmp_path / "cnn.ckpt")  # fmt: skip
     assert main([str(tmp_path / "cnn.ckpt"), "--format", "hf", "--out", str(tmp_path / "x")]) == 2
     assert "--format hf exports the video ViTs (vit_*)" in capsys.readouterr().err
+    frames = Supervised(backbone="vit_tiny_8_image", num_classes=2)
+    torch.save({"state_dict": frames.state_dict(), "hyper_parameters": dict(frames.hparams)},
+               tmp_path / "frames.ckpt")  # fmt: skip
+    assert (
+        main([str(tmp_path / "frames.ckpt"), "--format", "hf", "--out", str(tmp_path / "y")]) == 2
+    )
+    assert "ImageViT (frame by frame" in capsys.readouterr().err
 
 
 def test_vit_l_factory_is_videomae_vit_large():
