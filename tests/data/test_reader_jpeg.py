@@ -363,6 +363,12 @@ def test_prepare_writes_the_sidecar_and_the_reader_opens_no_container(tmp_path, 
     assert [read_frame_index(f) for f in got] == list(range(COUNT))
     assert _mean_difference(got, expected) < 1.5
     monkeypatch.undo()
+    # an output found unrecorded (the manifest lost) is verified, kept and given its sidecar
+    sidecar.unlink()
+    (dst / ".vssl_prepare" / "manifest.jsonl").unlink()
+    again = prepare(src, dst, short_side=HEIGHT, codec="mjpeg", workers=1, progress=False)
+    assert (again.done, again.skipped) == (0, 1)
+    assert read_sidecar(dst / "v.mp4").to_bytes() == index.to_bytes()
     # an H.264 output has no sidecar; preparing over it again with --overwrite removes it
     prepare(src, dst, short_side=HEIGHT, codec="h264", workers=1, progress=False, overwrite=True)
     assert not sidecar.exists()

@@ -71,7 +71,7 @@ _FIELDS = 12  # int64 header fields after the magic
 _TAIL = 1 << 16  # bytes at the end of a video whose digest identifies it after a copy
 _SLACK = 64  # how far past a packet's position its bytes may start (container block headers)
 _READ_GAP = 1 << 16  # frames less than this many bytes apart are read in one pread
-_CACHE_FRAMES = 1 << 19  # frames the per-process index cache holds (12 bytes each)
+_CACHE_FRAMES = 1 << 19  # frames the per-process index cache holds (16 bytes each)
 _SEEN_FILES = 1 << 13  # files remembered as opened once (their index is built when next opened)
 _SOI = b"\xff\xd8"  # the first bytes of every JPEG image
 
@@ -284,18 +284,21 @@ def read_sidecar(path: str | Path) -> JpegIndex | None:
     return index if index is not None and index.describes(path, info) else None
 
 
+_Key = tuple[int, ...]
+
+
 class _IndexCache:
-    """Indexes by path for this process, each valid while the file's size and mtime stay those
-    it was looked up with; bounded by the frames held, least recently used dropped first.
-    ``None`` entries remember files that have no usable index."""
+    """Indexes by absolute path for this process, each valid while the file's key (device,
+    inode, size, mtime) stays the one it was looked up with; bounded by the frames held, least
+    recently used dropped first. ``None`` entries remember files that have no usable index."""
 
     def __init__(self, max_frames: int, max_seen: int) -> None:
         self.max_frames, self.max_seen = max_frames, max_seen
-        self.entries: OrderedDict[str, tuple[tuple[int, int], JpegIndex | None]] = OrderedDict()
-        self.seen: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self.entries: OrderedDict[str, tuple[_Key, JpegIndex | None]] = OrderedDict()
+        self.seen: OrderedDict[str, _Key] = OrderedDict()
         self.frames = 0
 
-    def get(self, path: str, key: tuple[int, int]) -> tuple[bool, JpegIndex | None]:
+    def get(self, path: str, key: _Key) -> tuple[bool, JpegIndex | None]:
         """``(known, index)``: known is False when nothing is cached for this version."""
         entry = self.entries.get(path)
         if entry is None or entry[0] != key:
@@ -303,7 +306,7 @@ class _IndexCache:
         self.entries.move_to_end(path)
         return True, entry[1]
 
-    def put(self, path: str, key: tuple[int, int], index: JpegIndex | None) -> None:
+    def put(self, path: str, key: _Key, index: JpegIndex | None) -> None:
         self.drop(path)
         self.entries[path] = (key, index)
         self.frames += 1 if index is None else index.num_frames
@@ -316,7 +319,7 @@ class _IndexCache:
         if entry is not None:
             self.frames -= 1 if entry[1] is None else entry[1].num_frames
 
-    def opened_before(self, path: str, key: tuple[int, int]) -> bool:
+    def opened_before(self, path: str, key: _Key) -> bool:
         """Whether this version of ``path`` was opened before; notes that it is now."""
         before = self.seen.get(path) == key
         self.seen[path] = key
@@ -372,14 +375,17 @@ class JpegReader(VideoReader):
             info = os.stat(self.path)
         except OSError:
             info = None  # the PyAV reader says what is wrong
-        key = (info.st_size, info.st_mtime_ns) if info is not None else None
+        self._key = None
+        if info is not None:
+            self._key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        where, key = os.path.abspath(self.path), self._key
         index = None
         if key is not None:
-            known, index = _CACHE.get(self.path, key)
+            known, index = _CACHE.get(where, key)
             if not known:
                 index = read_sidecar(self.path)
                 if index is not None:
-                    _CACHE.put(self.path, key, index)
+                    _CACHE.put(where, key, index)
         if index is not None:
             self._use_index(index, num_frames)
             return
@@ -398,11 +404,11 @@ class JpegReader(VideoReader):
             and self.is_jpeg
             and not self._sequential
             and self._exact_seek
-            and not _CACHE.get(self.path, key)[0]
-            and _CACHE.opened_before(self.path, key)
+            and not _CACHE.get(where, key)[0]
+            and _CACHE.opened_before(where, key)
         ):
             index = build_jpeg_index(self.path)
-            _CACHE.put(self.path, key, index)
+            _CACHE.put(where, key, index)
             if index is not None:
                 self._container.close()
                 self._container = None
@@ -421,8 +427,8 @@ class JpegReader(VideoReader):
     def _leave_index(self, usable: bool) -> None:
         """Read this file with PyAV from now on; ``usable=False`` also forgets its index in
         this process (a frame read through it was not a whole JPEG image)."""
-        if not usable:
-            _CACHE.put(self.path, (self._index.file_size, self._index.mtime_ns), None)
+        if not usable and self._key is not None:
+            _CACHE.put(os.path.abspath(self.path), self._key, None)
         self._index = None
         if self._fd is not None:
             os.close(self._fd)
@@ -464,7 +470,10 @@ class JpegReader(VideoReader):
         if len(idx) == 0:
             return torch.empty((0, 3, height, width), dtype=torch.uint8, device=self.device)
         self._start_clock()
-        wanted, inverse = np.unique(idx, return_inverse=True)
+        if len(idx) == 1 or bool(np.all(idx[1:] > idx[:-1])):  # a clip: sorted, no repeats
+            wanted, inverse = idx, None
+        else:
+            wanted, inverse = np.unique(idx, return_inverse=True)
         try:
             if self._index is not None:
                 if wanted[-1] >= self._index.num_frames:
@@ -473,7 +482,8 @@ class JpegReader(VideoReader):
                 keys, images = self._read(wanted)
             else:
                 packets = self._packets(wanted.tolist())
-                keys, images = [id(p) for p in packets], [memoryview(p) for p in packets]
+                keys = [id(p) for p in packets]
+                images = [np.frombuffer(memoryview(p), np.uint8) for p in packets]
             if self.device == "cpu":
                 frames = self._decode_cpu(keys, images, height, width)
             else:
@@ -482,7 +492,7 @@ class JpegReader(VideoReader):
             if self._index is not None:
                 self._leave_index(usable=False)
             frames = super().get_frames(wanted, size).to(self.device)
-        if np.array_equal(wanted, idx):  # sorted, without repeats: the frames as decoded
+        if inverse is None:
             return frames
         return frames.index_select(0, torch.from_numpy(inverse.reshape(-1)).to(frames.device))
 
@@ -574,20 +584,22 @@ class JpegReader(VideoReader):
                 return
 
     def _decode_cpu(
-        self, keys: list[int], images: list[Any], height: int, width: int
+        self, keys: list[int], images: list[np.ndarray], height: int, width: int
     ) -> torch.Tensor:
-        """Decode the JPEG ``images`` into one ``(T, 3, height, width)`` tensor; rows with the
-        same key are one packet, decoded once."""
+        """Decode the JPEG ``images`` (uint8 arrays) into one ``(T, 3, height, width)``
+        tensor; rows with the same key are one packet, decoded once."""
         out = np.empty((len(images), 3, height, width), dtype=np.uint8)
         factor, flag = reduced_flag(self.height, self.width, height, width)
         shape = (-(-self.height // factor), -(-self.width // factor), 3)
+        timed = self.decode_timeout is not None
         done: dict[int, int] = {}
         for row, (key, data) in enumerate(zip(keys, images, strict=True)):
             if key in done:  # one packet on screen at several wanted indices
                 out[row] = out[done[key]]
                 continue
-            self._check_deadline()
-            image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+            if timed:
+                self._check_deadline()
+            image = cv2.imdecode(data, flag)
             if image is None or image.shape != shape:
                 raise _Fallback  # not a whole JPEG frame (damaged, or interlaced fields)
             if image.shape[:2] != (height, width):
