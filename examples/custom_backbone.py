@@ -1,6 +1,6 @@
 """Register your own backbone and train a task with it, by name, like the built-in ones.
 
-    python examples/custom_backbone.py --max-steps 100
+    python examples/custom_backbone.py --max_steps 100
 
 It validates before and after training (the validation loss and accuracy against chance show
 what was learned). A backbone is any `vssl.backbones.Backbone`: a trunk mapping (B, 3, T, H, W) clips to a feature
@@ -10,14 +10,12 @@ module that registers them is imported (e.g. a `class_path` of yours that import
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
+from _common import run_settings
 from lightning.pytorch import Trainer, seed_everything
 from torch import nn
 
 from vssl import backbones
-from vssl.data import VideoDataModule, make_synthetic
+from vssl.data import VideoDataModule
 from vssl.tasks import Supervised
 
 
@@ -43,24 +41,9 @@ def separable_tiny(width: int = 8) -> backbones.Backbone:
     return backbones.Backbone(nn.Sequential(*layers), out_dim=channels)
 
 
-def parse_args(description: str, argv: list[str] | None) -> argparse.Namespace:
-    """Where the data is (the synthetic dataset is written there when missing) and run sizes."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--root", type=Path, default=Path("data/synthetic_example"))
-    parser.add_argument("--max-steps", type=int, default=200)
-    parser.add_argument("--clip-len", type=int, default=8)
-    parser.add_argument("--crop-size", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args(argv)
-    if not args.root.exists():
-        make_synthetic(args.root, classes=4, videos_per_class=16, frames=16, size=32)
-    return args
-
-
 def main(argv: list[str] | None = None) -> None:
     """Train the supervised task with the registered backbone; print what the registry says."""
-    args = parse_args(__doc__, argv)
+    args = run_settings(__doc__, argv)
     seed_everything(0)
     print(backbones.info("separable_tiny"))
     data = VideoDataModule(

@@ -1,6 +1,6 @@
 """A new pretext task in one short file: the arrow of time (is this clip played backwards?).
 
-    python examples/custom_task.py --max-steps 200
+    python examples/custom_task.py --max_steps 200
 
 A task subclasses `VSSLTask` and writes only `step`: the base class owns the backbone, the
 optimiser and schedule, device-side augmentation, logging and the online linear probe. Tasks that
@@ -9,15 +9,14 @@ need other views of a video also override `clip_sampler` / `clip_transform` (see
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 from typing import Any
 
 import torch
+from _common import run_settings
 from lightning.pytorch import Trainer, seed_everything
 from torch import Tensor, nn
 
-from vssl.data import VideoDataModule, make_synthetic
+from vssl.data import VideoDataModule
 from vssl.tasks import StepOutput, VSSLTask
 
 
@@ -40,24 +39,9 @@ class ArrowOfTime(VSSLTask):
         return StepOutput(nn.functional.cross_entropy(logits, target), {"acc": accuracy}, features)
 
 
-def parse_args(description: str, argv: list[str] | None) -> argparse.Namespace:
-    """Where the data is (the synthetic dataset is written there when missing) and run sizes."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--root", type=Path, default=Path("data/synthetic_example"))
-    parser.add_argument("--max-steps", type=int, default=200)
-    parser.add_argument("--clip-len", type=int, default=8)
-    parser.add_argument("--crop-size", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args(argv)
-    if not args.root.exists():
-        make_synthetic(args.root, classes=4, videos_per_class=16, frames=16, size=32)
-    return args
-
-
 def main(argv: list[str] | None = None) -> None:
     """Pretrain the arrow-of-time task on the synthetic dataset with the online probe on."""
-    args = parse_args(__doc__, argv)
+    args = run_settings(__doc__, argv)
     seed_everything(0)
     data = VideoDataModule(
         root=str(args.root),

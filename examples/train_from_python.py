@@ -1,6 +1,6 @@
 """Pretrain with CVRL from Python, without the CLI: a task, a datamodule and a Lightning Trainer.
 
-    python examples/train_from_python.py --max-steps 200
+    python examples/train_from_python.py --max_steps 200
 
 It validates before and after training: the drop of the validation loss (CVRL's InfoNCE between
 two views of each validation clip) is what shows that the network learned the pretext task.
@@ -9,35 +9,18 @@ Then the trained backbone gives features for any clips, and `vssl.export` writes
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
+from _common import run_settings
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.loggers import CSVLogger
 
-from vssl.data import VideoDataModule, make_synthetic
+from vssl.data import VideoDataModule
 from vssl.tasks import CVRL
-
-
-def parse_args(description: str, argv: list[str] | None) -> argparse.Namespace:
-    """Where the data is (the synthetic dataset is written there when missing) and run sizes."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--root", type=Path, default=Path("data/synthetic_example"))
-    parser.add_argument("--max-steps", type=int, default=200)
-    parser.add_argument("--clip-len", type=int, default=8)
-    parser.add_argument("--crop-size", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args(argv)
-    if not args.root.exists():
-        make_synthetic(args.root, classes=4, videos_per_class=16, frames=16, size=32)
-    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     """Train CVRL with a tiny 3D CNN on the synthetic dataset and print feature shapes."""
-    args = parse_args(__doc__, argv)
+    args = run_settings(__doc__, argv)
     seed_everything(0)
     task = CVRL(
         backbone="tiny3d",

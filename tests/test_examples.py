@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from vssl.backbones import registry as registry_module
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -23,18 +25,19 @@ def run_example(
         name,
         "--root",
         str(root),
-        "--max-steps",
+        "--max_steps",
         str(steps),
-        "--clip-len",
+        "--clip_len",
         "4",
-        "--crop-size",
+        "--crop_size",
         "24",
-        "--batch-size",
+        "--batch_size",
         "4",
         "--workers",
         "0",
     ]
     monkeypatch.setattr("sys.argv", argv)
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # as `python examples/NAME` puts it first
     runpy.run_path(str(EXAMPLES / name), run_name="__main__")
     return capsys.readouterr().out
 
@@ -42,6 +45,12 @@ def run_example(
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _scratch_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy of the backbone registry: custom_backbone.py registers its backbone once per run."""
+    monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
 
 
 def test_train_from_python(
@@ -86,3 +95,31 @@ def test_custom_task(
     )
     assert match, out
     assert all(0.0 <= float(match.group(i)) <= 1.0 for i in (2, 3))
+
+
+@pytest.mark.parametrize("name", ["train_from_python.py", "custom_backbone.py", "custom_task.py"])
+def test_help_lists_the_settings_with_their_defaults(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr("sys.argv", [name, "--help"])
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(EXAMPLES / name), run_name="__main__")
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    first_line = (EXAMPLES / name).read_text().split("\n")[0].strip('"')
+    assert re.sub(r"\s", "", first_line) in re.sub(r"\s", "", out)  # help wraps "built-in"
+    for option, default in [("--max_steps", "200"), ("--clip_len", "8"), ("--workers", "2")]:
+        assert re.search(rf"{option} .*\s+.*default: {default}\)", out), (option, out)
+    assert not (tmp_path / "data").exists()  # --help writes no dataset
+
+
+def test_bad_settings_are_refused_naming_the_option(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    from _common import run_settings
+
+    with pytest.raises(SystemExit):
+        run_settings("An example.", ["--max_steps", "many"])
+    assert 'Parser key "max_steps"' in capsys.readouterr().err
