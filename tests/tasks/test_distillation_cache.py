@@ -343,3 +343,27 @@ def test_ranks_fill_their_shares_into_one_cache(
         np.testing.assert_array_equal(shared, single)
     manifests = [json.loads((tmp_path / d / MANIFEST).read_text()) for d in ("one", "two")]
     assert manifests[0] == manifests[1] and manifests[1]["complete"]
+
+
+def test_view_positions_and_flips_by_hand() -> None:
+    sampler = CachedViews(4, 2, ((0.0, False), (0.5, True), (0.99, False)))
+    # 16 frames, clips spanning 7: valid starts 0..9; fractions 0, 0.5, 0.99 -> 0, 5, 9
+    rng = np.random.default_rng(0)
+    seen = {}
+    for _ in range(30):
+        out = sampler(16, rng)
+        seen[int(out["cache_view"])] = (out["video"].tolist(), bool(out["cache_flip"]))
+    assert seen == {
+        0: ([0, 2, 4, 6], False),
+        1: ([5, 7, 9, 11], True),
+        2: ([9, 11, 13, 15], False),
+    }
+    every = CachedViews(4, 2, sampler.views, every=True)(5, rng)["video"]
+    assert every.tolist() == [[0, 2, 4, 1]] * 3  # shorter than a clip: from 0, wrapped
+    assert train_views(4, 0, flip=False) == train_views(4, 0, flip=False)
+    starts = [u for u, f in train_views(4, 0, flip=False)]
+    assert all(k / 4 <= u < (k + 1) / 4 for k, u in enumerate(starts))
+    assert not any(f for _, f in train_views(4, 0, flip=False))
+    video = torch.arange(2 * 3).view(2, 1, 1, 1, 3).to(torch.uint8)
+    flipped = flip_views(video, torch.tensor([True, False]))
+    assert flipped.flatten().tolist() == [2, 1, 0, 3, 4, 5]
