@@ -9,11 +9,13 @@ from vssl.data.flow import (
     DEFAULT_DIS_PRESET,
     DIS_PRESETS,
     compute_flow,
+    compute_flow_into,
     decode_flow,
     encode_flow,
     flow_to_rgb,
     limit_threads,
     read_flow_folder,
+    scratch,
     to_gray_frames,
     write_flow_folder,
 )
@@ -144,3 +146,39 @@ def test_flow_to_rgb_colours():
     assert flow_to_rgb(np.zeros((2, 4, 4), np.float32)).max() == 0
     with pytest.raises(ValueError, match=r"\(2, H, W\)"):
         flow_to_rgb(np.zeros((3, 4, 4)))
+
+
+@pytest.mark.parametrize("method", ["dis", "farneback"])
+def test_compute_flow_into_pads_with_the_edge_rows(method):
+    clip = translating_texture(shift=(1, 2), frames=4, size=32)
+    flow = compute_flow(clip, method=method)
+    out = np.full((3, 2, 34, 32), np.nan, dtype=np.float32)
+    assert compute_flow_into(to_gray_frames(clip), out, method=method, pad=1) is out
+    np.testing.assert_array_equal(out[:, :, 1:-1], flow)  # the same flow, bit for bit
+    np.testing.assert_array_equal(out[:, :, 0], flow[:, :, 0])
+    np.testing.assert_array_equal(out[:, :, -1], flow[:, :, -1])
+
+
+def test_compute_flow_into_bad_input():
+    gray = to_gray_frames(translating_texture(frames=3, size=16))
+    with pytest.raises(
+        ValueError, match=r"out must be C-contiguous float32 of shape \(2, 2, 18, 16\)"
+    ):
+        compute_flow_into(gray, np.empty((2, 2, 16, 16), np.float32), pad=1)
+    with pytest.raises(ValueError, match="got float64"):
+        compute_flow_into(gray, np.empty((2, 2, 16, 16)))
+    with pytest.raises(ValueError, match=r"gray frames must be uint8 \(N, H, W\)"):
+        compute_flow_into(gray.astype(np.float32), np.empty((2, 2, 16, 16), np.float32))
+    with pytest.raises(ValueError, match="at least 2 frames, got 1"):
+        compute_flow_into(gray[:1], np.empty((0, 2, 16, 16), np.float32))
+    with pytest.raises(ValueError, match="unknown DIS preset 'slow'"):
+        compute_flow_into(gray, np.empty((2, 2, 16, 16), np.float32), preset="slow")
+
+
+def test_scratch_reuses_one_array_per_name_shape_and_dtype():
+    a = scratch("test_a", (3, 4))
+    assert a.shape == (3, 4) and a.dtype == np.float32
+    assert scratch("test_a", (3, 4)) is a
+    assert scratch("test_b", (3, 4)) is not a
+    assert scratch("test_a", (4, 3)) is not a
+    assert scratch("test_a", (3, 4), np.uint8).dtype == np.uint8

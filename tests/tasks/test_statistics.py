@@ -15,12 +15,15 @@ from vssl.data.statistics_labels import (
     APPEARANCE_LABELS,
     MOTION_LABELS,
     PATTERNS,
+    MotionBoundaries,
     StatisticsTransform,
     _atom_octant_counts,
     _geometry,
+    _motion_labels,
     appearance_regions,
     appearance_statistics,
     colour_octants,
+    motion_boundaries,
     motion_statistics,
     orientation_histogram,
     prewitt,
@@ -427,6 +430,97 @@ def test_transform_computes_labels_after_the_flip():
     frames = flipped["video"].permute(0, 2, 3, 1).numpy()
     np.testing.assert_array_equal(flipped["appearance"].numpy(), appearance_statistics(frames))
     assert plain["appearance"][0] == 1 and flipped["appearance"][0] == 4  # most diverse block
+
+
+# ----------------------------------------------------------------------------- the worker path
+# The transform computes flow and labels with reused work arrays, one tall-image filter for all
+# flow planes and a planar copy plus a merge for channels-last frames. The reference below is
+# the previous code, written out: per-frame torch permute, DIS with fresh output arrays, one
+# OpenCV filter call per flow plane.
+def previous_flow(frames: np.ndarray) -> np.ndarray:
+    n, h, w, _ = frames.shape
+    gray = cv2.cvtColor(frames.reshape(n * h, w, 3), cv2.COLOR_RGB2GRAY).reshape(n, h, w)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+    dis.setVariationalRefinementIterations(3)
+    fields = [dis.calc(gray[t], gray[t + 1], None) for t in range(n - 1)]
+    return np.stack(fields).transpose(0, 3, 1, 2).astype(np.float32)
+
+
+def previous_boundaries(flow: np.ndarray) -> MotionBoundaries:
+    diff, box = np.array([-1, 0, 1], np.float32), np.ones(3, np.float32)
+    planes = flow.reshape(-1, *flow.shape[2:])
+    border = cv2.BORDER_REPLICATE
+    dx = np.stack([cv2.sepFilter2D(p, cv2.CV_32F, diff, box, borderType=border) for p in planes])
+    dy = np.stack([cv2.sepFilter2D(p, cv2.CV_32F, box, diff, borderType=border) for p in planes])
+    w = flow.shape[-1]
+    field_magnitude = torch.from_numpy(cv2.magnitude(dx.reshape(-1, w), dy.reshape(-1, w)))
+    per_field = field_magnitude.view(flow.shape[0], 2, -1).sum(-1).numpy()
+    sx = torch.from_numpy(dx.reshape(flow.shape)).sum(0).numpy()
+    sy = torch.from_numpy(dy.reshape(flow.shape)).sum(0).numpy()
+    magnitude = cv2.magnitude(sx.reshape(-1, w), sy.reshape(-1, w)).reshape(sx.shape)
+    return MotionBoundaries(sx, sy, magnitude, per_field)
+
+
+def busy_clip(frames: int = 9, height: int = 48, width: int = 64, seed: int = 3) -> np.ndarray:
+    """Two textured squares moving in different directions over a slowly panning texture."""
+    rng = np.random.default_rng(seed)
+    big = cv2.GaussianBlur(rng.uniform(0, 255, (2 * height, 2 * width, 3)), (0, 0), 1.5)
+    patch = cv2.GaussianBlur(rng.uniform(0, 255, (12, 12, 3)), (0, 0), 1.0)
+    clip = []
+    for t in range(frames):
+        frame = big[t : t + height, 2 * t : 2 * t + width].copy()
+        frame[5 + t : 17 + t, 30 - 2 * t : 42 - 2 * t] = patch
+        frame[30:42, 3 + 3 * t : 15 + 3 * t] = 255 - patch
+        clip.append(frame)
+    return np.clip(np.stack(clip), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("train, flip_p, seed", [(True, 1.0, 0), (True, 0.0, 1), (False, 0.0, 0)])
+def test_transform_gives_the_labels_and_flow_of_the_previous_code(train, flip_p, seed):
+    """Flow, its derivatives' sums and all labels as the previous code computes them, bit for
+    bit; only the summed boundary magnitude may differ in its last bits, because OpenCV's
+    ``magnitude`` rounds differently depending on how its input arrays are aligned."""
+    video = torch.from_numpy(busy_clip()).permute(0, 3, 1, 2)
+    transform = StatisticsTransform(32, train=train, flip_p=flip_p)
+    torch.manual_seed(seed)
+    out = transform({"video": video})
+    torch.manual_seed(seed)
+    frames = transform.crop_and_flip(video).permute(0, 2, 3, 1).contiguous().numpy()
+    torch.testing.assert_close(out["video"], torch.from_numpy(frames[:-1]).permute(0, 3, 1, 2))
+    flow = previous_flow(frames)
+    np.testing.assert_array_equal(compute_flow(frames), flow)
+    expected, got = previous_boundaries(flow), motion_boundaries(flow)
+    for name in ("dx", "dy", "per_field"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
+    np.testing.assert_allclose(got.magnitude, expected.magnitude, rtol=1e-6, atol=1e-12)
+    motion = _motion_labels(expected)
+    assert (motion > 0).all()  # every label is defined: the comparison covers all 14
+    np.testing.assert_array_equal(out["motion"].numpy(), motion)
+    np.testing.assert_array_equal(motion_statistics(flow), motion)
+    np.testing.assert_array_equal(out["appearance"].numpy(), appearance_statistics(frames[:-1]))
+
+
+def test_work_arrays_never_leak_into_results():
+    """Results of one call stay as they were after calls on other clips (the work arrays that
+    calls share are never returned)."""
+    rng = np.random.default_rng(4)
+    a, b = (torch.from_numpy(busy_clip(seed=s)).permute(0, 3, 1, 2) for s in (5, 6))
+    transform = StatisticsTransform(32, train=False)
+    first = transform({"video": a})
+    kept = {k: v.clone() for k, v in first.items()}
+    flow = rng.normal(size=(3, 2, 16, 16)).astype(np.float32)
+    boundaries, derivatives = motion_boundaries(flow), prewitt(flow)
+    kept_boundaries = [x.copy() for x in vars(boundaries).values()]
+    kept_derivatives = [x.copy() for x in derivatives]
+    transform({"video": b})
+    motion_boundaries(-flow)
+    prewitt(2 * flow)
+    for key, value in kept.items():
+        torch.testing.assert_close(first[key], value, rtol=0, atol=0)
+    for got, want in zip(vars(boundaries).values(), kept_boundaries, strict=True):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(derivatives, kept_derivatives, strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 # ----------------------------------------------------------------------------- the task

@@ -113,6 +113,81 @@ def to_gray_frames(frames: np.ndarray | torch.Tensor) -> np.ndarray:
     return cv2.cvtColor(stacked, cv2.COLOR_RGB2GRAY).reshape(n, h, w)
 
 
+def scratch(name: str, shape: tuple[int, ...], dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """A reusable per-thread work array: the same memory on every call with the same arguments.
+
+    A worker's per-clip temporaries (flow fields, their derivatives, histograms) are large
+    enough that glibc serves each fresh allocation from newly mapped pages, and faulting those
+    pages in costs about as much as the arithmetic done on them. Reusing one array per name and
+    shape avoids that. The contents are undefined on return, and a caller must be done with the
+    array before the next call with the same name.
+    """
+    cache = getattr(_local, "scratch", None)
+    if cache is None:
+        cache = _local.scratch = {}
+    key = (name, tuple(shape), np.dtype(dtype))
+    array = cache.get(key)
+    if array is None:
+        if len(cache) >= 64:  # many clip sizes: start again rather than grow without bound
+            cache.clear()
+        array = cache[key] = np.empty(shape, dtype)
+    return array
+
+
+def _check_method(method: str, preset: str) -> None:
+    if method not in FLOW_METHODS:
+        raise ValueError(f"unknown optical flow method {method!r}; choose one of {FLOW_METHODS}")
+    if method == "dis" and preset not in DIS_PRESETS:
+        raise ValueError(f"unknown DIS preset {preset!r}; choose one of {tuple(DIS_PRESETS)}")
+
+
+def compute_flow_into(
+    gray: np.ndarray,
+    out: np.ndarray,
+    method: str = "dis",
+    preset: str = DEFAULT_DIS_PRESET,
+    pad: int = 0,
+    threads: int = 1,
+) -> np.ndarray:
+    """Optical flow of uint8 gray frames ``(T+1, H, W)`` written into ``out``; returns ``out``.
+
+    ``out`` is float32 ``(T, 2, H + 2 pad, W)``, C-contiguous: field ``t`` goes to rows
+    ``pad .. pad + H`` of ``out[t]``, and the ``pad`` rows above and below repeat the field's
+    first and last rows. With ``pad=1`` the planes of ``out`` stacked into one tall image can be
+    filtered by one 3x3 OpenCV call that gives each plane exactly its own replicated-border
+    result (`vssl.data.statistics_labels.motion_boundaries`). Same flow as `compute_flow`.
+    """
+    _check_method(method, preset)
+    gray = np.asarray(gray)
+    if gray.ndim != 3 or gray.dtype != np.uint8:
+        raise ValueError(f"gray frames must be uint8 (N, H, W), got {gray.dtype} {gray.shape}")
+    n, h, w = gray.shape
+    if n < 2:
+        raise ValueError(f"optical flow needs at least 2 frames, got {n}")
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    shape = (n - 1, 2, h + 2 * pad, w)
+    if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(
+            f"out must be C-contiguous float32 of shape {shape}, got {out.dtype} {out.shape}"
+        )
+    with limit_threads(threads):
+        dis = _dis(preset) if method == "dis" else None
+        for t in range(n - 1):
+            if dis is not None:
+                field = dis.calc(gray[t], gray[t + 1], None)
+            else:
+                field = cv2.calcOpticalFlowFarneback(
+                    gray[t], gray[t + 1], None, 0.5, 3, 15, 3, 5, 1.2, 0
+                )
+            # into place (each plane's rows are contiguous in out): no transposed copy
+            cv2.split(field, [out[t, 0, pad : pad + h], out[t, 1, pad : pad + h]])
+    if pad:
+        out[:, :, :pad] = out[:, :, pad : pad + 1]
+        out[:, :, pad + h :] = out[:, :, pad + h - 1 : pad + h]
+    return out
+
+
 def compute_flow(
     frames: np.ndarray | torch.Tensor,
     method: str = "dis",
@@ -123,29 +198,17 @@ def compute_flow(
 
     ``frames`` is ``(T+1, H, W, 3)`` numpy or ``(T+1, 3, H, W)`` torch (see `to_gray_frames`).
     ``method`` is ``dis`` (OpenCV's Dense Inverse Search, ``preset`` one of `DIS_PRESETS`,
-    `DEFAULT_DIS_PRESET` by default) or ``farneback`` (OpenCV's Farneback with the parameters of its documentation example).
-    OpenCV runs with ``threads`` threads during the call (1 suits DataLoader workers).
+    `DEFAULT_DIS_PRESET` by default) or ``farneback`` (OpenCV's Farneback with the parameters
+    of its documentation example). OpenCV runs with ``threads`` threads during the call (1 suits
+    DataLoader workers).
     """
-    if method not in FLOW_METHODS:
-        raise ValueError(f"unknown optical flow method {method!r}; choose one of {FLOW_METHODS}")
-    if method == "dis" and preset not in DIS_PRESETS:
-        raise ValueError(f"unknown DIS preset {preset!r}; choose one of {tuple(DIS_PRESETS)}")
+    _check_method(method, preset)
     gray = to_gray_frames(frames)
     n, h, w = gray.shape
     if n < 2:
         raise ValueError(f"optical flow needs at least 2 frames, got {n}")
     out = np.empty((n - 1, 2, h, w), dtype=np.float32)
-    with limit_threads(threads):
-        dis = _dis(preset) if method == "dis" else None
-        for t in range(n - 1):
-            if dis is not None:
-                field = dis.calc(gray[t], gray[t + 1], None)
-            else:
-                field = cv2.calcOpticalFlowFarneback(
-                    gray[t], gray[t + 1], None, 0.5, 3, 15, 3, 5, 1.2, 0
-                )
-            cv2.split(field, [out[t, 0], out[t, 1]])  # into place: no transposed copy
-    return out
+    return compute_flow_into(gray, out, method, preset, threads=threads)
 
 
 def encode_flow(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
@@ -269,12 +332,14 @@ __all__ = [
     "DIS_PRESETS",
     "FLOW_METHODS",
     "compute_flow",
+    "compute_flow_into",
     "decode_flow",
     "encode_flow",
     "flow_image_files",
     "flow_to_rgb",
     "limit_threads",
     "read_flow_folder",
+    "scratch",
     "to_gray_frames",
     "write_flow_folder",
 ]

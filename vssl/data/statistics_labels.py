@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from vssl.data.flow import FLOW_METHODS, compute_flow, limit_threads
+from vssl.data.flow import FLOW_METHODS, compute_flow_into, limit_threads, scratch
 
 PATTERNS: dict[str, int] = {"p1": 16, "p2": 4, "p3": 8}
 """The three spatial partitions and their numbers of regions."""
@@ -183,21 +183,44 @@ _DIFF = np.array([-1, 0, 1], dtype=np.float32)
 _BOX = np.ones(3, dtype=np.float32)
 
 
+def _pad_rows(planes: np.ndarray, name: str) -> np.ndarray:
+    """float planes ``(N, H, W)`` -> ``(N, H + 2, W)`` float32 with the edge rows repeated (a
+    scratch array: see `vssl.data.flow.scratch`)."""
+    n, h, w = planes.shape
+    padded = scratch(name, (n, h + 2, w))
+    padded[:, 1:-1] = planes
+    padded[:, 0], padded[:, -1] = planes[:, 0], planes[:, -1]
+    return padded
+
+
+def _prewitt_padded(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Prewitt ``(d/dx, d/dy)`` of planes ``(N, H + 2, W)`` whose first and last rows repeat
+    their neighbours, as scratch arrays of the same shape (rows 1..H hold the result).
+
+    The planes stacked are one tall image: a 3x3 filter of row ``r`` of a plane reads only rows
+    ``r - 1 .. r + 1`` of the same padded plane, so one OpenCV call per derivative gives every
+    plane exactly its own replicated-border filter.
+    """
+    tall = padded.reshape(-1, padded.shape[-1])
+    dx, dy = scratch("prewitt_dx", padded.shape), scratch("prewitt_dy", padded.shape)
+    replicate = cv2.BORDER_REPLICATE
+    cv2.sepFilter2D(tall, cv2.CV_32F, _DIFF, _BOX, dst=dx.reshape(tall.shape), borderType=replicate)
+    cv2.sepFilter2D(tall, cv2.CV_32F, _BOX, _DIFF, dst=dy.reshape(tall.shape), borderType=replicate)
+    return dx, dy
+
+
 def prewitt(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Prewitt derivatives ``(d/dx, d/dy)`` of float planes ``(..., H, W)`` (float32 copies).
 
     Correlation with ``[[-1, 0, 1]] * 3`` (x to the right) and its transpose (y downwards),
     borders replicated. A linear ramp ``a * x + b * y`` gives ``(6a, 6b)`` inside the frame.
     """
-    planes = np.ascontiguousarray(planes, dtype=np.float32)
+    planes = np.asarray(planes, dtype=np.float32)
     if planes.ndim < 2:
         raise ValueError(f"prewitt needs planes of shape (..., H, W), got {planes.shape}")
-    flat = planes.reshape(-1, *planes.shape[-2:])
-    dx, dy = np.empty_like(flat), np.empty_like(flat)
-    for plane, ox, oy in zip(flat, dx, dy, strict=True):
-        cv2.sepFilter2D(plane, cv2.CV_32F, _DIFF, _BOX, dst=ox, borderType=cv2.BORDER_REPLICATE)
-        cv2.sepFilter2D(plane, cv2.CV_32F, _BOX, _DIFF, dst=oy, borderType=cv2.BORDER_REPLICATE)
-    return dx.reshape(planes.shape), dy.reshape(planes.shape)
+    with limit_threads(1):
+        dx, dy = _prewitt_padded(_pad_rows(planes.reshape(-1, *planes.shape[-2:]), "prewitt"))
+    return dx[:, 1:-1].reshape(planes.shape).copy(), dy[:, 1:-1].reshape(planes.shape).copy()
 
 
 def orientation_histogram(
@@ -250,22 +273,38 @@ class MotionBoundaries:
         return np.degrees(np.arctan2(self.dy, self.dx)) % 360.0
 
 
-def motion_boundaries(flow: np.ndarray | Tensor) -> MotionBoundaries:
-    """Prewitt motion boundaries of float ``(T, 2, S, S)`` flow (see `MotionBoundaries`)."""
-    flow = _as_numpy(flow)
+def _boundaries_padded(padded: np.ndarray) -> MotionBoundaries:
+    """`MotionBoundaries` of flow laid out as `vssl.data.flow.compute_flow_into` writes it with
+    ``pad=1``: float32 ``(T, 2, S + 2, S)``, edge rows repeated."""
+    t, _, hp, w = padded.shape
+    dx, dy = _prewitt_padded(padded.reshape(2 * t, hp, w))
+    field_magnitude = scratch("boundary_magnitude", dx.shape)
+    cv2.magnitude(dx.reshape(-1, w), dy.reshape(-1, w), field_magnitude.reshape(-1, w))
+    # torch's float32 sums: several times faster than numpy's pairwise ones on these sizes
+    inner = torch.from_numpy(field_magnitude).view(t, 2, hp, w)[:, :, 1:-1]
+    per_field = inner.reshape(t, 2, -1).sum(-1).numpy()
+    sx = torch.from_numpy(dx).view(t, 2, hp, w).sum(0)[:, 1:-1].contiguous().numpy()
+    sy = torch.from_numpy(dy).view(t, 2, hp, w).sum(0)[:, 1:-1].contiguous().numpy()
+    magnitude = cv2.magnitude(sx.reshape(-1, w), sy.reshape(-1, w)).reshape(sx.shape)
+    return MotionBoundaries(sx, sy, magnitude, per_field)
+
+
+def _check_flow(flow: np.ndarray) -> None:
     if flow.ndim != 4 or flow.shape[1] != 2:
         raise ValueError(f"flow must have shape (T, 2, H, W), got {tuple(flow.shape)}")
     if flow.shape[0] < 1:
         raise ValueError("flow must hold at least one field")
+    _square_side(flow.shape[2], flow.shape[3], "motion statistics")
+
+
+def motion_boundaries(flow: np.ndarray | Tensor) -> MotionBoundaries:
+    """Prewitt motion boundaries of float ``(T, 2, S, S)`` flow (see `MotionBoundaries`)."""
+    flow = _as_numpy(flow)
+    _check_flow(flow)
     t, _, h, w = flow.shape
-    _square_side(h, w, "motion statistics")
-    dx, dy = prewitt(flow)
-    # torch's float32 sums: several times faster than numpy's pairwise ones on these sizes
-    field_magnitude = torch.from_numpy(cv2.magnitude(dx.reshape(-1, w), dy.reshape(-1, w)))
-    per_field = field_magnitude.view(t, 2, -1).sum(-1).numpy()
-    sx, sy = torch.from_numpy(dx).sum(0).numpy(), torch.from_numpy(dy).sum(0).numpy()
-    magnitude = cv2.magnitude(sx.reshape(-1, w), sy.reshape(-1, w)).reshape(sx.shape)
-    return MotionBoundaries(sx, sy, magnitude, per_field)
+    with limit_threads(1):
+        padded = _pad_rows(flow.reshape(2 * t, h, w), "flow")
+        return _boundaries_padded(padded.reshape(t, 2, h + 2, w))
 
 
 def region_scores(magnitude: np.ndarray) -> dict[str, np.ndarray]:
@@ -293,7 +332,11 @@ def motion_statistics(flow: np.ndarray | Tensor) -> np.ndarray:
     in that component). S must be divisible by 8.
     """
     with limit_threads(1):
-        mb = motion_boundaries(flow)
+        return _motion_labels(motion_boundaries(flow))
+
+
+def _motion_labels(mb: MotionBoundaries) -> np.ndarray:
+    """The 14 motion labels (`motion_statistics`) from a clip's motion boundaries."""
     geo = _geometry(mb.magnitude.shape[-1])
     scores = region_scores(mb.magnitude)
     labels = np.zeros(14, dtype=np.int64)
@@ -325,15 +368,21 @@ def motion_statistics(flow: np.ndarray | Tensor) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- appearance
-def _octant_gray(image: np.ndarray) -> np.ndarray:
+def _octant_gray(image: np.ndarray, work: bool = False) -> np.ndarray:
     """uint8 RGB ``(H, W, 3)`` -> uint8 ``(H, W)``: each pixel's octant corner as a gray value.
 
     Thresholding sends every pixel to a corner of the RGB cube (each channel 0 or 255); the gray
     values of the 8 corners are distinct (`_OCTANT_GRAY`), so the gray image names the octant
-    with one byte per pixel, in two of OpenCV's fastest passes.
+    with one byte per pixel, in two of OpenCV's fastest passes. ``work``: into scratch arrays
+    (`vssl.data.flow.scratch`) rather than new ones.
     """
-    corner = cv2.threshold(image, 127, 255, cv2.THRESH_BINARY)[1]
-    return cv2.cvtColor(corner, cv2.COLOR_RGB2GRAY)
+    if not work:
+        corner = cv2.threshold(image, 127, 255, cv2.THRESH_BINARY)[1]
+        return cv2.cvtColor(corner, cv2.COLOR_RGB2GRAY)
+    corner = scratch("octant_corner", image.shape, np.uint8)
+    cv2.threshold(image, 127, 255, cv2.THRESH_BINARY, dst=corner)
+    gray = scratch("octant_gray", image.shape[:2], np.uint8)
+    return cv2.cvtColor(corner, cv2.COLOR_RGB2GRAY, dst=gray)
 
 
 _OCTANT_GRAY = _octant_gray(255 * (OCTANT_COLOURS[None] >= 128).astype(np.uint8))[0]
@@ -379,7 +428,7 @@ def _atom_octant_counts(clip: np.ndarray, n_atoms: int, max_pixels: int = 1 << 2
     for start in range(0, t, step):
         part = clip[start : start + step]
         n = len(part)
-        gray = _octant_gray(part.reshape(n * s, s, 3))
+        gray = _octant_gray(part.reshape(n * s, s, 3), work=True)
         hist = cv2.calcHist(
             [atoms[: n * s], gray], [0, 1], None, [n_atoms, 256], [0, n_atoms, 0, 256]
         )
@@ -423,23 +472,37 @@ def _region_sums(geo: _Geometry, atom_values: np.ndarray) -> np.ndarray:
 def appearance_regions(clip: np.ndarray | Tensor) -> AppearanceRegions:
     """Colour-histogram IoU over time and colour-octant counts of every region of a clip."""
     clip = _clip_hwc(clip)
-    t, h, w, _ = clip.shape
-    if t < 1:
+    if clip.shape[0] < 1:
         raise ValueError("appearance statistics need at least one frame")
-    s = _square_side(h, w, "appearance statistics")
+    _square_side(clip.shape[1], clip.shape[2], "appearance statistics")
+    with limit_threads(1):
+        return _appearance_regions(clip)
+
+
+def _appearance_regions(clip: np.ndarray) -> AppearanceRegions:
+    """`appearance_regions` of a checked, C-contiguous uint8 clip ``(T, S, S, 3)``."""
+    s = clip.shape[1]
     geo = _geometry(s)
     n_atoms = geo.atom_members.shape[1]
     members = torch.from_numpy(geo.atom_members)
     # Per frame, one 2-D histogram (atom and channel, value) of the frame's bytes, then the
     # histograms of the 28 regions as sums of atoms: (28, 3 * 256) exact float32 counts.
-    hist = torch.empty(len(members), 3 * 256)
-    lowest, highest = torch.full_like(hist, np.inf), torch.zeros_like(hist)
+    atom_hist = scratch("atom_hist", (3 * n_atoms, 256))
+    hist = torch.from_numpy(scratch("region_hist", (len(members), 3 * 256)))
+    lowest = torch.from_numpy(scratch("region_lowest", tuple(hist.shape))).fill_(np.inf)
+    highest = torch.from_numpy(scratch("region_highest", tuple(hist.shape))).zero_()
+    atom_view = torch.from_numpy(atom_hist).view(n_atoms, 3 * 256)
     ranges = [0, 3 * n_atoms, 0, 256]
     for frame in clip:  # one frame at a time keeps the histograms in cache
-        atom_hist = cv2.calcHist(
-            [geo.channel_atoms, frame.reshape(s, 3 * s)], [0, 1], None, [3 * n_atoms, 256], ranges
+        cv2.calcHist(
+            [geo.channel_atoms, frame.reshape(s, 3 * s)],
+            [0, 1],
+            None,
+            [3 * n_atoms, 256],
+            ranges,
+            hist=atom_hist,
         )
-        torch.mm(members, torch.from_numpy(atom_hist).view(n_atoms, 3 * 256), out=hist)
+        torch.mm(members, atom_view, out=hist)
         torch.minimum(lowest, hist, out=lowest)
         torch.maximum(highest, hist, out=highest)
     inter = lowest.numpy().reshape(-1, 3, 256).sum(axis=-1, dtype=np.float64)  # (28, 3)
@@ -463,8 +526,11 @@ def appearance_statistics(clip: np.ndarray | Tensor) -> np.ndarray:
     lowest colour-histogram IoU over time, the most stable the highest; a colour is the octant
     (`colour_octants`) holding most of the region's pixels over all frames.
     """
-    with limit_threads(1):
-        stats = appearance_regions(clip)
+    return _appearance_labels(appearance_regions(clip))
+
+
+def _appearance_labels(stats: AppearanceRegions) -> np.ndarray:
+    """The 13 appearance labels (`appearance_statistics`) from a clip's region statistics."""
     labels = []
     for name in PATTERNS:
         iou, counts = stats.iou[name], stats.octant_counts[name]
@@ -542,12 +608,24 @@ class StatisticsTransform:
 
     def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
         clip = self.crop_and_flip(sample["video"])
-        if clip.shape[0] < 2:
-            raise ValueError(f"the statistics task needs at least 2 frames, got {clip.shape[0]}")
-        frames = clip.permute(0, 2, 3, 1).contiguous().numpy()
-        flow = compute_flow(frames, method=self.flow_method)
+        n, _, s, _ = clip.shape
+        if n < 2:
+            raise ValueError(f"the statistics task needs at least 2 frames, got {n}")
+        # Work arrays are reused from clip to clip (`vssl.data.flow.scratch`); channels-last
+        # frames come from one planar copy and one merge (a strided torch permute is slower).
+        with limit_threads(1):
+            planes = scratch("transform_planes", (3, n, s, s), np.uint8)
+            np.copyto(planes, clip.numpy().transpose(1, 0, 2, 3))
+            frames = scratch("transform_frames", (n, s, s, 3), np.uint8)
+            cv2.merge([p.reshape(n * s, s) for p in planes], dst=frames.reshape(n * s, s, 3))
+            gray = scratch("transform_gray", (n, s, s), np.uint8)
+            cv2.cvtColor(frames.reshape(n * s, s, 3), cv2.COLOR_RGB2GRAY, gray.reshape(n * s, s))
+            flow = scratch("transform_flow", (n - 1, 2, s + 2, s))
+            compute_flow_into(gray, flow, method=self.flow_method, pad=1)
+            motion = _motion_labels(_boundaries_padded(flow))
+            appearance = _appearance_labels(_appearance_regions(frames[:-1]))
         out = dict(sample)
         out["video"] = clip[:-1].contiguous()
-        out["motion"] = torch.from_numpy(motion_statistics(flow))
-        out["appearance"] = torch.from_numpy(appearance_statistics(frames[:-1]))
+        out["motion"] = torch.from_numpy(motion)
+        out["appearance"] = torch.from_numpy(appearance)
         return out
