@@ -26,7 +26,8 @@ def test_vatt_audio_base_on_meta_has_1200_tokens_for_3_2_s_at_48_khz() -> None:
     with torch.device("meta"):
         model = build_audio("vatt_audio_base").eval()
     assert model.input_kind == "waveform" and model.out_dim == 768
-    assert sum(p.numel() for p in model.parameters()) == 86_076_672
+    # 86,076,672 + the position LayerNorm's 2 x 768
+    assert sum(p.numel() for p in model.parameters()) == 86_078_208
     assert model.num_tokens(153_600) == 1200
     wave = torch.empty(2, 1, 153_600, device="meta")
     assert model.embed(wave).shape == (2, 1200, 768)
@@ -40,7 +41,13 @@ def test_positions_learnable_rows_or_the_sinusoid_table() -> None:
     learnable = build_audio("vatt_audio_tiny", dim=16, depth=1, positions="learnable")
     wave = torch.randn(1, 1, 3 * 128)
     patches = learnable.patch_embed(learnable.patchify(wave))
-    torch.testing.assert_close(learnable.embed(wave), patches + learnable.pos_embed[:3])
+    # VATT's TemporalEmbeddings: the rows pass a LayerNorm (unit at init) before they are added
+    rows = learnable.pos_embed[:3]
+    normed = (rows - rows.mean(1, keepdim=True)) / (rows.var(1, False, keepdim=True) + 1e-6).sqrt()
+    torch.testing.assert_close(learnable.embed(wave), patches + normed)
+    # the table is drawn from a normal of std dim ** -0.5 cut at two standard deviations
+    table = learnable.pos_embed.detach()
+    assert table.abs().max() <= 2 * 16**-0.5 and 0.15 < float(table.std()) < 0.25
     fixed = build_audio("vatt_audio_tiny", dim=16, depth=1)
     assert fixed.pos_embed is None
     patches = fixed.patch_embed(fixed.patchify(wave))

@@ -1,5 +1,5 @@
-"""VATT: DropToken, the video-audio NCE against a hand computation, the projection heads, a few
-steps that lower the loss, and the paper config on the meta device."""
+"""VATT: DropToken, the waveform noise, the video-audio NCE against a hand computation, the
+projection heads, a few steps that lower the loss, and the paper config on the meta device."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import torch
 import yaml
 
 from vssl.tasks import VATT
-from vssl.tasks.vatt import VideoAudioProjection, drop_tokens, kept_tokens, video_audio_nce
+from vssl.tasks.vatt import (
+    VideoAudioProjection,
+    drop_tokens,
+    kept_tokens,
+    video_audio_nce,
+    waveform_noise,
+)
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "vatt"
 
@@ -31,12 +37,15 @@ def test_drop_tokens_keeps_the_stated_fraction_in_order() -> None:
     assert kept_tokens(1568, 0.5) == 784 and kept_tokens(1200, 0.5) == 600
     assert kept_tokens(10, 0.25) == 8 and kept_tokens(3, 0.9) == 1
     tokens = torch.arange(3 * 10, dtype=torch.float32).reshape(3, 10, 1).expand(3, 10, 2)
-    kept = drop_tokens(tokens, 0.5, torch.Generator().manual_seed(0))
-    assert kept.shape == (3, 5, 2)
-    for row, source in zip(kept[..., 0], tokens[..., 0], strict=True):
-        assert set(row.tolist()) <= set(source.tolist())
-        assert row.tolist() == sorted(set(row.tolist()))  # distinct, in their order
-    assert not torch.equal(kept[0] - tokens[0, 0], kept[1] - tokens[1, 0])  # per sample
+    for per_sample in (False, True):
+        kept = drop_tokens(tokens, 0.5, torch.Generator().manual_seed(0), per_sample)
+        assert kept.shape == (3, 5, 2)
+        for row, source in zip(kept[..., 0], tokens[..., 0], strict=True):
+            assert set(row.tolist()) <= set(source.tolist())
+            assert row.tolist() == sorted(set(row.tolist()))  # distinct, in their order
+        positions = kept[..., 0] - tokens[:, :1, 0]  # the kept token indices of each sample
+        # the official code keeps one subset for the batch; per_sample draws one per sample
+        assert torch.equal(positions[0], positions[1]) is not per_sample
     assert drop_tokens(tokens, 0.0) is tokens
     with pytest.raises(ValueError, match=r"drop_rate must be in \[0, 1\)"):
         kept_tokens(10, 1.0)
@@ -46,34 +55,45 @@ def test_video_audio_nce_by_hand() -> None:
     v = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # unit rows after normalising: e1, e2
     a = torch.tensor([[3.0, 4.0], [0.0, 1.0]])  # (0.6, 0.8) and e2
     t = 0.5
-    # v2a: row 0 scores (0.6, 0) / t, positive 0; row 1 scores (0.8, 1) / t, positive 1
-    second = -math.log(math.exp(2) / (math.exp(1.6) + math.exp(2)))
-    v2a = (-math.log(math.exp(1.2) / (math.exp(1.2) + 1)) + second) / 2
-    # a2v: audio 0 scores (0.6, 0.8) / t, positive 0; audio 1 scores (0, 1) / t, positive 1
-    first = -math.log(math.exp(1.2) / (math.exp(1.2) + math.exp(1.6)))
-    a2v = (first - math.log(math.exp(2) / (1 + math.exp(2)))) / 2
+    # similarities v_i . a_j: [[0.6, 0], [0.8, 1]], over t: [[1.2, 0], [1.6, 2]]
+    # clip 0: its audio candidates (1.2, 0) and its audio's clip candidates (1.2, 1.6)
+    clip0 = -math.log(math.exp(1.2) / (math.exp(1.2) + 1 + math.exp(1.2) + math.exp(1.6)))
+    # clip 1: audio candidates (1.6, 2), clip candidates (0, 2)
+    clip1 = -math.log(math.exp(2) / (math.exp(1.6) + math.exp(2) + 1 + math.exp(2)))
     loss = video_audio_nce(v, a, t)
-    assert abs(float(loss) - (v2a + a2v) / 2) < 1e-6
+    assert abs(float(loss) - (clip0 + clip1) / 2) < 1e-6
     # a global batch: this process's rows are rows 2 and 3 of the gathered ones (the other
     # process's unit embeddings first)
     others = torch.tensor([[0.6, -0.8], [-1.0, 0.0]])
     gathered = video_audio_nce(v, a, t, gather=lambda x: torch.cat([others, x]), rank=1)
     keys_a = torch.cat([others, a / a.norm(dim=1, keepdim=True)])
     keys_v = torch.cat([others, v / v.norm(dim=1, keepdim=True)])
-    rows_v = torch.log_softmax((v / v.norm(dim=1, keepdim=True)) @ keys_a.T / t, dim=1)
-    rows_a = torch.log_softmax((a / a.norm(dim=1, keepdim=True)) @ keys_v.T / t, dim=1)
-    expected = -(rows_v[[0, 1], [2, 3]].mean() + rows_a[[0, 1], [2, 3]].mean()) / 2
-    torch.testing.assert_close(gathered, expected)
+    scores_v = (v / v.norm(dim=1, keepdim=True)) @ keys_a.T / t
+    scores_a = (a / a.norm(dim=1, keepdim=True)) @ keys_v.T / t
+    rows = torch.log_softmax(torch.cat([scores_v, scores_a], dim=1), dim=1)
+    torch.testing.assert_close(gathered, -rows[[0, 1], [2, 3]].mean())
     with pytest.raises(ValueError, match="embeddings of one shape"):
         video_audio_nce(v, a[:1])
 
 
-def test_projection_heads_two_layers_for_video_one_for_audio() -> None:
+def test_waveform_noise_is_scaled_by_each_waveforms_peak() -> None:
+    wave = torch.tensor([[[0.5, -2.0, 1.0]], [[0.1, 0.0, -0.05]]])
+    noisy = waveform_noise(wave, 0.01, torch.Generator().manual_seed(3))
+    expected = torch.randn(wave.shape, generator=torch.Generator().manual_seed(3))
+    expected = expected * 0.01 * torch.tensor([2.0, 0.1])[:, None, None]
+    torch.testing.assert_close(noisy - wave, expected)
+    assert waveform_noise(wave, 0.0) is wave
+    with pytest.raises(ValueError, match="noise factor must be non-negative"):
+        waveform_noise(wave, -0.1)
+
+
+def test_projection_heads_as_the_official_fac_head() -> None:
     head = VideoAudioProjection(16, 12, dim=8, hidden=6)
     names = [type(m).__name__ for m in head.video]
     assert names == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"]
-    assert [type(m).__name__ for m in head.audio] == ["Linear", "BatchNorm1d"]
-    assert head.video[0].out_features == 6 and head.audio[0].in_features == 12
+    assert head.video[0].bias is None and head.video[3].bias is None  # batch norm follows
+    assert isinstance(head.audio, torch.nn.Linear) and head.audio.bias is not None
+    assert head.video[0].out_features == 6 and head.audio.in_features == 12
 
 
 def _batch(n: int = 4) -> dict[str, torch.Tensor]:
@@ -105,6 +125,21 @@ def test_droptoken_in_training_only() -> None:
     assert seen == [(4, 8, 16)]
 
 
+def test_waveform_noise_in_training_only() -> None:
+    seen: list[torch.Tensor] = []
+    batch = _batch()
+    clean = batch["audio"].reshape(4, 4, 128)  # the 4 patches of each waveform
+    for noise, stage, noisy in ((0.01, "train", True), (0.01, "val", False), (0.0, "train", False)):
+        torch.manual_seed(0)
+        task = VATT(**{**TINY, "audio_noise": noise})
+        task.audio_backbone.patch_embed.register_forward_pre_hook(lambda m, i: seen.append(i[0]))
+        task.train(stage == "train")
+        task.step(batch, stage)
+        change = (seen.pop() - clean).abs().max()
+        peak = batch["audio"].abs().amax(dim=(1, 2)).max()
+        assert (0 < change < 0.1 * peak) if noisy else change == 0, (noise, stage)
+
+
 def test_a_few_steps_lower_the_loss() -> None:
     torch.manual_seed(0)
     task = VATT(**TINY)
@@ -129,6 +164,8 @@ def test_bad_settings_are_refused() -> None:
         VATT(**{**TINY, "audio_backbone": "audio_tiny", "audio_backbone_kwargs": None})
     with pytest.raises(ValueError, match="drop_rate"):
         VATT(**{**TINY, "drop_rate": 1.5})
+    with pytest.raises(ValueError, match="audio_noise must be non-negative"):
+        VATT(**{**TINY, "audio_noise": -1.0})
 
 
 def test_paper_config_builds_on_meta() -> None:
@@ -140,6 +177,13 @@ def test_paper_config_builds_on_meta() -> None:
     assert task.backbone.tubelet == (4, 16, 16) and task.backbone.out_dim == 768
     assert task.audio_backbone.out_dim == 768 and task.head.video[-2].out_features == 512
     assert (task.drop_rate, task.temperature) == (0.5, 0.07)
+    # the official schedule: 5k warm-up steps of 500k (1%), Adam at 1e-4 without weight decay,
+    # a half cosine to 5e-5; noise of 0.01 x the peak; one DropToken subset per batch
+    hp = task.hparams
+    assert hp.warmup_epochs / cfg["trainer"]["max_epochs"] == 0.01
+    assert (hp.optimizer, hp.lr, hp.weight_decay, hp.min_lr_ratio) == ("adam", 1e-4, 0.0, 0.5)
+    assert (task.audio_noise, task.drop_per_sample) == (0.01, False)
+    assert cfg["trainer"]["sync_batchnorm"] is True
     crop = data["crop_size"]
     video = torch.empty(2, 3, data["clip_len"], crop, crop, device="meta")
     audio = torch.empty(2, 1, round(task.audio_seconds * task.sample_rate), device="meta")

@@ -20,8 +20,10 @@ A waveform transformer (`WaveformTransformer`) takes the raw waveform ``(B, C, N
 VATT's audio network (Akbari et al., "VATT: Transformers for Multimodal Self-Supervised
 Learning from Raw Video, Audio and Text", NeurIPS 2021): the waveform is cut into patches of
 ``patch_size`` samples (128 at 48 kHz in the paper), each patch linearly projected to a token,
-position embeddings added (learnable, as VATT's audio positions, or the fixed sinusoid table of
-`vssl.backbones.vit`) and the tokens run through the pre-norm blocks of `vssl.backbones.vit`.
+position embeddings added (learnable, as VATT's audio positions: a table drawn from a truncated
+normal of std ``dim ** -0.5`` whose rows pass a LayerNorm before they are added, as the official
+``TemporalEmbeddings``; or the fixed sinusoid table of `vssl.backbones.vit`) and the tokens run
+through the pre-norm blocks of `vssl.backbones.vit`.
 
 - ``vatt_audio_base``: VATT's audio Transformer-Base (768-d, 12 blocks, 12 heads, MLP 3072) on
   128-sample patches, 1200 learnable positions (3.2 s at 48 kHz).
@@ -176,7 +178,7 @@ class WaveformTransformer(nn.Module):
         patch_size: samples per token (VATT: 128); ``N`` must be a multiple of it.
         in_channels: waveform channels (1: mono).
         positions: ``"learnable"`` (a table of ``max_tokens`` rows, the first ``N / patch_size``
-            used) or ``"sinusoid"`` (fixed, any length).
+            used, each through a LayerNorm, as VATT) or ``"sinusoid"`` (fixed, any length).
         max_tokens: rows of the learnable table (VATT: 1200, 3.2 s at 48 kHz).
         mlp_ratio: MLP hidden width over ``dim``.
     """
@@ -207,14 +209,15 @@ class WaveformTransformer(nn.Module):
         self.patch_size, self.in_channels = patch_size, in_channels
         self.positions, self.max_tokens = positions, max_tokens
         self.patch_embed = nn.Linear(in_channels * patch_size, dim)
-        self.pos_embed = (
-            nn.Parameter(torch.zeros(max_tokens, dim)) if positions == "learnable" else None
-        )
+        learnable = positions == "learnable"
+        self.pos_embed = nn.Parameter(torch.zeros(max_tokens, dim)) if learnable else None
+        self.pos_norm = nn.LayerNorm(dim, eps=LN_EPS) if learnable else None
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)
         self.apply(init_vit_weights)
         if self.pos_embed is not None:
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            std = dim**-0.5
+            nn.init.trunc_normal_(self.pos_embed, std=std, a=-2 * std, b=2 * std)
 
     def num_tokens(self, num_samples: int) -> int:
         """Tokens of a waveform of ``num_samples`` samples; a clear error if they do not fit."""
@@ -247,8 +250,8 @@ class WaveformTransformer(nn.Module):
         """Tokens ``(B, n, dim)`` of waveforms ``(B, C, N)``, position embeddings added."""
         tokens = self.patch_embed(self.patchify(waveform))
         n = tokens.shape[1]
-        if self.pos_embed is not None:
-            pos = self.pos_embed[:n]
+        if self.pos_embed is not None and self.pos_norm is not None:
+            pos = self.pos_norm(self.pos_embed[:n])
         else:
             pos = sinusoid_position_embedding(n, self.dim).to(tokens.device)
         return tokens + pos.to(dtype=tokens.dtype)
