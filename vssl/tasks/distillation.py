@@ -41,7 +41,9 @@ label.
   augmentation) and the teachers do not run; when the folder holds a complete cache for these
   teachers, they are not even loaded. The cache is filled when fitting starts if it is
   missing, or beforehand with `vssl.tasks.teacher_cache.cache_teacher_features`; a cache made
-  for other teachers, views, data or videos is refused, naming its manifest.
+  for other teachers, views, data or videos is refused, naming its manifest (also when a
+  checkpoint of this task is loaded, since it names the folder). Testing reads the validation
+  videos' rows, so it runs on the validation split.
 
 Logged: ``teacher<i>_cos``, the mean cosine between the (projected) student features and
 teacher ``i``'s (not with ``match: logits``, which has no feature projection); with logits,

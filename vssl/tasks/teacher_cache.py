@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ from torch.utils.data import DataLoader, Subset
 from vssl.data.sampling import ClipSampler, clip_indices, clip_span
 from vssl.data.transforms import ViewTransform, eval_clip_transform
 from vssl.errors import InvalidInputError
+
+log = logging.getLogger("vssl")
 
 FORMAT = "vssl-teacher-cache/1"
 MANIFEST = "manifest.json"
@@ -419,7 +422,9 @@ def _fill_stage(
     )
     flips = torch.tensor([f for _, f in views])
     k = len(views)
+    skipped = 0
     for batch in loader:
+        skipped += int(batch["skipped"].sum())
         video = batch["video"]  # (B, K, T, C, H, W) uint8
         b = video.shape[0]
         clips = flip_views(video.flatten(0, 1), flips.repeat(b))
@@ -428,6 +433,15 @@ def _fill_stage(
             maps[i][rows] = out.float().cpu().numpy()
     for m in maps:
         m.flush()
+    if skipped:
+        log.warning(
+            "%s: %d %s videos failed to decode while the teacher cache was filled; their rows "
+            "are zeros (a video that fails again in training is replaced, as any unreadable "
+            "video is)",
+            directory,
+            skipped,
+            stage,
+        )
 
 
 def verify_cache(task: Any, datamodule: Any, cache: TeacherCache) -> None:
