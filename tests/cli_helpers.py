@@ -11,7 +11,8 @@ from vssl.data.encode import write_video
 
 TESTS = Path(__file__).resolve().parent
 #: tests/ and its package folders: what a subprocess needs to import a test module's callbacks
-#: (``test_tdl.BankRecorder`` from tests/tasks/) and these helpers.
+#: (``test_cvrl.RecordFirstStep`` from tests/tasks/, ``training_helpers.KeyRecorder``) and
+#: these helpers.
 TEST_PATH = os.pathsep.join(
     [str(TESTS), *sorted(str(d) for d in TESTS.iterdir() if d.is_dir() and d.name[0] not in "._")]
 )

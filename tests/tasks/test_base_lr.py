@@ -7,6 +7,7 @@ import lightning as L
 import pytest
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+from training_helpers import quiet_trainer
 
 from vssl.tasks import Supervised
 
@@ -28,14 +29,7 @@ def tiny(**kwargs) -> Supervised:
 
 def fit_lr(task: Supervised, *, datamodule=None, loader=None, **trainer_kwargs) -> float:
     """The lr the optimiser was built with (before the schedule) after one short fit."""
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **{"max_steps": 1, **trainer_kwargs},
-    )
+    trainer = quiet_trainer(**{"max_steps": 1, **trainer_kwargs})
     trainer.fit(task, train_dataloaders=loader, datamodule=datamodule)
     return trainer.optimizers[0].param_groups[0]["initial_lr"]
 

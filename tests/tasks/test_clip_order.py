@@ -1,15 +1,14 @@
 """ClipOrder (VCOP): the label set, tuple sampling, decoded clips in the order the label says, one
 augmentation draw per tuple, the head and loss by hand, and training through the CLI."""
 
-import csv
 import math
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from cli_helpers import ramp_videos, tiny_config
 from torch.nn import functional as F
+from training_helpers import cli_fit_rows, column
 
 from vssl.data.dataset import VideoDataset
 from vssl.data.index import VideoIndex
@@ -176,17 +175,7 @@ def test_head_and_loss_by_hand():
 def test_cli_training_lowers_the_order_loss(tmp_path, run_cli):
     # order is readable from brightness (the synthetic motion classes give no clue to it)
     root = ramp_videos(tmp_path / "ramps")
-    cfg = tiny_config(
-        root,
-        tmp_path / "cache",
-        max_epochs=30,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger={
-            "class_path": "lightning.pytorch.loggers.CSVLogger",
-            "init_args": {"save_dir": "runs", "name": "vcop"},
-        },
-    )
+    cfg = tiny_config(root, tmp_path / "cache", max_epochs=30)
     cfg["model"] = {
         "class_path": "vssl.tasks.ClipOrder",
         "init_args": {
@@ -199,13 +188,9 @@ def test_cli_training_lowers_the_order_loss(tmp_path, run_cli):
             "lr_schedule": "constant",
         },
     }
-    cfg["checkpoint"] = {"monitor": None}
     cfg["data"]["init_args"].update(clip_len=2, stride=2, batch_size=4, crop_scale=[1.0, 1.0])
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_cli(["fit", "--config", "run.yaml"], tmp_path)
-    rows = list(csv.DictReader((tmp_path / "runs" / "vcop" / "version_0" / "metrics.csv").open()))
-    losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
-    acc = [float(r["train/order_acc_epoch"]) for r in rows if r.get("train/order_acc_epoch")]
+    rows = cli_fit_rows(cfg, tmp_path, run_cli, validate=False)
+    losses, acc = column(rows, "train/loss_epoch"), column(rows, "train/order_acc_epoch")
     assert len(losses) == len(acc) == 30
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3, losses
     assert np.mean(acc[-5:]) > 0.6, acc

@@ -1,10 +1,8 @@
-import csv
-
 import numpy as np
 import pytest
 import torch
-import yaml
 from cli_helpers import tiny_config
+from training_helpers import cli_fit_rows, column, quiet_trainer
 
 from vssl.data import ClipSpec, VideoDataset, VideoIndex, VideoItem
 from vssl.tasks import CVRL, RSPNet, TaskMixture
@@ -114,7 +112,6 @@ def test_members_share_one_backbone_and_derived_copies_start_from_it():
 
 
 def test_every_run_attaches_its_trainer_to_the_members_and_shows_their_progress_bar_values():
-    import lightning as L
     from lightning.pytorch import Callback
     from torch.utils.data import DataLoader
 
@@ -141,13 +138,8 @@ def test_every_run_attaches_its_trainer_to_the_members_and_shows_their_progress_
             seen.append([m.trainer is trainer for m in pl_module.tasks.values()])
 
     def trainer():
-        return L.Trainer(
+        return quiet_trainer(
             max_steps=2,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
             log_every_n_steps=1,
             num_sanity_val_steps=0,
             callbacks=[MembersTrainer()],
@@ -219,17 +211,11 @@ def test_cli_trains_a_mixture_and_logs_each_task(tiny_synthetic, tmp_path, run_c
         },
     }
     cfg["data"]["init_args"].update(batch_size=4, num_workers=0)
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_cli(["fit", "--config", "run.yaml", "--trainer.logger.init_args.name", "m"], tmp_path)
-    rows = list(csv.DictReader((tmp_path / "runs" / "m" / "version_0" / "metrics.csv").open()))
-
-    def column(name):
-        return [float(r[name]) for r in rows if r.get(name)]
-
+    rows = cli_fit_rows(cfg, tmp_path, run_cli, validate=True)
     stats, cvrl, total = (
-        column("train/statistics/loss_epoch"),
-        column("train/cvrl/loss_epoch"),
-        column("train/loss_epoch"),
+        column(rows, "train/statistics/loss_epoch"),
+        column(rows, "train/cvrl/loss_epoch"),
+        column(rows, "train/loss_epoch"),
     )
     assert len(stats) == len(cvrl) == len(total) == 8
     np.testing.assert_allclose(total, np.array(stats) + 0.5 * np.array(cvrl), rtol=1e-4)
@@ -237,4 +223,4 @@ def test_cli_trains_a_mixture_and_logs_each_task(tiny_synthetic, tmp_path, run_c
     # on random clips falls slowly (2.21 to about 2.13).
     assert np.mean(total[-3:]) < 0.8 * total[0]
     assert np.mean(stats[-3:]) < stats[0]
-    assert column("val/cvrl/loss") and column("val/statistics/loss")
+    assert column(rows, "val/cvrl/loss") and column(rows, "val/statistics/loss")

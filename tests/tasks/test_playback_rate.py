@@ -2,15 +2,14 @@
 rates are uniform, short videos wrap, bad rate sets are refused, the loss by hand, and training
 through the CLI."""
 
-import csv
 import math
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from cli_helpers import ramp_videos, tiny_config
 from torch.nn import functional as F
+from training_helpers import cli_fit_rows, column
 
 from vssl.data.dataset import VideoDataset
 from vssl.data.index import VideoIndex
@@ -95,17 +94,7 @@ def test_cli_training_learns_the_playback_rate(tmp_path, run_cli):
     # before (4-5 grey levels a frame); in the synthetic motion data speed classes and rates
     # are confounded.
     root = ramp_videos(tmp_path / "ramps", slope=(4, 5), frames=36, train_videos=48)
-    cfg = tiny_config(
-        root,
-        tmp_path / "cache",
-        max_epochs=15,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger={
-            "class_path": "lightning.pytorch.loggers.CSVLogger",
-            "init_args": {"save_dir": "runs", "name": "rate"},
-        },
-    )
+    cfg = tiny_config(root, tmp_path / "cache", max_epochs=15)
     cfg["model"] = {
         "class_path": "vssl.tasks.PlaybackRate",
         "init_args": {
@@ -117,14 +106,10 @@ def test_cli_training_learns_the_playback_rate(tmp_path, run_cli):
             "lr_schedule": "constant",
         },
     }
-    cfg["checkpoint"] = {"monitor": None}
     # 4 frames at a stride of up to 8 span 25 of the 36 frames: no clip wraps around
     cfg["data"]["init_args"].update(clip_len=4, stride=1, batch_size=8, crop_scale=[1.0, 1.0])
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_cli(["fit", "--config", "run.yaml"], tmp_path)
-    rows = list(csv.DictReader((tmp_path / "runs" / "rate" / "version_0" / "metrics.csv").open()))
-    losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
-    acc = [float(r["train/rate_acc_epoch"]) for r in rows if r.get("train/rate_acc_epoch")]
+    rows = cli_fit_rows(cfg, tmp_path, run_cli, validate=False)
+    losses, acc = column(rows, "train/loss_epoch"), column(rows, "train/rate_acc_epoch")
     assert len(losses) == len(acc) == 15
     # chance: loss ln 4 = 1.39, accuracy 1/4 (sd 0.03 over the last 5 epochs' 240 clips);
     # measured 0.75 and 0.71
@@ -304,10 +289,6 @@ def test_cli_training_step_with_reconstruction(tmp_path, run_cli):
         limit_val_batches=1,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
-        logger={
-            "class_path": "lightning.pytorch.loggers.CSVLogger",
-            "init_args": {"save_dir": "runs", "name": "prp"},
-        },
     )
     cfg["model"] = {
         "class_path": "vssl.tasks.PlaybackRate",
@@ -319,14 +300,8 @@ def test_cli_training_step_with_reconstruction(tmp_path, run_cli):
     }
     cfg["checkpoint"] = {"monitor": None}
     cfg["data"]["init_args"].update(clip_len=4, stride=1, batch_size=4)
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_cli(["fit", "--config", "run.yaml"], tmp_path)
-    rows = list(csv.DictReader((tmp_path / "runs" / "prp" / "version_0" / "metrics.csv").open()))
-    rec = [
-        float(r["train/reconstruction_loss_step"])
-        for r in rows
-        if r.get("train/reconstruction_loss_step")
-    ]
+    rows = cli_fit_rows(cfg, tmp_path, run_cli, validate=True)
+    rec = column(rows, "train/reconstruction_loss_step")
     assert len(rec) == 2 and all(math.isfinite(v) and v > 0 for v in rec), rows
     assert any(r.get("val/reconstruction_loss") for r in rows)
     ckpt = sorted((tmp_path / "runs").rglob("*.ckpt"))[-1]

@@ -2,14 +2,12 @@
 four rotations per clip, the sampled rotation target, errors, the loss by hand, and training
 through the CLI."""
 
-import csv
-
 import numpy as np
 import pytest
 import torch
-import yaml
 from cli_helpers import tiny_config
 from torch.nn import functional as F
+from training_helpers import cli_fit_rows, column
 
 from vssl.data.sampling import ClipSpec, RandomClip, UniformClips
 from vssl.tasks import Rotation
@@ -99,28 +97,14 @@ def test_loss_and_probe_features_by_hand():
 def test_cli_training_lowers_the_rotation_loss(tiny_synthetic, tmp_path, run_cli):
     # The synthetic scenes are isotropic, so this is the network learning the 12 training
     # videos' upright orientation (see configs/rotation/synthetic_tiny.yaml): the loss must fall.
-    cfg = tiny_config(
-        tiny_synthetic,
-        tmp_path / "cache",
-        max_epochs=20,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger={
-            "class_path": "lightning.pytorch.loggers.CSVLogger",
-            "init_args": {"save_dir": "runs", "name": "rot"},
-        },
-    )
+    cfg = tiny_config(tiny_synthetic, tmp_path / "cache", max_epochs=20)
     cfg["model"] = {
         "class_path": "vssl.tasks.Rotation",
         "init_args": {**TINY, "optimizer": "adamw", "lr": 0.01, "lr_schedule": "constant"},
     }
-    cfg["checkpoint"] = {"monitor": None}
     cfg["data"]["init_args"].update(clip_len=2, stride=2, batch_size=4, crop_scale=[1.0, 1.0])
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_cli(["fit", "--config", "run.yaml"], tmp_path)
-    rows = list(csv.DictReader((tmp_path / "runs" / "rot" / "version_0" / "metrics.csv").open()))
-    losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
-    acc = [float(r["train/rotation_acc_epoch"]) for r in rows if r.get("train/rotation_acc_epoch")]
+    rows = cli_fit_rows(cfg, tmp_path, run_cli, validate=False)
+    losses, acc = column(rows, "train/loss_epoch"), column(rows, "train/rotation_acc_epoch")
     assert len(losses) == len(acc) == 20
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses
     assert np.mean(acc[-3:]) > 0.35, acc

@@ -1,20 +1,17 @@
 """RSPNet: losses by hand, the key queue, the momentum encoder, speed-pair sampling, the shared
 key augmentation, DDP (queue gathering and shuffle-BN) and training through the CLI."""
 
-import csv
 import math
 from pathlib import Path
 from types import SimpleNamespace
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
-import yaml
-from cli_helpers import run_vssl, tiny_config
-from lightning.pytorch import Callback
+from cli_helpers import tiny_config
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
+from training_helpers import cli_fit_rows, column, ddp_key_records, quiet_trainer
 
 from vssl.data.dataset import VideoDataset
 from vssl.data.index import VideoIndex
@@ -150,14 +147,7 @@ def test_momentum_encoder_follows_each_optimiser_step_and_is_not_trained():
     head_before = task.momentum_encoder.module["speed"].weight.clone()
     assert torch.equal(head_before, task.speed_head.weight)  # starts as a copy
     data = [{k: v[0] for k, v in uint8_batch(b=1, seed=s).items()} for s in range(4)]
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_steps=1)
     trainer.fit(task, DataLoader(data, batch_size=4))
     online = task.speed_head.weight
     assert not torch.allclose(online, head_before)  # the online head was trained
@@ -175,13 +165,8 @@ def test_rsp_acc_is_shown_on_the_progress_bar():
     torch.manual_seed(0)
     task = make_task(reference_batch_size=None)
     data = [{k: v[0] for k, v in uint8_batch(b=1, seed=s).items()} for s in range(4)]
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         log_every_n_steps=1,
         num_sanity_val_steps=0,
     )
@@ -304,49 +289,6 @@ def test_the_two_keys_share_their_augmentation_and_the_query_does_not():
 
 
 # ------------------------------------------------------------------------------ DDP and the CLI
-class QueueRecorder(Callback):
-    """Loaded into the DDP run (tests/ is on PYTHONPATH): records, per process, the keys it
-    enqueued and the queue, and checks that shuffle-BN gives the keys back in input order."""
-
-    def __init__(self, out_dir: str):
-        self.out_dir = Path(out_dir)
-        self.local: list[torch.Tensor] = []
-
-    def on_train_start(self, trainer, pl_module):
-        self.initial = pl_module.queue.keys.clone()
-        enqueue = pl_module.enqueue
-
-        def recording(keys):
-            self.local.append(keys.detach().clone())
-            enqueue(keys)
-
-        pl_module.enqueue = recording
-
-    def on_train_end(self, trainer, pl_module):
-        # With the key encoder's BN on running statistics, a key does not depend on the batch it
-        # is computed in, so the shuffled-and-restored keys must equal the plain ones.
-        pl_module.momentum_encoder.eval()
-        g = torch.Generator().manual_seed(trainer.global_rank)
-        errors = []
-        for _ in range(3):
-            video = torch.randn(8, 3, 4, 24, 24, generator=g)
-            shuffled = pl_module.key_projections(video)[0]
-            errors.append(float((shuffled - pl_module._encode_keys(video)[0]).abs().max()))
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {
-                "initial": self.initial,
-                "local": self.local,
-                "queue": pl_module.queue.keys.clone(),
-                "ptr": int(pl_module.queue.ptr),
-                "world_size": trainer.world_size,
-                "shuffle_error": max(errors),
-                "training": pl_module.training,
-            },
-            self.out_dir / f"rank{trainer.global_rank}.pt",
-        )
-
-
 def rspnet_config(root: Path, cache: Path, **model) -> dict:
     cfg = tiny_config(root, cache)
     cfg["model"] = {
@@ -367,22 +309,7 @@ def rspnet_config(root: Path, cache: Path, **model) -> dict:
 
 def test_ddp_every_process_queues_the_keys_of_both(tiny_synthetic, tmp_path):
     cfg = rspnet_config(tiny_synthetic, tmp_path / "cache", queue_size=8)
-    cfg["trainer"].update(
-        strategy="ddp",
-        devices=2,
-        max_epochs=1,
-        num_sanity_val_steps=0,
-        callbacks=[
-            {
-                "class_path": "test_rspnet.QueueRecorder",
-                "init_args": {"out_dir": str(tmp_path / "rec")},
-            }
-        ],
-    )
-    cfg["data"]["init_args"].update(batch_size=2, num_workers=0)
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_vssl(["fit", "--config", "run.yaml"], tmp_path)
-    recs = [torch.load(tmp_path / "rec" / f"rank{r}.pt") for r in (0, 1)]
+    recs = ddp_key_records(cfg, tmp_path, shuffled="key_projections")
     assert all(r["world_size"] == 2 for r in recs)
     assert [len(r["local"]) for r in recs] == [3, 3]  # 12 videos, 2 processes, batches of 2
     assert torch.equal(recs[0]["initial"], recs[1]["initial"])
@@ -392,7 +319,7 @@ def test_ddp_every_process_queues_the_keys_of_both(tiny_synthetic, tmp_path):
         expected.enqueue(torch.cat([recs[0]["local"][step], recs[1]["local"][step]]))
     assert not torch.allclose(recs[0]["local"][2], recs[1]["local"][2])
     for r in recs:
-        assert torch.equal(r["queue"], expected.keys)  # 12 keys in a queue of 8: it wrapped
+        assert torch.equal(r["keys"], expected.keys)  # 12 keys in a queue of 8: it wrapped
         assert r["ptr"] == 4
         assert r["training"] and r["shuffle_error"] < 1e-5
 
@@ -409,23 +336,12 @@ def test_cli_training_learns_relative_speed(tiny_synthetic, tmp_path, run_cli):
         augment={},
         lr_schedule="constant",
     )
-    cfg["trainer"].update(
-        max_epochs=100,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger={
-            "class_path": "lightning.pytorch.loggers.CSVLogger",
-            "init_args": {"save_dir": "runs", "name": "rsp"},
-        },
-    )
-    cfg["checkpoint"] = {"monitor": None}
+    cfg["trainer"]["max_epochs"] = 100
     cfg["data"]["init_args"].update(
         clip_len=3, stride=2, batch_size=4, crop_scale=[1.0, 1.0], num_workers=1
     )
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_cli(["fit", "--config", "run.yaml"], tmp_path)
-    rows = list(csv.DictReader((tmp_path / "runs" / "rsp" / "version_0" / "metrics.csv").open()))
-    acc = [float(r["train/rsp_acc_step"]) for r in rows if r.get("train/rsp_acc_step")]
+    rows = cli_fit_rows(cfg, tmp_path, run_cli, validate=False)
+    acc = column(rows, "train/rsp_acc_step")
     assert len(acc) == 300  # 12 videos in batches of 4, 100 epochs
     first, last = np.mean(acc[:100]), np.mean(acc[-100:])
     assert last > 0.75 and last > first + 0.05, (first, last)

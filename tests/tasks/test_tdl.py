@@ -1,17 +1,15 @@
 """TDL: the temporal triplet sampler, the loss by hand, the memory bank, the momentum encoder,
 the augmentations (per-clip transforms, one colour adjustment per clip, TCA) and CLI training."""
 
-import csv
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from cli_helpers import run_vssl, tiny_config
-from lightning.pytorch import Callback
+from cli_helpers import tiny_config
 from torch.nn import functional as F
+from training_helpers import cli_fit_rows, column, ddp_key_records
 
 from vssl.data.sampling import ClipSpec
 from vssl.heads import TDLProjectionHead
@@ -313,61 +311,9 @@ def tdl_config(root: Path, cache: Path, **model) -> dict:
     return cfg
 
 
-class BankRecorder(Callback):
-    """Loaded into the DDP run (tests/ is on PYTHONPATH): records, per process, the keys it
-    wrote and the bank, and checks that shuffle-BN gives the keys back in input order."""
-
-    def __init__(self, out_dir: str):
-        self.out_dir = Path(out_dir)
-        self.local: list[torch.Tensor] = []
-
-    def on_train_start(self, trainer, pl_module):
-        self.initial = pl_module.queue.keys.clone()
-        enqueue = pl_module.enqueue
-
-        def recording(keys):
-            self.local.append(keys.detach().clone())
-            enqueue(keys)
-
-        pl_module.enqueue = recording
-
-    def on_train_end(self, trainer, pl_module):
-        # With batch norm on running statistics a key does not depend on its batch, so the
-        # shuffled-and-restored keys must equal the plain ones.
-        pl_module.momentum_encoder.eval()
-        video = torch.randn(
-            6, 3, 4, 24, 24, generator=torch.Generator().manual_seed(trainer.global_rank)
-        )
-        error = float((pl_module.key_embeddings(video) - pl_module._encode_keys(video)).abs().max())
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {
-                "initial": self.initial,
-                "local": self.local,
-                "bank": pl_module.queue.keys.clone(),
-                "ptr": int(pl_module.queue.ptr),
-                "world_size": trainer.world_size,
-                "shuffle_error": error,
-            },
-            self.out_dir / f"rank{trainer.global_rank}.pt",
-        )
-
-
 def test_ddp_every_process_writes_the_keys_of_both(tiny_synthetic: Path, tmp_path: Path):
     cfg = tdl_config(tiny_synthetic, tmp_path / "cache", queue_size=8)
-    cfg["trainer"].update(
-        strategy="ddp",
-        devices=2,
-        max_epochs=1,
-        num_sanity_val_steps=0,
-        callbacks=[
-            {"class_path": "test_tdl.BankRecorder", "init_args": {"out_dir": str(tmp_path / "rec")}}
-        ],
-    )
-    cfg["data"]["init_args"].update(batch_size=2, num_workers=0)
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_vssl(["fit", "--config", "run.yaml"], tmp_path)
-    recs = [torch.load(tmp_path / "rec" / f"rank{r}.pt") for r in (0, 1)]
+    recs = ddp_key_records(cfg, tmp_path, shuffled="key_embeddings")
     assert all(r["world_size"] == 2 for r in recs)
     assert [len(r["local"]) for r in recs] == [3, 3]  # 12 videos, 2 processes, batches of 2
     assert torch.equal(recs[0]["initial"], recs[1]["initial"])
@@ -378,26 +324,14 @@ def test_ddp_every_process_writes_the_keys_of_both(tiny_synthetic: Path, tmp_pat
             expected[row % 8] = key
             row += 1
     for r in recs:
-        assert torch.equal(r["bank"], expected)  # 12 keys in a bank of 8: it wrapped
+        assert torch.equal(r["keys"], expected)  # 12 keys in a bank of 8: it wrapped
         assert r["ptr"] == 4 and r["shuffle_error"] < 1e-5
 
 
 def test_cli_training_lowers_the_loss(tiny_synthetic: Path, tmp_path: Path, run_cli):
     cfg = tdl_config(tiny_synthetic, tmp_path / "cache", queue_size=16)
-    cfg["trainer"].update(
-        max_epochs=30,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger={
-            "class_path": "lightning.pytorch.loggers.CSVLogger",
-            "init_args": {"save_dir": "runs", "name": "tdl"},
-        },
-    )
-    cfg["checkpoint"] = {"monitor": None}
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    run_cli(["fit", "--config", "run.yaml"], tmp_path)
-    rows = list(csv.DictReader((tmp_path / "runs" / "tdl" / "version_0" / "metrics.csv").open()))
-    losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
+    cfg["trainer"]["max_epochs"] = 30
+    losses = column(cli_fit_rows(cfg, tmp_path, run_cli, validate=False), "train/loss_step")
     assert len(losses) == 90  # 12 videos in batches of 4, 30 epochs
     first, last = np.mean(losses[:15]), np.mean(losses[-15:])
     assert last < 0.8 * first, (first, last)
