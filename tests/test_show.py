@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from vssl.data.encode import write_video
-from vssl.data.sampling import sample_cvrl_starts
+from vssl.data.sampling import RhoClips, sample_cvrl_starts
 from vssl.data.synthetic import clip_rng, render_clip
 from vssl.show import (
     FIGURE_SIZE,
@@ -16,11 +16,15 @@ from vssl.show import (
     build_task,
     main,
     sample_task,
+    siammae_reconstruction,
     statistics_figure,
     task_figure,
     videomae_reconstruction,
 )
 from vssl.tasks.clip_order import clip_orders
+from vssl.tasks.siammae import FramePairs, patch_target, random_mask
+from vssl.tasks.tdl import TemporalTripletSampler
+from vssl.tasks.vjepa import mask_indices, multiblock_mask
 
 VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
 
@@ -140,7 +144,7 @@ def test_show_unknown_task_lists_the_tasks(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "error: unknown task 'rotations'; tasks: statistics, rspnet, cvrl, videomae, clip_order, "
-        "rotation, playback_rate"
+        "rotation, playback_rate, siammae, vjepa, rho_byol, rho_moco, tdl"
     ]
 
 
@@ -261,3 +265,128 @@ def test_show_videomae_with_a_checkpoint(video, tmp_path, capsys):
         .err.strip()
         .endswith(f"error: {ckpt}: holds a VideoMAE checkpoint, not one of cvrl (CVRL)")
     )
+
+
+def first_draw(seed: int) -> np.random.Generator:
+    """The generator the dataset gives item 0 of epoch 0 under data seed ``seed``."""
+    return np.random.default_rng(np.random.SeedSequence([seed, 0, 0, 0]))
+
+
+def expected_line(task: str, seed: int) -> str:
+    """The line `vssl show TASK` prints for the fixture's 40-frame clip, from the task's own
+    sampler (and mask generator) run by hand with the configs' settings."""
+    rng = first_draw(seed)
+    if task == "siammae":
+        past, future = FramePairs(4, 48)(40, rng)["video"]
+        masked = int(random_mask(1, 64, 0.95, torch.Generator().manual_seed(seed)).sum())
+        return (
+            f"siammae: past frame {past}, future frame {future}, gap {future - past}, "
+            f"{masked} of 64 patches masked"
+        )
+    if task in ("rho_byol", "rho_moco"):
+        starts = RhoClips(clip_len=8, stride=2, rho=2).starts(40, rng)
+        shown = ", ".join(str(k) for k in starts)
+        return f"{task}: 2 clips of 8 frames (stride 2) starting at frames {shown}"
+    anchor, negative = TemporalTripletSampler(clip_len=4, stride=2, min_gap=2).starts(40, rng)
+    return (
+        f"tdl: anchor and positive frames {anchor}..{anchor + 6}, negative frames "
+        f"{negative}..{(negative + 6) % 40} (stride 2)"
+    )
+
+
+@pytest.mark.parametrize("task", ["siammae", "rho_byol", "tdl"])
+def test_show_prints_the_samplers_draw(task, video, tmp_path, capsys):
+    out = tmp_path / f"{task}.png"
+    assert main([task, str(video), "--out", str(out), "--dpi", "30", "--seed", "7"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [f"clip.mp4: {expected_line(task, 7)}", f"wrote {out}"]
+    assert png_size(out)[0] > 100
+
+
+def test_show_siammae_pair_and_mask_are_the_tasks(video):
+    s = sample_task("siammae", video, seed=4)
+    past, future = FramePairs(4, 48)(40, first_draw(4))["video"]
+    assert list(s.views["video"]) == [past, future]
+    _, line = task_figure(s)
+    assert s.extra["gap"] == future - past and f"gap {future - past}," in line
+    # the mask is the task's first draw: MAE's random masking from a generator seeded with 4
+    mask = random_mask(1, 64, 0.95, torch.Generator().manual_seed(4))
+    assert torch.equal(s.extra["mask"], mask) and int(mask.sum()) == 61
+    assert s.batch["video"].shape == (1, 3, 2, 64, 64) and s.extra["grid"] == (1, 8, 8)
+
+
+def test_siammae_reconstruction_undoes_the_target(video):
+    s = sample_task("siammae", video, seed=1)
+    task, clip, mask = s.task, s.batch["video"], s.extra["mask"]
+    future = clip[:, :, 1]
+    # a network that predicts its target exactly reconstructs the future frame
+    target = patch_target(future, task.patch, task.normalize_target)
+    task.decode = lambda past, visible, m: target[m].reshape(1, -1, target.shape[-1])
+    rebuilt = siammae_reconstruction(task, clip, mask)
+    pixels = future[0] * task.augment.std.view(3, 1, 1) + task.augment.mean.view(3, 1, 1)
+    assert np.abs(rebuilt - pixels.clamp(0, 1).permute(1, 2, 0).numpy()).max() < 1e-4
+
+
+def test_show_siammae_with_a_checkpoint_and_animation(video, tmp_path):
+    task, _ = build_task("siammae")
+    ckpt = tmp_path / "siammae.ckpt"
+    state = {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}
+    torch.save({**state, "pytorch-lightning_version": lightning.__version__}, ckpt)
+    out, plain, gif = tmp_path / "rec.png", tmp_path / "plain.png", tmp_path / "pair.gif"
+    argv = ["siammae", str(video), "--out", str(out), "--ckpt", str(ckpt), "--dpi", "30"]
+    assert main([*argv, "--animate", str(gif)]) == 0
+    assert main(["siammae", str(video), "--out", str(plain), "--dpi", "30"]) == 0
+    assert png_size(out)[0] > png_size(plain)[0]  # one more panel: the reconstruction
+    with Image.open(gif) as im:
+        assert im.n_frames == 2  # the past frame, then the future one
+
+
+def test_show_vjepa_masks_are_the_tasks(video, capsys, tmp_path):
+    s = sample_task("vjepa", video, seed=5)
+    grid = s.extra["grid"]
+    assert grid == (8, 4, 4) and s.batch["video"].shape == (1, 3, 16, 32, 32)
+    # the task's own masks: multi-block masking of the paper's two sets from the generator
+    # seeded with 5, one set after the other
+    generator = torch.Generator().manual_seed(5)
+    for k, spec in enumerate(s.task.mask_specs):
+        mask = multiblock_mask(1, grid, spec, generator)
+        assert torch.equal(torch.from_numpy(s.extra["masks"][k]).flatten()[None], mask)
+        context, target = mask_indices(mask)
+        assert torch.equal(s.extra["indices"][k][0], context)
+        assert torch.equal(s.extra["indices"][k][1], target)
+        corners, size = s.extra["blocks"][k]
+        assert corners.shape == (spec.num_blocks, 3) and size[0] == 8  # blocks span all time
+    fresh, _ = build_task("vjepa")
+    torch.manual_seed(5)
+    drawn = fresh.draw_masks(s.batch["video"])
+    assert all(
+        torch.equal(a, b)
+        for pair, ours in zip(drawn, s.extra["indices"], strict=True)
+        for a, b in zip(pair, ours, strict=True)
+    )
+    _, line = task_figure(s)
+    counts = [(len(c[0]), len(t[0])) for c, t in s.extra["indices"]]
+    frames = s.views["video"]
+    sizes = ["x".join(str(n) for n in size) for _, size in s.extra["blocks"]]
+    assert line == (
+        f"vjepa: frames {frames[0]}..{frames[-1]}, 8x4x4 tokens; short-range 8 blocks of "
+        f"{sizes[0]}, {counts[0][1]} target and {counts[0][0]} context tokens; long-range 2 "
+        f"blocks of {sizes[1]}, {counts[1][1]} target and {counts[1][0]} context tokens"
+    )
+    assert all(c + t == 128 for c, t in counts)
+
+
+def test_show_rho_clips_and_tdl_segments_match_the_samplers(video):
+    s = sample_task("rho_moco", video, seed=2, stage="val")
+    task_figure(s)
+    starts = RhoClips(clip_len=8, stride=2, rho=2).starts(40, first_draw(2))
+    assert s.extra["starts"] == list(starts)
+    assert s.batch["clips"].shape == (1, 2, 3, 8, 56, 56) and s.batch["clips"].is_floating_point()
+    s = sample_task("tdl", video, seed=2, stage="val")
+    task_figure(s)
+    assert s.extra["starts"] == TemporalTripletSampler(4, 2, 2).starts(40, first_draw(2))
+    assert torch.equal(s.sample["anchor"], s.sample["positive"])  # val: one centre crop alike
+    assert s.extra["rows"][0][0] == "anchor"  # no TCA outside training
+    s = sample_task("tdl", video, seed=2)
+    task_figure(s)
+    assert s.extra["rows"][0][0] == "anchor\n(with TCA)"

@@ -21,7 +21,14 @@ with their start frames and gap, after each clip's augmentation; VCOP's clips in
 network sees them with the order label; Rotation's rotated clips (`Rotation.rotated_batch`);
 the playback-rate clip with its rate; VideoMAE's frames with the tube mask of
 `VideoMAE.draw_mask`, and with ``--ckpt`` the checkpoint's reconstruction of the masked
-tubelets. Every frame is titled with its frame number in the video.
+tubelets; SiamMAE's past frame and future frame (`FramePairs`, the gap in the title) with the
+future frame's random patch mask of `SiamMAE.draw_mask`, and with ``--ckpt`` the reconstruction
+of its masked patches (`siammae_reconstruction`); V-JEPA's frames with each mask set's target
+blocks in its own colour over the context, drawn as `VJEPA.draw_masks` draws them
+(`vjepa_blocks`); rho-BYOL's and rho-MoCo's rho clips (`RhoClips`) on a timeline with their
+start frames, after each clip's augmentation; TDL's anchor, positive and negative segments
+(`TemporalTripletSampler`) with their frame ranges. Every frame is titled with its frame number
+in the video, and one printed line says what was drawn.
 """
 
 from __future__ import annotations
@@ -67,7 +74,10 @@ from vssl.eval.features import checkpoint_data_settings, load_task
 from vssl.tasks.base import VSSLTask
 from vssl.tasks.clip_order import clip_orders
 from vssl.tasks.rotation import Rotation
+from vssl.tasks.siammae import TARGET_EPS as SIAMMAE_EPS
+from vssl.tasks.siammae import SiamMAE
 from vssl.tasks.videomae import TARGET_EPS, VideoMAE, patchify
+from vssl.tasks.vjepa import VJEPA, mask_indices, paint_blocks, sample_blocks
 
 FIGURE_SIZE = (15.0, 9.6)
 """Size of the `show statistics` figure in inches; at ``--dpi`` D the PNG is 15 D x 9.6 D pixels."""
@@ -313,6 +323,27 @@ TASK_DEFAULTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "clip_order": ("vssl.tasks.ClipOrder", {"backbone": "tiny3d", "interval": 2}, {"clip_len": 4}),
     "rotation": ("vssl.tasks.Rotation", {"backbone": "tiny3d"}, {"clip_len": 8}),
     "playback_rate": ("vssl.tasks.PlaybackRate", {"backbone": "tiny3d"}, {"clip_len": 4}),
+    "siammae": (
+        "vssl.tasks.SiamMAE",
+        {"backbone": "vit_tiny_8_image", "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 2},
+        {"clip_len": 16, "stride": 2, "crop_size": 64},
+    ),
+    "vjepa": (
+        "vssl.tasks.VJEPA",
+        {"backbone": "vit_tiny_8", "predictor_dim": 32, "predictor_depth": 1},
+        {"clip_len": 16, "stride": 2, "crop_size": 32},
+    ),
+    "rho_byol": ("vssl.tasks.RhoBYOL", {"backbone": "tiny3d"}, {"clip_len": 8, "stride": 2}),
+    "rho_moco": (
+        "vssl.tasks.RhoMoCo",
+        {"backbone": "tiny3d", "queue_size": 128},
+        {"clip_len": 8, "stride": 2},
+    ),
+    "tdl": (
+        "vssl.tasks.TDL",
+        {"backbone": "tiny3d", "proj_dim": 64, "queue_size": 64},
+        {"clip_len": 4, "stride": 2},
+    ),
 }
 """Task name (its config folder) -> (class path, small init_args, data settings), used when the
 task's ``configs/TASK/synthetic_tiny.yaml`` is not there (an installed package)."""
@@ -326,6 +357,11 @@ _TASK_HELP = {
     "clip_order": "VCOP: the shuffled clips in the order the network sees them, the order label",
     "rotation": "3D RotNet: the rotated clips and their labels",
     "playback_rate": "playback rate: a clip at the drawn rate and its label",
+    "siammae": "SiamMAE: the past frame and the masked future frame (reconstruction with --ckpt)",
+    "vjepa": "V-JEPA: the frames with each mask set's target blocks and the context",
+    "rho_byol": "rho-BYOL: the rho clips on the video's timeline, each clip's augmentation",
+    "rho_moco": "rho-MoCo: the rho clips on the video's timeline, each clip's augmentation",
+    "tdl": "TDL: the anchor, positive and negative segments with their frame ranges",
 }
 """Every task `show` draws, named as its config folder."""
 
@@ -457,6 +493,16 @@ def sample_task(
                 extra["reconstruction"] = videomae_reconstruction(
                     task, batch["video"], extra["mask"]
                 )
+        if isinstance(task, SiamMAE):
+            _, future = task.frame_pair(batch)
+            extra["mask"] = task.draw_mask(future)
+            extra["grid"] = task.backbone.grid(future.shape)
+            if ckpt is not None:
+                extra["reconstruction"] = siammae_reconstruction(
+                    task, batch["video"], extra["mask"]
+                )
+        if isinstance(task, VJEPA):
+            extra.update(vjepa_blocks(task, batch["video"]))
     return TaskSample(name, task, spec, info.num_frames, recording.views, sample, batch, extra)
 
 
@@ -491,6 +537,54 @@ def videomae_reconstruction(task: VideoMAE, video: Tensor, mask: Tensor) -> np.n
     return x[0].clamp(0, 1).permute(1, 2, 3, 0).numpy()
 
 
+def siammae_reconstruction(task: SiamMAE, video: Tensor, mask: Tensor) -> np.ndarray:
+    """Pixels ``(H, W, 3)`` in [0, 1] of the future frame of pair 0 of ``video`` ``(B, C, 2, H,
+    W)`` with its masked patches replaced by the task's prediction (`SiamMAE.encode`,
+    `SiamMAE.decode`).
+
+    With ``normalize_target`` the network predicts each patch standardised over its values
+    (`patch_target`), so the prediction is mapped back with the input patch's own mean and
+    standard deviation before the batch normalisation is undone.
+    """
+    past, future = task.frame_pair({"video": video})
+    with torch.no_grad():
+        prediction = task.decode(task.encode(past), task.encode(future, mask), mask).float()
+    patches = patchify(future.float(), (1, *task.patch))  # (B, N, P, C), normalised input
+    b, _, size, c = patches.shape
+    masked = patches[mask].reshape(-1, size * c)
+    prediction = prediction.reshape(-1, size * c)
+    if task.normalize_target:
+        sigma = (masked.var(dim=1, keepdim=True) + SIAMMAE_EPS).sqrt()
+        prediction = prediction * sigma + masked.mean(dim=1, keepdim=True)
+    patches = patches.clone()
+    patches[mask] = prediction.reshape(-1, size, c)
+    _, h, w = task.backbone.grid(future.shape)
+    ph, pw = task.patch
+    x = patches.reshape(b, h, w, ph, pw, c).permute(0, 5, 1, 3, 2, 4)
+    x = x.reshape(b, c, h * ph, w * pw)
+    mean, std = task.augment.mean.float().view(c, 1, 1), task.augment.std.float().view(c, 1, 1)
+    return (x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def vjepa_blocks(task: VJEPA, video: Tensor) -> dict[str, Any]:
+    """V-JEPA's masks of clip 0 of ``video``, drawn as `VJEPA.draw_masks` draws them (the
+    task's ``mask_generator``, one `sample_blocks` per mask set in order), with the blocks.
+
+    Returns ``grid`` (T', H', W'), ``blocks`` (per set: corners ``(K, 3)`` as (start, top,
+    left) tokens and the block size (t, h, w)), ``masks`` (per set: the target mask ``(T', H',
+    W')``) and ``indices`` (per set: the context and target token indices of `mask_indices`).
+    """
+    grid = task.backbone.grid(video.shape)
+    blocks, masks, indices = [], [], []
+    for spec in task.mask_specs:
+        corners, size = sample_blocks(1, grid, spec, task.mask_generator())
+        mask = paint_blocks(corners, size, grid)
+        blocks.append((corners[0].numpy(), size))
+        masks.append(mask[0].numpy())
+        indices.append(mask_indices(mask.flatten(1)))
+    return {"grid": grid, "blocks": blocks, "masks": masks, "indices": indices}
+
+
 def _to_images(task: VSSLTask, clip: Tensor) -> np.ndarray:
     """Float normalised ``(C, T, H, W)`` -> displayable ``(T, H, W, 3)`` in [0, 1]."""
     mean, std = task.augment.mean.cpu(), task.augment.std.cpu()
@@ -506,7 +600,7 @@ def _frames_figure(
 ):
     """A grid: one row per clip (label, images ``(T, H, W, 3)``, frame indices ``(T,)``), frame
     numbers above each image; with ``timeline`` a first row places the clips on the video."""
-    s.extra["rows"], s.extra["title"] = rows, title
+    s.extra["rows"], s.extra["title"], s.extra["axes"] = rows, title, []
     cols = max(len(_columns(len(images))) for _, images, _ in rows)
     extra = 1 if timeline else 0
     fig = Figure(figsize=(1.7 * cols + 1.2, 1.9 * (len(rows) + extra) + 0.6))
@@ -523,8 +617,10 @@ def _frames_figure(
         ax = fig.add_subplot(grid[r + extra, 0])
         ax.text(0.5, 0.5, label, ha="center", va="center", fontsize=8, wrap=True)
         ax.axis("off")
+        s.extra["axes"].append([])
         for c, k in enumerate(_columns(len(images))):
             ax = fig.add_subplot(grid[r + extra, c + 1])
+            s.extra["axes"][-1].append((int(k), ax))
             ax.imshow(images[k], interpolation="nearest")
             ax.set_title(f"frame {int(indices[k])}", fontsize=8)
             ax.axis("off")
@@ -674,6 +770,177 @@ def _videomae(s: TaskSample) -> tuple[Figure, str]:
     return fig, line
 
 
+def _grey(images: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """``images`` with the pixels of boolean ``pixels`` (same leading shape) greyed out."""
+    out = images.copy()
+    out[pixels] = out[pixels] * 0.25 + 0.5 * 0.75
+    return out
+
+
+def _siammae(s: TaskSample) -> tuple[Figure, str]:
+    past_index, future_index = (int(k) for k in s.views["video"])
+    gap = future_index - past_index
+    images = _to_images(s.task, s.batch["video"][0])  # (2, H, W, 3)
+    _, h, w = s.extra["grid"]
+    mask = s.extra["mask"][0].reshape(h, w).cpu().numpy()
+    ph, pw = s.task.patch
+    count = int(mask.sum())
+    panels = [
+        (f"past frame {past_index}\n(the encoder sees all of it)", images[0]),
+        (f"future frame {future_index}\n(the target)", images[1]),
+        (
+            f"future frame {future_index} as the encoder\nsees it: {count}/{h * w} masked",
+            _grey(images[1], np.kron(mask, np.ones((ph, pw), dtype=bool))),
+        ),
+    ]
+    if "reconstruction" in s.extra:
+        panels.append(("reconstruction\n(masked patches predicted)", s.extra["reconstruction"]))
+    title = (
+        f"SiamMAE: predict the future frame, {gap} frames after the past one, masked at "
+        f"{s.task.mask_ratio}\n(grey: masked patches, "
+        "yellow: visible ones)"
+    )
+    s.extra["gap"], s.extra["title"] = gap, title
+    s.extra["rows"] = [("past, future", images, s.views["video"])]
+    fig = Figure(figsize=(2.6 * len(panels), 3.2))
+    fig.suptitle(title, fontsize=9)
+    axes = fig.subplots(1, len(panels))
+    for ax, (label, image) in zip(axes, panels, strict=True):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    for top, left in zip(*np.nonzero(~mask), strict=True):  # outline the visible patches
+        corner = (left * pw - 0.5, top * ph - 0.5)
+        axes[2].add_patch(Rectangle(corner, pw, ph, fill=False, edgecolor="yellow", lw=1))
+    line = (
+        f"siammae: past frame {past_index}, future frame {future_index}, gap {gap}, {count} of "
+        f"{h * w} patches masked"
+    )
+    return fig, line
+
+
+_SET_COLOURS = ((1.0, 0.55, 0.0), (0.1, 0.45, 1.0), (0.2, 0.8, 0.2), (0.85, 0.2, 0.85))
+
+
+def _set_names(task: VJEPA) -> list[str]:
+    """'short-range' and 'long-range' for two sets of different scales, else 'set k'."""
+    specs = task.mask_specs
+    if len(specs) == 2 and specs[0].spatial_scale != specs[1].spatial_scale:
+        short = 0 if specs[0].spatial_scale < specs[1].spatial_scale else 1
+        return ["short-range" if k == short else "long-range" for k in range(2)]
+    return [f"set {k + 1}" for k in range(len(specs))]
+
+
+def _vjepa(s: TaskSample) -> tuple[Figure, str]:
+    images = _to_images(s.task, s.batch["video"][0])
+    indices = s.views["video"]
+    t, h, w = s.extra["grid"]
+    pt, ph, pw = images.shape[0] // t, images.shape[1] // h, images.shape[2] // w
+    names = _set_names(s.task)
+    rows = [("input", images, indices)]
+    parts = []
+    for k, (mask, (corners, size)) in enumerate(
+        zip(s.extra["masks"], s.extra["blocks"], strict=True)
+    ):
+        colour = np.array(_SET_COLOURS[k % len(_SET_COLOURS)])
+        pixels = np.kron(mask, np.ones((pt, ph, pw), dtype=bool))
+        tinted = images.copy()
+        tinted[pixels] = tinted[pixels] * 0.45 + colour * 0.55
+        context, target = (len(i[0]) for i in s.extra["indices"][k])
+        rows.append(
+            (
+                f"{names[k]}:\n{len(corners)} blocks of {size[1]}x{size[2]}\n{target} target,\n"
+                f"{context} context",
+                tinted,
+                indices,
+            )
+        )
+        parts.append(
+            f"{names[k]} {len(corners)} blocks of {size[0]}x{size[1]}x{size[2]}, {target} "
+            f"target and {context} context tokens"
+        )
+    fig, _ = _frames_figure(
+        s,
+        rows,
+        "V-JEPA: each mask set's target blocks (coloured, outlined), predicted from the "
+        "context (as is)",
+        False,
+    )
+    for k, (corners, size) in enumerate(s.extra["blocks"]):
+        colour = _SET_COLOURS[k % len(_SET_COLOURS)]
+        for frame, ax in s.extra["axes"][k + 1]:
+            for start, top, left in corners:
+                if start <= frame // pt < start + size[0]:
+                    ax.add_patch(
+                        Rectangle(
+                            (left * pw - 0.5, top * ph - 0.5),
+                            size[2] * pw,
+                            size[1] * ph,
+                            fill=False,
+                            edgecolor=colour,
+                            lw=1.2,
+                        )
+                    )
+    line = f"vjepa: frames {indices[0]}..{indices[-1]}, {t}x{h}x{w} tokens; " + "; ".join(parts)
+    return fig, line
+
+
+def _rho(s: TaskSample) -> tuple[Figure, str]:
+    clips = s.views["clips"]  # (rho, T)
+    starts = [int(c[0]) for c in clips]
+    s.extra["starts"] = starts
+    video = s.batch["clips"][0]  # (rho, C, T, H, W)
+    rows = [
+        (f"clip {i + 1}\nstart {starts[i]}", _to_images(s.task, video[i]), clips[i])
+        for i in range(len(clips))
+    ]
+    title = {"rho_byol": "rho-BYOL", "rho_moco": "rho-MoCo"}[s.name]
+    fig, grid = _frames_figure(
+        s,
+        rows,
+        f"{title}: {len(clips)} clips of one video, starts uniform over the video,\neach with "
+        "its own augmentation",
+        True,
+    )
+    _timeline(
+        fig,
+        grid,
+        [(f"clip {i + 1}", c) for i, c in enumerate(clips)],
+        s.num_frames,
+        "in time order",
+    )
+    shown = ", ".join(str(k) for k in starts)
+    line = (
+        f"{s.name}: {len(clips)} clips of {clips.shape[1]} frames (stride {s.spec.stride}) "
+        f"starting at frames {shown}"
+    )
+    return fig, line
+
+
+def _tdl(s: TaskSample) -> tuple[Figure, str]:
+    anchor, negative = s.views["anchor"], s.views["negative"]
+    s.extra["starts"] = (int(anchor[0]), int(negative[0]))
+    labels = {
+        "anchor": "anchor" + ("\n(with TCA)" if s.task.training and s.task.tca_strength else ""),
+        "positive": "positive\n(anchor's frames)",
+        "negative": "negative\n(other segment)",
+    }
+    rows = [(labels[v], _to_images(s.task, s.batch[v][0]), s.views[v]) for v in labels]
+    fig, grid = _frames_figure(
+        s,
+        rows,
+        "TDL: the anchor is pulled to its positive, pushed from its temporal negative\n"
+        "(each clip with its own augmentation)",
+        True,
+    )
+    _timeline(fig, grid, [("anchor, positive", anchor), ("negative", negative)], s.num_frames, "")
+    line = (
+        f"tdl: anchor and positive frames {anchor[0]}..{anchor[-1]}, negative frames "
+        f"{negative[0]}..{negative[-1]} (stride {s.spec.stride})"
+    )
+    return fig, line
+
+
 def animate(s: TaskSample, out: str | Path, fps: float = 4.0, dpi: int = 100) -> Path:
     """Writes the clips of a drawn `TaskSample` (after `task_figure`) as an animated GIF: one
     panel per clip, every frame in turn, its frame number in the panel's title."""
@@ -712,6 +979,11 @@ _FIGURES: dict[str, Callable[[TaskSample], tuple[Figure, str]]] = {
     "clip_order": _clip_order,
     "rotation": _rotation,
     "playback_rate": _playback_rate,
+    "siammae": _siammae,
+    "vjepa": _vjepa,
+    "rho_byol": _rho,
+    "rho_moco": _rho,
+    "tdl": _tdl,
 }
 
 
