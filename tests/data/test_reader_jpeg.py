@@ -10,6 +10,7 @@ wrong sidecar must never give wrong frames, and the reader never writes beside a
 
 from __future__ import annotations
 
+import io
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import code_frame, read_frame_index
+from PIL import Image
 
 from vssl.data.prepare import prepare
 from vssl.data.reader import VideoDecodeError, VideoReader, open_reader
@@ -455,3 +457,28 @@ def test_the_cache_keeps_the_most_recently_used_indexes_up_to_its_frames(files):
     assert cache.frames == COUNT + 2
     assert [cache.opened_before(p, (1, 1)) for p in "xyxzx"] == [False, False, True, False, True]
     assert list(cache.seen) == ["z", "x"]
+
+
+def test_an_exif_rotation_is_ignored_as_ffmpeg_ignores_it(tmp_path):
+    # camera MJPEG may carry an EXIF orientation; OpenCV applies it by default (here a 180
+    # degree turn, which keeps the shape), FFmpeg and so the PyAV reader do not
+    path = tmp_path / "exif.mp4"
+    exif = Image.Exif()
+    exif[0x0112] = 3  # orientation: rotated 180 degrees
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mjpeg", rate=25)
+        stream.width = stream.height = HEIGHT
+        stream.pix_fmt = "yuvj420p"
+        for i in range(8):
+            image = io.BytesIO()
+            Image.fromarray(code_frame(i, HEIGHT, HEIGHT)).save(image, "JPEG", exif=exif.tobytes())
+            packet = av.Packet(image.getvalue())
+            packet.stream, packet.pts, packet.dts = stream, i, i
+            packet.time_base = Fraction(1, 25)
+            out.mux(packet)
+    with VideoReader(path) as reference:
+        assert [read_frame_index(f) for f in reference.get_frames(range(8))] == list(range(8))
+    for _ in range(2):  # demuxed, then from the index built on the second open
+        with open_reader(path, "jpeg") as reader:
+            assert [read_frame_index(f) for f in reader.get_frames([5, 1, 7])] == [5, 1, 7]
+    assert reader._index is not None

@@ -590,6 +590,7 @@ class JpegReader(VideoReader):
         tensor; rows with the same key are one packet, decoded once."""
         out = np.empty((len(images), 3, height, width), dtype=np.uint8)
         factor, flag = reduced_flag(self.height, self.width, height, width)
+        flag |= cv2.IMREAD_IGNORE_ORIENTATION  # as FFmpeg does: an EXIF rotation is not applied
         shape = (-(-self.height // factor), -(-self.width // factor), 3)
         timed = self.decode_timeout is not None
         done: dict[int, int] = {}
