@@ -1,5 +1,5 @@
-"""AVID: the sampler, the memory, the NCE loss against a hand computation, and a short training
-on the synthetic dataset with sound whose loss falls."""
+"""AVID: the sampler, the memory, the NCE loss against a hand computation, the volume jitter,
+and a short training on the synthetic dataset with sound whose loss falls."""
 
 from __future__ import annotations
 
@@ -17,7 +17,13 @@ from vssl.data.datamodule import VideoDataModule
 from vssl.data.sampling import AudioSpan
 from vssl.data.synthetic import make_synthetic
 from vssl.tasks import AVID
-from vssl.tasks.avid import AudioVisualClip, AVIDProjectionHead, InstanceMemory, nce_loss
+from vssl.tasks.avid import (
+    AudioVisualClip,
+    AVIDProjectionHead,
+    InstanceMemory,
+    nce_loss,
+    volume_jitter,
+)
 
 TINY = {
     "backbone": "tiny3d",
@@ -122,7 +128,38 @@ def test_step_scores_against_the_memory_and_moves_it() -> None:
         task.step({**batch, "index": torch.tensor([0, 1, 7])}, "train")
 
 
+def test_volume_jitter_scales_each_waveform_once() -> None:
+    wave = torch.tensor([[[1.0, -2.0, 0.5]], [[0.25, 0.0, 4.0]]])
+    jittered = volume_jitter(wave, 0.1, torch.Generator().manual_seed(5))
+    u = torch.rand(2, 1, 1, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(jittered, wave * (0.9 + 0.2 * u))
+    assert volume_jitter(wave, 0.0) is wave
+    with pytest.raises(ValueError, match=r"volume jitter must be in \[0, 1\)"):
+        volume_jitter(wave, 1.0)
+
+
+def test_volume_jitter_in_training_only() -> None:
+    torch.manual_seed(0)
+    task = AVID(**TINY)
+    task.spectrogram = torch.nn.Identity()  # the waveforms as augment_batch hands them on
+    wave = _batch()["audio"]
+    task.eval()
+    torch.testing.assert_close(task.augment_batch({"audio": wave.clone()})["audio"], wave)
+    task.train()
+    factor = task.augment_batch({"audio": wave.clone()})["audio"] / wave
+    per_sample = factor.flatten(1)
+    assert torch.allclose(per_sample, per_sample[:, :1])  # one factor per waveform
+    assert ((per_sample > 0.9) & (per_sample < 1.1)).all() and not torch.allclose(
+        factor, wave / wave
+    )
+    off = AVID(**{**TINY, "audio_volume_jitter": 0.0})
+    off.spectrogram = torch.nn.Identity()
+    torch.testing.assert_close(off.augment_batch({"audio": wave.clone()})["audio"], wave)
+
+
 def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="audio_volume_jitter must be in"):
+        AVID(audio_volume_jitter=1.5, **TINY)
     with pytest.raises(ValueError, match="memory_momentum"):
         AVID(memory_momentum=1.0, **TINY)
     with pytest.raises(ValueError, match="cross_weight and within_weight"):

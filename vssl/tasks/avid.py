@@ -9,9 +9,12 @@ https://arxiv.org/abs/2004.12943. vssl follows the official code (facebookresear
   random start (the centre clip in evaluation), and ``audio_seconds`` of sound centred on it
   (official: 0.5 s of video at 16 fps, 2 s of audio at 24 kHz). Videos without an audio stream
   are left out when the dataset is built (one logged count).
-- Audio input: a log spectrogram on the device (`vssl.data.audio.LogMelSpectrogram`; official:
-  ``n_fft`` 512 at 100 frames per second, 257 linear bins: ``n_mels`` None). Video: the
-  datamodule's crops and `BatchAugment`.
+- Audio input: in training each waveform's volume is scaled by a factor uniform in
+  ``1 +- volume_jitter`` (`volume_jitter`; official ``AudioPrepLibrosa``: 10%), then a log
+  spectrogram on the device (`vssl.data.audio.LogMelSpectrogram`; official: ``n_fft`` 512 at 100
+  frames per second, 257 linear bins: ``n_mels`` None). Video: the datamodule's crops and
+  `BatchAugment` (the paper config sets the official ``msc+color``: crops of 0.08..1 of the
+  area, flip, colour jitter 0.4 / 0.4 / 0.4 / hue 0.2).
 - Encoders: the video backbone and an audio backbone (`vssl.backbones.registry.build_audio`),
   each followed by `AVIDProjectionHead` (official ``Head``: Linear layers with ReLU between;
   ``proj_dim`` 128, one Linear, in the R(2+1)D-18 Kinetics config, ``[512, 512, 128]`` in the
@@ -34,8 +37,9 @@ https://arxiv.org/abs/2004.12943. vssl follows the official code (facebookresear
 Evaluation stages have no memory of their videos: their loss is the in-batch cross-modal
 InfoNCE (each clip against the batch's audio, and each audio against the batch's clips), and
 ``xmodal_acc`` (logged in every stage) is the share of clips whose own audio is the nearest of
-the batch's. AVID's audio augmentations (volume jitter) and CMA (the cross-modal agreement
-stage of the paper) are not part of vssl's AVID.
+the batch's. The official audio offset jitter (up to 0.5 s between clip and sound) and CMA (the
+cross-modal agreement stage of the paper) are not part of vssl's AVID; `docs/fidelity.md` lists
+every setting against the official code.
 """
 
 from __future__ import annotations
@@ -55,7 +59,14 @@ from vssl.data.sampling import AudioSpan, ClipSampler, ClipSpec, UniformClips, c
 from vssl.data.sampling import clip_span as _clip_span
 from vssl.tasks.base import StepOutput, VSSLTask
 
-__all__ = ["AVID", "AVIDProjectionHead", "AudioVisualClip", "InstanceMemory", "nce_loss"]
+__all__ = [
+    "AVID",
+    "AVIDProjectionHead",
+    "AudioVisualClip",
+    "InstanceMemory",
+    "nce_loss",
+    "volume_jitter",
+]
 
 
 @dataclass
@@ -93,6 +104,22 @@ class AudioVisualClip(ClipSampler):
             "video": clip_indices(start, self.clip_len, self.stride, num_frames),
             "audio": audio,
         }
+
+
+def volume_jitter(
+    waveform: Tensor, amount: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """AVID's volume augmentation: waveforms ``(B, C, N)`` each scaled by one factor drawn
+    uniformly from ``[1 - amount, 1 + amount]``."""
+    if not 0.0 <= amount < 1.0:
+        raise ValueError(f"the volume jitter must be in [0, 1), got {amount}")
+    if waveform.ndim != 3:
+        raise ValueError(f"volume_jitter expects (B, C, N) waveforms, got {tuple(waveform.shape)}")
+    if amount == 0:
+        return waveform
+    device = generator.device if generator is not None else waveform.device
+    u = torch.rand(waveform.shape[0], 1, 1, generator=generator, device=device).to(waveform)
+    return waveform * (1.0 - amount + 2.0 * amount * u)
 
 
 class AVIDProjectionHead(nn.Sequential):
@@ -197,6 +224,8 @@ class AVID(VSSLTask):
         cross_weight, within_weight: the cross-modal (v2a, a2v) and within-modal (v2v, a2a)
             terms (official Cross: 1 and 0).
         audio_seconds, sample_rate: the audio window (official 2 s at 24 kHz).
+        audio_volume_jitter: in training, each waveform is scaled by a factor uniform in
+            ``1 +- audio_volume_jitter`` (`volume_jitter`; official 0.1); 0 turns it off.
         n_fft, spectrogram_fps, n_mels: the log spectrogram (official 512, 100, None: 257
             linear bins).
         optimizer, lr, weight_decay, lr_schedule: official Adam, lr 2e-4, weight decay 1e-5,
@@ -222,6 +251,7 @@ class AVID(VSSLTask):
         within_weight: float = 0.0,
         audio_seconds: float = 2.0,
         sample_rate: int = 24000,
+        audio_volume_jitter: float = 0.1,
         n_fft: int = 512,
         spectrogram_fps: float = 100.0,
         n_mels: int | None = None,
@@ -252,6 +282,8 @@ class AVID(VSSLTask):
         if not spectrogram_fps > 0:
             raise ValueError(f"spectrogram_fps must be positive, got {spectrogram_fps}")
         AudioVisualClip(audio_seconds=audio_seconds, sample_rate=sample_rate)  # checks the two
+        if not 0.0 <= audio_volume_jitter < 1.0:
+            raise ValueError(f"audio_volume_jitter must be in [0, 1), got {audio_volume_jitter}")
         self.audio_backbone = build_audio(audio_backbone, **(audio_backbone_kwargs or {}))
         self.spectrogram = LogMelSpectrogram(
             sample_rate,
@@ -269,6 +301,7 @@ class AVID(VSSLTask):
         self.temperature = temperature
         self.audio_seconds, self.sample_rate = audio_seconds, sample_rate
         self.memory_size = memory_size
+        self.audio_volume_jitter = audio_volume_jitter
 
     # ---------------------------------------------------------------- data
     def clip_sampler(self, stage: str, spec: ClipSpec) -> ClipSampler:
@@ -293,11 +326,14 @@ class AVID(VSSLTask):
             )
 
     def augment_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """The clips as every task's; the waveforms ``(B, C, N)`` to log spectrograms
-        ``(B, C, F, T)``."""
+        """The clips as every task's; the waveforms ``(B, C, N)`` (their volume jittered in
+        training) to log spectrograms ``(B, C, F, T)``."""
         batch = super().augment_batch(batch)
         if "audio" in batch and batch["audio"].ndim == 3:
-            batch["audio"] = self.spectrogram(batch["audio"])
+            audio = batch["audio"]
+            if self.training:
+                audio = volume_jitter(audio, self.audio_volume_jitter)
+            batch["audio"] = self.spectrogram(audio)
         return batch
 
     # ---------------------------------------------------------------- loss
