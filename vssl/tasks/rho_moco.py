@@ -16,7 +16,12 @@ Visual Representation Learning", CVPR 2020.
   of every other clip of its video, negatives from a queue of 65536 keys; averaged over the other
   clips, summed over the queries. All rho keys of a step join the queue (the official
   ``MOCO_MULTI_VIEW_QUEUE: True``), gathered from every process.
-- Shuffle-BN under DDP (`VSSLTask.encode_shuffled`), as MoCo and the official config.
+- Shuffling BN (`vssl.losses.moco.encode_shuffled`), so that batch statistics cannot tell a
+  query's positive from the queue: under DDP the key clips of all processes are shuffled across
+  them (MoCo's code and the official config); on one process the query and key encoders
+  normalise over ``num_splits`` sub-batches, the queries in order and the keys shuffled (the
+  one-GPU ``SplitBatchNorm`` of MoCo's CIFAR-10 demo). Without it, one process's query and key
+  batches hold the same videos.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.nn import functional as F
 
 from vssl.heads import MoCoProjectionHead
-from vssl.losses.moco import KeyQueue
+from vssl.losses.moco import KeyQueue, encode_shuffled, split_encode, splits_for
 from vssl.losses.rho import rho_info_nce
 from vssl.tasks.base import StepOutput
 from vssl.tasks.momentum import MomentumEncoder
@@ -47,7 +53,11 @@ class RhoMoCo(RhoTask):
         temperature: tau of InfoNCE (paper: 0.1).
         key_momentum, final_key_momentum, momentum_schedule: the key encoder's EMA, from 0.994
             to 1.0 on a cosine over training (`vssl.tasks.momentum.momentum_at`).
-        shuffle_bn: shuffle the key clips across processes for batch norm under DDP.
+        shuffle_bn: shuffling BN in training: the key clips shuffled across processes under
+            DDP, or the ``num_splits`` sub-batches on one process (False: plain batch norm, for
+            ``trainer.sync_batchnorm``).
+        num_splits: sub-batches of batch norm on one process (each of at least 2 clips: a
+            smaller batch is split into as many as fit); not used under DDP.
         optimizer, lr, reference_batch_size, weight_decay, momentum, lr_schedule, warmup_epochs:
             the official SGD (momentum 0.9, lr 0.1 per 64 videos of global batch, scaled
             linearly, 35 warm-up epochs, cosine, weight decay 1e-4).
@@ -72,6 +82,7 @@ class RhoMoCo(RhoTask):
         final_key_momentum: float = 1.0,
         momentum_schedule: str = "cosine",
         shuffle_bn: bool = True,
+        num_splits: int = 2,
         optimizer: str = "sgd",
         lr: float = 0.1,
         reference_batch_size: int | None = 64,
@@ -99,7 +110,8 @@ class RhoMoCo(RhoTask):
             warmup_epochs=warmup_epochs,
             **kwargs,
         )
-        self.temperature, self.shuffle_bn = temperature, shuffle_bn
+        splits_for(2, num_splits)  # checks num_splits
+        self.temperature, self.shuffle_bn, self.num_splits = temperature, shuffle_bn, num_splits
         self.projector = MoCoProjectionHead(
             self.backbone.out_dim, hidden_dim, hidden_layers, projection_dim
         )
@@ -109,10 +121,27 @@ class RhoMoCo(RhoTask):
         self.queue = KeyQueue(queue_size, projection_dim)
 
     # ---------------------------------------------------------------- encoders
-    def query_projections(self, video: Tensor) -> tuple[Tensor, Tensor]:
-        """Backbone features and unit query projections of clips ``(B, C, T, H, W)``."""
+    def bn_splits(self) -> int:
+        """Sub-batches of batch norm now: ``num_splits`` in training on one process with
+        ``shuffle_bn``, else 1."""
+        if self.shuffle_bn and self.training and self.world_size() == 1:
+            return self.num_splits
+        return 1
+
+    def _encode_queries(self, video: Tensor) -> tuple[Tensor, Tensor]:
         features = self.backbone(video)
         return features, F.normalize(self.projector(features), dim=1)
+
+    def query_projections(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """Backbone features and unit query projections of clips ``(B, C, T, H, W)``, in
+        `bn_splits` consecutive sub-batches."""
+        splits = self.bn_splits()
+        if 1 < splits and splits_for(video.shape[0], splits) < splits:
+            rank_zero_warn(
+                f"RhoMoCo: {video.shape[0]} clips per batch make fewer than num_splits={splits} "
+                "sub-batches of 2 for shuffling BN; using as many as fit"
+            )
+        return split_encode(self._encode_queries, video, splits)
 
     @torch.no_grad()
     def _encode_keys(self, video: Tensor) -> Tensor:
@@ -121,10 +150,12 @@ class RhoMoCo(RhoTask):
 
     @torch.no_grad()
     def key_projections(self, video: Tensor) -> Tensor:
-        """Unit key projections by the momentum encoder, in input order (shuffle-BN under DDP)."""
-        if not self.shuffle_bn:
+        """Unit key projections by the momentum encoder, in input order; in training with
+        ``shuffle_bn``, shuffled across processes under DDP, else shuffled and encoded in
+        ``num_splits`` sub-batches (`vssl.losses.moco.encode_shuffled`)."""
+        if not (self.shuffle_bn and self.training):
             return self._encode_keys(video)
-        return self.encode_shuffled(video, self._encode_keys)
+        return encode_shuffled(self._encode_keys, video, self.num_splits)
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:
