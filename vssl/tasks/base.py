@@ -64,7 +64,9 @@ class VSSLTask(LightningModule):
         optimizer: ``sgd``, ``adamw`` or ``adam``.
         lr: the learning rate for a batch of ``reference_batch_size`` (or as is, when that is None).
         reference_batch_size: the batch the paper's lr is given for; the lr used is
-            ``lr * global_batch / reference_batch_size`` (the linear scaling rule).
+            ``lr * global_batch / reference_batch_size`` (the linear scaling rule), the global
+            batch being the train dataloader's ``batch_size`` x processes x
+            ``accumulate_grad_batches`` (`global_batch_size`).
         weight_decay, momentum: optimiser settings (momentum for SGD only).
         lr_schedule: ``cosine`` (to ``lr * min_lr_ratio``), ``step`` (x ``lr_gamma`` at each
             epoch of ``lr_milestones``) or ``constant``; stepped every optimisation step.
