@@ -178,8 +178,8 @@ class VATT(VSSLTask):
         audio_backbone_kwargs: its builder's settings.
         drop_rate: the share of each modality's tokens DropToken removes in training (paper
             0.5); 0 keeps them all.
-        drop_per_sample: one random subset of tokens per sample instead of one for the batch
-            (the official code's).
+        drop_per_sample: draw one random subset of tokens per sample; False (the default)
+            draws one for the whole batch, as the official code.
         proj_dim, proj_hidden: the size of the video-audio space and of the video head's hidden
             layer (paper 512).
         temperature: of the NCE (paper 0.07).
