@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vssl.data.audio import write_video_with_audio
 from vssl.data.encode import write_video
 from vssl.data.sampling import RhoClips, sample_cvrl_starts
 from vssl.data.synthetic import clip_rng, render_clip
@@ -21,6 +22,7 @@ from vssl.show import (
     task_figure,
     videomae_reconstruction,
 )
+from vssl.tasks.avid import AudioVisualClip
 from vssl.tasks.clip_order import clip_orders
 from vssl.tasks.siammae import FramePairs, patch_target, random_mask
 from vssl.tasks.tdl import TemporalTripletSampler
@@ -144,7 +146,7 @@ def test_show_unknown_task_lists_the_tasks(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "error: unknown task 'rotations'; tasks: statistics, rspnet, cvrl, videomae, clip_order, "
-        "rotation, playback_rate, siammae, vjepa, rho_byol, rho_moco, tdl"
+        "rotation, playback_rate, siammae, vjepa, rho_byol, rho_moco, tdl, avid, vatt"
     ]
 
 
@@ -390,3 +392,51 @@ def test_show_rho_clips_and_tdl_segments_match_the_samplers(video):
     s = sample_task("tdl", video, seed=2)
     task_figure(s)
     assert s.extra["rows"][0][0] == "anchor\n(with TCA)"
+
+
+@pytest.fixture(scope="module")
+def sound_video(tmp_path_factory) -> Path:
+    """The 40-frame clip at 8 fps (5 s) with a rising tone."""
+    clip = render_clip("rotate_cw", clip_rng(0, "rotate_cw", 0), frames=40, size=40)
+    t = np.arange(5 * 16000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * (300 + 100 * t) * t))[None].astype(np.float32)
+    path = tmp_path_factory.mktemp("show_av") / "av.mp4"
+    return write_video_with_audio(path, clip.frames, tone, fps=8)
+
+
+@pytest.mark.parametrize("task", ["avid", "vatt"])
+def test_show_audio_tasks_print_both_time_spans(task, sound_video, tmp_path, capsys):
+    out = tmp_path / f"{task}.png"
+    assert main([task, str(sound_video), "--out", str(out), "--dpi", "30", "--seed", "6"]) == 0
+    views = AudioVisualClip(8, 2, 1.0, 16000)(40, first_draw(6))
+    start, span = int(views["video"][0]), views["audio"]
+    # a clip of frames start, start + 2, ..., start + 14 is shown from start / 8 s to
+    # (start + 15) / 8 s; its 1 s of sound is centred on that
+    centre = (start + start + 15) / 16
+    what = "log spectrogram, 64 bins x 101 steps" if task == "avid" else "waveform, 16000 samples"
+    assert capsys.readouterr().out.splitlines() == [
+        f"av.mp4: {task}: frames {start}..{start + 14} ({start / 8:.2f}..{(start + 15) / 8:.2f} "
+        f"s), audio {centre - 0.5:.2f}..{centre + 0.5:.2f} s at 16000 Hz, {what}",
+        f"wrote {out}",
+    ]
+    assert span.start == start and png_size(out)[0] > 100
+
+
+def test_show_avid_pictures_the_tasks_spectrogram(sound_video):
+    s = sample_task("avid", sound_video, seed=1, stage="val")
+    _, line = task_figure(s)
+    # validation: the centre clip (of the 40 - 15 = 25 last starts, start 25 // 2 = 12) and no
+    # volume jitter, so the picture is the spectrogram of the sample's waveform
+    assert list(s.views["video"]) == list(12 + 2 * np.arange(8))
+    assert torch.equal(s.batch["audio"], s.task.spectrogram(s.sample["audio"][None]))
+    assert s.extra["spans"] == ((12 / 8, 27 / 8), (39 / 16 - 0.5, 39 / 16 + 0.5))
+    assert line.startswith("avid: frames 12..26 (1.50..3.38 s), audio 1.94..2.94 s")
+
+
+def test_show_audio_task_on_a_silent_video_names_the_file(video, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    assert main(["vatt", str(video), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"vssl show: error: {video}: no audio stream, and vatt needs the clip's sound"
+    )
+    assert not out.exists()

@@ -27,7 +27,9 @@ of its masked patches (`siammae_reconstruction`); V-JEPA's frames with each mask
 blocks in its own colour over the context, drawn as `VJEPA.draw_masks` draws them
 (`vjepa_blocks`); rho-BYOL's and rho-MoCo's rho clips (`RhoClips`) on a timeline with their
 start frames, after each clip's augmentation; TDL's anchor, positive and negative segments
-(`TemporalTripletSampler`) with their frame ranges. Every frame is titled with its frame number
+(`TemporalTripletSampler`) with their frame ranges; AVID's and VATT's clip (`AudioVisualClip`)
+over the sound the audio network gets (AVID's log spectrogram, VATT's waveform) on one time
+axis in seconds, with the time spans of both. Every frame is titled with its frame number
 in the video, and one printed line says what was drawn.
 """
 
@@ -51,6 +53,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
+from vssl.data.audio import probe_audio
 from vssl.data.dataset import VideoDataset
 from vssl.data.flow import compute_flow, flow_to_rgb
 from vssl.data.index import probe_video
@@ -344,6 +347,30 @@ TASK_DEFAULTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {"backbone": "tiny3d", "proj_dim": 64, "queue_size": 64},
         {"clip_len": 4, "stride": 2},
     ),
+    "avid": (
+        "vssl.tasks.AVID",
+        {
+            "backbone": "tiny3d",
+            "audio_backbone": "audio_tiny",
+            "proj_dims": [64],
+            "audio_seconds": 1.0,
+            "sample_rate": 16000,
+            "n_mels": 64,
+        },
+        {"clip_len": 8, "stride": 2, "crop_size": 56},
+    ),
+    "vatt": (
+        "vssl.tasks.VATT",
+        {
+            "backbone": "vit_tiny_8",
+            "audio_backbone": "vatt_audio_tiny",
+            "proj_dim": 64,
+            "proj_hidden": 64,
+            "audio_seconds": 1.0,
+            "sample_rate": 16000,
+        },
+        {"clip_len": 8, "stride": 2, "crop_size": 32},
+    ),
 }
 """Task name (its config folder) -> (class path, small init_args, data settings), used when the
 task's ``configs/TASK/synthetic_tiny.yaml`` is not there (an installed package)."""
@@ -362,6 +389,8 @@ _TASK_HELP = {
     "rho_byol": "rho-BYOL: the rho clips on the video's timeline, each clip's augmentation",
     "rho_moco": "rho-MoCo: the rho clips on the video's timeline, each clip's augmentation",
     "tdl": "TDL: the anchor, positive and negative segments with their frame ranges",
+    "avid": "AVID: the clip's frames and its sound's log spectrogram, with their time spans",
+    "vatt": "VATT: the clip's frames and its sound's waveform, with their time spans",
 }
 """Every task `show` draws, named as its config folder."""
 
@@ -469,6 +498,8 @@ def sample_task(
     if not info.ok:
         raise VideoDecodeError(str(video), info.error or "no decodable video frames")
     recording = _Recording(task.clip_sampler(stage, spec))
+    if recording.sampler.needs_audio and probe_audio(video) is None:
+        raise InvalidInputError(f"{video}: no audio stream, and {name} needs the clip's sound")
     dataset = VideoDataset(
         [VideoItem(Path(video), -1)],
         [info],
@@ -483,7 +514,7 @@ def sample_task(
     batch = {k: v.unsqueeze(0) for k, v in sample.items()}
     with torch.no_grad():
         batch = task.augment_batch(batch)
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"fps": info.fps}
         if isinstance(task, Rotation):
             extra["clips"], extra["labels"] = task.rotated_batch(batch)
         if isinstance(task, VideoMAE):
@@ -941,6 +972,59 @@ def _tdl(s: TaskSample) -> tuple[Figure, str]:
     return fig, line
 
 
+def _audio_visual(s: TaskSample) -> tuple[Figure, str]:
+    indices, span = s.views["video"], s.views["audio"]
+    fps = float(s.extra["fps"])
+    images = _to_images(s.task, s.batch["video"][0])
+    audio_start = span.start_time(fps)
+    audio_stop = audio_start + span.seconds
+    clip_start, clip_stop = span.start / fps, span.stop / fps
+    s.extra["spans"] = ((clip_start, clip_stop), (audio_start, audio_stop))
+    s.extra["rows"] = [("clip", images, indices)]
+    audio = s.batch["audio"][0].float().cpu().numpy()
+    columns = _columns(len(images))
+    fig = Figure(figsize=(1.7 * len(columns) + 0.6, 5.2))
+    grid = fig.add_gridspec(2, len(columns), height_ratios=[1.0, 1.3], hspace=0.45, top=0.8)
+    for c, k in enumerate(columns):
+        ax = fig.add_subplot(grid[0, c])
+        ax.imshow(images[k], interpolation="nearest")
+        ax.set_title(f"frame {int(indices[k])}\n{indices[k] / fps:.2f} s", fontsize=8)
+        ax.axis("off")
+    ax = fig.add_subplot(grid[1, :])
+    if audio.ndim == 3:  # AVID: the log spectrogram (C, F, T) the audio network gets
+        ax.imshow(
+            audio[0],
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            extent=(audio_start, audio_stop, -0.5, audio.shape[1] - 0.5),
+        )
+        mel = getattr(s.task.spectrogram, "mel", None) is not None
+        ax.set_ylabel("mel bin" if mel else "frequency bin", fontsize=8)
+        what = f"log spectrogram, {audio.shape[1]} bins x {audio.shape[2]} steps"
+    else:  # VATT: the waveform (C, N) the audio network gets
+        ax.plot(np.linspace(audio_start, audio_stop, audio.shape[-1]), audio[0], lw=0.5)
+        ax.set_ylabel("amplitude", fontsize=8)
+        what = f"waveform, {audio.shape[-1]} samples"
+    ax.axvspan(clip_start, clip_stop, color="cyan", alpha=0.25, label="the clip's frames")
+    ax.set_xlabel(f"time in the video (s); the audio at {span.sample_rate} Hz", fontsize=8)
+    ax.legend(loc="upper right", fontsize=7)
+    ax.tick_params(labelsize=7)
+    title = {"avid": "AVID", "vatt": "VATT"}[s.name]
+    fig.suptitle(
+        f"{title}: a clip, frames {indices[0]}..{indices[-1]} ({clip_start:.2f}..{clip_stop:.2f}"
+        f" s), and its sound's {what},\n{audio_start:.2f}..{audio_stop:.2f} s: the network "
+        "tells which sound belongs to which clip",
+        fontsize=9,
+    )
+    s.extra["title"] = f"{title}: the clip"
+    line = (
+        f"{s.name}: frames {indices[0]}..{indices[-1]} ({clip_start:.2f}..{clip_stop:.2f} s), "
+        f"audio {audio_start:.2f}..{audio_stop:.2f} s at {span.sample_rate} Hz, {what}"
+    )
+    return fig, line
+
+
 def animate(s: TaskSample, out: str | Path, fps: float = 4.0, dpi: int = 100) -> Path:
     """Writes the clips of a drawn `TaskSample` (after `task_figure`) as an animated GIF: one
     panel per clip, every frame in turn, its frame number in the panel's title."""
@@ -984,6 +1068,8 @@ _FIGURES: dict[str, Callable[[TaskSample], tuple[Figure, str]]] = {
     "rho_byol": _rho,
     "rho_moco": _rho,
     "tdl": _tdl,
+    "avid": _audio_visual,
+    "vatt": _audio_visual,
 }
 
 
