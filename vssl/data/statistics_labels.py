@@ -404,6 +404,13 @@ def colour_octants(clip: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
+def _sparse_members(size: int) -> Tensor:
+    """`_Geometry.atom_members` as a sparse (COO) torch matrix: a region is the sum of a few
+    atoms, so the sparse product adds only those rows instead of multiplying by every atom."""
+    return torch.from_numpy(_geometry(size).atom_members).to_sparse()
+
+
+@functools.lru_cache(maxsize=16)
 def _atom_image(size: int, frames: int) -> np.ndarray:
     """The atom of every pixel of ``frames`` stacked frames: read-only uint8 ``(frames * S, S)``."""
     atom_map = _geometry(size).atom_map
@@ -484,13 +491,13 @@ def _appearance_regions(clip: np.ndarray) -> AppearanceRegions:
     s = clip.shape[1]
     geo = _geometry(s)
     n_atoms = geo.atom_members.shape[1]
-    members = torch.from_numpy(geo.atom_members)
+    members = _sparse_members(s)
     # Per frame, one 2-D histogram (atom and channel, value) of the frame's bytes, then the
     # histograms of the 28 regions as sums of atoms: (28, 3 * 256) exact float32 counts.
     atom_hist = scratch("atom_hist", (3 * n_atoms, 256))
-    hist = torch.from_numpy(scratch("region_hist", (len(members), 3 * 256)))
-    lowest = torch.from_numpy(scratch("region_lowest", tuple(hist.shape))).fill_(np.inf)
-    highest = torch.from_numpy(scratch("region_highest", tuple(hist.shape))).zero_()
+    shape = (members.shape[0], 3 * 256)
+    lowest = torch.from_numpy(scratch("region_lowest", shape)).fill_(np.inf)
+    highest = torch.from_numpy(scratch("region_highest", shape)).zero_()
     atom_view = torch.from_numpy(atom_hist).view(n_atoms, 3 * 256)
     ranges = [0, 3 * n_atoms, 0, 256]
     for frame in clip:  # one frame at a time keeps the histograms in cache
@@ -502,7 +509,7 @@ def _appearance_regions(clip: np.ndarray) -> AppearanceRegions:
             ranges,
             hist=atom_hist,
         )
-        torch.mm(members, atom_view, out=hist)
+        hist = torch.sparse.mm(members, atom_view)
         torch.minimum(lowest, hist, out=lowest)
         torch.maximum(highest, hist, out=highest)
     inter = lowest.numpy().reshape(-1, 3, 256).sum(axis=-1, dtype=np.float64)  # (28, 3)
