@@ -2,11 +2,12 @@
 batch norm over sub-batches by hand, a key normalised without its query's sub-batch, and MoCo's
 cross-process shuffle in a 2-process gloo group."""
 
+import os
 import socket
 
 import pytest
 import torch
-from shuffle_bn_worker import ddp_worker
+from torch import distributed as dist
 from torch import multiprocessing as mp
 from torch import nn
 
@@ -146,8 +147,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
+    """Rank ``rank`` of 2 (gloo): encodes 4 random rows of its own through a training-mode batch
+    norm with shuffling BN, and saves its rows, the slice it encoded and the outputs."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(100 + rank)  # a different local batch on each process
+        x = torch.randn(4, 3)
+        seen = []
+        bn = nn.BatchNorm1d(3, affine=False).train()
+
+        def encode(v: torch.Tensor) -> torch.Tensor:
+            seen.append(v.clone())
+            return bn(v)
+
+        torch.manual_seed(7)  # the same draw on both processes; rank 0's is broadcast
+        keys = encode_shuffled(encode, x, num_splits=4)
+        plain = encode_shuffled(lambda v: (2 * v, v.sum(1)), x)  # no batch norm, a tuple
+        out = {"x": x, "keys": keys, "slice": seen[0], "plain": plain}
+        torch.save(out, os.path.join(out_dir, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
 def test_two_processes_encode_a_shuffled_slice_and_get_their_own_keys_back(tmp_path):
-    mp.spawn(ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    # fork: the processes start with the modules loaded (spawn would import them again in each)
+    mp.start_processes(
+        _ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork"
+    )
     recs = [torch.load(tmp_path / f"{r}.pt") for r in (0, 1)]
     everything = torch.cat([r["x"] for r in recs])
     perm = torch.randperm(8, generator=torch.Generator().manual_seed(7)).view(2, 4)
