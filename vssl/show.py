@@ -801,10 +801,11 @@ def _videomae(s: TaskSample) -> tuple[Figure, str]:
     return fig, line
 
 
-def _grey(images: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-    """``images`` with the pixels of boolean ``pixels`` (same leading shape) greyed out."""
+def _grey(images: np.ndarray, pixels: np.ndarray, keep: float = 0.25) -> np.ndarray:
+    """``images`` with the pixels of boolean ``pixels`` (same leading shape) greyed out, a
+    ``keep`` share of the image left showing through."""
     out = images.copy()
-    out[pixels] = out[pixels] * 0.25 + 0.5 * 0.75
+    out[pixels] = out[pixels] * keep + 0.5 * (1 - keep)
     return out
 
 
@@ -821,7 +822,7 @@ def _siammae(s: TaskSample) -> tuple[Figure, str]:
         (f"future frame {future_index}\n(the target)", images[1]),
         (
             f"future frame {future_index} as the encoder\nsees it: {count}/{h * w} masked",
-            _grey(images[1], np.kron(mask, np.ones((ph, pw), dtype=bool))),
+            _grey(images[1], np.kron(mask, np.ones((ph, pw), dtype=bool)), keep=0.1),
         ),
     ]
     if "reconstruction" in s.extra:
@@ -833,7 +834,8 @@ def _siammae(s: TaskSample) -> tuple[Figure, str]:
     )
     s.extra["gap"], s.extra["title"] = gap, title
     s.extra["rows"] = [("past, future", images, s.views["video"])]
-    fig = Figure(figsize=(2.6 * len(panels), 3.2))
+    fig = Figure(figsize=(2.6 * len(panels), 3.0))
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.76, bottom=0.02, wspace=0.1)
     fig.suptitle(title, fontsize=9)
     axes = fig.subplots(1, len(panels))
     for ax, (label, image) in zip(axes, panels, strict=True):
@@ -1006,7 +1008,7 @@ def _audio_visual(s: TaskSample) -> tuple[Figure, str]:
         ax.plot(np.linspace(audio_start, audio_stop, audio.shape[-1]), audio[0], lw=0.5)
         ax.set_ylabel("amplitude", fontsize=8)
         what = f"waveform, {audio.shape[-1]} samples"
-    ax.axvspan(clip_start, clip_stop, color="cyan", alpha=0.25, label="the clip's frames")
+    ax.axvspan(clip_start, clip_stop, fill=False, edgecolor="cyan", lw=2, label="the clip's frames")
     ax.set_xlabel(f"time in the video (s); the audio at {span.sample_rate} Hz", fontsize=8)
     ax.legend(loc="upper right", fontsize=7)
     ax.tick_params(labelsize=7)
