@@ -26,6 +26,7 @@ from vssl import backbones
 from vssl.data.datamodule import default_clip_sampler, default_clip_transform
 from vssl.data.sampling import ClipSampler, ClipSpec
 from vssl.data.transforms import BatchAugment
+from vssl.losses import moco
 
 OPTIMIZERS = {"sgd", "adamw", "adam"}
 SCHEDULES = {"cosine", "step", "constant"}
@@ -218,23 +219,13 @@ class VSSLTask(LightningModule):
     @torch.no_grad()
     def encode_shuffled(self, video: Tensor, encode: Callable[[Tensor], Any]) -> Any:
         """``encode(video)`` (a tensor or a tuple of tensors, one row per clip), in input order,
-        with MoCo's shuffle-BN under DDP: each process encodes a random slice of the global
-        batch, so that a momentum encoder's batch-norm statistics come from other samples than
-        the process's queries. On one process, or outside training, just ``encode(video)``."""
-        world = self.world_size()
-        if not (self.training and world > 1):
+        with MoCo's shuffle-BN under DDP (`vssl.losses.moco.encode_shuffled`): each process
+        encodes a random slice of the global batch, so that a momentum encoder's batch-norm
+        statistics come from other samples than the process's queries. On one process, or
+        outside training, just ``encode(video)``."""
+        if not self.training:
             return encode(video)
-        batch = video.shape[0]
-        everything = self.all_gather(video).flatten(0, 1)
-        order = self.trainer.strategy.broadcast(
-            torch.randperm(batch * world, device=video.device), src=0
-        )
-        out = encode(everything[order.view(world, batch)[self.global_rank]])
-        # Row j of the gathered outputs is the output of global sample order[j].
-        rows = torch.argsort(order).view(world, batch)[self.global_rank]
-        if isinstance(out, tuple):
-            return tuple(self.all_gather(o).flatten(0, 1)[rows] for o in out)
-        return self.all_gather(out).flatten(0, 1)[rows]
+        return moco.encode_shuffled(encode, video)
 
     def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         out = self.step(batch, stage)
