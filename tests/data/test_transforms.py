@@ -5,6 +5,7 @@ import pytest
 import torch
 import yaml
 from torch.nn import functional as nnf
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from vssl.data.transforms import (
@@ -226,6 +227,51 @@ def test_view_transform_consistent_within_clip_independent_between_clips():
     )
     assert stacked["video"].shape == (4, 6, 3, 16, 16)
     assert len({stacked["video"][i].sum().item() for i in range(4)}) > 1
+
+
+@pytest.mark.parametrize(
+    "shape, size",
+    [
+        ((5, 3, 20, 30), 12),  # both axes drawn
+        ((5, 3, 12, 30), 12),  # only the left offset is drawn
+        ((5, 3, 20, 12), (12, 12)),  # only the top offset is drawn
+        ((5, 3, 12, 12), 12),  # nothing drawn
+        ((3, 4, 2, 20, 30), (8, 10)),  # a stack of clips, one crop each
+    ],
+)
+def test_view_transform_random_crop_equals_torchvision(shape, size):
+    """The sliced RandomCrop gives torchvision's crop and leaves the RNG where torchvision does."""
+    clips = torch.randint(0, 256, shape, dtype=torch.uint8)
+    sample = {"video": clips, "label": torch.tensor(1)}
+    fast = ViewTransform(v2.RandomCrop(size))
+    assert fast._crop_size is not None
+    # the reference: torchvision itself, through the tv_tensors path
+    slow = ViewTransform(v2.Compose([v2.RandomCrop(size)]))
+    assert slow._crop_size is None
+    torch.manual_seed(3)
+    got = fast(sample)
+    after_fast = torch.rand(())
+    torch.manual_seed(3)
+    want = slow(sample)
+    assert torch.rand(()) == after_fast
+    assert got["video"].shape == want["video"].shape
+    assert torch.equal(got["video"], want["video"])
+    assert got["label"] is sample["label"]
+
+
+def test_view_transform_random_crop_larger_than_clip_fails_as_torchvision():
+    clip = torch.zeros(2, 3, 10, 30, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="Required crop size \\(12, 12\\)"):
+        ViewTransform(v2.RandomCrop(12))({"video": clip})
+
+
+def test_view_transform_padded_random_crop_keeps_torchvision_path():
+    clip = torch.randint(0, 256, (2, 3, 10, 10), dtype=torch.uint8)
+    transform = ViewTransform(v2.RandomCrop(12, pad_if_needed=True))
+    assert transform._crop_size is None
+    torch.manual_seed(0)
+    out = transform({"video": clip})["video"]
+    assert out.shape == (2, 3, 12, 12) and type(out) is torch.Tensor
 
 
 def test_eval_clip_transform_is_deterministic_centre_crop():

@@ -69,13 +69,32 @@ class ViewTransform:
 
     A view is a uint8 tensor ``(T, C, H, W)`` or a stack of clips ``(N, T, C, H, W)``; each
     clip of a stack gets its own parameters. Keys not in ``views`` (labels, indices) pass through.
+    A plain ``v2.RandomCrop`` (no padding) is applied by slicing the tensor directly, with the
+    same random draws and the same result as torchvision's, without the `tv_tensors` round trip.
     """
 
     def __init__(self, transform: Callable[[Tensor], Tensor], views: Sequence[str] = ("video",)):
         self.transform = transform
         self.views = tuple(views)
+        plain_crop = (
+            type(transform) is v2.RandomCrop
+            and transform.padding is None
+            and not transform.pad_if_needed
+        )
+        self._crop_size: tuple[int, int] | None = (
+            (int(transform.size[0]), int(transform.size[1])) if plain_crop else None
+        )
 
     def _clip(self, clip: Tensor) -> Tensor:
+        if self._crop_size is not None:
+            crop_h, crop_w = self._crop_size
+            h, w = clip.shape[-2:]
+            if h >= crop_h and w >= crop_w:
+                # torchvision's RandomCrop.make_params: top, then left, each drawn only when
+                # the frame is larger than the crop along that axis
+                top = int(torch.randint(0, h - crop_h + 1, size=())) if h > crop_h else 0
+                left = int(torch.randint(0, w - crop_w + 1, size=())) if w > crop_w else 0
+                return clip[..., top : top + crop_h, left : left + crop_w]
         return self.transform(tv_tensors.Video(clip)).as_subclass(Tensor)
 
     def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
