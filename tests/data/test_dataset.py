@@ -43,6 +43,29 @@ def test_views_hold_the_sampled_frames(video_factory, frame_index):
     )
 
 
+class OneView(ClipSampler):
+    def __init__(self, frames):
+        self.frames = np.array(frames)
+
+    def __call__(self, num_frames, rng):
+        return {"video": self.frames}
+
+
+@pytest.mark.parametrize("frames", [[1, 4, 9], [9, 4, 4, 1], [10, 11, 0, 1]])
+def test_one_view_holds_its_frames_in_order_and_the_scalars_are_int64(
+    video_factory, frame_index, frames
+):
+    """Increasing indices take the decoded frames as they are; repeated, decreasing or wrapped
+    ones are put in the sampler's order."""
+    path = video_factory("a.mp4", num_frames=12, gop=4)
+    ds = _dataset([path, path], OneView(frames))
+    sample = ds[1]
+    assert [frame_index(f) for f in sample["video"]] == frames
+    for key, value in (("label", 1), ("index", 1), ("skipped", 0)):
+        assert sample[key].shape == () and sample[key].dtype == torch.int64
+        assert sample[key].item() == value
+
+
 class ViewsAndTarget(ClipSampler):
     def __call__(self, num_frames, rng):
         rate = int(rng.choice([1, 2, 3]))

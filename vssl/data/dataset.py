@@ -35,8 +35,8 @@ DECODE_ERRORS = (VideoDecodeError, av.FFmpegError, OSError, EOFError)
 
 
 def _int_tensor(value: int) -> Tensor:
-    """``torch.tensor(value)`` (a 0-d int64 tensor) at a quarter of its cost, for the few
-    scalars every sample carries."""
+    """``torch.tensor(value)`` (a 0-d int64 tensor), made through numpy, which costs less, for
+    the few scalars every sample carries."""
     return torch.from_numpy(np.array(value, dtype=np.int64))
 
 
