@@ -51,6 +51,7 @@ ARCH: dict[str, tuple[int, Callable[[int], int], Callable[[int], int]]] = {
     "vit_b_16": (768, lambda t: t // 2, lambda h: h // 16),
     "vit_l_16": (1024, lambda t: t // 2, lambda h: h // 16),
     "vit_tiny_8": (64, lambda t: t // 2, lambda h: h // 8),
+    "vit_tiny_8_convstem": (64, lambda t: t // 2, lambda h: h // 8),
     # Image ViTs: every frame its own grid of 16x16 (8x8) patches.
     "vit_s_16_image": (384, _keep, lambda h: h // 16),
     "vit_tiny_8_image": (64, _keep, lambda h: h // 8),
@@ -538,6 +539,21 @@ def test_tiny_backbones_are_tiny():
     assert _params(build("tiny3d")) == 3 * 16 * 27 + 16 * 32 * 27 + 32 * 64 * 27 + 2 * 112
     assert _params(build("tiny3d")) < 100_000
     assert _params(build("tiny_r2plus1d")) < 250_000
+
+
+def test_vit_tiny_8_convstem_is_vit_tiny_8_with_a_conv_stem():
+    model = _on_meta("vit_tiny_8_convstem")
+    linear_embed = 3 * 64 * 2 * 8 * 8 + 64
+    # 3x3x3 convolutions without bias, each with a BatchNorm, then a 1x1x1 one with a bias.
+    stem = 3 * 32 * 27 + 2 * 32 + 32 * 32 * 27 + 2 * 32 + 32 * 64 * 27 + 2 * 64 + 64 * 64 + 64
+    assert _params(model) == _params(_on_meta("vit_tiny_8")) - linear_embed + stem == 190_048
+    strides = [m.stride for m in model.trunk.patch_embed if isinstance(m, nn.Conv3d)]
+    assert strides == [(2, 2, 2), (1, 2, 2), (1, 2, 2), (1, 1, 1)]
+    assert model.tubelet == (2, 8, 8)
+    tokens = model.embed(torch.empty(2, 3, 16, 32, 32, device="meta"))
+    assert tokens.shape == (2, 8 * 4 * 4, 64)
+    with pytest.raises(ValueError, match=r"power-of-two tubelet sizes, got \(2, 6, 6\)"):
+        build("vit_tiny_8_convstem", patch_size=6)
 
 
 def test_info():

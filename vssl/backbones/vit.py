@@ -268,6 +268,77 @@ def vit_tiny_8(
     return VideoViT(dim, depth, heads, _tubelet(tubelet_frames, patch_size))
 
 
+def conv_stem(dim: int, tubelet: tuple[int, int, int], width: int = 32) -> nn.Sequential:
+    """A convolutional stem that replaces the tubelet embedding, with the same output grid.
+
+    After "Early Convolutions Help Transformers See Better" (Xiao et al., NeurIPS 2021): 3x3x3
+    convolutions with BatchNorm and ReLU, each halving every axis that the tubelet still has to
+    reduce, then a 1x1x1 convolution to ``dim``. A token sees its tubelet and a margin of its
+    neighbours, so small motions that a linear tubelet embedding misses reach the transformer.
+    The tubelet sizes must be powers of two.
+    """
+    if any(p & (p - 1) for p in tubelet):
+        raise ValueError(f"a convolutional stem needs power-of-two tubelet sizes, got {tubelet}")
+    layers: list[nn.Module] = []
+    left, channels = list(tubelet), 3
+    while max(left) > 1:
+        stride = tuple(2 if p > 1 else 1 for p in left)
+        left = [p // s for p, s in zip(left, stride, strict=True)]
+        out = width if max(left) > 1 else 2 * width
+        layers += [
+            nn.Conv3d(channels, out, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm3d(out),
+            nn.ReLU(inplace=True),
+        ]
+        channels = out
+    layers.append(nn.Conv3d(channels, dim, 1))
+    return nn.Sequential(*layers)
+
+
+class ConvStemViT(VideoViT):
+    """A `VideoViT` whose tubelet embedding is a convolutional stem (`conv_stem`).
+
+    Tokens, positions, blocks and pooling are those of `VideoViT`, and ``tubelet`` is still the
+    pixels per token, so VideoMAE and V-JEPA run on it unchanged. The stem runs on the whole clip
+    before tokens are dropped, so a visible token also sees a few pixels of masked neighbours.
+
+    Args:
+        dim, depth, heads, tubelet, mlp_ratio: as `VideoViT`.
+        stem_width: channels of the stem's convolutions (the last one has twice as many).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        tubelet: tuple[int, int, int] = (2, 8, 8),
+        mlp_ratio: float = 4.0,
+        stem_width: int = 32,
+    ) -> None:
+        super().__init__(dim, depth, heads, tubelet, mlp_ratio)
+        self.trunk.patch_embed = conv_stem(dim, self.tubelet, stem_width)
+
+
+@register(
+    "vit_tiny_8_convstem",
+    input_size=(16, 32),
+    source="vssl",
+    description="a tiny video ViT that learns on a CPU: 64-d, 2 blocks, 2 heads, 2x8x8 tokens "
+    "from a 3-layer convolutional stem (Xiao et al. 2021), sinusoidal positions",
+)
+def vit_tiny_8_convstem(
+    dim: int = 64,
+    depth: int = 2,
+    heads: int = 2,
+    patch_size: int = 8,
+    tubelet_frames: int = 2,
+    stem_width: int = 32,
+) -> ConvStemViT:
+    """Build a small ViT whose 2x8x8 tokens come from a convolutional stem (sizes configurable)."""
+    return ConvStemViT(dim, depth, heads, _tubelet(tubelet_frames, patch_size), 4.0, stem_width)
+
+
 class ImageViT(VideoViT):
     """An image ViT applied to clips frame by frame: each frame is its own token grid.
 
