@@ -202,3 +202,17 @@ def test_running_training_sums_survive_a_checkpoint():
     again = Dummy(backbone="tiny3d", backbone_kwargs={"width": 2})
     again.on_load_checkpoint(checkpoint)
     assert again._train_sums == {"x": (4.0, 6), "y": (2.0, 1)}
+
+
+def test_adam_betas_reach_every_group_and_bad_betas_are_refused():
+    task = tiny(optimizer="adamw", betas=(0.8, 0.95), lr=1e-3)
+    task.effective_lr = lambda: 1e-3
+    groups = task.parameter_groups()
+    assert groups and all(g["betas"] == (0.8, 0.95) for g in groups)
+    assert torch.optim.AdamW(groups).param_groups[0]["betas"] == (0.8, 0.95)
+    assert all(g["betas"] == (0.9, 0.999) for g in tiny(optimizer="adam").parameter_groups())
+    assert all("betas" not in g for g in tiny(optimizer="sgd").parameter_groups())
+    with pytest.raises(
+        ValueError, match=r"betas must be two numbers in \[0, 1\), got \(0.9, 1.0\)"
+    ):
+        tiny(optimizer="adamw", betas=(0.9, 1.0))

@@ -348,7 +348,7 @@ def test_paper_defaults():
         task = VideoMAE()
     hp = task.hparams
     assert task.backbone.tubelet == (2, 16, 16) and task.backbone.out_dim == 768
-    assert task.mask_ratio == 0.9 and task.betas == (0.9, 0.95)
+    assert task.mask_ratio == 0.9 and tuple(hp.betas) == (0.9, 0.95)
     assert (hp.optimizer, hp.lr, hp.reference_batch_size, hp.weight_decay) == (
         "adamw",
         1.5e-4,

@@ -69,6 +69,7 @@ class VSSLTask(LightningModule):
             batch being the train dataloader's ``batch_size`` x processes x
             ``accumulate_grad_batches`` (`global_batch_size`).
         weight_decay, momentum: optimiser settings (momentum for SGD only).
+        betas: Adam's and AdamW's betas (PyTorch's defaults; the MAE family uses (0.9, 0.95)).
         lr_schedule: ``cosine`` (to ``lr * min_lr_ratio``), ``step`` (x ``lr_gamma`` at each
             epoch of ``lr_milestones``) or ``constant``; stepped every optimisation step.
         warmup_epochs: linear warm-up length, in epochs (fractions allowed).
@@ -99,6 +100,7 @@ class VSSLTask(LightningModule):
         reference_batch_size: int | None = None,
         weight_decay: float = 1e-4,
         momentum: float = 0.9,
+        betas: tuple[float, float] = (0.9, 0.999),
         lr_schedule: str = "cosine",
         warmup_epochs: float = 0.0,
         min_lr_ratio: float = 0.0,
@@ -115,6 +117,8 @@ class VSSLTask(LightningModule):
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
         if lr_schedule not in SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {sorted(SCHEDULES)}, got {lr_schedule!r}")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
         self.save_hyperparameters()
         self.backbone = backbones.build(backbone, **(backbone_kwargs or {}))
         self.num_classes = num_classes or 0
@@ -400,7 +404,8 @@ class VSSLTask(LightningModule):
         return self.hparams.lr * self.global_batch_size() / ref
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Optimiser groups: everything but the probe (with weight decay), and the probe."""
+        """Optimiser groups: everything but the probe (with weight decay), and the probe; with
+        Adam or AdamW every group carries ``betas``."""
         probe_ids = {id(p) for p in self.probe.parameters()} if self.probe is not None else set()
         main = [p for p in self.parameters() if p.requires_grad and id(p) not in probe_ids]
         groups = [
@@ -414,6 +419,10 @@ class VSSLTask(LightningModule):
                     "weight_decay": 0.0,
                 }
             )
+        if self.hparams.optimizer in ("adam", "adamw"):
+            betas = tuple(float(b) for b in self.hparams.betas)
+            for group in groups:
+                group["betas"] = betas
         return groups
 
     def split_weight_decay(

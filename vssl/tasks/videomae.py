@@ -166,8 +166,6 @@ class VideoMAE(VSSLTask):
                 f"decoder_dim, decoder_depth and decoder_heads must be positive, got "
                 f"{decoder_dim}, {decoder_depth}, {decoder_heads}"
             )
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
         super().__init__(
             backbone=backbone,
             augment={} if augment is None else augment,
@@ -175,6 +173,7 @@ class VideoMAE(VSSLTask):
             lr=lr,
             reference_batch_size=reference_batch_size,
             weight_decay=weight_decay,
+            betas=betas,
             lr_schedule=lr_schedule,
             warmup_epochs=warmup_epochs,
             min_lr_ratio=min_lr_ratio,
@@ -187,7 +186,6 @@ class VideoMAE(VSSLTask):
             )
         self.mask_ratio = float(mask_ratio)
         self.normalize_target = normalize_target
-        self.betas = (float(betas[0]), float(betas[1]))
         self.tubelet = self.backbone.tubelet
         dim = self.backbone.out_dim
         # The fine-tuning pooling norm is not part of the pretext loss (see the module docstring).
@@ -271,10 +269,7 @@ class VideoMAE(VSSLTask):
         return param.ndim <= 1 or name.endswith(".bias") or name == "mask_token"
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """The base groups with the main group split into decay / no-decay, plus Adam's betas."""
+        """The base groups (with the paper's betas) with the main group split into decay /
+        no-decay."""
         main, *rest = super().parameter_groups()
-        groups = self.split_weight_decay(main, self.no_weight_decay) + rest
-        if self.hparams.optimizer in ("adam", "adamw"):
-            for group in groups:
-                group["betas"] = self.betas
-        return groups
+        return self.split_weight_decay(main, self.no_weight_decay) + rest
