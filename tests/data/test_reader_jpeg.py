@@ -19,6 +19,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+import simplejpeg
 import torch
 from conftest import code_frame, read_frame_index
 from PIL import Image
@@ -33,7 +34,7 @@ from vssl.data.reader_jpeg import (
     build_jpeg_index,
     clear_index_cache,
     read_sidecar,
-    reduced_flag,
+    reduced_factor,
 )
 
 HEIGHT, WIDTH, COUNT = 48, 64, 40
@@ -142,7 +143,7 @@ def test_resized_frames_agree_with_pyav(files, size, shape, scaled):
     indices = _indices(COUNT)
     with VideoReader(path) as reference:
         expected = reference.get_frames(indices, size=size)
-    assert (reduced_flag(HEIGHT, WIDTH, *shape)[0] > 1) == scaled  # libjpeg's scaled IDCT used
+    assert (reduced_factor(HEIGHT, WIDTH, *shape) > 1) == scaled  # libjpeg's scaled IDCT used
     with open_reader(path, "jpeg") as reader:
         got = reader.get_frames(indices, size=size)
     assert got.shape == (len(indices), 3, *shape)
@@ -150,14 +151,46 @@ def test_resized_frames_agree_with_pyav(files, size, shape, scaled):
     assert _mean_difference(got, expected) < 3  # libjpeg's scaled IDCT and OpenCV's area resize
 
 
-def test_reduced_flag_is_the_largest_scale_that_covers_the_output():
-    assert reduced_flag(128, 228, 128, 228) == (1, cv2.IMREAD_COLOR)
-    assert reduced_flag(128, 228, 112, 112) == (1, cv2.IMREAD_COLOR)
-    assert reduced_flag(128, 228, 64, 114) == (2, cv2.IMREAD_REDUCED_COLOR_2)
-    assert reduced_flag(256, 456, 64, 114) == (4, cv2.IMREAD_REDUCED_COLOR_4)
-    assert reduced_flag(256, 456, 32, 57) == (8, cv2.IMREAD_REDUCED_COLOR_8)
-    assert reduced_flag(256, 456, 33, 57) == (4, cv2.IMREAD_REDUCED_COLOR_4)
-    assert reduced_flag(255, 455, 32, 57) == (8, cv2.IMREAD_REDUCED_COLOR_8)  # ceil(255 / 8)
+def test_reduced_factor_is_the_largest_scale_that_covers_the_output():
+    assert reduced_factor(128, 228, 128, 228) == 1
+    assert reduced_factor(128, 228, 112, 112) == 1
+    assert reduced_factor(128, 228, 64, 114) == 2
+    assert reduced_factor(256, 456, 64, 114) == 4
+    assert reduced_factor(256, 456, 32, 57) == 8
+    assert reduced_factor(256, 456, 33, 57) == 4
+    assert reduced_factor(255, 455, 32, 57) == 8  # ceil(255 / 8)
+
+
+@pytest.mark.parametrize(
+    "size,flag",
+    [
+        (None, cv2.IMREAD_COLOR),
+        ((HEIGHT // 2, WIDTH // 2), cv2.IMREAD_REDUCED_COLOR_2),
+        ((HEIGHT // 4, WIDTH // 4), cv2.IMREAD_REDUCED_COLOR_4),
+    ],
+)
+def test_frames_are_exactly_opencvs_libjpeg_decode(files, size, flag):
+    """The same libjpeg-turbo decode (and scaled IDCT) as OpenCV's, pixel for pixel, in RGB."""
+    path = files["mjpeg-mp4"]
+    index = build_jpeg_index(path)
+    data = Path(path).read_bytes()
+    indices = [0, 5, COUNT - 1]
+    with open_reader(path, "jpeg") as reader:
+        got = reader.get_frames(indices, size=size)
+    for frame, i in zip(got, indices, strict=True):
+        start, length = int(index.offsets[i]), int(index.sizes[i])
+        jpeg = np.frombuffer(data, np.uint8, length, start)
+        bgr = cv2.imdecode(jpeg, flag | cv2.IMREAD_IGNORE_ORIENTATION)
+        assert torch.equal(frame, torch.from_numpy(bgr[..., ::-1].copy()).permute(2, 0, 1))
+
+
+def test_cpu_frames_are_a_channels_last_view_with_the_same_values(files):
+    path = files["mjpeg-mp4"]
+    with open_reader(path, "jpeg") as reader:
+        got = reader.get_frames([1, 2, 3])
+        contiguous = got.contiguous()
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, contiguous) and got.shape == (3, 3, HEIGHT, WIDTH)
 
 
 def test_other_codecs_decode_exactly_as_pyav(files):
@@ -173,15 +206,26 @@ def test_a_packet_libjpeg_rejects_goes_to_the_pyav_reader(files, monkeypatch):
     indices = _indices(COUNT)
     with VideoReader(files["mjpeg-mp4"]) as reference:
         expected = reference.get_frames(indices)
-    monkeypatch.setattr(cv2, "imdecode", lambda *args: None)
+    data = Path(files["mjpeg-mp4"]).read_bytes()
+    index = build_jpeg_index(files["mjpeg-mp4"])
+    cut = data[int(index.offsets[0]) : int(index.offsets[0]) + int(index.sizes[0]) // 2]
+    with pytest.raises(ValueError):  # what libjpeg's warnings become in simplejpeg's strict mode
+        simplejpeg.decode_jpeg(cut, "RGB")
+
+    def reject(*args, **kwargs):
+        raise ValueError("Corrupt JPEG data: premature end of data segment")
+
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", reject)
     with open_reader(files["mjpeg-mp4"], "jpeg") as reader:
         assert torch.equal(reader.get_frames(indices), expected)  # PyAV's pixels exactly
 
 
 def test_a_packet_that_is_not_a_whole_frame_goes_to_the_pyav_reader(files, monkeypatch):
     # interlaced MJPEG carries two fields per packet: libjpeg decodes one, half the height
-    real = cv2.imdecode
-    monkeypatch.setattr(cv2, "imdecode", lambda *args: real(*args)[::2])
+    real = simplejpeg.decode_jpeg
+    monkeypatch.setattr(
+        simplejpeg, "decode_jpeg", lambda data, *args, **kwargs: real(data, *args)[::2]
+    )
     with VideoReader(files["mjpeg-mp4"]) as reference:
         expected = reference.get_frames([4, 30])
     with open_reader(files["mjpeg-mp4"], "jpeg") as reader:

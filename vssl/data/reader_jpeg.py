@@ -5,11 +5,12 @@ image, so a frame is a byte range of the file. :class:`JpegIndex` records each f
 once: ``vssl prepare`` writes it beside each output as ``<video>.jpgidx`` (a sidecar), and for an
 MJPEG file without one the reader builds it in memory the second time the file is opened in a
 process (never writing beside a user's files) and keeps it in a bounded per-process cache. With
-an index, a clip is a few ``os.pread`` calls over the bytes its frames span and one
-``cv2.imdecode`` per frame: no container is opened and nothing is demuxed. Without one, the
-packets of the wanted frames are demuxed with PyAV, decoding nothing. Either way libjpeg-turbo
-decodes and converts YCbCr to RGB in one pass, roughly half the CPU time of FFmpeg's decoder
-followed by swscale's conversion and a copy out of PyAV's frame. A frame wanted below the
+an index, a clip is a few ``os.pread`` calls over the bytes its frames span and one JPEG decode
+per frame: no container is opened and nothing is demuxed. Without one, the packets of the wanted
+frames are demuxed with PyAV, decoding nothing. Either way libjpeg-turbo (through `simplejpeg`)
+decodes and converts YCbCr to RGB in one pass, straight into the clip's buffer, roughly half the
+CPU time of FFmpeg's decoder followed by swscale's conversion and a copy out of PyAV's frame.
+CPU frames come back as a channels-last view of that buffer. A frame wanted below the
 stored size is decoded at 1/2, 1/4 or 1/8 scale inside libjpeg (scaled IDCT) when that still
 covers the output, then area-resized. ``device="cuda"`` decodes the frames of a call in one
 batch on the GPU with nvJPEG (torchcodec's ``decode_jpeg``, else torchvision's) and returns them
@@ -44,6 +45,7 @@ from typing import Any
 import av
 import cv2
 import numpy as np
+import simplejpeg
 import torch
 
 from vssl.data.reader import (
@@ -60,12 +62,7 @@ from vssl.data.reader import (
 SIDECAR_SUFFIX = ".jpgidx"
 """Ending added to a video's name for its :class:`JpegIndex` file (``x.mp4.jpgidx``)."""
 
-# libjpeg's scaled decoding: (factor, OpenCV flag), largest first.
-_REDUCED = (
-    (8, cv2.IMREAD_REDUCED_COLOR_8),
-    (4, cv2.IMREAD_REDUCED_COLOR_4),
-    (2, cv2.IMREAD_REDUCED_COLOR_2),
-)
+_REDUCED = (8, 4, 2)  # libjpeg's scaled decoding factors, largest first
 _MAGIC = b"VSSLJPG1"
 _FIELDS = 12  # int64 header fields after the magic
 _TAIL = 1 << 16  # bytes at the end of a video whose digest identifies it after a copy
@@ -89,13 +86,13 @@ def _gpu_decode_jpeg() -> Any:
     return decode_jpeg
 
 
-def reduced_flag(height: int, width: int, out_height: int, out_width: int) -> tuple[int, int]:
+def reduced_factor(height: int, width: int, out_height: int, out_width: int) -> int:
     """The largest libjpeg scale (1, 2, 4 or 8) whose decoded image still covers
-    ``(out_height, out_width)`` from a ``(height, width)`` JPEG, and its OpenCV flag."""
-    for factor, flag in _REDUCED:
+    ``(out_height, out_width)`` from a ``(height, width)`` JPEG."""
+    for factor in _REDUCED:
         if -(-height // factor) >= out_height and -(-width // factor) >= out_width:
-            return factor, flag
-    return 1, cv2.IMREAD_COLOR
+            return factor
+    return 1
 
 
 def _tail_digest(fd: int, size: int) -> bytes:
@@ -586,12 +583,16 @@ class JpegReader(VideoReader):
     def _decode_cpu(
         self, keys: list[int], images: list[np.ndarray], height: int, width: int
     ) -> torch.Tensor:
-        """Decode the JPEG ``images`` (uint8 arrays) into one ``(T, 3, height, width)``
-        tensor; rows with the same key are one packet, decoded once."""
-        out = np.empty((len(images), 3, height, width), dtype=np.uint8)
-        factor, flag = reduced_flag(self.height, self.width, height, width)
-        flag |= cv2.IMREAD_IGNORE_ORIENTATION  # as FFmpeg does: an EXIF rotation is not applied
+        """Decode the JPEG ``images`` (uint8 arrays) into one ``(T, 3, height, width)`` tensor;
+        rows with the same key are one packet, decoded once. libjpeg-turbo writes RGB pixels
+        straight into the clip's frames-last buffer, so the tensor comes back in channels-last
+        strides (a view of that buffer): the values are those of any other layout, and a crop
+        or resize of it needs no copy first."""
+        out = np.empty((len(images), height, width, 3), dtype=np.uint8)
+        factor = reduced_factor(self.height, self.width, height, width)
         shape = (-(-self.height // factor), -(-self.width // factor), 3)
+        scaled = shape[:2] != (height, width)
+        scratch = np.empty(shape, dtype=np.uint8) if scaled else None
         timed = self.decode_timeout is not None
         done: dict[int, int] = {}
         for row, (key, data) in enumerate(zip(keys, images, strict=True)):
@@ -600,14 +601,25 @@ class JpegReader(VideoReader):
                 continue
             if timed:
                 self._check_deadline()
-            image = cv2.imdecode(data, flag)
-            if image is None or image.shape != shape:
-                raise _Fallback  # not a whole JPEG frame (damaged, or interlaced fields)
-            if image.shape[:2] != (height, width):
-                image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-            cv2.split(image, [out[row, 2], out[row, 1], out[row, 0]])  # BGR into RGB planes
+            target = scratch if scaled else out[row]
+            try:
+                # EXIF orientation is not applied (libjpeg ignores it, as FFmpeg does).
+                image = simplejpeg.decode_jpeg(
+                    data,
+                    "RGB",
+                    min_height=shape[0],
+                    min_width=shape[1],
+                    min_factor=factor,
+                    buffer=target,
+                )
+            except ValueError:
+                raise _Fallback from None  # damaged, CMYK, or a libjpeg warning
+            if image.shape != shape:
+                raise _Fallback  # not a whole JPEG frame (interlaced fields) or another size
+            if scaled:
+                cv2.resize(image, (width, height), dst=out[row], interpolation=cv2.INTER_AREA)
             done[key] = row
-        return torch.from_numpy(out)
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
 
     def _decode_gpu(
         self, keys: list[int], images: list[Any], height: int, width: int
