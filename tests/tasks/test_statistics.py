@@ -432,6 +432,23 @@ def test_transform_computes_labels_after_the_flip():
     assert plain["appearance"][0] == 1 and flipped["appearance"][0] == 4  # most diverse block
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_transform_gives_the_same_sample_for_planar_and_channels_last_frames(seed):
+    """The MJPEG reader returns channels-last frames, PyAV planar ones: same sample either way."""
+    rng = np.random.default_rng(seed)
+    pixels = torch.from_numpy(rng.integers(0, 256, (5, 40, 52, 3), dtype=np.uint8))
+    channels_last = pixels.permute(0, 3, 1, 2)
+    planar = channels_last.contiguous()
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
+    outs = []
+    for clip in (planar, channels_last):
+        torch.manual_seed(seed)
+        outs.append(StatisticsTransform(32, train=True)({"video": clip}))
+    assert outs[0].keys() == outs[1].keys()
+    for key in outs[0]:
+        assert torch.equal(outs[0][key], outs[1][key]), key
+
+
 # ----------------------------------------------------------------------------- the worker path
 # The transform computes flow and labels with reused work arrays, one tall-image filter for all
 # flow planes and a planar copy plus a merge for channels-last frames. The reference below is

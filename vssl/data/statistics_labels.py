@@ -618,13 +618,18 @@ class StatisticsTransform:
         n, _, s, _ = clip.shape
         if n < 2:
             raise ValueError(f"the statistics task needs at least 2 frames, got {n}")
-        # Work arrays are reused from clip to clip (`vssl.data.flow.scratch`); channels-last
-        # frames come from one planar copy and one merge (a strided torch permute is slower).
+        # Work arrays are reused from clip to clip (`vssl.data.flow.scratch`). Frames that are
+        # channels-last in memory (the MJPEG reader's) are copied row by row; planar frames
+        # come from one planar copy and one merge (a strided torch permute is slower).
         with limit_threads(1):
-            planes = scratch("transform_planes", (3, n, s, s), np.uint8)
-            np.copyto(planes, clip.numpy().transpose(1, 0, 2, 3))
             frames = scratch("transform_frames", (n, s, s, 3), np.uint8)
-            cv2.merge([p.reshape(n * s, s) for p in planes], dst=frames.reshape(n * s, s, 3))
+            pixels = clip.permute(0, 2, 3, 1)
+            if pixels.stride(-1) == 1 and pixels.stride(-2) == 3:
+                np.copyto(frames, pixels.numpy())
+            else:
+                planes = scratch("transform_planes", (3, n, s, s), np.uint8)
+                np.copyto(planes, clip.numpy().transpose(1, 0, 2, 3))
+                cv2.merge([p.reshape(n * s, s) for p in planes], dst=frames.reshape(n * s, s, 3))
             gray = scratch("transform_gray", (n, s, s), np.uint8)
             cv2.cvtColor(frames.reshape(n * s, s, 3), cv2.COLOR_RGB2GRAY, gray.reshape(n * s, s))
             flow = scratch("transform_flow", (n - 1, 2, s + 2, s))
