@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import lightning
@@ -298,51 +297,6 @@ def test_a_stale_cache_is_refused_naming_its_manifest(
         student(teacher, tmp_path / "new", augment={"jitter_p": 0.8, "brightness": 0.4})
     with pytest.raises(UserError, match="cache_views must be a positive integer, got 0"):
         Distillation(teachers=[str(teacher)], teacher_cache=str(cache), cache_views=0)
-
-
-class Rank:
-    """The trainer of one of ``world`` processes, as the fill sees it: rank, world size and a
-    barrier shared with the other ranks (threads here)."""
-
-    def __init__(self, rank: int, world: int, barrier: threading.Barrier) -> None:
-        self.global_rank, self.world_size = rank, world
-        self.strategy = self
-        self._barrier = barrier
-
-    def barrier(self, name: str | None = None) -> None:
-        self._barrier.wait(timeout=60)
-
-
-def test_ranks_fill_their_shares_into_one_cache(
-    teacher: Path, tiny_synthetic: Path, index: Path, tmp_path: Path
-) -> None:
-    one = student(teacher, tmp_path / "one")
-    cache_teacher_features(one, datamodule(tiny_synthetic, index).attach(one), batch_size=1)
-    barrier, errors = threading.Barrier(2), []
-
-    def rank(r: int) -> None:
-        try:
-            task = student(teacher, tmp_path / "two")
-            task.attached_trainer = lambda: Rank(r, 2, barrier)
-            dm = datamodule(tiny_synthetic, index).attach(task)
-            cache_teacher_features(task, dm, batch_size=1)
-        except BaseException as err:  # reported below
-            errors.append(err)
-            barrier.abort()
-
-    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    for stage in ("train", "val"):
-        single = np.load(tmp_path / "one" / f"teacher0.{stage}.npy")
-        shared = np.load(tmp_path / "two" / f"teacher0.{stage}.npy")
-        assert np.abs(single).sum(axis=1).min() > 0  # every row written
-        np.testing.assert_array_equal(shared, single)
-    manifests = [json.loads((tmp_path / d / MANIFEST).read_text()) for d in ("one", "two")]
-    assert manifests[0] == manifests[1] and manifests[1]["complete"]
 
 
 def test_view_positions_and_flips_by_hand() -> None:

@@ -331,14 +331,11 @@ class Distillation(VSSLTask):
         return datamodule
 
     def on_fit_start(self) -> None:
-        """Fills the teacher cache when it is missing, or checks it against the data."""
+        """Fills the teacher cache when it is missing, or checks it against the data (on
+        every rank together: `teacher_cache.cache_teacher_features`)."""
         if self.teacher_cache is None:
             return
-        datamodule = self._cache_datamodule()
-        if self.cache is None:
-            self.cache = tc.cache_teacher_features(self, datamodule)
-        else:
-            tc.verify_cache(self, datamodule, self.cache)
+        self.cache = tc.cache_teacher_features(self, self._cache_datamodule())
         self._cache_checked = True
 
     def _check_cache(self) -> None:

@@ -30,10 +30,16 @@ manifest still marked incomplete (an interrupted fill with the same settings) is
 
 Reads happen in the training process, in the task's step (the DataLoader workers only decode),
 each process opening the files read-only. The fill (`cache_teacher_features`, run by the task
-at the start of fitting when the cache is missing) works under DDP: rank 0 writes the manifest
-and creates the files, every rank computes and writes the rows of its share of the videos
-(every ``world``-th), and rank 0 marks the manifest complete, with barriers between; the folder
-must be on a file system that every rank sees.
+at the start of fitting) works under DDP, in steps that every rank ends together: every rank
+reads and checks the folder; rank 0 writes the manifest and creates the files; every rank
+computes and writes the rows of its share of the videos (every ``world``-th; a rank may have
+fewer videos, or none); rank 0 marks the manifest complete. The end of each step is an
+all-gather of every rank's outcome (a barrier that also carries news): an error on one rank
+(a stale cache, a failed write) is raised on every rank, the others naming the rank that
+failed, instead of leaving them waiting at the next barrier; ranks that see different things
+in the folder (a complete cache on one, none on another) all stop with an error saying that
+it must be on a file system every rank sees, as does a rank that does not see the files that
+rank 0 created.
 """
 
 from __future__ import annotations
@@ -66,6 +72,56 @@ STAGES = ("train", "val")
 
 class StaleCacheError(InvalidInputError):
     """A teacher cache made for other teachers, views, data settings or videos."""
+
+
+class OtherRankError(RuntimeError):
+    """Another process of the run failed in a step of the cache's fill; this one stops too."""
+
+
+#: What a rank finds in the folder at the start of a fill, and what each step returns when a
+#: rank raised.
+NO_CACHE, PARTIAL, COMPLETE, FAILED = 0, 1, 2, -1
+_FOUND = {NO_CACHE: "no cache", PARTIAL: "an incomplete cache", COMPLETE: "a complete cache"}
+
+
+class Ranks:
+    """The processes of a trainer (one without), and their agreement at the end of each step
+    of a fill (see the module docstring)."""
+
+    def __init__(self, trainer: Any, directory: Path) -> None:
+        self.trainer = trainer
+        self.directory = directory
+        self.world = trainer.world_size if trainer is not None else 1
+        self.rank = trainer.global_rank if trainer is not None else 0
+
+    def gather(self, value: int) -> list[int]:
+        """Every rank's ``value``, once every rank has given one."""
+        if self.world == 1:
+            return [value]
+        strategy = self.trainer.strategy
+        local = torch.tensor([value], dtype=torch.int64, device=strategy.root_device)
+        return [int(v) for v in strategy.all_gather(local).flatten()]
+
+    def step(self, what: str, action: Callable[[], int | None]) -> list[int]:
+        """Runs ``action`` on this rank and returns every rank's result (an int, 0 for None)
+        when all are done. When a rank raised, every rank raises: that rank its own error, the
+        others `OtherRankError` naming it."""
+        error = None
+        try:
+            value = int(action() or 0)
+        except Exception as err:  # raised again below, after the other ranks have heard of it
+            value, error = FAILED, err
+        values = self.gather(value)
+        if error is not None:
+            raise error
+        failed = [r for r, v in enumerate(values) if v == FAILED]
+        if failed:
+            raise OtherRankError(
+                f"{self.directory}: the teacher cache's {what} failed on rank "
+                f"{', '.join(map(str, failed))} (its error is in its output); rank {self.rank} "
+                "stops too"
+            )
+        return values
 
 
 def train_views(views: int, seed: int, flip: bool) -> list[tuple[float, bool]]:
@@ -307,24 +363,24 @@ def cache_teacher_features(
     A complete cache made for this run is used as it is; one made for another run is refused
     (`StaleCacheError`) unless ``overwrite``. ``batch_size`` is in videos per forward batch
     (default: the datamodule's batch size divided by the views per video). Inside a trainer
-    every rank fills its share of the videos (see the module docstring).
+    every rank must call it together (the task does, when fitting starts): each fills its share
+    of the videos, and an error on one rank is raised on all (see the module docstring).
     """
     directory = Path(directory if directory is not None else task.teacher_cache)
+    ranks = Ranks(task.attached_trainer(), directory)
     if not task.teachers:  # the task found a complete cache and loaded no teacher
-        if task.cache is not None and task.cache.directory == directory and not overwrite:
-            verify_cache(task, datamodule, task.cache)
-            return task.cache
-        raise InvalidInputError(
-            f"{directory}: the task loaded no teachers (it uses the complete cache in "
-            f"{task.teacher_cache}), so nothing can be filled"
-        )
-    trainer = task.attached_trainer()
-    world = trainer.world_size if trainer is not None else 1
-    rank = trainer.global_rank if trainer is not None else 0
+        if task.cache is None or task.cache.directory != directory or overwrite:
+            raise InvalidInputError(
+                f"{directory}: the task loaded no teachers (it uses the complete cache in "
+                f"{task.teacher_cache}), so nothing can be filled"
+            )
 
-    def barrier() -> None:
-        if trainer is not None and world > 1:
-            trainer.strategy.barrier("vssl-teacher-cache")
+        def verify() -> int:
+            verify_cache(task, datamodule, task.cache)
+            return COMPLETE
+
+        _same_folder(directory, ranks.step("check", verify))
+        return task.cache
 
     spec = datamodule.clip_spec
     stages = [s for s in STAGES if datamodule.splits.get(s) is not None]
@@ -349,17 +405,26 @@ def cache_teacher_features(
         "data": cache_data_settings(task, datamodule),
         "datasets": {s: dataset_fingerprint(d) for s, d in datasets.items()},
     }
-    # Every rank reads the folder before rank 0 writes to it (after the barrier below).
-    existing = None if overwrite else read_manifest(directory)
-    if existing is not None:
+    found: dict[str, Any] = {}
+
+    def check() -> int:
+        # every rank reads the folder before rank 0 writes to it (the next step)
+        existing = None if overwrite else read_manifest(directory)
+        if existing is None:
+            return NO_CACHE
         check_teachers(directory, existing, task.hparams["teachers"], expected["logits"])
         check_settings(directory, existing, json.loads(json.dumps(expected)))
-        if existing.get("complete"):
-            task.cache = TeacherCache(directory, existing)
-            return task.cache
-    barrier()
+        found["manifest"] = existing
+        return COMPLETE if existing.get("complete") else PARTIAL
+
+    if _same_folder(directory, ranks.step("check", check)) == COMPLETE:
+        task.cache = TeacherCache(directory, found["manifest"])
+        return task.cache
     columns = [r["out_dim"] + sum(r["heads"].values()) for r in expected["teachers"]]
-    if rank == 0:
+
+    def create() -> None:
+        if ranks.rank != 0:
+            return
         directory.mkdir(parents=True, exist_ok=True)
         _write_manifest(directory, expected)
         for s, dataset in datasets.items():
@@ -368,16 +433,51 @@ def cache_teacher_features(
                 np.lib.format.open_memmap(
                     stage_file(directory, i, s), mode="w+", dtype=np.float32, shape=(rows, width)
                 ).flush()
-    barrier()
+
+    ranks.step("creation", create)
     per_batch = batch_size or max(1, datamodule.batch_size // max(len(v) for v in views.values()))
-    for s, dataset in datasets.items():
-        _fill_stage(task, directory, s, dataset, views[s], rank, world, per_batch, datamodule)
-    barrier()
-    if rank == 0:
-        _write_manifest(directory, {**expected, "complete": True})
-    barrier()
+
+    def fill() -> None:
+        if read_manifest(directory) != json.loads(json.dumps(expected)):
+            raise InvalidInputError(
+                f"{directory}: rank {ranks.rank} does not see the {MANIFEST} that rank 0 has "
+                "written there: teacher_cache must be a folder on a file system that every rank "
+                "sees"
+            )
+        for s, dataset in datasets.items():
+            _fill_stage(
+                task,
+                directory,
+                s,
+                dataset,
+                views[s],
+                ranks.rank,
+                ranks.world,
+                per_batch,
+                datamodule,
+            )
+
+    ranks.step("fill", fill)
+
+    def complete() -> None:
+        if ranks.rank == 0:
+            _write_manifest(directory, {**expected, "complete": True})
+
+    ranks.step("completion", complete)
     task.cache = TeacherCache(directory, {**json.loads(json.dumps(expected)), "complete": True})
     return task.cache
+
+
+def _same_folder(directory: Path, states: list[int]) -> int:
+    """What every rank found in ``directory`` (`NO_CACHE`, `PARTIAL` or `COMPLETE`), refused
+    when the ranks found different things."""
+    if len(set(states)) > 1:
+        seen = "; ".join(f"rank {r}: {_FOUND[s]}" for r, s in enumerate(states))
+        raise InvalidInputError(
+            f"{directory}: the ranks see different teacher caches there ({seen}): teacher_cache "
+            "must be a folder on a file system that every rank sees"
+        )
+    return states[0]
 
 
 def cache_data_settings(task: Any, datamodule: Any) -> dict[str, Any]:
