@@ -13,8 +13,11 @@ cores one GPU needs, in one run.
    ones decoded at 256): vssl's `VideoDataset` with each installed reader backend (auto, the
    default: libjpeg-turbo for MJPEG and PyAV for the rest; pyav; torchcodec; decord) against
    pytorchvideo's `LabeledVideoDataset` (PyAV, decoding the clip's
-   time window at full resolution, then resizing). The sides alternate round by round and each
-   figure is the median of the rounds, so that a noisy machine slows every side alike.
+   time window at full resolution, then resizing). One more column, "task transform", is the
+   default backend with the training transform the tasks actually build,
+   ``train_clip_transform(crop)`` (random resized crop and flip) instead of the random crop: a
+   real task's worker rate. The sides alternate round by round and each figure is the median of
+   the rounds, so that a noisy machine slows every side alike.
 4. The statistics task's whole worker pipeline (17 frames decoded, crop, flip, DIS flow, the 27
    labels) on the 128 files.
 5. The budget: CPU cores per GPU = GPU training clips/s / training clips/s per core, for R3D-18
@@ -63,6 +66,7 @@ CASES = tuple(
 )
 MODELS = (("r3d_18", 16, 112), ("r3d_50", 16, 224), ("vit_b_16", 16, 224))
 TARGETS = {112: (300, 20), 224: (120, 8)}  # crop: (clips/s/core, times the raw-like files)
+TASK_SIDE = "vssl {}, task transform"  # the default backend with train_clip_transform(crop)
 
 
 def make_raw_like(videos: list[Path], folder: Path) -> list[Path]:
@@ -83,21 +87,27 @@ def make_raw_like(videos: list[Path], folder: Path) -> list[Path]:
     return out
 
 
-def vssl_clips(paths: list[Path], backend: str, size: int, crop: int) -> Iterator[int]:
-    """Training samples of vssl's dataset (random clip, random crop), one at a time."""
+def vssl_clips(
+    paths: list[Path], backend: str, size: int, crop: int, task_transform: bool = False
+) -> Iterator[int]:
+    """Training samples of vssl's dataset (random clip, then a random crop or, with
+    ``task_transform``, the tasks' training transform ``train_clip_transform(crop)``: random
+    resized crop and flip), one at a time."""
     from torchvision.transforms import v2
 
     from vssl.data.dataset import VideoDataset
     from vssl.data.layouts import VideoItem
     from vssl.data.sampling import RandomClip
-    from vssl.data.transforms import ViewTransform
+    from vssl.data.transforms import ViewTransform, train_clip_transform
 
     infos = [probe_video(p) for p in paths]
     ds = VideoDataset(
         [VideoItem(p, 0) for p in paths],
         infos,
         RandomClip(CLIP_LEN, STRIDE),
-        transform=ViewTransform(v2.RandomCrop(crop)),
+        transform=ViewTransform(
+            train_clip_transform(crop) if task_transform else v2.RandomCrop(crop)
+        ),
         decode_size=size,
         backend=backend,
     )
@@ -270,6 +280,9 @@ def main(argv: list[str] | None = None) -> dict:
                 sides[f"vssl {backend}"] = lambda b=backend, n=name, s=size, c=crop: vssl_clips(
                     sets[n], b, s, c
                 )
+            sides[TASK_SIDE.format(backends[0])] = lambda n=name, s=size, c=crop: vssl_clips(
+                sets[n], backends[0], s, c, task_transform=True
+            )
             if not args.no_pytorchvideo and importlib.util.find_spec("pytorchvideo"):
                 sides["pytorchvideo"] = lambda n=name, s=size, c=crop: pytorchvideo_clips(
                     sets[n], s, c
@@ -292,7 +305,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(
         f"\nTraining clips per CPU-second (one core): random {CLIP_LEN}-frame clips at stride "
-        f"{STRIDE}, random crop; median (min-max) of {args.rounds} alternating rounds of "
+        f"{STRIDE}, random crop (task transform: train_clip_transform(crop), random resized "
+        f"crop and flip); median (min-max) of {args.rounds} alternating rounds of "
         f"{args.seconds:g} CPU-s\n"
     )
     names = list(next(iter(results.values())))
@@ -324,10 +338,10 @@ def main(argv: list[str] | None = None) -> dict:
     measured = gpu_rates(args.gpu_rates)
     print("\nCPU cores one GPU needs (GPU training clips/s / clips/s per core):\n")
     print(
-        "| model | clip | GPU clips/s | per core, prepared | cores, prepared | per core, raw-like "
-        "| cores, raw-like |"
+        "| model | clip | GPU clips/s | per core, prepared | cores, prepared | per core, prepared, "
+        "task transform | cores, prepared, task transform | per core, raw-like | cores, raw-like |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     budget = {}
     for model, frames, crop in MODELS:
         size = 128 if crop == 112 else 256
@@ -337,12 +351,19 @@ def main(argv: list[str] | None = None) -> dict:
             flops = gpu_budget.train_flops(model, frames, crop)
             gpu = gpu_budget.UTILISATION * gpu_budget.H100_BF16_TFLOPS * 1e12 / flops
             label = "estimate"
-        prepared = statistics.median(results[(f"prepared-{size} {CODECS[0]}", size)][default])
+        prepared_rates = results[(f"prepared-{size} {CODECS[0]}", size)]
+        prepared = statistics.median(prepared_rates[default])
+        task = statistics.median(prepared_rates[TASK_SIDE.format(backends[0])])
         raw = statistics.median(results[("raw-like", size)][default])
-        budget[model] = {"gpu": gpu, "prepared": gpu / prepared, "raw": gpu / raw}
+        budget[model] = {
+            "gpu": gpu,
+            "prepared": gpu / prepared,
+            "prepared_task": gpu / task,
+            "raw": gpu / raw,
+        }
         print(
             f"| {model} | {frames}x{crop} | {gpu:.0f} ({label}) | {prepared:.1f} | "
-            f"{gpu / prepared:.1f} | {raw:.1f} | {gpu / raw:.1f} |"
+            f"{gpu / prepared:.1f} | {task:.1f} | {gpu / task:.1f} | {raw:.1f} | {gpu / raw:.1f} |"
         )
     if not measured:
         print(

@@ -4,7 +4,9 @@ Two halves, following the data flow of vssl:
 
 - In the DataLoader workers, on uint8 clips ``(T, C, H, W)``: geometric transforms that change
   the size (random resized crop, flip, resize, centre crop). These are torchvision v2 transforms
-  applied to a `tv_tensors.Video`, which draws its parameters once per call and so once per clip.
+  with their parameters drawn once per call and so once per clip; `ClipTransform` runs the
+  common ones on the plain tensor with torchvision's draws and values, and the rest on a
+  `tv_tensors.Video`.
 - On the accelerator, after the batch is transferred (`BatchAugment`): photometric transforms
   that vectorise over a batch (colour jitter, grayscale, blur, solarisation) with per-sample
   parameters, then conversion to float, normalisation and the model's ``(B, C, T, H, W)`` layout.
@@ -20,11 +22,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
+import cv2
 import torch
 from torch import Tensor, nn
 from torchvision import tv_tensors
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -64,47 +70,204 @@ def eval_clip_transform(size: int) -> v2.Transform:
     return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
 
 
+def _make_params(transform: v2.Transform, clip: Tensor) -> dict[str, Any]:
+    """The transform's own random parameters for ``clip`` (``make_params`` from torchvision 0.21,
+    ``_get_params`` before)."""
+    make = getattr(transform, "make_params", None) or transform._get_params
+    return make([clip])
+
+
+def _bilinear_antialiased(transform: v2.Resize | v2.RandomResizedCrop) -> bool:
+    mode = transform.interpolation
+    return transform.antialias is True and mode in (InterpolationMode.BILINEAR, "bilinear")
+
+
+def _channels_last(frames: Tensor) -> Tensor:
+    """uint8 frames ``(N, C, H, W)`` (any strides) as a channels-last tensor of the same values.
+
+    From planar frames the copy is one ``cv2.merge`` per frame (vectorised), several times
+    faster than torch's strided copy of a uint8 tensor with 3 channels.
+    """
+    if frames.is_contiguous(memory_format=torch.channels_last):
+        return frames
+    if frames.stride(1) == 1 or frames.stride(-1) != 1:  # e.g. a crop of channels-last frames
+        return frames.contiguous(memory_format=torch.channels_last)
+    n, c, h, w = frames.shape
+    out = torch.empty((n, h, w, c), dtype=frames.dtype)
+    # cv2.merge walks planes with gaps between their rows (a crop) row by row, far slower than
+    # a copy of the crop's rows followed by a merge of whole planes
+    src, dst = frames.contiguous().numpy(), out.numpy()
+    for i in range(n):
+        cv2.merge(list(src[i]), dst=dst[i])
+    return out.permute(0, 3, 1, 2)
+
+
+def _contiguous(frames: Tensor) -> Tensor:
+    """uint8 frames ``(N, C, H, W)`` as a contiguous tensor; from channels-last frames one
+    ``cv2.split`` per frame (faster than torch's strided copy, as in `_channels_last`)."""
+    if frames.is_contiguous():
+        return frames
+    pixels = frames.permute(0, 2, 3, 1)
+    if not pixels.is_contiguous():
+        return frames.contiguous()
+    out = torch.empty(frames.shape, dtype=frames.dtype)
+    src, dst = pixels.numpy(), out.numpy()
+    for i in range(frames.shape[0]):
+        cv2.split(src[i], list(dst[i]))
+    return out
+
+
+def _unchanged_by_resize(h: int, w: int, size: Sequence[int] | None, max_size: int | None) -> bool:
+    """Whether torchvision's resize to ``size`` surely returns ``(h, w)`` frames unchanged."""
+    if size is None:
+        return False
+    if len(size) == 2:
+        return (h, w) == (size[0], size[1])
+    return min(h, w) == size[0] and max_size is None
+
+
+def resize_clip(
+    clip: Tensor, size: int | Sequence[int] | None, max_size: int | None = None
+) -> Tensor:
+    """torchvision's ``v2.functional.resize(clip, size, max_size=..., antialias=True)``
+    (bilinear), computed on channels-last frames and returned contiguous.
+
+    PyTorch's uint8 antialiased resize works on interleaved pixels and gives the same values
+    whatever the memory format of its input (the tests compare both), but on planar frames it
+    converts them to interleaved pixels and back with slow strided copies; here the conversions
+    are `cv2.merge` / `cv2.split`. Other dtypes and devices go to torchvision as they are.
+    """
+    if (
+        clip.dtype != torch.uint8
+        or clip.device.type != "cpu"
+        or clip.ndim < 3
+        or clip.shape[-3] == 1
+        or clip.numel() == 0
+    ):
+        return F.resize(clip, size, max_size=max_size, antialias=True)
+    c, h, w = clip.shape[-3:]
+    if isinstance(size, int):
+        size = [size]
+    if _unchanged_by_resize(h, w, size, max_size):
+        return clip
+    frames = _channels_last(clip.reshape(-1, c, h, w))
+    out = F.resize(frames, size, max_size=max_size, antialias=True)
+    if out.shape[-2:] == (h, w):
+        return clip  # torchvision returns its input unchanged
+    return _contiguous(out).reshape(*clip.shape[:-2], *out.shape[-2:])
+
+
+def _random_crop(transform: v2.RandomCrop, clip: Tensor) -> Tensor:
+    crop_h, crop_w = int(transform.size[0]), int(transform.size[1])
+    h, w = clip.shape[-2:]
+    if h < crop_h or w < crop_w:  # torchvision's own error
+        return transform(tv_tensors.Video(clip)).as_subclass(Tensor)
+    # torchvision's RandomCrop.make_params: top, then left, each drawn only when the frame is
+    # larger than the crop along that axis
+    top = int(torch.randint(0, h - crop_h + 1, size=())) if h > crop_h else 0
+    left = int(torch.randint(0, w - crop_w + 1, size=())) if w > crop_w else 0
+    return clip[..., top : top + crop_h, left : left + crop_w]
+
+
+def _random_resized_crop(transform: v2.RandomResizedCrop, clip: Tensor) -> Tensor:
+    box = _make_params(transform, clip)
+    top, left = box["top"], box["left"]
+    crop = clip[..., top : top + box["height"], left : left + box["width"]]
+    return resize_clip(crop, list(transform.size))
+
+
+def _horizontal_flip(transform: v2.RandomHorizontalFlip, clip: Tensor) -> Tensor:
+    if torch.rand(1) >= transform.p:  # the draw of v2's _RandomApplyTransform.forward
+        return clip
+    return clip.flip(-1)
+
+
+def _resize(transform: v2.Resize, clip: Tensor) -> Tensor:
+    return resize_clip(clip, transform.size, transform.max_size)
+
+
+def _center_crop(transform: v2.CenterCrop, clip: Tensor) -> Tensor:
+    return F.center_crop(clip, list(transform.size))
+
+
+def _fast_steps(transform: Callable[[Tensor], Tensor]) -> list[Callable[[Tensor], Tensor]] | None:
+    """The steps of ``transform`` as functions of a plain tensor, or None where one is not known."""
+    kind = type(transform)
+    if kind is v2.Compose:
+        steps: list[Callable[[Tensor], Tensor]] = []
+        for part in transform.transforms:
+            sub = _fast_steps(part)
+            if sub is None:
+                return None
+            steps += sub
+        return steps
+    if kind is v2.RandomCrop:
+        plain = transform.padding is None and not transform.pad_if_needed
+        return [partial(_random_crop, transform)] if plain else None
+    if kind is v2.RandomResizedCrop and _bilinear_antialiased(transform):
+        return [partial(_random_resized_crop, transform)]
+    if kind is v2.Resize and _bilinear_antialiased(transform):
+        return [partial(_resize, transform)]
+    if kind is v2.CenterCrop:
+        return [partial(_center_crop, transform)]
+    if kind is v2.RandomHorizontalFlip:
+        return [partial(_horizontal_flip, transform)]
+    return None
+
+
+class ClipTransform:
+    """A torchvision v2 clip transform applied to one plain tensor ``(..., C, H, W)`` (the
+    frames of one clip, or of several clips that share their random parameters).
+
+    Where ``transform`` is built only of `v2.Compose`, `v2.RandomResizedCrop` and `v2.Resize`
+    (bilinear, antialiased), `v2.CenterCrop`, `v2.RandomHorizontalFlip` and `v2.RandomCrop`
+    without padding (``fast`` is True), each step runs on the plain tensor: the same random
+    draws in the same order as torchvision's and the same values, without the `tv_tensors`
+    round trip, crops by slicing and resizes with `resize_clip`. Any other transform runs
+    through torchvision on a `tv_tensors.Video`. The output is a plain tensor.
+    """
+
+    def __init__(self, transform: Callable[[Tensor], Tensor]):
+        self.transform = transform
+        self._steps = _fast_steps(transform)
+
+    @property
+    def fast(self) -> bool:
+        """Whether the transform runs on the plain tensor (see the class)."""
+        return self._steps is not None
+
+    def __call__(self, clip: Tensor) -> Tensor:
+        clip = clip.as_subclass(Tensor)
+        if self._steps is None:
+            return self.transform(tv_tensors.Video(clip)).as_subclass(Tensor)
+        for step in self._steps:
+            clip = step(clip)
+        return clip
+
+
 class ViewTransform:
     """Applies a clip transform to every view of a sample, with fresh random parameters per clip.
 
     A view is a uint8 tensor ``(T, C, H, W)`` or a stack of clips ``(N, T, C, H, W)``; each
     clip of a stack gets its own parameters. Keys not in ``views`` (labels, indices) pass through.
-    A plain ``v2.RandomCrop`` (no padding) is applied by slicing the tensor directly, with the
-    same random draws and the same result as torchvision's, without the `tv_tensors` round trip.
+    The transform runs as a `ClipTransform`: the training and evaluation transforms of vssl
+    (`train_clip_transform`, `eval_clip_transform`, a plain ``v2.RandomCrop``) on the plain
+    tensor, with torchvision's random draws and result.
     """
 
     def __init__(self, transform: Callable[[Tensor], Tensor], views: Sequence[str] = ("video",)):
         self.transform = transform
         self.views = tuple(views)
-        plain_crop = (
-            type(transform) is v2.RandomCrop
-            and transform.padding is None
-            and not transform.pad_if_needed
-        )
-        self._crop_size: tuple[int, int] | None = (
-            (int(transform.size[0]), int(transform.size[1])) if plain_crop else None
-        )
-
-    def _clip(self, clip: Tensor) -> Tensor:
-        if self._crop_size is not None:
-            crop_h, crop_w = self._crop_size
-            h, w = clip.shape[-2:]
-            if h >= crop_h and w >= crop_w:
-                # torchvision's RandomCrop.make_params: top, then left, each drawn only when
-                # the frame is larger than the crop along that axis
-                top = int(torch.randint(0, h - crop_h + 1, size=())) if h > crop_h else 0
-                left = int(torch.randint(0, w - crop_w + 1, size=())) if w > crop_w else 0
-                return clip[..., top : top + crop_h, left : left + crop_w]
-        return self.transform(tv_tensors.Video(clip)).as_subclass(Tensor)
+        self.clip_transform = ClipTransform(transform)
 
     def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
         out = dict(sample)
         for name in self.views:
             clips = sample[name]
             if clips.ndim == 5:
-                out[name] = torch.stack([self._clip(c) for c in clips])
+                out[name] = torch.stack([self.clip_transform(c) for c in clips])
             else:
-                out[name] = self._clip(clips)
+                out[name] = self.clip_transform(clips)
         return out
 
 

@@ -47,11 +47,15 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
-from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from vssl.data.sampling import ClipSampler, ClipSpec, clip_indices, clip_span
-from vssl.data.transforms import ViewTransform, eval_clip_transform, train_clip_transform
+from vssl.data.transforms import (
+    ClipTransform,
+    ViewTransform,
+    eval_clip_transform,
+    train_clip_transform,
+)
 from vssl.heads import VCOPHead
 from vssl.tasks.base import StepOutput, VSSLTask
 
@@ -126,12 +130,13 @@ class TupleTransform:
     """The worker-side transform of a VCOP sample: one random draw for all clips of a tuple.
 
     The view is ``(N, T, C, H, W)``; its ``N * T`` frames go through ``transform`` in one call
-    (one `tv_tensors.Video`), so every clip gets the same crop and flip.
+    (a `ClipTransform`), so every clip gets the same crop and flip.
     """
 
     def __init__(self, transform: Callable[[Tensor], Tensor], view: str = "video"):
         self.transform = transform
         self.view = view
+        self._frames = ClipTransform(transform)
 
     def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
         out = dict(sample)
@@ -141,7 +146,7 @@ class TupleTransform:
                 f"expected a tuple of clips (N, T, C, H, W), got shape {tuple(clips.shape)}"
             )
         n, t = clips.shape[:2]
-        frames = self.transform(tv_tensors.Video(clips.flatten(0, 1))).as_subclass(Tensor)
+        frames = self._frames(clips.flatten(0, 1))
         out[self.view] = frames.reshape(n, t, *frames.shape[1:])
         return out
 

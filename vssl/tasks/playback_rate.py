@@ -65,11 +65,10 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
-from torchvision import tv_tensors
 
 from vssl import backbones
 from vssl.data.sampling import ClipSampler, ClipSpec, clip_indices, clip_span
-from vssl.data.transforms import eval_clip_transform, train_clip_transform
+from vssl.data.transforms import ClipTransform, eval_clip_transform, train_clip_transform
 from vssl.heads import PlaybackRateDecoder, PlaybackRateHead
 from vssl.tasks.base import StepOutput, VSSLTask
 
@@ -154,12 +153,12 @@ class SharedCropTransform:
 
     def __init__(self, transform: Callable[[Tensor], Tensor]):
         self.transform = transform
+        self._frames = ClipTransform(transform)
 
     def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
         out = dict(sample)
         steps = sample["video"].shape[0]
-        frames = torch.cat([sample["video"], sample["between"]])
-        frames = self.transform(tv_tensors.Video(frames)).as_subclass(Tensor)
+        frames = self._frames(torch.cat([sample["video"], sample["between"]]))
         out["video"], out["between"] = frames[:steps], frames[steps:]
         return out
 

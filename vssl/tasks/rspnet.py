@@ -44,10 +44,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torchvision import tv_tensors
 
 from vssl.data.sampling import ClipSampler, ClipSpec, clip_indices
-from vssl.data.transforms import eval_clip_transform, train_clip_transform
+from vssl.data.transforms import ClipTransform, eval_clip_transform, train_clip_transform
 from vssl.heads import RSPNetProjectionHead
 from vssl.losses.moco import KeyQueue, info_nce, relative_speed_loss
 from vssl.tasks.base import StepOutput, VSSLTask
@@ -151,9 +150,7 @@ class KeyPairTransform:
 
     def __init__(self, transform: Callable[[Tensor], Tensor]):
         self.transform = transform
-
-    def _frames(self, frames: Tensor) -> Tensor:
-        return self.transform(tv_tensors.Video(frames)).as_subclass(Tensor)
+        self._frames = ClipTransform(transform)
 
     def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
         out = dict(sample)
