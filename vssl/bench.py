@@ -13,6 +13,9 @@ evaluation datasets, clean and corrupted. A grid file::
       supervised: {config: configs/quickstart.yaml}
       random: {}                         # no config: the randomly initialised backbone
                                          # (named random: results.md adds "vs random")
+      distill:                           # a method whose teachers are other cells' checkpoints
+        config: configs/distillation/synthetic_tiny.yaml
+        teachers: [rspnet, {method: videomae, backbone: vit_tiny}]
       # a method's own evaluation datasets, besides evaluate.data (its pretraining clips, say):
       # cvrl: {config: ..., evaluate: {motion_8x2: {root: data/synthetic, clip_len: 8, stride: 2}}}
     backbones: [tiny_r2plus1d]           # model.init_args.backbone of every method (optional;
@@ -39,6 +42,16 @@ steps are skipped on the next run; an interrupted pretraining continues from its
 ``--collect`` only gathers what the cells wrote into ``results.json`` (every setting of every
 evaluation), ``results.md`` (mean and standard error over seeds, or over the test videos with
 one seed) and charts.
+
+A method with ``teachers`` (a `vssl.tasks.Distillation` config) is distilled from the
+checkpoints of other methods' cells: for its cell (backbone B, data D, subset S, seed s) each
+teacher is the cell of that method with backbone B (or the teacher's own ``backbone``), data D,
+subset S and seed s, whose ``last.ckpt`` becomes ``model.init_args.teachers``. A teacher method
+must come before the method in ``methods``, so that in the grid's order (and ``--list``'s
+numbers) every teacher cell runs before the cells it teaches; ``--list`` shows each cell's
+teacher cells, and ``--cell N`` of a cell whose teachers have not finished pretraining stops,
+naming the cells to run first. The cell's ``teachers.json`` records the teacher checkpoints it
+was trained from (path, size, SHA-256); a cell resumed after a teacher changed is refused.
 """
 
 from __future__ import annotations
@@ -75,7 +88,8 @@ GRID_KEYS = {
     "evaluate",
 }
 EVAL_KEYS = {"data", "settings", "protocols", "corruptions"}
-METHOD_KEYS = {"config", "backbones", "model", "data", "trainer", "evaluate"}
+METHOD_KEYS = {"config", "backbones", "model", "data", "trainer", "evaluate", "teachers"}
+TEACHER_KEYS = {"method", "backbone"}
 PROTOCOLS = ("probe", "retrieve")
 # The figure of each protocol that results.md and the charts report: (label, path in the JSON).
 HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
@@ -103,6 +117,44 @@ def _check_keys(where: str, given: dict[str, Any], allowed: set[str]) -> None:
                 f"{where}: unknown key {key!r}{_close(key, allowed)}; "
                 f"expected {', '.join(sorted(allowed))}"
             )
+
+
+def _teachers(
+    file: Path, name: str, spec: dict[str, Any], methods: dict[str, Any]
+) -> list[tuple[str, str | None]]:
+    """``methods.NAME.teachers`` as ``(method, backbone or None)``: each a pretraining method
+    listed before ``name`` (so that its cells run first)."""
+    given = spec.get("teachers") or []
+    where = f"{file}: methods.{name}.teachers"
+    if not isinstance(given, list):
+        raise InvalidInputError(
+            f"{where}: a list of methods (or {{method: M, backbone: B}}), got {given!r}"
+        )
+    if given and not spec["config"]:
+        raise InvalidInputError(f"{where}: a method with teachers needs a (distillation) config")
+    order = list(methods)
+    out = []
+    for teacher in given:
+        if isinstance(teacher, dict):
+            _check_keys(f"{where}: {teacher}", teacher, TEACHER_KEYS)
+            method, backbone = teacher.get("method"), teacher.get("backbone")
+        else:
+            method, backbone = teacher, None
+        if method not in methods:
+            raise InvalidInputError(
+                f"{where}: unknown method {method!r}{_close(str(method), order)}; the grid's "
+                f"methods are {', '.join(order)}"
+            )
+        if order.index(method) >= order.index(name):
+            raise InvalidInputError(
+                f"{where}: {method} must come before {name} in methods, so that its cells run first"
+            )
+        if not (methods[method].get("config") or []):
+            raise InvalidInputError(
+                f"{where}: {method} has no config, so its cells have no checkpoint to teach with"
+            )
+        out.append((str(method), None if backbone is None else str(backbone)))
+    return out
 
 
 def _name(text: str) -> str:
@@ -187,6 +239,7 @@ class Grid:
             for config in spec["config"]:
                 if not Path(config).is_file():
                     raise MissingInputError(f"{path}: methods.{name}: config {config} not found")
+            spec["teachers"] = _teachers(path, name, spec, methods)
         protocols = evaluate.get("protocols") or {"probe": {}}
         for name in protocols:
             if name not in PROTOCOLS:
@@ -220,6 +273,18 @@ class Grid:
         if not grid.pretrain_data and any(m["config"] for m in methods.values()):
             grid.pretrain_data = {"config": {}}  # the configs' own data
         grid.cells = grid._cells()
+        names = {cell.name for cell in grid.cells}
+        for cell in grid.cells:
+            for teacher in grid.teacher_cells(cell):
+                if teacher.name not in names:
+                    method = teacher.method
+                    own = grid.methods[method].get("backbones") or grid.backbones
+                    raise InvalidInputError(
+                        f"{path}: methods.{cell.method}.teachers: {method} has no cell "
+                        f"{teacher.name} to teach {cell.name} (its backbones: "
+                        f"{', '.join(map(str, own))}); name one as {{method: {method}, "
+                        "backbone: NAME}"
+                    )
         return grid
 
     def _cells(self) -> list[Cell]:
@@ -244,6 +309,30 @@ class Grid:
     def folder(self, cell: Cell) -> Path:
         return self.out / "cells" / cell.name
 
+    def checkpoint(self, cell: Cell) -> Path:
+        """The pretrained checkpoint of ``cell`` (there once ``fit.done`` is)."""
+        return self.folder(cell) / "fit" / "checkpoints" / "last.ckpt"
+
+    def teacher_cells(self, cell: Cell) -> list[Cell]:
+        """The cells whose checkpoints teach ``cell`` (none for a method without teachers):
+        the same data, subset and seed, and the same backbone unless a teacher names one."""
+        return [
+            Cell(method, backbone or cell.backbone, cell.data, cell.subset, cell.seed)
+            for method, backbone in self.methods[cell.method]["teachers"]
+        ]
+
+    def missing_teachers(self, cell: Cell) -> list[Cell]:
+        """The teacher cells of ``cell`` that have not finished pretraining."""
+        return [
+            t
+            for t in self.teacher_cells(cell)
+            if not ((self.folder(t) / "fit.done").is_file() and self.checkpoint(t).is_file())
+        ]
+
+    def number(self, cell: Cell) -> int:
+        """``cell``'s number in ``--list``."""
+        return self.cells.index(cell)
+
     def fit_override(self, cell: Cell) -> dict[str, Any]:
         """The settings the grid lays over a method's configs for ``cell``."""
         spec = self.methods[cell.method]
@@ -261,6 +350,8 @@ class Grid:
         model = dict(spec.get("model") or {})
         if cell.backbone is not None:
             model["backbone"] = cell.backbone
+        if spec["teachers"]:
+            model["teachers"] = [str(self.checkpoint(t)) for t in self.teacher_cells(cell)]
         if model:
             override["model"] = {"init_args": model}
         return override
@@ -385,6 +476,40 @@ def fit_command(grid: Grid, cell: Cell, resume: bool = False) -> list[str]:
     return command
 
 
+def waiting_for(grid: Grid, missing: list[Cell]) -> str:
+    """What a cell whose teacher cells ``missing`` have not finished pretraining waits for."""
+    cells = ", ".join(f"{grid.number(t)} ({t.name})" for t in missing)
+    return f"its teachers have not finished pretraining: run cell{'s' * (len(missing) > 1)} {cells} first"
+
+
+TEACHERS_FILE = "teachers.json"
+
+
+def record_teachers(grid: Grid, cell: Cell) -> str | None:
+    """Writes ``teachers.json`` in ``cell``'s folder: its teacher cells' checkpoints (path,
+    size, mtime, SHA-256). A pretraining to be resumed whose teachers are no longer those it
+    began with is not written over: the reason is returned (None when all is well)."""
+    from vssl.tasks.teacher_cache import file_fingerprint
+
+    folder = grid.folder(cell)
+    records = [
+        {"cell": t.name, "method": t.method, **file_fingerprint(grid.checkpoint(t))}
+        for t in grid.teacher_cells(cell)
+    ]
+    file = folder / TEACHERS_FILE
+    if file.is_file() and grid.checkpoint(cell).is_file():
+        before = json.loads(file.read_text())
+        if [(r["cell"], r["sha256"]) for r in before] != [
+            (r["cell"], r["sha256"]) for r in records
+        ]:
+            return (
+                f"its teachers' checkpoints have changed since its pretraining began ({file}); "
+                f"delete {folder} to pretrain it again from the teachers as they are"
+            )
+    file.write_text(json.dumps(records, indent=1) + "\n")
+    return None
+
+
 def run_cell(grid: Grid, cell: Cell, say: Any = print) -> bool:
     """Run what ``cell`` still lacks; True when everything it should write is there."""
     folder = grid.folder(cell)
@@ -394,6 +519,15 @@ def run_cell(grid: Grid, cell: Cell, say: Any = print) -> bool:
     pretrains = bool(grid.methods[cell.method]["config"])
     if pretrains:
         lines.append(_shown(fit_command(grid, cell)))
+    if pretrains and not (folder / "fit.done").is_file() and grid.teacher_cells(cell):
+        missing = grid.missing_teachers(cell)
+        if missing:
+            say(f"{cell.name}: not run: {waiting_for(grid, missing)}")
+            return False
+        changed = record_teachers(grid, cell)
+        if changed:
+            say(f"{cell.name}: not resumed: {changed}")
+            return False
     if pretrains and not (folder / "fit.done").is_file():
         (folder / "grid.yaml").write_text(yaml.safe_dump(grid.fit_override(cell), sort_keys=False))
         command = fit_command(grid, cell, resume=True)
@@ -452,8 +586,13 @@ def collect(grid: Grid) -> list[dict[str, Any]]:
                 continue
             record = json.loads(file.read_text())
             results = record.get("results", {})
+            teachers = {}
+            if grid.methods[cell.method]["teachers"]:
+                used = grid.folder(cell) / TEACHERS_FILE
+                teachers["teachers"] = json.loads(used.read_text()) if used.is_file() else None
             rows.append(
                 {
+                    **teachers,
                     "cell": cell.name,
                     "method": cell.method,
                     "backbone": cell.backbone,
@@ -758,13 +897,22 @@ def _main(argv: list[str] | None) -> int:
         grid = Grid.load(args.grid, args.out)
         if args.list:
             for n, cell in enumerate(grid.cells):
-                done = (grid.folder(cell) / "eval").is_dir()
-                print(f"{n:4d}  {cell.name}{'  (has results)' if done else ''}")
+                done = "  (has results)" if (grid.folder(cell) / "eval").is_dir() else ""
+                teachers = ", ".join(str(grid.number(t)) for t in grid.teacher_cells(cell))
+                teachers = f"  (teachers: cells {teachers})" if teachers else ""
+                print(f"{n:4d}  {cell.name}{teachers}{done}")
             return 0
         if args.cell is not None and not 0 <= args.cell < len(grid.cells):
             raise InvalidInputError(
                 f"--cell {args.cell}: the grid has cells 0 to {len(grid.cells) - 1}"
             )
+        if args.cell is not None and not args.collect:
+            cell = grid.cells[args.cell]
+            missing = grid.missing_teachers(cell)
+            if missing and not (grid.folder(cell) / "fit.done").is_file():
+                raise MissingInputError(
+                    f"--cell {args.cell} ({cell.name}): {waiting_for(grid, missing)}"
+                )
     except UserError as exc:
         print(f"vssl bench: error: {exc}", file=sys.stderr)
         return 2
