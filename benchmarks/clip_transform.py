@@ -2,7 +2,8 @@
 `ClipTransform` (the same draws and values on the plain tensor), on one core.
 
 Random uint8 clips of 16 frames at the sizes the prepared files decode to (128x228 and
-256x456), through the tasks' training transform (`train_clip_transform`: random resized crop
+256x456), planar (contiguous ``(T, C, H, W)``, what the PyAV reader gives) and channels-last
+(what the MJPEG reader gives), through the tasks' training transform (`train_clip_transform`: random resized crop
 and flip) and the evaluation one (`eval_clip_transform`: resize and centre crop). The two sides
 alternate repeat by repeat (the first side alternates too), each timed over the same calls from
 the same seed; every printed figure is derived from the same pairs: per-call times are medians,
@@ -15,6 +16,7 @@ the speed-up is the median of the paired ratios with its min-max spread.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -79,10 +81,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"{args.frames}-frame uint8 clips, one core; median of {args.repeats} alternating pairs "
         f"of {args.calls} calls\n"
     )
-    print("| transform | clip | torchvision ms | vssl ms | speed-up (min-max) |")
-    print("|---|---|---:|---:|---:|")
-    for h, w, crop in CASES:
+    print("| transform | clip | frames | torchvision ms | vssl ms | speed-up (min-max) |")
+    print("|---|---|---|---:|---:|---:|")
+    for (h, w, crop), layout in itertools.product(CASES, ("planar", "channels-last")):
         clip = torch.randint(0, 256, (args.frames, 3, h, w), dtype=torch.uint8)
+        if layout == "channels-last":
+            clip = clip.contiguous(memory_format=torch.channels_last)
         for name, transform in (
             (f"train_clip_transform({crop})", train_clip_transform(crop)),
             (f"eval_clip_transform({crop})", eval_clip_transform(crop)),
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row = {
                 "transform": name,
                 "clip": f"{args.frames}x3x{h}x{w}",
+                "frames": layout,
                 "torchvision_ms": statistics.median(olds) * 1e3,
                 "vssl_ms": statistics.median(news) * 1e3,
                 "ratio": statistics.median(ratios),
@@ -110,7 +115,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             }
             rows.append(row)
             print(
-                f"| {name} | {row['clip']} | {row['torchvision_ms']:.2f} | {row['vssl_ms']:.2f} | "
+                f"| {name} | {row['clip']} | {layout} | {row['torchvision_ms']:.2f} | "
+                f"{row['vssl_ms']:.2f} | "
                 f"{row['ratio']:.2f}x ({row['ratio_min']:.2f}-{row['ratio_max']:.2f}) |"
             )
     return rows

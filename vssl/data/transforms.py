@@ -83,15 +83,9 @@ def _bilinear_antialiased(transform: v2.Resize | v2.RandomResizedCrop) -> bool:
 
 
 def _channels_last(frames: Tensor) -> Tensor:
-    """uint8 frames ``(N, C, H, W)`` (any strides) as a channels-last tensor of the same values.
-
-    From planar frames the copy is one ``cv2.merge`` per frame (vectorised), several times
-    faster than torch's strided copy of a uint8 tensor with 3 channels.
-    """
-    if frames.is_contiguous(memory_format=torch.channels_last):
-        return frames
-    if frames.stride(1) == 1 or frames.stride(-1) != 1:  # e.g. a crop of channels-last frames
-        return frames.contiguous(memory_format=torch.channels_last)
+    """Planar uint8 frames ``(N, C, H, W)`` as a channels-last tensor of the same values: one
+    ``cv2.merge`` per frame (vectorised), several times faster than torch's strided copy of a
+    uint8 tensor with 3 channels."""
     n, c, h, w = frames.shape
     out = torch.empty((n, h, w, c), dtype=frames.dtype)
     # cv2.merge walks planes with gaps between their rows (a crop) row by row, far slower than
@@ -130,20 +124,24 @@ def resize_clip(
     clip: Tensor, size: int | Sequence[int] | None, max_size: int | None = None
 ) -> Tensor:
     """torchvision's ``v2.functional.resize(clip, size, max_size=..., antialias=True)``
-    (bilinear), computed on channels-last frames and returned contiguous.
+    (bilinear): the same values and memory format, faster on planar uint8 frames.
 
-    PyTorch's uint8 antialiased resize works on interleaved pixels and gives the same values
-    whatever the memory format of its input (the tests compare both), but on planar frames it
-    converts them to interleaved pixels and back with slow strided copies; here the conversions
-    are `cv2.merge` / `cv2.split`. Other dtypes and devices go to torchvision as they are.
+    PyTorch's uint8 antialiased resize works on interleaved (channels-last) pixels and gives the
+    same values whatever the memory format of its input (the tests compare both), but planar
+    frames it converts to interleaved pixels and back with slow strided copies; here those
+    conversions are `cv2.merge` / `cv2.split`. Channels-last frames (the MJPEG reader's), other
+    dtypes and devices go to torchvision as they are.
     """
-    if (
-        clip.dtype != torch.uint8
-        or clip.device.type != "cpu"
-        or clip.ndim < 3
-        or clip.shape[-3] == 1
-        or clip.numel() == 0
-    ):
+    planar = (
+        clip.dtype == torch.uint8
+        and clip.device.type == "cpu"
+        and clip.ndim >= 3
+        and clip.shape[-3] > 1
+        and clip.numel() > 0
+        and clip.stride(-3) != 1
+        and clip.stride(-1) == 1
+    )
+    if not planar:
         return F.resize(clip, size, max_size=max_size, antialias=True)
     c, h, w = clip.shape[-3:]
     if isinstance(size, int):
