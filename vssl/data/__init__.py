@@ -17,6 +17,7 @@ from vssl.data.synthetic import make_synthetic
 from vssl.data.table import VideoTable
 from vssl.data.transforms import (
     BatchAugment,
+    ClipTransform,
     ViewTransform,
     eval_clip_transform,
     train_clip_transform,
@@ -26,6 +27,7 @@ __all__ = [
     "LAYOUTS",
     "BatchAugment",
     "ClipSampler",
+    "ClipTransform",
     "ClipSpec",
     "PrepareSummary",
     "RandomClip",
