@@ -108,6 +108,51 @@ def test_dataset_puts_the_spans_sound_next_to_its_frames(clicks_48k: Path) -> No
     assert int(sound[0].abs().argmax()) == 16000 // 2 - 2 * 16000 // FPS
 
 
+def test_offsync_window_by_hand() -> None:
+    # frames 10..13 at 25 fps: 0.40..0.56 s; a 1 s window may start from 0.56 - 1 - 0.5 =
+    # -0.94 s to 0.40 + 0.5 = 0.90 s, cut to 0 .. 2 - 1 s inside a 50-frame (2 s) video
+    def start(draw: float, frames: int | None = 50) -> float:
+        return AudioSpan(10, 14, 1.0, offsync=0.5, draw=draw, video_frames=frames).start_time(FPS)
+
+    assert start(0.0) == pytest.approx(0.0) and start(1.0) == pytest.approx(0.9)
+    assert start(0.5) == pytest.approx(0.45)
+    assert start(0.0, None) == pytest.approx(-0.94)  # no video length: not cut
+    assert start(1.0, 40) == pytest.approx(0.6)  # a 1.6 s video: the window ends by 1.6 s
+    assert start(0.0, 20) == pytest.approx(-0.94)  # a video shorter than the window: not cut
+    # offsync 0: the clip anywhere inside the window (AVID's evaluation loader)
+    assert AudioSpan(10, 14, 1.0, offsync=0.0, draw=0.0).start_time(FPS) == pytest.approx(-0.44)
+    assert AudioSpan(10, 14, 1.0).start_time(FPS) == pytest.approx(0.48 - 0.5)  # centred
+    with pytest.raises(ValueError, match="offsync must be >= 0"):
+        AudioSpan(10, 14, 1.0, offsync=-0.1)
+    with pytest.raises(ValueError, match="draw must be in"):
+        AudioSpan(10, 14, 1.0, offsync=0.5, draw=1.5)
+
+
+@dataclass
+class _OffsyncSound(ClipSampler):
+    """Frames 10..13 and a 1 s window placed by the offsync rule at ``draw``."""
+
+    draw: float = 0.0
+    needs_audio = True
+
+    def __call__(self, num_frames: int, rng: np.random.Generator) -> dict:
+        span = AudioSpan(10, 14, 1.0, 16000, offsync=0.5, draw=self.draw, video_frames=num_frames)
+        return {"video": np.arange(10, 14), "sound": span}
+
+
+def test_offsync_window_is_exact_to_the_sample(clicks_48k: Path) -> None:
+    info = probe_video(clicks_48k)
+    # draw 0: the window starts at 0 s, the click of frame 10 (0.4 s) is sample 6400 and the
+    # one of frame 30 (1.2 s) is past its end
+    first = VideoDataset([VideoItem(clicks_48k, 0)], [info], _OffsyncSound(0.0))
+    sound = first.load(0, np.random.default_rng(0))["sound"][0]
+    assert int(sound.abs().argmax()) == 6400 and float(sound.abs().max()) > 0.2
+    # draw 1: the window starts at 0.9 s, frame 30's click is at (1.2 - 0.9) s = sample 4800
+    last = VideoDataset([VideoItem(clicks_48k, 0)], [info], _OffsyncSound(1.0))
+    sound = last.load(0, np.random.default_rng(0))["sound"][0]
+    assert int(sound.abs().argmax()) == 4800 and float(sound.abs().max()) > 0.2
+
+
 @pytest.mark.parametrize("layout", ["mono", "stereo", "5.1"])
 @pytest.mark.parametrize("rate", [44100, 48000])
 def test_layouts_and_rates(tmp_path: Path, layout: str, rate: int) -> None:
@@ -246,7 +291,7 @@ def _digest(root: Path) -> dict[str, str]:
     }
 
 
-def test_synthetic_sound_follows_the_motion(tmp_path: Path) -> None:
+def test_synthetic_sound_files(tmp_path: Path) -> None:
     from vssl.data import synthetic
 
     settings = {"classes": 1, "videos_per_class": 1, "frames": 16, "size": 32, "test_fraction": 0}
@@ -260,28 +305,84 @@ def test_synthetic_sound_follows_the_motion(tmp_path: Path) -> None:
     assert probe_audio(silent_root / name) is None
     assert probe_audio(loud / name) == (16000, 1)
     meta = json.loads((loud / "synthetic.json").read_text())
-    assert meta["settings"]["audio"] == {"codec": "aac", "sample_rate": 16000}
+    assert meta["settings"]["audio"] == {"codec": "aac", "sample_rate": 16000, "sound": 2}
     assert "audio" not in json.loads((silent_root / "synthetic.json").read_text())["settings"]
     assert _digest(silent_root).keys() == _digest(loud).keys()
-    # the tone: its pitch is the class's, raised by the speed (right: 200 Hz, one octave for
-    # a normal speed)
-    tone = read_audio(loud / name, 0.1, 4096, 16000)[0]
-    peak_hz = float(torch.fft.rfft(tone).abs().argmax()) * 16000 / 4096
-    speed = float(synthetic.frame_speeds(clip, synthetic.get_motion("right")).mean())
-    assert abs(peak_hz - 200 * 2 ** (speed / 0.04)) < 8
-    # the clicks: at the oscillation's turns, each at the start of its frame
+    # the track is the clip's sound of its own random stream (AAC is lossy: close, not equal)
+    motion = synthetic.get_motion("right")
+    sound = synthetic.clip_sound(clip, motion, 25, synthetic.sound_rng(0, "right", 0))[0]
+    decoded = read_audio(loud / name, 0.0, sound.shape[0], 16000)[0].numpy()
+    assert np.corrcoef(sound[800:-800], decoded[800:-800])[0, 1] > 0.95
+
+
+@pytest.mark.parametrize(
+    ("name", "voice", "sign"),
+    [
+        ("right", 0, 1),
+        ("left", 0, -1),
+        ("up", 1, 1),
+        ("down", 1, -1),
+        ("rotate_cw", 2, 1),
+        ("rotate_ccw", 2, -1),
+        ("zoom_in", 3, 1),
+        ("zoom_out", 3, -1),
+    ],
+)
+def test_the_class_is_which_voice_glides_and_which_way(name: str, voice: int, sign: int) -> None:
+    from vssl.data import synthetic
+
+    motion = synthetic.get_motion(name)
+    clip = synthetic.render_clip(motion, synthetic.clip_rng(0, name, 3), 32, 32)
+    coords = synthetic.motion_coordinates(clip, motion)
+    assert np.all(coords[16] == 0)  # the reference frame
+    assert np.all(np.abs(coords[:, [j for j in range(4) if j != voice]]) < 1e-9)
+    octaves = np.log2(synthetic.voice_pitches(clip, motion, 25, synthetic.sound_rng(0, name, 3)))
+    # 0.1 s around frames 8 and 24 (16 frames apart), away from the 40 Hz floor and the ceiling
+    early, late = octaves[:, 5600:7200].mean(axis=1), octaves[:, 16000:17600].mean(axis=1)
+    rise = late - early
+    expected = synthetic.SOUND_GAINS[voice] * (coords[24, voice] - coords[8, voice])
+    assert sign * expected > 1.5  # octaves
+    assert abs(rise[voice] - expected) < 0.35 or octaves[voice].max() >= np.log2(7200) - 1e-6
+    others = [j for j in range(4) if j != voice]
+    assert np.all(np.abs(rise[others]) < 0.35)  # only the vibrato
+
+
+def test_synthetic_sound_is_drawn_per_video() -> None:
+    from vssl.data import synthetic
+
+    motion = synthetic.get_motion("right")
+    clip = synthetic.render_clip(motion, synthetic.clip_rng(0, "right", 0), 16, 32)
+    a = synthetic.clip_sound(clip, motion, 25, synthetic.sound_rng(0, "right", 0))
+    assert a.shape == (1, 16 * 640) and a.dtype == np.float32 and np.abs(a).max() <= 1
+    again = synthetic.clip_sound(clip, motion, 25, synthetic.sound_rng(0, "right", 0))
+    np.testing.assert_array_equal(a, again)
+    pitches = [
+        synthetic.voice_pitches(clip, motion, 25, synthetic.sound_rng(0, "right", i))[1, 0]
+        for i in range(2)
+    ]
+    assert pitches[0] != pitches[1]  # another video, another base pitch
+
+
+def test_synthetic_clicks_at_the_bounces() -> None:
+    from dataclasses import replace
+
+    from vssl.data import synthetic
+
     motion = synthetic.get_motion("oscillate_horizontal")
     clip = synthetic.render_clip(motion, synthetic.clip_rng(0, motion.name, 0), 32, 32)
-    path = write_video_with_audio(
-        tmp_path / "bounce.mp4", clip.frames, synthetic.clip_sound(clip, motion, 25), fps=25
-    )
-    sound = read_audio(path, 0.0, 32 * 640, 16000)[0].numpy().reshape(32, 640)
     bounces = synthetic.bounce_frames(clip, motion)
     assert len(bounces) >= 4
-    loudest = np.abs(sound).max(axis=1)
-    assert set(np.nonzero(loudest[1:] > 0.6)[0] + 1) == set(bounces.tolist())
-    for t in bounces:
-        assert int(np.abs(sound[t]).argmax()) < 16
+    # the same voices without the clicks: a translation kind has the same coordinates
+    plain = replace(motion, kind="translate")
+    with_clicks = synthetic.clip_sound(clip, motion, 25, synthetic.sound_rng(0, motion.name, 0))
+    without = synthetic.clip_sound(clip, plain, 25, synthetic.sound_rng(0, motion.name, 0))
+    diff = (with_clicks - without)[0].reshape(32, 640)
+    changed = np.nonzero(np.abs(diff).max(axis=1) > 0)[0]
+    assert set(changed) == set(bounces.tolist())
+    for t in bounces:  # 10 ms from the first sample of the frame, 0.6 at its start
+        assert np.all(diff[t, 160:] == 0) and np.all(diff[t, :160] > 0)
+        if abs(with_clicks[0, t * 640]) < 1:  # not clipped
+            assert diff[t, 0] == pytest.approx(0.6, abs=1e-6)
 
 
 def test_make_synthetic_audio_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

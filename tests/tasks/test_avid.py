@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from vssl.data.datamodule import VideoDataModule
-from vssl.data.sampling import AudioSpan
+from vssl.data.sampling import AudioSpan, ClipSpec
 from vssl.data.synthetic import make_synthetic
 from vssl.tasks import AVID
 from vssl.tasks.avid import (
@@ -58,13 +58,52 @@ def test_sampler_centres_the_sound_on_the_clip() -> None:
     views = sampler(40, np.random.default_rng(0))
     start = int(views["video"][0])
     np.testing.assert_array_equal(views["video"], start + 2 * np.arange(4))
-    assert views["audio"] == AudioSpan(start, start + 7, 1.0, 8000, True)
+    assert views["audio"] == AudioSpan(start, start + 7, 1.0, 8000, True, video_frames=40)
     # the 7 frames from `start` at 8 fps last 0.875 s, centred in the 1 s window
     assert views["audio"].start_time(8.0) == pytest.approx(start / 8 - 0.0625)
     centre = AudioVisualClip(4, 2, 1.0, 8000, random=False)(40, np.random.default_rng(0))
     assert int(centre["video"][0]) == (40 - 7) // 2
     with pytest.raises(ValueError, match="audio_seconds"):
         AudioVisualClip(audio_seconds=0)
+
+
+def test_sampler_jitters_the_sound_as_the_official_loader() -> None:
+    jittered = AudioVisualClip(clip_len=4, stride=2, audio_seconds=1.0, offsync=0.5)
+    plain = AudioVisualClip(clip_len=4, stride=2, audio_seconds=1.0)
+    spans = []
+    for seed in range(400):
+        views = jittered(40, np.random.default_rng(seed))
+        # the clip is drawn first, as without the jitter
+        np.testing.assert_array_equal(
+            views["video"], plain(40, np.random.default_rng(seed))["video"]
+        )
+        span = views["audio"]
+        assert (span.offsync, span.video_frames, span.stop - span.start) == (0.5, 40, 7)
+        spans.append(span)
+    # at 8 fps: a clip from s lasting 0.875 s, a window starting in [s - 0.625, s + 0.5], cut
+    # to [0, 4] s (a 5 s video)
+    offsets = np.array([sp.start_time(8.0) - sp.start / 8 for sp in spans])
+    lows = np.array([max(sp.start / 8 - 0.625, 0.0) - sp.start / 8 for sp in spans])
+    highs = np.array([min(sp.start / 8 + 0.5, 4.0) - sp.start / 8 for sp in spans])
+    assert np.all(offsets >= lows - 1e-9) and np.all(offsets <= highs + 1e-9)
+    draws = np.array([sp.draw for sp in spans])
+    assert 0.45 < draws.mean() < 0.55 and draws.min() < 0.02 and draws.max() > 0.98
+    # evaluation: the centre clip, its sound centred whatever offsync is
+    centre = AudioVisualClip(4, 2, 1.0, random=False, offsync=0.5)(40, np.random.default_rng(0))
+    assert centre["audio"].offsync is None
+    with pytest.raises(ValueError, match="offsync must be >= 0"):
+        AudioVisualClip(offsync=-1.0)
+
+
+def test_task_jitters_in_training_only() -> None:
+    task = AVID(**TINY)
+    spec = ClipSpec(clip_len=4, stride=2)
+    assert task.audio_offsync == 0.5  # the official max_offsync_augm
+    assert task.clip_sampler("train", spec).offsync == 0.5
+    assert not task.clip_sampler("val", spec).random
+    assert AVID(**TINY, audio_offsync=None).clip_sampler("train", spec).offsync is None
+    with pytest.raises(ValueError, match="offsync must be >= 0"):
+        AVID(**TINY, audio_offsync=-0.5)
 
 
 def test_memory_negatives_update_and_loading() -> None:

@@ -1,5 +1,6 @@
 """``python -m vssl probe``: a linear probe (all, 10% and 1% of the training labels) and kNN on
-frozen features, or with ``--head attentive`` V-JEPA's attentive probe on frozen tokens.
+frozen features, or with ``--head attentive`` V-JEPA's attentive probe on frozen tokens; with
+``--modality audio`` the audio probe of an audio-visual checkpoint (`vssl.eval.audio_probe`).
 
 Features of the data block's training and test splits are extracted (cached, see
 `vssl.eval.features`); the table is printed and, with ``--out``, written as JSON with every
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from jsonargparse import ArgumentParser, Namespace
+from jsonargparse import ActionYesNo, ArgumentParser, Namespace
 
 from vssl.commands.common import (
     add_clip_options,
@@ -28,14 +29,22 @@ from vssl.commands.common import (
     splits,
 )
 from vssl.data.index import default_cache_dir
+from vssl.errors import UserError
 from vssl.eval.attentive import attentive_probe, extract_tokens
+from vssl.eval.audio_probe import probe_audio
 from vssl.eval.classifiers import (
     knn_accuracy,
     label_fraction_indices,
     probe_accuracy,
     train_linear_probe,
 )
-from vssl.eval.features import Features, FeatureSettings, build_model, extract_features
+from vssl.eval.features import (
+    Features,
+    FeatureSettings,
+    build_model,
+    extract_features,
+    load_task,
+)
 
 PROG = "vssl probe"
 
@@ -64,6 +73,21 @@ def build_parser() -> ArgumentParser:
         "features of the data block's training and test splits.",
     )
     add_model_options(parser)
+    parser.add_argument(
+        "--modality",
+        type=Literal["video", "audio"],
+        default="video",
+        help="video: the video backbone; audio: a linear probe on the frozen audio network of an "
+        "AVID or VATT checkpoint (one window of sound per video, centred on its centre clip; "
+        "needs --ckpt and a dataset with sound)",
+    )
+    parser.add_argument(
+        "--untrained",
+        action=ActionYesNo(no_prefix="no-"),
+        default=False,
+        help="with --modality audio: the checkpoint's task with fresh random weights (seeded by "
+        "--seed), the baseline",
+    )
     add_clip_options(parser, flip=False)
     add_feature_options(parser, clips=10, crops=3)
     parser.add_argument(
@@ -230,9 +254,86 @@ def linear_results(
     return {"linear": accuracies, "train_videos": videos}, rows
 
 
+def audio_main(args: Namespace, given: Namespace) -> int:
+    """``vssl probe --modality audio``: `probe_audio` on the checkpoint's audio network and
+    the data block; prints the accuracy and chance and, with ``--out``, writes them as JSON."""
+    if args.ckpt is None or args.backbone is not None:
+        raise UserError(
+            "--modality audio: give --ckpt CKPT of an AVID or VATT run (the audio network and "
+            "its sound window are the task's); --untrained probes the same task untrained"
+        )
+    unused = [
+        option
+        for option, wrong in (
+            ("--head attentive", args.head != "linear"),
+            ("--corruption", args.corruption is not None),
+        )
+        if wrong
+    ]
+    if unused:
+        raise UserError(f"--modality audio: {', '.join(unused)} is for the video probe only")
+    data, data_given = data_block(args, given)
+    clip, sources = clip_settings(PROG, args, given, data_given, flip=False)
+    train_split, test_split = splits(data)
+    task = load_task(args.ckpt, trust=args.trust_checkpoint)
+    if getattr(task, "audio_backbone", None) is None:
+        raise UserError(
+            f"{args.ckpt}: a {type(task).__name__} checkpoint has no audio network; the audio "
+            "probe needs an audio-visual task (AVID, VATT)"
+        )
+    options = {"fold": data["fold"], "annotations": data["annotations"], **decode_options(data)}
+    result = probe_audio(
+        task.to(args.device),
+        data["root"],
+        layout=data["layout"],
+        train_split=train_split,
+        test_split=test_split,
+        clip_len=clip["clip_len"],
+        stride=clip["stride"],
+        decode_size=clip["decode_size"],
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        cache_dir=data.get("cache_dir"),
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
+        untrained=args.untrained,
+        data_options=options,
+    )
+    split_sizes = f"{result.num_train} train, {result.num_test} test videos"
+    rows = [
+        (f"audio linear top-1 ({split_sizes})", f"{100 * result.accuracy:.2f}"),
+        ("chance (the most common test class)", f"{100 * result.chance:.2f}"),
+    ]
+    record = {
+        "protocol": "audio_probe",
+        "ckpt": args.ckpt,
+        "untrained": args.untrained,
+        "task": type(task).__name__,
+        "data": {k: data[k] for k in ("root", "layout", "fold", "annotations")},
+        "splits": [train_split, test_split],
+        "clip": clip,
+        "data_settings_from": sources,
+        "probe": {"steps": args.steps, "lr": args.lr, "seed": args.seed},
+        "num_classes": result.num_classes,
+        "num_train": result.num_train,
+        "num_test": result.num_test,
+        "results": {"accuracy": result.accuracy, "chance": result.chance},
+    }
+    name = f"{args.ckpt} (untrained)" if args.untrained else args.ckpt
+    print_and_write("audio probe", name, rows, record, args.out)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Runs ``vssl probe ARGV``; 0 when done."""
     args, given = parse(build_parser(), argv)
+    if args.modality == "audio":
+        return audio_main(args, given)
+    if args.untrained:
+        raise UserError(
+            "--untrained is for --modality audio; the video baseline is --backbone NAME"
+        )
     name = model_choice(args)
     data, data_given = data_block(args, given)
     clip, sources = clip_settings(PROG, args, given, data_given, flip=False)
@@ -332,6 +433,7 @@ def linear_and_knn_results(
 __all__ = [
     "add_feature_options",
     "attentive_results",
+    "audio_main",
     "build_parser",
     "feature_settings",
     "linear_and_knn_results",

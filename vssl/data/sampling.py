@@ -49,12 +49,21 @@ def clip_indices(start: int, clip_len: int, stride: int, num_frames: int) -> np.
 
 @dataclass(frozen=True)
 class AudioSpan:
-    """An audio view: ``seconds`` of sound centred on the frames ``start .. stop - 1`` (the time
-    from frame ``start`` to frame ``stop``), at ``sample_rate``, mono or stereo.
+    """An audio view: ``seconds`` of sound about the frames ``start .. stop - 1`` (the time from
+    frame ``start`` to frame ``stop``), at ``sample_rate``, mono or stereo.
 
     A sampler returns one under a view name; the dataset puts the waveform there, float32
-    ``(C, round(seconds * sample_rate))`` (`vssl.data.audio.read_audio`). With ``seconds``
-    equal to ``(stop - start) / fps`` the window is the clip's own sound, sample for sample.
+    ``(C, round(seconds * sample_rate))`` (`vssl.data.audio.read_audio`) from `start_time`.
+    With ``offsync`` None the window is centred on the frames: with ``seconds`` equal to
+    ``(stop - start) / fps`` it is the clip's own sound, sample for sample.
+
+    ``offsync`` (seconds, >= 0) places the window as AVID's official training loader does
+    (facebookresearch/AVID-CMA ``sample_snippet`` with ``max_offsync_augm``): the clip lies
+    anywhere from ``offsync`` before the window's start to ``offsync`` after its end, so the
+    window starts uniformly in ``[s + V - seconds - offsync, s + offsync]`` for a clip from
+    ``s`` lasting ``V`` seconds, at ``draw`` (in [0, 1]) of the way along; the range is cut to
+    keep the window inside the video's ``video_frames`` frames when the video is at least
+    ``seconds`` long (the official window lies inside the streams).
     """
 
     start: int
@@ -62,6 +71,15 @@ class AudioSpan:
     seconds: float
     sample_rate: int = 16000
     mono: bool = True
+    offsync: float | None = None
+    draw: float = 0.5
+    video_frames: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.offsync is not None and not self.offsync >= 0:
+            raise ValueError(f"AudioSpan: offsync must be >= 0 seconds, got {self.offsync}")
+        if not 0.0 <= self.draw <= 1.0:
+            raise ValueError(f"AudioSpan: draw must be in [0, 1], got {self.draw}")
 
     @property
     def num_samples(self) -> int:
@@ -70,7 +88,14 @@ class AudioSpan:
 
     def start_time(self, fps: float) -> float:
         """Seconds from frame 0 to the window's first sample, for a video at ``fps``."""
-        return (self.start + self.stop) / (2 * fps) - self.seconds / 2
+        if self.offsync is None:
+            return (self.start + self.stop) / (2 * fps) - self.seconds / 2
+        clip_start, clip_stop = self.start / fps, self.stop / fps
+        low = clip_stop - self.seconds - self.offsync
+        high = clip_start + self.offsync
+        if self.video_frames is not None and self.video_frames / fps >= self.seconds:
+            low, high = max(low, 0.0), min(high, self.video_frames / fps - self.seconds)
+        return low + self.draw * (high - low)
 
 
 class ClipSampler:

@@ -24,10 +24,17 @@ colours stay near mid-grey because a per-clip colour offset that varies a lot fr
 drowns the motion signal in the first layer of a small network trained from scratch (it learned
 nothing in that setting).
 
-Sound (``audio=True``): an AAC track whose content follows the motion (`clip_sound`): a tone
-whose pitch is set by the class and rises with the speed of the motion in each frame, and a
-click at each reversal of an oscillation (a bounce), at the time of the frame where it turns.
-Without ``audio`` the files are silent and exactly as before.
+Sound (``audio=True``): an AAC track whose content follows the motion of the clip
+(`clip_sound`). Four voices of different textures sound together: a harmonic tone, a tremolo
+tone, a train of short pips and a narrow noise band. The pitch of each follows one coordinate of
+the motion frame by frame (`motion_coordinates`): the tone the horizontal travel of the objects,
+the tremolo tone their vertical travel, the pips the rotation, the noise band the zoom, so a
+class is which voice glides and whether up or down, at a rate set by the clip's speed; the other
+voices hold their pitch. Every voice's base pitch, loudness, timbre and a slow vibrato are drawn
+per video (`sound_rng`), so no pitch, loudness or texture tells the class: a random audio network
+does not separate the classes under a linear probe, but one that learns which voice moves with
+the picture does. A click sounds at each reversal of an oscillation (a bounce), at the time of
+the frame where it turns. Without ``audio`` the files are silent and exactly as before.
 
 Units: rates are per frame, so speeds do not depend on the clip length. Distances are fractions
 of ``size``, so the data looks the same at every resolution. Coordinates are in pixels, x to the
@@ -356,6 +363,39 @@ def render_clip(
     )
 
 
+SOUND_VERSION = 2
+"""Bump whenever `clip_sound` changes; recorded in the settings of a dataset with sound, so that
+a folder made with another sound is not reused (the silent datasets are not affected)."""
+
+SOUND_GAINS = (6.0, 6.0, 1.8, 4.8)
+"""Octaves of pitch per unit of each `motion_coordinates` column: per frame size of horizontal
+and vertical travel, per radian of rotation, per unit of log zoom. A normal translation,
+rotation or zoom glides by about 0.18 octaves per frame (4.5 octaves a second at 25 fps): steep
+enough for a small network to learn; under the vibrato a random one does not see it."""
+
+
+def sound_rng(seed: int, class_name: str, index: int) -> np.random.Generator:
+    """The random stream of the sound of video ``index`` of class ``class_name``: apart from
+    `clip_rng`, so that the frames are the same with and without sound."""
+    return np.random.default_rng([seed, zlib.crc32(class_name.encode()), index, 1])
+
+
+def motion_coordinates(clip: SyntheticClip, motion: MotionClass) -> np.ndarray:
+    """The motion of each frame relative to the reference frame ``T // 2``, ``(T, 4)``: the
+    first object's travel relative to the camera pan, to the right and upwards, as fractions of
+    the frame size (translation and oscillation, else 0); the camera's rotation, clockwise in
+    radians; its log zoom."""
+    frames = clip.frames.shape[0]
+    out = np.zeros((frames, 4))
+    if motion.kind in ("translate", "oscillate"):
+        travel = (clip.centres[0] - clip.pan) / clip.frames.shape[1]
+        travel = travel - travel[frames // 2]
+        out[:, 0], out[:, 1] = travel[:, 0], -travel[:, 1]
+    out[:, 2] = clip.rotation
+    out[:, 3] = np.log(clip.scale)
+    return out
+
+
 def frame_speeds(clip: SyntheticClip, motion: MotionClass) -> np.ndarray:
     """How far the motion moves between frames ``t`` and ``t + 1``, ``(T - 1,)``, as a fraction
     of the frame size: the first object's travel relative to the camera pan (translation,
@@ -380,27 +420,73 @@ def bounce_frames(clip: SyntheticClip, motion: MotionClass) -> np.ndarray:
     return turns.astype(np.int64)
 
 
-def clip_sound(
-    clip: SyntheticClip, motion: MotionClass, fps: int, sample_rate: int = SOUND_RATE
+def voice_pitches(
+    clip: SyntheticClip,
+    motion: MotionClass,
+    fps: int,
+    rng: np.random.Generator,
+    sample_rate: int = SOUND_RATE,
 ) -> np.ndarray:
-    """The sound of a clip, float32 ``(1, T * sample_rate / fps)``: a tone of
-    ``200 * 2 ** (c / 6)`` Hz for class ``c`` (its position in `SYNTHETIC_CLASSES`), raised by
-    ``2 ** (speed / 0.04)`` with the frame's `frame_speeds` (one octave for a normal
-    translation), amplitude 0.3; plus a 10 ms decaying click of amplitude 0.6 starting at the
-    time ``t / fps`` of every `bounce_frames` frame ``t``."""
+    """The pitch of the four voices of `clip_sound` at every sample, Hz ``(4, N)``: a base
+    drawn log-uniformly from 200..1600 Hz, raised by `SOUND_GAINS` octaves per unit of the
+    voice's `motion_coordinates` column (linearly interpolated between frames), plus a vibrato of
+    2..5 Hz and 0.075..0.15 octaves; held within 40 Hz .. 0.45 x ``sample_rate``. Draws the
+    first values of ``rng`` (`clip_sound` continues with the same stream)."""
     frames = clip.frames.shape[0]
     n = round(frames * sample_rate / fps)
-    base = 200.0 * 2.0 ** (SYNTHETIC_CLASSES.index(motion) / 6)
-    speeds = frame_speeds(clip, motion)
-    per_frame = np.append(speeds, speeds[-1:] if len(speeds) else [0.0])
-    frame_of = np.minimum(np.arange(n) * fps // sample_rate, frames - 1)
-    freq = base * 2.0 ** (per_frame[frame_of] / 0.04)
-    phase = 2 * np.pi * np.cumsum(freq) / sample_rate
-    sound = 0.3 * np.sin(phase)
+    t = np.arange(n) / sample_rate
+    coords = motion_coordinates(clip, motion)
+    octaves = np.stack(
+        [np.interp(t * fps, np.arange(frames), coords[:, j]) * g for j, g in enumerate(SOUND_GAINS)]
+    )
+    base = np.exp(rng.uniform(np.log(200.0), np.log(1600.0), 4))
+    vib_rate, vib_phase = rng.uniform(2.0, 5.0, 4), rng.uniform(0, 2 * np.pi, 4)
+    vib_depth = rng.uniform(0.075, 0.15, 4)
+    octaves += vib_depth[:, None] * np.sin(2 * np.pi * vib_rate[:, None] * t + vib_phase[:, None])
+    return np.clip(base[:, None] * 2.0**octaves, 40.0, 0.45 * sample_rate)
+
+
+def clip_sound(
+    clip: SyntheticClip,
+    motion: MotionClass,
+    fps: int,
+    rng: np.random.Generator,
+    sample_rate: int = SOUND_RATE,
+) -> np.ndarray:
+    """The sound of a clip, float32 ``(1, T * sample_rate / fps)``: four voices at the pitches
+    of `voice_pitches`, each at a loudness drawn log-uniformly from 0.05..0.2,
+
+    - a tone with its 2nd and 3rd harmonics at 0..0.6 of the fundamental,
+    - a tone under a full tremolo of 12..20 Hz,
+    - a train of 15 ms pips every 40..60 ms,
+    - a noise band of 8 partials spread over +-1/6 octave,
+
+    white noise of 0.001..0.01 (std), and a 10 ms decaying click of amplitude 0.6 starting at
+    the time ``t / fps`` of every `bounce_frames` frame ``t``; clipped to [-1, 1]. ``rng``
+    (`sound_rng`) draws every per-video setting."""
+    frames = clip.frames.shape[0]
+    n = round(frames * sample_rate / fps)
+    t = np.arange(n) / sample_rate
+    pitch = voice_pitches(clip, motion, fps, rng, sample_rate)
+    phase = 2 * np.pi * np.cumsum(pitch, axis=1) / sample_rate
+    loud = np.exp(rng.uniform(np.log(0.05), np.log(0.2), 4))
+    harmonics = rng.uniform(0.0, 0.6, 2)
+    tone = (
+        np.sin(phase[0]) + harmonics[0] * np.sin(2 * phase[0]) + harmonics[1] * np.sin(3 * phase[0])
+    )
+    tremolo_rate, tremolo_phase = rng.uniform(12.0, 20.0), rng.uniform(0, 2 * np.pi)
+    tremolo = np.sin(phase[1]) * (0.5 + 0.5 * np.sin(2 * np.pi * tremolo_rate * t + tremolo_phase))
+    pip_period = rng.uniform(0.04, 0.06)
+    pip_offset = rng.uniform(0, pip_period)
+    pips = np.sin(phase[2]) * (((t + pip_offset) % pip_period) < 0.015)
+    spread, partial_phase = 2.0 ** rng.uniform(-1 / 6, 1 / 6, 8), rng.uniform(0, 2 * np.pi, 8)
+    band = sum(np.sin(phase[3] * s + p) for s, p in zip(spread, partial_phase, strict=True)) / 3
+    sound = loud[0] * tone + loud[1] * tremolo + loud[2] * pips + loud[3] * band
+    sound += rng.uniform(0.001, 0.01) * rng.standard_normal(n)
     length = round(0.01 * sample_rate)
     click = 0.6 * np.exp(-np.arange(length) / (length / 4))
-    for t in bounce_frames(clip, motion):
-        at = round(t * sample_rate / fps)
+    for f in bounce_frames(clip, motion):
+        at = round(f * sample_rate / fps)
         part = click[: max(0, n - at)]
         sound[at : at + len(part)] += part
     return np.clip(sound, -1.0, 1.0).astype(np.float32)[None]
@@ -417,7 +503,11 @@ def _settings(
     audio: bool = False,
 ) -> dict:
     """What defines a synthetic dataset: equal settings mean equal files."""
-    sound = {"audio": {"codec": "aac", "sample_rate": SOUND_RATE}} if audio else {}
+    sound = (
+        {"audio": {"codec": "aac", "sample_rate": SOUND_RATE, "sound": SOUND_VERSION}}
+        if audio
+        else {}
+    )
     return {
         "classes": [m.name for m in motions],
         "videos_per_class": videos_per_class,
@@ -594,7 +684,7 @@ def _write_dataset(
             write_video_with_audio(
                 path,
                 clip.frames,
-                clip_sound(clip, motion, settings["fps"], rate),
+                clip_sound(clip, motion, settings["fps"], sound_rng(seed, motion.name, i), rate),
                 fps=settings["fps"],
                 sample_rate=rate,
                 codec=settings["codec"],

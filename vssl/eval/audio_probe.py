@@ -5,9 +5,11 @@ The task's audio network is frozen; each video gives one window of its sound, ce
 video's centre clip (`vssl.tasks.avid.AudioVisualClip`, the window the task trains on), and the
 pooled audio features of the training split train a linear classifier
 (`vssl.eval.classifiers.train_linear_probe`) that is scored on the test split. On the synthetic
-dataset with sound (``make_synthetic(audio=True)``) the labels are the motion classes, whose
-tone the sound follows. Compare the accuracy with chance (the most common test class) and the
-same probe on the task's untrained audio network (``probe_audio(fresh_task, ...)``).
+dataset with sound (``make_synthetic(audio=True)``) the labels are the motion classes, which the
+sound follows (which voice glides, and which way) under per-video pitches, loudness and vibrato
+that a random network does not see past. Compare the accuracy with chance (the most common test
+class) and the same probe on the task's untrained audio network (`untrained_task`; ``python -m
+vssl probe --modality audio --untrained``).
 
 From Python::
 
@@ -29,12 +31,19 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from vssl.data.datamodule import VideoDataModule
+from vssl.errors import InvalidInputError
 from vssl.eval.classifiers import probe_accuracy, train_linear_probe
 from vssl.eval.features import load_task
 from vssl.tasks.avid import AudioVisualClip
 from vssl.tasks.base import VSSLTask
 
-__all__ = ["AudioProbeResult", "audio_features", "extract_audio_features", "probe_audio"]
+__all__ = [
+    "AudioProbeResult",
+    "audio_features",
+    "extract_audio_features",
+    "probe_audio",
+    "untrained_task",
+]
 
 
 @dataclass(frozen=True)
@@ -49,14 +58,24 @@ class AudioProbeResult:
     num_test: int
 
 
-def _audio_backbone(task: VSSLTask) -> Any:
+def _audio_backbone(task: VSSLTask, source: str | Path | None = None) -> Any:
     backbone = getattr(task, "audio_backbone", None)
     if backbone is None:
-        raise ValueError(
-            f"{type(task).__name__} has no audio backbone: the audio probe needs an "
+        where = f"{source}: " if source is not None else ""
+        raise InvalidInputError(
+            f"{where}{type(task).__name__} has no audio backbone: the audio probe needs an "
             f"audio-visual task (AVID, VATT)"
         )
     return backbone
+
+
+def untrained_task(task: VSSLTask, seed: int = 0) -> VSSLTask:
+    """The same task as ``task`` (its class and hyperparameters) with fresh random weights
+    drawn under ``seed``, in eval mode: the audio probe's baseline."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        fresh = type(task)(**dict(task.hparams))
+    return fresh.eval()
 
 
 @torch.no_grad()
@@ -108,17 +127,27 @@ def probe_audio(
     steps: int = 300,
     lr: float = 0.1,
     seed: int = 0,
+    untrained: bool = False,
+    data_options: dict[str, Any] | None = None,
 ) -> AudioProbeResult:
     """Linear-probe accuracy of ``task``'s frozen audio backbone (a task or a Lightning
     checkpoint of AVID or VATT) on the test split of the dataset at ``root``.
 
     The audio window is the task's own (``audio_seconds`` at ``sample_rate``, mono), centred on
     the centre clip of ``clip_len`` frames every ``stride``; videos without sound are left out
-    (logged). ``steps``, ``lr``, ``seed``: of `train_linear_probe`.
+    (logged). ``steps``, ``lr``, ``seed``: of `train_linear_probe`. ``untrained``: probe
+    `untrained_task` (seeded by ``seed``) instead, the baseline. ``data_options``: more
+    `VideoDataModule` settings (``fold``, ``annotations``, ``backend``, ...).
+
+    Raises `InvalidInputError` for a task without an audio network and for a split without a
+    video with sound, naming the checkpoint or the dataset.
     """
+    source = None if isinstance(task, VSSLTask) else task
     if not isinstance(task, VSSLTask):
         task = load_task(task)
-    _audio_backbone(task)
+    _audio_backbone(task, source)
+    if untrained:
+        task = untrained_task(task, seed).to(next(task.parameters()).device)
     seconds, rate = getattr(task, "audio_seconds", None), getattr(task, "sample_rate", None)
     if seconds is None or rate is None:
         raise ValueError(f"{type(task).__name__} sets no audio window (audio_seconds, sample_rate)")
@@ -133,12 +162,19 @@ def probe_audio(
         decode_size=decode_size,
         flip=False,
         cache_dir=cache_dir,
+        **(data_options or {}),
     )
     sampler = AudioVisualClip(clip_len, stride, seconds, rate, True, random=False)
     transform = task.clip_transform("val", data.clip_spec)
     splits = {}
     for stage in ("train", "val"):
-        dataset = data.build_dataset(stage, sampler=sampler, transform=transform)
+        try:
+            dataset = data.build_dataset(stage, sampler=sampler, transform=transform)
+        except ValueError as err:
+            split = train_split if stage == "train" else test_split
+            raise InvalidInputError(
+                f"{root}: split {split!r}: {err} (the audio probe needs videos with sound)"
+            ) from err
         splits[stage] = extract_audio_features(task, dataset, batch_size, num_workers)
     (train_x, train_y), (test_x, test_y) = splits["train"], splits["val"]
     num_classes = len(data.classes)

@@ -6,9 +6,12 @@ https://arxiv.org/abs/2004.12943. vssl follows the official code (facebookresear
 ``NCECriterion``, ``models/av_wrapper.py``, ``configs/main/avid/kinetics/Cross-N1024.yaml``):
 
 - Sampling (`AudioVisualClip`): one clip of ``clip_len`` frames every ``stride`` frames at a
-  random start (the centre clip in evaluation), and ``audio_seconds`` of sound centred on it
-  (official: 0.5 s of video at 16 fps, 2 s of audio at 24 kHz). Videos without an audio stream
-  are left out when the dataset is built (one logged count).
+  random start (the centre clip in evaluation), and ``audio_seconds`` of sound (official: 0.5 s
+  of video at 16 fps, 2 s of audio at 24 kHz). In training the window is placed as the official
+  loader does with ``max_offsync_augm=0.5`` (``audio_offsync``; `vssl.data.sampling.AudioSpan`):
+  the clip lies anywhere from 0.5 s before the window's start to 0.5 s after its end, the window
+  inside the video; in evaluation it is centred on the clip. Videos without an audio stream are
+  left out when the dataset is built (one logged count).
 - Audio input: in training each waveform's volume is scaled by a factor uniform in
   ``1 +- volume_jitter`` (`volume_jitter`; official ``AudioPrepLibrosa``: 10%), then a log
   spectrogram on the device (`vssl.data.audio.LogMelSpectrogram`; official: ``n_fft`` 512 at 100
@@ -37,9 +40,8 @@ https://arxiv.org/abs/2004.12943. vssl follows the official code (facebookresear
 Evaluation stages have no memory of their videos: their loss is the in-batch cross-modal
 InfoNCE (each clip against the batch's audio, and each audio against the batch's clips), and
 ``xmodal_acc`` (logged in every stage) is the share of clips whose own audio is the nearest of
-the batch's. The official audio offset jitter (up to 0.5 s between clip and sound) and CMA (the
-cross-modal agreement stage of the paper) are not part of vssl's AVID; `docs/fidelity.md` lists
-every setting against the official code.
+the batch's. CMA (the cross-modal agreement stage of the paper) is not part of vssl's AVID;
+`docs/fidelity.md` lists every setting against the official code.
 """
 
 from __future__ import annotations
@@ -71,9 +73,12 @@ __all__ = [
 
 @dataclass
 class AudioVisualClip(ClipSampler):
-    """One clip (``video``) and ``audio_seconds`` of its sound centred on it (``audio``).
+    """One clip (``video``) and ``audio_seconds`` of its sound (``audio``).
 
-    ``random``: a uniformly random start (training); otherwise the centre clip.
+    ``random``: a uniformly random start (training); otherwise the centre clip. ``offsync``
+    None: the sound is centred on the clip; seconds >= 0, with ``random``: the window is placed
+    by AVID's official rule (`AudioSpan`'s ``offsync``), one uniform draw per sample after the
+    clip's start. The evaluation clip's sound is always centred.
     """
 
     clip_len: int = 8
@@ -82,6 +87,7 @@ class AudioVisualClip(ClipSampler):
     sample_rate: int = 24000
     mono: bool = True
     random: bool = True
+    offsync: float | None = None
 
     needs_audio = True
 
@@ -92,6 +98,8 @@ class AudioVisualClip(ClipSampler):
                 f"audio_seconds and sample_rate must be positive, got {self.audio_seconds} and "
                 f"{self.sample_rate}"
             )
+        if self.offsync is not None and not self.offsync >= 0:
+            raise ValueError(f"offsync must be >= 0 seconds or None, got {self.offsync}")
 
     def __call__(self, num_frames: int, rng: np.random.Generator) -> dict[str, Any]:
         span = _clip_span(self.clip_len, self.stride)
@@ -99,7 +107,18 @@ class AudioVisualClip(ClipSampler):
             start = int(rng.integers(0, num_frames - span + 1)) if num_frames >= span else 0
         else:
             start = int(UniformClips(self.clip_len, self.stride, 1).starts(num_frames)[0])
-        audio = AudioSpan(start, start + span, self.audio_seconds, self.sample_rate, self.mono)
+        offsync = self.offsync if self.random else None
+        draw = float(rng.random()) if offsync is not None else 0.5
+        audio = AudioSpan(
+            start,
+            start + span,
+            self.audio_seconds,
+            self.sample_rate,
+            self.mono,
+            offsync=offsync,
+            draw=draw,
+            video_frames=num_frames,
+        )
         return {
             "video": clip_indices(start, self.clip_len, self.stride, num_frames),
             "audio": audio,
@@ -226,6 +245,9 @@ class AVID(VSSLTask):
         audio_seconds, sample_rate: the audio window (official 2 s at 24 kHz).
         audio_volume_jitter: in training, each waveform is scaled by a factor uniform in
             ``1 +- audio_volume_jitter`` (`volume_jitter`; official 0.1); 0 turns it off.
+        audio_offsync: in training, how far (seconds) the clip may lie outside its sound
+            window, placed by the official rule (`AudioVisualClip`; official
+            ``max_offsync_augm`` 0.5); None centres the window on the clip.
         n_fft, spectrogram_fps, n_mels: the log spectrogram (official 512, 100, None: 257
             linear bins).
         optimizer, lr, weight_decay, lr_schedule: official Adam, lr 2e-4, weight decay 1e-5,
@@ -252,6 +274,7 @@ class AVID(VSSLTask):
         audio_seconds: float = 2.0,
         sample_rate: int = 24000,
         audio_volume_jitter: float = 0.1,
+        audio_offsync: float | None = 0.5,
         n_fft: int = 512,
         spectrogram_fps: float = 100.0,
         n_mels: int | None = None,
@@ -281,7 +304,9 @@ class AVID(VSSLTask):
             )
         if not spectrogram_fps > 0:
             raise ValueError(f"spectrogram_fps must be positive, got {spectrogram_fps}")
-        AudioVisualClip(audio_seconds=audio_seconds, sample_rate=sample_rate)  # checks the two
+        AudioVisualClip(  # checks the three
+            audio_seconds=audio_seconds, sample_rate=sample_rate, offsync=audio_offsync
+        )
         if not 0.0 <= audio_volume_jitter < 1.0:
             raise ValueError(f"audio_volume_jitter must be in [0, 1), got {audio_volume_jitter}")
         self.audio_backbone = build_audio(audio_backbone, **(audio_backbone_kwargs or {}))
@@ -302,12 +327,20 @@ class AVID(VSSLTask):
         self.audio_seconds, self.sample_rate = audio_seconds, sample_rate
         self.memory_size = memory_size
         self.audio_volume_jitter = audio_volume_jitter
+        self.audio_offsync = audio_offsync
 
     # ---------------------------------------------------------------- data
     def clip_sampler(self, stage: str, spec: ClipSpec) -> ClipSampler:
-        """A clip and its sound: a random clip in training, the centre clip otherwise."""
+        """A clip and its sound: a random clip with the official window jitter in training, the
+        centre clip with its centred sound otherwise."""
         return AudioVisualClip(
-            spec.clip_len, spec.stride, self.audio_seconds, self.sample_rate, True, stage == "train"
+            spec.clip_len,
+            spec.stride,
+            self.audio_seconds,
+            self.sample_rate,
+            True,
+            stage == "train",
+            offsync=self.audio_offsync,
         )
 
     def setup(self, stage: str) -> None:
