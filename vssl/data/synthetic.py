@@ -31,10 +31,11 @@ the motion frame by frame (`motion_coordinates`): the tone the horizontal travel
 the tremolo tone their vertical travel, the pips the rotation, the noise band the zoom, so a
 class is which voice glides and whether up or down, at a rate set by the clip's speed; the other
 voices hold their pitch. Every voice's base pitch, loudness, timbre and a slow vibrato are drawn
-per video (`sound_rng`), so no pitch, loudness or texture tells the class: a random audio network
-does not separate the classes under a linear probe, but one that learns which voice moves with
-the picture does. A click sounds at each reversal of an oscillation (a bounce), at the time of
-the frame where it turns. Without ``audio`` the files are silent and exactly as before.
+per video (`sound_rng`), so no pitch, loudness or texture tells the class: under a linear probe
+a random audio network separates the classes little better than chance, and a network has to
+learn which voice moves with the picture to do better. A click sounds at each reversal of an
+oscillation (a bounce), at the time of the frame where it turns. Without ``audio`` the files
+are silent and exactly as before.
 
 Units: rates are per frame, so speeds do not depend on the clip length. Distances are fractions
 of ``size``, so the data looks the same at every resolution. Coordinates are in pixels, x to the
@@ -371,7 +372,7 @@ SOUND_GAINS = (6.0, 6.0, 1.8, 4.8)
 """Octaves of pitch per unit of each `motion_coordinates` column: per frame size of horizontal
 and vertical travel, per radian of rotation, per unit of log zoom. A normal translation,
 rotation or zoom glides by about 0.18 octaves per frame (4.5 octaves a second at 25 fps): steep
-enough for a small network to learn; under the vibrato a random one does not see it."""
+enough for a small network to learn; under the vibrato a random one sees little of it."""
 
 
 def sound_rng(seed: int, class_name: str, index: int) -> np.random.Generator:
