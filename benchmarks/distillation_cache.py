@@ -20,12 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import lightning
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 
 from vssl.data.datamodule import VideoDataModule
 from vssl.data.synthetic import make_synthetic
+from vssl.eval.features import save_task
 from vssl.tasks import Distillation, Rotation
 
 
@@ -51,21 +51,7 @@ class Clock(Callback):
 
 def save_teacher(path: Path, backbone: str) -> Path:
     """A Rotation checkpoint of ``backbone`` as LightningCLI writes one."""
-    task = Rotation(backbone=backbone, online_probe=False)
-    hparams = {
-        **dict(task.hparams),
-        "_class_path": "vssl.tasks.rotation.Rotation",
-        "_instantiator": "lightning.pytorch.cli.instantiate_module",
-    }
-    torch.save(
-        {
-            "state_dict": task.state_dict(),
-            "hyper_parameters": hparams,
-            "pytorch-lightning_version": lightning.__version__,
-        },
-        path,
-    )
-    return path
+    return save_task(Rotation(backbone=backbone, online_probe=False), path)
 
 
 def run(args: argparse.Namespace, teacher: Path, cache: Path | None) -> Clock:

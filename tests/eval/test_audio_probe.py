@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -20,6 +19,7 @@ from vssl.eval.audio_probe import (
     untrained_task,
 )
 from vssl.eval.classifiers import probe_accuracy, train_linear_probe
+from vssl.eval.features import save_task
 from vssl.tasks import AVID, VATT, Supervised
 from vssl.tasks.avid import AudioVisualClip
 
@@ -106,23 +106,12 @@ def test_untrained_task_is_the_same_task_with_fresh_weights() -> None:
         assert torch.equal(a, b)
 
 
-def _checkpoint(task: torch.nn.Module, path: Path) -> Path:
-    """``task`` saved as Lightning saves a checkpoint (its hyperparameters and weights)."""
-    state = {
-        "state_dict": task.state_dict(),
-        "hyper_parameters": dict(task.hparams),
-        "pytorch-lightning_version": pl.__version__,
-    }
-    torch.save(state, path)
-    return path
-
-
 def test_cli_audio_probe(
     sound_synthetic: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     torch.manual_seed(0)
     task = AVID(**AVID_TINY)
-    ckpt = _checkpoint(task, tmp_path / "avid.ckpt")
+    ckpt = save_task(task, tmp_path / "avid.ckpt")
     common = ["--ckpt", str(ckpt), "--data.root", str(sound_synthetic), "--clip-len", "4"]
     common += ["--stride", "2", "--decode-size", "32", "--steps", "50"]
     settings = {"clip_len": 4, "stride": 2, "decode_size": 32, "steps": 50}
@@ -149,7 +138,7 @@ def test_cli_audio_probe(
 def test_cli_audio_probe_errors(
     sound_synthetic: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    video_only = _checkpoint(Supervised(backbone="tiny3d", num_classes=2), tmp_path / "sup.ckpt")
+    video_only = save_task(Supervised(backbone="tiny3d", num_classes=2), tmp_path / "sup.ckpt")
     data = ["--data.root", str(sound_synthetic)]
     assert main(["probe", "--modality", "audio", "--ckpt", str(video_only), *data]) == 2
     err = capsys.readouterr().err.strip()
@@ -160,7 +149,7 @@ def test_cli_audio_probe_errors(
     assert main(["probe", "--modality", "audio", "--backbone", "tiny3d", *data]) == 2
     assert "give --ckpt CKPT of an AVID or VATT run" in capsys.readouterr().err
     silent = make_synthetic(tmp_path / "silent", classes=2, videos_per_class=2, frames=8, size=16)
-    avid = _checkpoint(AVID(**AVID_TINY), tmp_path / "avid.ckpt")
+    avid = save_task(AVID(**AVID_TINY), tmp_path / "avid.ckpt")
     argv = ["probe", "--modality", "audio", "--ckpt", str(avid), "--data.root", str(silent)]
     assert main([*argv, "--clip-len", "4", "--decode-size", "16"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

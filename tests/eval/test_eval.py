@@ -28,10 +28,11 @@ from vssl.eval import (
     load_task,
     probe_accuracy,
     retrieval_recall,
+    save_task,
     train_linear_probe,
 )
 from vssl.eval.finetune import build_finetune_model, multi_clip_accuracy
-from vssl.tasks import Supervised
+from vssl.tasks import Rotation, Supervised
 
 T = torch.tensor
 
@@ -292,6 +293,19 @@ def test_load_task_with_and_without_recorded_class(tiny_ckpt, tmp_path):
         task.backbone,
         build_finetune_model(4, backbone="tiny3d", backbone_kwargs={"width": 4}).backbone,
     )
+
+
+def test_save_task_writes_what_load_task_reads_back(tmp_path):
+    torch.manual_seed(0)
+    task = Rotation(backbone="tiny3d", backbone_kwargs={"width": 4}, online_probe=False)
+    path = save_task(task, tmp_path / "rotation.ckpt")
+    data = torch.load(path, weights_only=True)
+    assert data["hyper_parameters"]["_class_path"] == "vssl.tasks.rotation.Rotation"
+    loaded = load_task(path)
+    assert type(loaded) is Rotation and not loaded.training
+    assert loaded.hparams.backbone_kwargs == {"width": 4}
+    assert loaded.state_dict().keys() == task.state_dict().keys()
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in task.state_dict().items())
 
 
 def test_load_task_refuses_pickled_objects_unless_trusted(tiny_ckpt, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import lightning
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
@@ -13,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from vssl.errors import MissingInputError, UserError
-from vssl.eval.features import load_task
+from vssl.eval.features import load_task, save_task
 from vssl.heads import DistillationProjectionHead
 from vssl.tasks import Distillation, Rotation
 from vssl.tasks.distillation import distillation_loss
@@ -29,18 +28,7 @@ def save_teacher(path: Path, width: int, seed: int = 0) -> Path:
         if isinstance(module, nn.BatchNorm3d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
-    hparams = {
-        **dict(task.hparams),
-        "_class_path": "vssl.tasks.rotation.Rotation",
-        "_instantiator": "lightning.pytorch.cli.instantiate_module",
-    }
-    ckpt = {
-        "state_dict": task.state_dict(),
-        "hyper_parameters": hparams,
-        "pytorch-lightning_version": lightning.__version__,
-    }
-    torch.save(ckpt, path)
-    return path
+    return save_task(task, path)
 
 
 def clips(n: int, seed: int) -> Tensor:

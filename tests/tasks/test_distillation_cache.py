@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning
 import numpy as np
 import pytest
 import torch
@@ -15,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from vssl.data.datamodule import VideoDataModule
 from vssl.errors import UserError
+from vssl.eval.features import save_task
 from vssl.tasks import Distillation, Rotation
 from vssl.tasks import distillation as distillation_module
 from vssl.tasks.teacher_cache import (
@@ -39,20 +39,7 @@ def save_teacher(path: Path, width: int = 16, seed: int = 0) -> Path:
         if isinstance(module, nn.BatchNorm3d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
-    hparams = {
-        **dict(task.hparams),
-        "_class_path": "vssl.tasks.rotation.Rotation",
-        "_instantiator": "lightning.pytorch.cli.instantiate_module",
-    }
-    torch.save(
-        {
-            "state_dict": task.state_dict(),
-            "hyper_parameters": hparams,
-            "pytorch-lightning_version": lightning.__version__,
-        },
-        path,
-    )
-    return path
+    return save_task(task, path)
 
 
 def datamodule(root: Path, cache: Path, crop_size: int = 24) -> VideoDataModule:

@@ -21,6 +21,7 @@ from vssl.eval.features import (
     extract_features,
     load_task,
     resolve_data_settings,
+    save_task,
 )
 from vssl.eval.retrieval import retrieval_recall
 
@@ -41,6 +42,7 @@ __all__ = [
     "knn_scores",
     "label_fraction_indices",
     "load_task",
+    "save_task",
     "probe_accuracy",
     "resolve_data_settings",
     "retrieval_recall",

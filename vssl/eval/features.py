@@ -155,6 +155,31 @@ def load_task(ckpt: str | Path, trust: bool = False) -> VSSLTask:
     )
 
 
+def save_task(task: VSSLTask, path: str | Path) -> Path:
+    """Write ``task`` as a checkpoint that `load_task` (so ``vssl probe --ckpt``, a
+    `~vssl.tasks.Distillation` teacher, ``vssl export``) reads back: its weights and
+    hyperparameters, with the class path and instantiator LightningCLI records, for a task
+    built in Python rather than trained by ``vssl fit``."""
+    import lightning
+
+    cls = type(task)
+    hparams = {
+        **dict(task.hparams),
+        "_class_path": f"{cls.__module__}.{cls.__qualname__}",
+        "_instantiator": "lightning.pytorch.cli.instantiate_module",
+    }
+    path = Path(path)
+    torch.save(
+        {
+            "state_dict": task.state_dict(),
+            "hyper_parameters": hparams,
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        path,
+    )
+    return path
+
+
 def checkpoint_data_settings(ckpt: str | Path, trust: bool = False) -> dict[str, Any] | None:
     """The training data settings (the keys of `DATA_DEFAULTS`) that a checkpoint records.
 
