@@ -33,9 +33,11 @@ from vssl.errors import UserError
 from vssl.eval.attentive import attentive_probe, extract_tokens
 from vssl.eval.audio_probe import probe_audio
 from vssl.eval.classifiers import (
+    FeatureNormName,
     knn_accuracy,
     label_fraction_indices,
     probe_accuracy,
+    probe_fit,
     train_linear_probe,
 )
 from vssl.eval.features import (
@@ -47,6 +49,7 @@ from vssl.eval.features import (
 )
 
 PROG = "vssl probe"
+DEFAULT_FEATURES_NORM: FeatureNormName = "l2"
 
 
 def add_feature_options(parser: ArgumentParser, clips: int, crops: int) -> None:
@@ -118,6 +121,15 @@ def build_parser() -> ArgumentParser:
         nargs="+",
         default=[1.0, 0.1, 0.01],
         help="fractions of the training labels (per-class stratified)",
+    )
+    parser.add_argument(
+        "--features-norm",
+        type=FeatureNormName,
+        default=DEFAULT_FEATURES_NORM,
+        help="what the linear probe and the kNN see of the pooled features, with statistics of "
+        "the training features: l2 (each feature over its norm), center (minus the training "
+        "mean, then l2), standardize (minus the training mean, over the training standard "
+        "deviation per dimension: MAE's linear probe); kNN takes the cosine after it",
     )
     parser.add_argument("--knn-k", type=int, default=20, help="neighbours that vote in the kNN")
     parser.add_argument(
@@ -233,7 +245,7 @@ def linear_results(
     and the table's rows. Another classifier on the same features goes next to this one."""
     num_classes = len(train.classes)
     train_x = train.feats.reshape(len(train.paths), views, -1)
-    accuracies, videos, rows = {}, {}, []
+    accuracies, videos, fits, rows = {}, {}, {}, []
     for fraction in args.fractions:
         idx = label_fraction_indices(train.labels, fraction, seed=args.seed)
         probe = train_linear_probe(
@@ -245,13 +257,18 @@ def linear_results(
             weight_decay=args.weight_decay,
             batch_size=args.probe_batch_size,
             seed=args.seed,
+            normalize=args.features_norm,
+        )
+        fit = probe_fit(
+            probe, train_x[idx].flatten(0, 1), train.labels[idx].repeat_interleave(views)
         )
         acc = probe_accuracy(probe, test.feats, test.labels)
         accuracies[str(fraction)], videos[str(fraction)] = acc, int(idx.numel())
+        fits[str(fraction)] = {"loss": fit.loss, "accuracy": fit.accuracy}
         rows.append(
             (f"linear top-1 ({fraction:.0%} labels, {idx.numel()} videos)", f"{100 * acc:.2f}")
         )
-    return {"linear": accuracies, "train_videos": videos}, rows
+    return {"linear": accuracies, "train_videos": videos, "linear_train_fit": fits}, rows
 
 
 def audio_main(args: Namespace, given: Namespace) -> int:
@@ -352,7 +369,7 @@ def main(argv: list[str]) -> int:
         title = "attentive probe"
     else:
         results, rows = linear_and_knn_results(args, train, test, max(1, args.train_views))
-        title = "linear probe and kNN"
+        title = f"linear probe and kNN ({args.features_norm} features)"
     probe_keys = (
         "head",
         "train_views",
@@ -375,7 +392,15 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-LINEAR_KEYS = ("steps", "lr", "weight_decay", "probe_batch_size", "knn_k", "knn_temperature")
+LINEAR_KEYS = (
+    "steps",
+    "lr",
+    "weight_decay",
+    "probe_batch_size",
+    "features_norm",
+    "knn_k",
+    "knn_temperature",
+)
 ATTENTIVE_KEYS = (
     "attentive_epochs",
     "attentive_lr",
@@ -424,6 +449,7 @@ def linear_and_knn_results(
         len(train.classes),
         k=args.knn_k,
         temperature=args.knn_temperature,
+        normalize=args.features_norm,
     )
     results["knn"] = knn
     rows.append((f"kNN top-1 (k={args.knn_k}, T={args.knn_temperature:g})", f"{100 * knn:.2f}"))
