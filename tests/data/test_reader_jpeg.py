@@ -11,6 +11,7 @@ wrong sidecar must never give wrong frames, and the reader never writes beside a
 from __future__ import annotations
 
 import io
+import math
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -25,9 +26,10 @@ from conftest import code_frame, read_frame_index
 from PIL import Image
 
 from vssl.data.prepare import prepare
-from vssl.data.reader import VideoDecodeError, VideoReader, open_reader
+from vssl.data.reader import VideoDecodeError, VideoReader, open_reader, reader_class
 from vssl.data.reader_jpeg import (
     SIDECAR_SUFFIX,
+    FastJpegReader,
     JpegIndex,
     JpegReader,
     _IndexCache,
@@ -526,3 +528,87 @@ def test_an_exif_rotation_is_ignored_as_ffmpeg_ignores_it(tmp_path):
         with open_reader(path, "jpeg") as reader:
             assert [read_frame_index(f) for f in reader.get_frames([5, 1, 7])] == [5, 1, 7]
     assert reader._index is not None
+
+
+def _colour_frame(i: int) -> np.ndarray:
+    """A colour gradient with two saturated squares moving by ``i`` pixels: sharp chroma
+    edges, where the fast chroma upsampling departs most from the smooth one."""
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
+    image = np.stack([x * 255 // (WIDTH - 1), y * 255 // (HEIGHT - 1), np.full_like(x, 128)], -1)
+    image[6 + i : 22 + i, 8:30] = (220, 30, 40)
+    image[24:44, 34 + i : 56 + i] = (20, 60, 230)
+    return image.astype(np.uint8)
+
+
+def _write_colour(path: Path) -> Path:
+    """8 colour frames as ``vssl prepare`` writes MJPEG (yuvj420p, quantiser 2 to 4)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=25)
+        stream.height, stream.width, stream.pix_fmt = HEIGHT, WIDTH, "yuvj420p"
+        stream.codec_context.qmin, stream.codec_context.qmax = 2, 4
+        for i in range(8):
+            image = av.VideoFrame.from_ndarray(_colour_frame(i), format="rgb24")
+            image.pts, image.time_base = i, Fraction(1, 25)
+            container.mux(stream.encode(image))
+        container.mux(stream.encode())
+    return path
+
+
+def test_auto_is_the_fast_decode_and_jpeg_the_exact_one(files):
+    assert reader_class("auto") is FastJpegReader and reader_class("jpeg_fast") is FastJpegReader
+    assert reader_class("jpeg") is JpegReader and not JpegReader.fast_decode
+    indices = _indices(COUNT)
+    for name in ("mjpeg-mp4", "mjpeg-gap"):
+        with open_reader(files[name], "jpeg") as exact, open_reader(files[name], "auto") as fast:
+            assert type(fast) is FastJpegReader and fast.fast_decode
+            got = fast.get_frames(indices)
+            assert [read_frame_index(f) for f in got] == [
+                read_frame_index(f) for f in exact.get_frames(indices)
+            ]
+            clip = fast.get_frames(np.arange(3, 34, 2))
+            assert [read_frame_index(f) for f in clip] == [
+                read_frame_index(f) for f in exact.get_frames(np.arange(3, 34, 2))
+            ]
+            assert clip.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fast_frames_are_libjpeg_turbos_fast_decode_as_close_to_the_source(tmp_path):
+    path = _write_colour(tmp_path / "colour.mp4")
+    index = build_jpeg_index(path)
+    data = path.read_bytes()
+    source = torch.from_numpy(np.stack([_colour_frame(i) for i in range(8)])).permute(0, 3, 1, 2)
+    with open_reader(path, "jpeg") as exact_reader, open_reader(path, "jpeg_fast") as reader:
+        exact = exact_reader.get_frames(range(8))
+        fast = reader.get_frames(range(8))
+        half = (HEIGHT // 2, WIDTH // 2)  # libjpeg's scaled decoding, 1/2
+        scaled = reader.get_frames(range(8), size=half)
+        assert _mean_difference(scaled, exact_reader.get_frames(range(8), size=half)) < 4
+    for i in range(8):
+        jpeg = data[index.offsets[i] : index.offsets[i] + index.sizes[i]]
+        expected = simplejpeg.decode_jpeg(jpeg, "RGB", fastdct=True, fastupsample=True)
+        assert torch.equal(fast[i], torch.from_numpy(expected).permute(2, 0, 1))
+    assert not torch.equal(fast, exact)
+    assert _mean_difference(fast, exact) < 4  # rounding, and chroma edges a pixel sharper
+
+    def error(frames: torch.Tensor) -> float:
+        return _mean_difference(frames, source)
+
+    def psnr(frames: torch.Tensor) -> float:
+        mse = float(((frames.float() - source.float()) ** 2).mean())
+        return 10 * math.log10(255**2 / mse)
+
+    # what training sees is as close to the frames the file was made from either way
+    assert error(fast) < error(exact) + 0.5
+    assert psnr(fast) > psnr(exact) - 0.5
+
+
+def test_a_sidecar_whose_largest_frame_is_not_its_last_is_read(files, tmp_path):
+    """Each frame must lie inside the file; the largest offset plus the largest size need not."""
+    index = build_jpeg_index(files["mjpeg-mp4"])
+    offsets = np.array([0, 5000, 5010], dtype=np.int64)
+    sizes = np.array([4000, 10, 90], dtype=np.int64)  # 5010 + 4000 is past the end
+    fields = {**vars(index), "offsets": offsets, "sizes": sizes, "file_size": 5100}
+    again = JpegIndex.from_bytes(JpegIndex(**fields).to_bytes())
+    assert again is not None and again.sizes.tolist() == [4000, 10, 90]
+    past = JpegIndex(**{**fields, "sizes": np.array([4000, 10, 91], dtype=np.int64)})
+    assert JpegIndex.from_bytes(past.to_bytes()) is None  # the last frame ends past the file

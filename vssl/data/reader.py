@@ -681,11 +681,13 @@ BACKENDS: dict[str, type[VideoReader] | str] = {
     "torchcodec": "vssl.data.reader_torchcodec:TorchCodecReader",
     "decord": "vssl.data.reader_decord:DecordReader",
     "jpeg": "vssl.data.reader_jpeg:JpegReader",
-    "auto": "vssl.data.reader_jpeg:JpegReader",
+    "jpeg_fast": "vssl.data.reader_jpeg:FastJpegReader",
+    "auto": "vssl.data.reader_jpeg:FastJpegReader",
 }
 """Reader classes by backend name, a class or ``"module:Class"`` imported on first use; register
-a subclass of VideoReader to add one. ``"auto"`` (`VideoDataset`'s default) is ``"jpeg"``:
-MJPEG decoded with libjpeg-turbo, every other codec with PyAV."""
+a subclass of VideoReader to add one. ``"auto"`` (`VideoDataset`'s default) is ``"jpeg_fast"``:
+MJPEG decoded with libjpeg-turbo's fast IDCT and chroma upsampling, every other codec with PyAV;
+``"jpeg"`` decodes MJPEG exactly as OpenCV does."""
 
 
 def reader_class(backend: str, path: str | Path | None = None) -> type[VideoReader]:

@@ -10,7 +10,9 @@ per frame: no container is opened and nothing is demuxed. Without one, the packe
 frames are demuxed with PyAV, decoding nothing. Either way libjpeg-turbo (through `simplejpeg`)
 decodes and converts YCbCr to RGB in one pass, straight into the clip's buffer, roughly half the
 CPU time of FFmpeg's decoder followed by swscale's conversion and a copy out of PyAV's frame.
-CPU frames come back as a channels-last view of that buffer. A frame wanted below the
+CPU frames come back as a channels-last view of that buffer. Backend ``"jpeg"`` decodes as
+OpenCV does; ``"jpeg_fast"`` (:class:`FastJpegReader`, what ``"auto"`` is) uses libjpeg-turbo's
+fast IDCT and chroma upsampling, a little faster. A frame wanted below the
 stored size is decoded at 1/2, 1/4 or 1/8 scale inside libjpeg (scaled IDCT) when that still
 covers the output, then area-resized. ``device="cuda"`` decodes the frames of a call in one
 batch on the GPU with nvJPEG (torchcodec's ``decode_jpeg``, else torchvision's) and returns them
@@ -158,7 +160,7 @@ class JpegIndex:
             return None
         body = np.frombuffer(data, "<i8", 2 * n, start).astype(np.int64)
         offsets, sizes = body[:n], body[n:]
-        if offsets.min() < 0 or sizes.min() <= 0 or offsets.max() + sizes.max() > file_size:
+        if offsets.min() < 0 or sizes.min() <= 0 or int((offsets + sizes).max()) > file_size:
             return None
         return cls(
             offsets=offsets,
@@ -344,7 +346,12 @@ def clear_index_cache() -> None:
 class JpegReader(VideoReader):
     """Random access to the frames of one video; MJPEG decoded with libjpeg-turbo (or nvJPEG
     with ``device="cuda"``), from its :class:`JpegIndex` when it has one, every other codec
-    with PyAV as :class:`VideoReader` does."""
+    with PyAV as :class:`VideoReader` does. Frames decode exactly as OpenCV's (and PIL's)
+    libjpeg-turbo decode does: accurate integer IDCT, smooth chroma upsampling."""
+
+    fast_decode: bool = False
+    """Decode with libjpeg-turbo's fast integer IDCT and plain (merged) chroma upsampling on
+    the CPU (:class:`FastJpegReader`, backend ``"jpeg_fast"``)."""
 
     def __init__(
         self,
@@ -594,6 +601,7 @@ class JpegReader(VideoReader):
         scaled = shape[:2] != (height, width)
         scratch = np.empty(shape, dtype=np.uint8) if scaled else None
         timed = self.decode_timeout is not None
+        fast = self.fast_decode
         done: dict[int, int] = {}
         for row, (key, data) in enumerate(zip(keys, images, strict=True)):
             if key in done:  # one packet on screen at several wanted indices
@@ -607,6 +615,8 @@ class JpegReader(VideoReader):
                 image = simplejpeg.decode_jpeg(
                     data,
                     "RGB",
+                    fastdct=fast,
+                    fastupsample=fast,
                     min_height=shape[0],
                     min_width=shape[1],
                     min_factor=factor,
@@ -643,3 +653,17 @@ class JpegReader(VideoReader):
             frames = resize(frames, [height, width], antialias=True)
         rows = torch.tensor([unique[key] for key in keys], device=frames.device)
         return frames.index_select(0, rows)
+
+
+class FastJpegReader(JpegReader):
+    """:class:`JpegReader` with libjpeg-turbo's fast decode on the CPU (backend ``"jpeg_fast"``,
+    and ``"auto"``): the fast integer IDCT (``JDCT_IFAST``) and chroma upsampled by pixel
+    replication merged with the colour conversion, instead of the accurate IDCT and the smooth
+    (triangle-filter) upsampling. Pixels are no longer OpenCV's: they differ from the exact
+    decode by rounding, and most at sharp colour edges (where 4:2:0 coding has already blurred
+    the colour), while staying as close to the frames the file was made from (the README's
+    data section has the figures). nvJPEG (``device="cuda"``) has no fast mode and decodes as
+    :class:`JpegReader`.
+    """
+
+    fast_decode = True
