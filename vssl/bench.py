@@ -18,18 +18,30 @@ evaluation datasets, clean and corrupted. A grid file::
         teachers: [rspnet, {method: videomae, backbone: vit_tiny}]
       # a method's own evaluation datasets, besides evaluate.data (its pretraining clips, say):
       # cvrl: {config: ..., evaluate: {motion_8x2: {root: data/synthetic, clip_len: 8, stride: 2}}}
+      # a method's own trainer / checkpoint / model / data settings, over the grid's:
+      # statistics: {config: ..., trainer: {max_epochs: 40}}
     backbones: [tiny_r2plus1d]           # model.init_args.backbone of every method (optional;
                                          # a method's own ``backbones`` replace them)
     pretrain_data:                       # name -> data.init_args of the pretraining runs
       motion: {root: data/synthetic}
     subsets: [0.25, 1.0]                 # data.init_args.subset (optional; null: all videos)
     trainer: {max_epochs: 10}            # trainer settings of every pretraining run
+    checkpoint: {save_top_k: 0}          # the fit's checkpoint callback (ModelCheckpoint)
+    backbone_kwargs:                     # a backbone's builder arguments wherever it is used
+      vit_tiny_8_image: {patch_size: 4}  # (a pretraining cell's model and random init alike)
     evaluate:
       data:                              # name -> options of probe / retrieve
         motion: {root: data/synthetic, layout: folder}
       settings: {clip_len: 16, crop_size: 32, decode_size: 32}   # every evaluation's options
       protocols: {probe: {steps: 100}, retrieve: {}}
       corruptions: [clean, gaussian-3]   # name-severity (vssl.data.corruptions)
+
+``trainer`` and ``checkpoint`` (the grid's, then a method's own over them) are checked against
+the arguments of Lightning's ``Trainer`` and ``ModelCheckpoint``. A grid that only compares
+last checkpoints can validate seldom (``trainer: {check_val_every_n_epoch: 10}``) and keep no
+best checkpoint (``checkpoint: {monitor: null, save_top_k: 0, save_on_train_epoch_end: true}``):
+``last.ckpt`` is then still written at every epoch end, so an interrupted cell resumes from its
+last finished epoch.
 
 A cell is one (method, backbone, pretraining data, subset, seed); the random baseline has no
 pretraining, so its cells do not vary with the pretraining data or subset. Each cell runs
@@ -85,10 +97,21 @@ GRID_KEYS = {
     "pretrain_data",
     "subsets",
     "trainer",
+    "checkpoint",
+    "backbone_kwargs",
     "evaluate",
 }
 EVAL_KEYS = {"data", "settings", "protocols", "corruptions"}
-METHOD_KEYS = {"config", "backbones", "model", "data", "trainer", "evaluate", "teachers"}
+METHOD_KEYS = {
+    "config",
+    "backbones",
+    "model",
+    "data",
+    "trainer",
+    "checkpoint",
+    "evaluate",
+    "teachers",
+}
 TEACHER_KEYS = {"method", "backbone"}
 PROTOCOLS = ("probe", "retrieve")
 # The figure of each protocol that results.md and the charts report: (label, path in the JSON).
@@ -117,6 +140,31 @@ def _check_keys(where: str, given: dict[str, Any], allowed: set[str]) -> None:
                 f"{where}: unknown key {key!r}{_close(key, allowed)}; "
                 f"expected {', '.join(sorted(allowed))}"
             )
+
+
+def _check_arguments(where: str, given: Any, target: Any) -> dict[str, Any]:
+    """``given`` as a mapping of keyword arguments of ``target`` (a class), each one it takes."""
+    import inspect
+
+    if given is None:
+        return {}
+    if not isinstance(given, dict):
+        raise InvalidInputError(f"{where}: a mapping of {target.__name__} arguments, got {given!r}")
+    allowed = set(inspect.signature(target.__init__).parameters) - {"self", "args", "kwargs"}
+    _check_keys(where, given, allowed)
+    return given
+
+
+def _trainer_and_checkpoint(where: str, spec: dict[str, Any]) -> None:
+    """Checks ``spec``'s ``trainer`` and ``checkpoint`` (a grid's or a method's) in place."""
+    if spec.get("trainer") is None and spec.get("checkpoint") is None:
+        return
+    from lightning.pytorch import Trainer
+
+    from vssl.callbacks import Checkpoint
+
+    spec["trainer"] = _check_arguments(f"{where}trainer", spec.get("trainer"), Trainer)
+    spec["checkpoint"] = _check_arguments(f"{where}checkpoint", spec.get("checkpoint"), Checkpoint)
 
 
 def _teachers(
@@ -199,6 +247,8 @@ class Grid:
     eval_settings: dict[str, Any]
     protocols: dict[str, dict[str, Any]]
     corruptions: list[str]
+    checkpoint_settings: dict[str, Any] = field(default_factory=dict)
+    backbone_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     cells: list[Cell] = field(default_factory=list)
 
     @classmethod
@@ -216,6 +266,15 @@ class Grid:
                 f"{path}: a grid is a mapping of {', '.join(sorted(GRID_KEYS))}"
             )
         _check_keys(str(path), raw, GRID_KEYS)
+        _trainer_and_checkpoint(f"{path}: ", raw)
+        backbone_kwargs = raw.get("backbone_kwargs") or {}
+        if not isinstance(backbone_kwargs, dict) or not all(
+            isinstance(v, dict) for v in backbone_kwargs.values()
+        ):
+            raise InvalidInputError(
+                f"{path}: backbone_kwargs maps a backbone name to its builder's arguments "
+                f"(vit_tiny_8_image: {{patch_size: 4}}), got {backbone_kwargs!r}"
+            )
         evaluate = raw.get("evaluate") or {}
         _check_keys(f"{path}: evaluate", evaluate, EVAL_KEYS)
         methods = raw.get("methods") or {}
@@ -224,6 +283,7 @@ class Grid:
         for name, spec in methods.items():
             spec = methods[name] = spec or {}
             _check_keys(f"{path}: methods.{name}", spec, METHOD_KEYS)
+            _trainer_and_checkpoint(f"{path}: methods.{name}.", spec)
             extra = spec.get("evaluate") or {}
             if not isinstance(extra, dict):
                 raise InvalidInputError(
@@ -269,6 +329,8 @@ class Grid:
             eval_settings=evaluate.get("settings") or {},
             protocols={k: v or {} for k, v in protocols.items()},
             corruptions=corruptions,
+            checkpoint_settings=raw.get("checkpoint") or {},
+            backbone_kwargs=backbone_kwargs,
         )
         if not grid.pretrain_data and any(m["config"] for m in methods.values()):
             grid.pretrain_data = {"config": {}}  # the configs' own data
@@ -345,11 +407,20 @@ class Grid:
         if cell.subset is not None:
             data["subset"] = cell.subset
         override: dict[str, Any] = {"seed_everything": cell.seed, "trainer": trainer}
+        checkpoint = {**self.checkpoint_settings, **(spec.get("checkpoint") or {})}
+        if checkpoint:
+            override["checkpoint"] = checkpoint
         if data:
             override["data"] = {"init_args": data}
         model = dict(spec.get("model") or {})
         if cell.backbone is not None:
             model["backbone"] = cell.backbone
+            kwargs = {
+                **self.backbone_kwargs.get(cell.backbone, {}),
+                **(model.get("backbone_kwargs") or {}),
+            }
+            if kwargs:
+                model["backbone_kwargs"] = kwargs
         if spec["teachers"]:
             model["teachers"] = [str(self.checkpoint(t)) for t in self.teacher_cells(cell)]
         if model:
@@ -364,6 +435,12 @@ class Grid:
             model = ["--ckpt", str(folder / "fit" / "checkpoints" / "last.ckpt")]
         else:
             model = ["--backbone", str(cell.backbone)]
+            kwargs = {
+                **self.backbone_kwargs.get(str(cell.backbone), {}),
+                **(self.methods[cell.method].get("model") or {}).get("backbone_kwargs", {}),
+            }
+            if kwargs:
+                model += ["--backbone-kwargs", json.dumps(kwargs, sort_keys=True)]
         out = []
         datasets = {**self.eval_data, **self.methods[cell.method].get("evaluate", {})}
         for (data, spec), corruption, (protocol, options) in itertools.product(
