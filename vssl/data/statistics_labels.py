@@ -495,25 +495,21 @@ def _appearance_regions(clip: np.ndarray) -> AppearanceRegions:
     # Per frame, one 2-D histogram (atom and channel, value) of the frame's bytes, then the
     # histograms of the 28 regions as sums of atoms: (28, 3 * 256) exact float32 counts.
     atom_hist = scratch("atom_hist", (3 * n_atoms, 256))
-    shape = (members.shape[0], 3 * 256)
-    lowest = torch.from_numpy(scratch("region_lowest", shape)).fill_(np.inf)
-    highest = torch.from_numpy(scratch("region_highest", shape)).zero_()
     atom_view = torch.from_numpy(atom_hist).view(n_atoms, 3 * 256)
-    ranges = [0, 3 * n_atoms, 0, 256]
+    images, sizes, ranges = [geo.channel_atoms, None], [3 * n_atoms, 256], [0, 3 * n_atoms, 0, 256]
+    lowest = highest = None
     for frame in clip:  # one frame at a time keeps the histograms in cache
-        cv2.calcHist(
-            [geo.channel_atoms, frame.reshape(s, 3 * s)],
-            [0, 1],
-            None,
-            [3 * n_atoms, 256],
-            ranges,
-            hist=atom_hist,
-        )
+        images[1] = frame.reshape(s, 3 * s)
+        cv2.calcHist(images, [0, 1], None, sizes, ranges, hist=atom_hist)
         hist = torch.sparse.mm(members, atom_view)
-        torch.minimum(lowest, hist, out=lowest)
-        torch.maximum(highest, hist, out=highest)
-    inter = lowest.numpy().reshape(-1, 3, 256).sum(axis=-1, dtype=np.float64)  # (28, 3)
-    union = highest.numpy().reshape(-1, 3, 256).sum(axis=-1, dtype=np.float64)
+        if lowest is None:
+            lowest, highest = hist, hist.clone()
+        else:
+            torch.minimum(lowest, hist, out=lowest)
+            torch.maximum(highest, hist, out=highest)
+    # Sums of whole counts: exact in float64 whatever the order.
+    inter = lowest.view(-1, 3, 256).sum(-1, dtype=torch.float64).numpy()  # (28, 3)
+    union = highest.view(-1, 3, 256).sum(-1, dtype=torch.float64).numpy()
     iou = (inter / union).mean(axis=-1)
     atom_octants = _atom_octant_counts(clip, n_atoms)
     counts = _region_sums(geo, atom_octants)  # (28, 8)
@@ -592,44 +588,81 @@ class StatisticsTransform:
         self.crop_size, self.train, self.flow_method = crop_size, train, flow_method
         self.flip_p = flip_p if flip else 0.0
 
-    def crop_and_flip(self, clip: Tensor) -> Tensor:
-        """The cropped (and for training possibly flipped) clip, uint8 ``(N, 3, S, S)``."""
+    def _checked(self, clip: Tensor) -> Tensor:
+        """The clip validated and, when its short side is below the crop, resized up."""
         if clip.ndim != 4 or clip.shape[1] != 3 or clip.dtype != torch.uint8:
             raise ValueError(
                 f"the statistics task needs uint8 clips (T+1, 3, H, W), got {clip.dtype} of "
                 f"shape {tuple(clip.shape)}"
             )
+        if min(clip.shape[-2:]) < self.crop_size:
+            clip = v2.functional.resize(clip, self.crop_size, antialias=True)
+        return clip
+
+    def _crop_box(self, h: int, w: int) -> tuple[int, int, bool]:
+        """The crop's top and left corner and whether to flip, drawn from torch's generator in
+        one fixed order (top, left, flip) whichever way the frames are then copied."""
         size = self.crop_size
-        if min(clip.shape[-2:]) < size:
-            clip = v2.functional.resize(clip, size, antialias=True)
-        h, w = clip.shape[-2:]
         if self.train:
             top = int(torch.randint(0, h - size + 1, ()))
             left = int(torch.randint(0, w - size + 1, ()))
         else:
             top, left = (h - size) // 2, (w - size) // 2
-        clip = clip[:, :, top : top + size, left : left + size]
-        if self.train and self.flip_p > 0 and bool(torch.rand(()) < self.flip_p):
-            clip = clip.flip(-1)
-        return clip
+        flip = self.train and self.flip_p > 0 and bool(torch.rand(()) < self.flip_p)
+        return top, left, flip
 
-    def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
-        clip = self.crop_and_flip(sample["video"])
-        n, _, s, _ = clip.shape
+    def crop_and_flip(self, clip: Tensor) -> Tensor:
+        """The cropped (and for training possibly flipped) clip, uint8 ``(N, 3, S, S)``."""
+        clip = self._checked(clip)
+        size = self.crop_size
+        top, left, flip = self._crop_box(*clip.shape[-2:])
+        clip = clip[:, :, top : top + size, left : left + size]
+        return clip.flip(-1) if flip else clip
+
+    def _frames(self, clip: Tensor) -> tuple[np.ndarray, Tensor]:
+        """`crop_and_flip` as two copies: the frames channels-last ``(N, S, S, 3)`` (a scratch
+        array, for flow and labels) and the first N - 1 planar ``(N - 1, 3, S, S)`` (a new
+        tensor, the sample's video).
+
+        OpenCV flips, splits and merges the frames: torch's strided permutes and flips of uint8
+        clips cost several times as much. Frames that are channels-last in memory (the MJPEG
+        reader's) are copied (or flipped) row by row; planar frames come from one planar copy.
+        """
+        clip = self._checked(clip)
+        size = self.crop_size
+        top, left, flip = self._crop_box(*clip.shape[-2:])
+        view = clip[:, :, top : top + size, left : left + size]
+        n, s = view.shape[0], size
         if n < 2:
             raise ValueError(f"the statistics task needs at least 2 frames, got {n}")
-        # Work arrays are reused from clip to clip (`vssl.data.flow.scratch`). Frames that are
-        # channels-last in memory (the MJPEG reader's) are copied row by row; planar frames
-        # come from one planar copy and one merge (a strided torch permute is slower).
-        with limit_threads(1):
-            frames = scratch("transform_frames", (n, s, s, 3), np.uint8)
-            pixels = clip.permute(0, 2, 3, 1)
-            if pixels.stride(-1) == 1 and pixels.stride(-2) == 3:
-                np.copyto(frames, pixels.numpy())
+        frames = scratch("transform_frames", (n, s, s, 3), np.uint8)
+        planes = scratch("transform_planes", (3, n, s, s), np.uint8)
+        tall_planes = [p.reshape(n * s, s) for p in planes]
+        pixels = view.permute(0, 2, 3, 1)
+        if pixels.stride(-1) == 1 and pixels.stride(-2) == 3:
+            source = pixels.numpy()
+            if flip:
+                for t in range(n):
+                    cv2.flip(source[t], 1, dst=frames[t])
             else:
-                planes = scratch("transform_planes", (3, n, s, s), np.uint8)
-                np.copyto(planes, clip.numpy().transpose(1, 0, 2, 3))
-                cv2.merge([p.reshape(n * s, s) for p in planes], dst=frames.reshape(n * s, s, 3))
+                np.copyto(frames, source)
+            cv2.split(frames.reshape(n * s, s, 3), tall_planes)
+        else:
+            if flip:
+                unflipped = scratch("transform_unflipped", (3, n, s, s), np.uint8)
+                np.copyto(unflipped, view.numpy().transpose(1, 0, 2, 3))
+                cv2.flip(unflipped.reshape(3 * n * s, s), 1, dst=planes.reshape(3 * n * s, s))
+            else:
+                np.copyto(planes, view.numpy().transpose(1, 0, 2, 3))
+            cv2.merge(tall_planes, dst=frames.reshape(n * s, s, 3))
+        video = torch.from_numpy(np.ascontiguousarray(planes[:, :-1].transpose(1, 0, 2, 3)))
+        return frames, video
+
+    def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
+        # Work arrays are reused from clip to clip (`vssl.data.flow.scratch`).
+        with limit_threads(1):
+            frames, video = self._frames(sample["video"])
+            n, s = frames.shape[:2]
             gray = scratch("transform_gray", (n, s, s), np.uint8)
             cv2.cvtColor(frames.reshape(n * s, s, 3), cv2.COLOR_RGB2GRAY, gray.reshape(n * s, s))
             flow = scratch("transform_flow", (n - 1, 2, s + 2, s))
@@ -637,7 +670,7 @@ class StatisticsTransform:
             motion = _motion_labels(_boundaries_padded(flow))
             appearance = _appearance_labels(_appearance_regions(frames[:-1]))
         out = dict(sample)
-        out["video"] = clip[:-1].contiguous()
+        out["video"] = video
         out["motion"] = torch.from_numpy(motion)
         out["appearance"] = torch.from_numpy(appearance)
         return out
