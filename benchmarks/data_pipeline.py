@@ -11,7 +11,8 @@ cores one GPU needs, in one run.
    one worker does), for random 16-frame clips at stride 2 randomly cropped to 112 (from the
    128 files, and from the raw ones decoded at 128) or 224 (from the 256 files, and from the raw
    ones decoded at 256): vssl's `VideoDataset` with each installed reader backend (auto, the
-   default: libjpeg-turbo for MJPEG and PyAV for the rest; pyav; torchcodec; decord) against
+   default: libjpeg-turbo's fast decode for MJPEG and PyAV for the rest; jpeg, libjpeg-turbo's
+   exact decode as OpenCV's; pyav; torchcodec; decord) against
    pytorchvideo's `LabeledVideoDataset` (PyAV, decoding the clip's
    time window at full resolution, then resizing). One more column, "task transform", is the
    default backend with the training transform the tasks actually build,
@@ -28,12 +29,15 @@ cores one GPU needs, in one run.
 
     python benchmarks/data_pipeline.py
     python benchmarks/data_pipeline.py --seconds 2 --rounds 1 --backends auto   # a quick look
+    python benchmarks/data_pipeline.py --cases prepared-128-mjpeg prepared-256-mjpeg \
+        --backends auto jpeg --no-pytorchvideo --no-statistics   # the vssl MJPEG rows only
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import statistics
 import sys
 import tempfile
@@ -67,6 +71,11 @@ CASES = tuple(
 MODELS = (("r3d_18", 16, 112), ("r3d_50", 16, 224), ("vit_b_16", 16, 224))
 TARGETS = {112: (300, 20), 224: (120, 8)}  # crop: (clips/s/core, times the raw-like files)
 TASK_SIDE = "vssl {}, task transform"  # the default backend with train_clip_transform(crop)
+
+
+def case_key(name: str, size: int) -> str:
+    """The ``--cases`` name of a row: ``raw-like-128``, ``prepared-256-mjpeg``, ..."""
+    return f"{name}-{size}" if name == "raw-like" else name.replace(" ", "-")
 
 
 def make_raw_like(videos: list[Path], folder: Path) -> list[Path]:
@@ -230,7 +239,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--videos", type=Path, default=ROOT.parent / "shared" / "videos")
     p.add_argument("--seconds", type=float, default=6.0, help="CPU seconds per side per round")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--backends", nargs="+", default=["auto", "pyav", "torchcodec", "decord"])
+    p.add_argument(
+        "--backends", nargs="+", default=["auto", "jpeg", "pyav", "torchcodec", "decord"]
+    )
+    keys = [case_key(name, size) for name, size, _ in CASES]
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        choices=keys,
+        default=keys,
+        metavar="CASE",
+        help=f"the rows to measure (default all): {', '.join(keys)}",
+    )
     p.add_argument("--no-pytorchvideo", action="store_true")
     p.add_argument("--no-statistics", action="store_true")
     p.add_argument(
@@ -261,8 +281,11 @@ def main(argv: list[str] | None = None) -> dict:
             f"raw-like files: {len(videos)} videos, short side {RAW_SHORT_SIDE}, GOP 250, "
             f"B-frames, {sum(probe_video(v).num_frames for v in sets['raw-like'])} frames"
         )
+        cases = [case for case in CASES if case_key(*case[:2]) in args.cases]
         for side in (128, 256):
             for codec in CODECS:
+                if not any(name == f"prepared-{side} {codec}" for name, _, _ in cases):
+                    continue
                 out = work / f"prepared_{side}_{codec}"
                 summary = prepare(
                     raw_dir, out, short_side=side, codec=codec, workers=1, progress=False
@@ -274,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
                 sets[f"prepared-{side} {codec}"] = sorted(out.glob("*.mp4"))
 
         results: dict[tuple[str, int], dict[str, list[float]]] = {}
-        for name, size, crop in CASES:
+        for name, size, crop in cases:
             sides: dict[str, Callable[[], Iterator[int]]] = {}
             for backend in backends:
                 sides[f"vssl {backend}"] = lambda b=backend, n=name, s=size, c=crop: vssl_clips(
@@ -295,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
                 )
             )
         stats_rate = None
-        if not args.no_statistics:
+        if not args.no_statistics and f"prepared-128 {CODECS[0]}" in sets:
             got = measure(
                 {"statistics": lambda: statistics_clips(sets[f"prepared-128 {CODECS[0]}"])},
                 args.seconds,
@@ -320,15 +343,30 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nPrepared against raw-like ({default}, the default reader), and the targets:")
     for size in (128, 256):
         crop = 112 if size == 128 else 224
-        raw = statistics.median(results[("raw-like", size)][default])
+        raw_rates = results.get(("raw-like", size))
+        raw = statistics.median(raw_rates[default]) if raw_rates else None
         floor, times = TARGETS[crop]
         for codec in CODECS:
+            if (f"prepared-{size} {codec}", size) not in results:
+                continue
             prepared = statistics.median(results[(f"prepared-{size} {codec}", size)][default])
+            against = "" if raw is None else f", {prepared / raw:.1f}x the raw-like files"
             print(
-                f"  short side {size} {codec}, crop {crop}: {prepared:.1f} clips/s/core, "
-                f"{prepared / raw:.1f}x the raw-like files (targets >= {floor} clips/s/core "
-                f"and >= {times}x)"
+                f"  short side {size} {codec}, crop {crop}: {prepared:.1f} clips/s/core"
+                f"{against} (targets >= {floor} clips/s/core and >= {times}x)"
             )
+    if "vssl auto" in names and "vssl jpeg" in names:
+        print(
+            "\nMJPEG decode: auto (jpeg_fast: libjpeg-turbo's fast IDCT and chroma upsampling) "
+            "against jpeg (the exact decode), paired round by round, median (min-max):"
+        )
+        for (name, size), rates in results.items():
+            if name.endswith(" mjpeg"):
+                pairs = [f / e for f, e in zip(rates["vssl auto"], rates["vssl jpeg"], strict=True)]
+                print(
+                    f"  {name} at {size}: {statistics.median(pairs):.3f}x "
+                    f"({min(pairs):.3f}-{max(pairs):.3f})"
+                )
     if stats_rate is not None:
         print(
             f"  statistics task, decode + flow + labels on the 128 files: {stats_rate:.1f} "
@@ -351,10 +389,13 @@ def main(argv: list[str] | None = None) -> dict:
             flops = gpu_budget.train_flops(model, frames, crop)
             gpu = gpu_budget.UTILISATION * gpu_budget.H100_BF16_TFLOPS * 1e12 / flops
             label = "estimate"
-        prepared_rates = results[(f"prepared-{size} {CODECS[0]}", size)]
+        prepared_rates = results.get((f"prepared-{size} {CODECS[0]}", size))
+        if prepared_rates is None:
+            continue  # that row was not measured (--cases)
         prepared = statistics.median(prepared_rates[default])
         task = statistics.median(prepared_rates[TASK_SIDE.format(backends[0])])
-        raw = statistics.median(results[("raw-like", size)][default])
+        raw_rates = results.get(("raw-like", size))
+        raw = statistics.median(raw_rates[default]) if raw_rates else math.nan
         budget[model] = {
             "gpu": gpu,
             "prepared": gpu / prepared,
@@ -363,7 +404,8 @@ def main(argv: list[str] | None = None) -> dict:
         }
         print(
             f"| {model} | {frames}x{crop} | {gpu:.0f} ({label}) | {prepared:.1f} | "
-            f"{gpu / prepared:.1f} | {task:.1f} | {gpu / task:.1f} | {raw:.1f} | {gpu / raw:.1f} |"
+            f"{gpu / prepared:.1f} | {task:.1f} | {gpu / task:.1f} | "
+            + ("- | - |" if math.isnan(raw) else f"{raw:.1f} | {gpu / raw:.1f} |")
         )
     if not measured:
         print(
