@@ -1,4 +1,5 @@
-"""The feature normalisation of the linear probe and kNN (``normalize`` / ``--features-norm``):
+"""The feature normalisation of the linear probe and kNN (``normalize``, ``--linear-norm``,
+``--knn-norm``):
 statistics from the training features only, the exact transforms, a common offset that
 uncentred L2 cannot see past, and the option in ``vssl probe`` end to end."""
 
@@ -12,7 +13,6 @@ import torch
 from torch import Tensor
 
 from vssl.cli import main
-from vssl.commands.probe import DEFAULT_FEATURES_NORM
 from vssl.eval.classifiers import (
     FeatureNorm,
     knn_accuracy,
@@ -128,17 +128,20 @@ def test_probe_command_option_end_to_end(tiny_synthetic, tmp_path, run_cli, caps
     ]
     records = {}
     for norm in ("l2", "standardize"):
-        out = run_cli([*common, "--features-norm", norm, "--out", f"{norm}.json"], tmp_path)
-        assert f"linear probe and kNN ({norm} features)" in out
+        options = ["--linear-norm", norm, "--knn-norm", norm, "--out", f"{norm}.json"]
+        out = run_cli([*common, *options], tmp_path)
+        assert f"linear probe ({norm}) and kNN ({norm})" in out
         records[norm] = json.loads((tmp_path / f"{norm}.json").read_text())
-        assert records[norm]["probe"]["features_norm"] == norm
-    run_cli([*common, "--out", "default.json"], tmp_path)
-    default = json.loads((tmp_path / "default.json").read_text())
-    assert default["probe"]["features_norm"] == DEFAULT_FEATURES_NORM
-    assert default["results"] == records[DEFAULT_FEATURES_NORM]["results"]
+        assert records[norm]["probe"]["linear_norm"] == records[norm]["probe"]["knn_norm"] == norm
     fits = [records[n]["results"]["linear_train_fit"]["1.0"] for n in ("l2", "standardize")]
     assert all(f["loss"] > 0 and 0 <= f["accuracy"] <= 1 for f in fits)
     assert fits[0]["loss"] != fits[1]["loss"]  # the option reached the probe
+    # The defaults: the linear probe on standardised features, the kNN on the plain cosine.
+    run_cli([*common, "--out", "default.json"], tmp_path)
+    default = json.loads((tmp_path / "default.json").read_text())
+    assert (default["probe"]["linear_norm"], default["probe"]["knn_norm"]) == ("standardize", "l2")
+    assert default["results"]["linear"] == records["standardize"]["results"]["linear"]
+    assert default["results"]["knn"] == records["l2"]["results"]["knn"]
 
-    assert main([*common, "--features-norm", "batchnorm"]) == 2
+    assert main([*common, "--linear-norm", "batchnorm"]) == 2
     assert "batchnorm" in capsys.readouterr().err

@@ -4,7 +4,9 @@ frozen features, or with ``--head attentive`` V-JEPA's attentive probe on frozen
 
 Features of the data block's training and test splits are extracted (cached, see
 `vssl.eval.features`); the table is printed and, with ``--out``, written as JSON with every
-setting that produced it. Clip length, stride, crop, decode size and flip default to the
+setting that produced it. The linear probe sees the features standardised with the training
+features' mean and standard deviation (MAE's linear probe, ``--linear-norm``); the kNN takes the
+plain cosine (``--knn-norm``). Clip length, stride, crop, decode size and flip default to the
 checkpoint's training settings (see `vssl.commands.common.clip_settings`).
 """
 
@@ -49,7 +51,8 @@ from vssl.eval.features import (
 )
 
 PROG = "vssl probe"
-DEFAULT_FEATURES_NORM: FeatureNormName = "l2"
+DEFAULT_LINEAR_NORM: FeatureNormName = "standardize"
+DEFAULT_KNN_NORM: FeatureNormName = "l2"
 
 
 def add_feature_options(parser: ArgumentParser, clips: int, crops: int) -> None:
@@ -123,13 +126,21 @@ def build_parser() -> ArgumentParser:
         help="fractions of the training labels (per-class stratified)",
     )
     parser.add_argument(
-        "--features-norm",
+        "--linear-norm",
         type=FeatureNormName,
-        default=DEFAULT_FEATURES_NORM,
-        help="what the linear probe and the kNN see of the pooled features, with statistics of "
-        "the training features: l2 (each feature over its norm), center (minus the training "
-        "mean, then l2), standardize (minus the training mean, over the training standard "
-        "deviation per dimension: MAE's linear probe); kNN takes the cosine after it",
+        default=DEFAULT_LINEAR_NORM,
+        help="what the linear probe sees of the pooled features, with statistics of the "
+        "training features: standardize (minus the training mean, over the training standard "
+        "deviation per dimension: MAE's linear probe), center (minus the training mean, then "
+        "each feature over its L2 norm), l2 (each feature over its L2 norm: the protocol "
+        "before standardize was the default)",
+    )
+    parser.add_argument(
+        "--knn-norm",
+        type=FeatureNormName,
+        default=DEFAULT_KNN_NORM,
+        help="the kNN's cosine similarity is taken after this transform of the features (as "
+        "--linear-norm): l2 is the plain cosine (Wu et al. 2018, DINO)",
     )
     parser.add_argument("--knn-k", type=int, default=20, help="neighbours that vote in the kNN")
     parser.add_argument(
@@ -257,7 +268,7 @@ def linear_results(
             weight_decay=args.weight_decay,
             batch_size=args.probe_batch_size,
             seed=args.seed,
-            normalize=args.features_norm,
+            normalize=args.linear_norm,
         )
         fit = probe_fit(
             probe, train_x[idx].flatten(0, 1), train.labels[idx].repeat_interleave(views)
@@ -369,7 +380,7 @@ def main(argv: list[str]) -> int:
         title = "attentive probe"
     else:
         results, rows = linear_and_knn_results(args, train, test, max(1, args.train_views))
-        title = f"linear probe and kNN ({args.features_norm} features)"
+        title = f"linear probe ({args.linear_norm}) and kNN ({args.knn_norm})"
     probe_keys = (
         "head",
         "train_views",
@@ -397,7 +408,8 @@ LINEAR_KEYS = (
     "lr",
     "weight_decay",
     "probe_batch_size",
-    "features_norm",
+    "linear_norm",
+    "knn_norm",
     "knn_k",
     "knn_temperature",
 )
@@ -449,7 +461,7 @@ def linear_and_knn_results(
         len(train.classes),
         k=args.knn_k,
         temperature=args.knn_temperature,
-        normalize=args.features_norm,
+        normalize=args.knn_norm,
     )
     results["knn"] = knn
     rows.append((f"kNN top-1 (k={args.knn_k}, T={args.knn_temperature:g})", f"{100 * knn:.2f}"))

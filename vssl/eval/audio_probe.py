@@ -135,7 +135,8 @@ def probe_audio(
 
     The audio window is the task's own (``audio_seconds`` at ``sample_rate``, mono), centred on
     the centre clip of ``clip_len`` frames every ``stride``; videos without sound are left out
-    (logged). ``steps``, ``lr``, ``seed``: of `train_linear_probe`. ``untrained``: probe
+    (logged). ``steps``, ``lr``, ``seed``: of `train_linear_probe`, on L2-normalised features
+    (the protocol the audio probe's figures were measured with). ``untrained``: probe
     `untrained_task` (seeded by ``seed``) instead, the baseline. ``data_options``: more
     `VideoDataModule` settings (``fold``, ``annotations``, ``backend``, ...).
 
@@ -178,7 +179,9 @@ def probe_audio(
         splits[stage] = extract_audio_features(task, dataset, batch_size, num_workers)
     (train_x, train_y), (test_x, test_y) = splits["train"], splits["val"]
     num_classes = len(data.classes)
-    probe = train_linear_probe(train_x, train_y, num_classes, steps=steps, lr=lr, seed=seed)
+    probe = train_linear_probe(
+        train_x, train_y, num_classes, steps=steps, lr=lr, seed=seed, normalize="l2"
+    )
     return AudioProbeResult(
         accuracy=probe_accuracy(probe, test_x, test_y),
         chance=float(torch.bincount(test_y).max()) / len(test_y),
