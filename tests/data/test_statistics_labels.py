@@ -145,6 +145,10 @@ def test_transform_results_are_new_memory():
     kept = first["video"].clone()
     transform({"video": clips[1]})
     assert torch.equal(first["video"], kept) and torch.equal(kept, clips[0][:-1])
+    two = transform({"video": clips[0][:2]})  # one frame out: still its own memory
+    kept = two["video"].clone()
+    transform({"video": clips[1][:2]})
+    assert two["video"].shape == (1, 3, 32, 32) and torch.equal(two["video"], kept)
 
 
 def test_transform_rejects_bad_clips():

@@ -655,7 +655,7 @@ class StatisticsTransform:
             else:
                 np.copyto(planes, view.numpy().transpose(1, 0, 2, 3))
             cv2.merge(tall_planes, dst=frames.reshape(n * s, s, 3))
-        video = torch.from_numpy(np.ascontiguousarray(planes[:, :-1].transpose(1, 0, 2, 3)))
+        video = torch.from_numpy(planes[:, :-1].transpose(1, 0, 2, 3).copy())  # not scratch
         return frames, video
 
     def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
