@@ -252,8 +252,10 @@ def train_and_test_features(
 def linear_results(
     args: Namespace, train: Features, test: Features, views: int
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """The classifier on the frozen features at each label fraction: accuracies, videos used
-    and the table's rows. Another classifier on the same features goes next to this one."""
+    """The classifier on the frozen features at each label fraction: test accuracies, videos
+    used, the probe's final loss and accuracy on its own training features (``linear_train_fit``:
+    did the optimisation converge?) and the table's rows. Another classifier on the same
+    features goes next to this one."""
     num_classes = len(train.classes)
     train_x = train.feats.reshape(len(train.paths), views, -1)
     accuracies, videos, fits, rows = {}, {}, {}, []
