@@ -3,10 +3,13 @@ command-line front-ends are in `vssl.commands`)."""
 
 from vssl.eval.attentive import AttentiveClassifier, attentive_probe, extract_tokens
 from vssl.eval.classifiers import (
+    FeatureNorm,
+    LinearProbe,
     knn_accuracy,
     knn_scores,
     label_fraction_indices,
     probe_accuracy,
+    probe_fit,
     train_linear_probe,
 )
 from vssl.eval.features import (
@@ -29,7 +32,9 @@ __all__ = [
     "AttentiveClassifier",
     "DATA_DEFAULTS",
     "FeatureSettings",
+    "FeatureNorm",
     "Features",
+    "LinearProbe",
     "MultiCrop",
     "attentive_probe",
     "build_model",
@@ -44,6 +49,7 @@ __all__ = [
     "load_task",
     "save_task",
     "probe_accuracy",
+    "probe_fit",
     "resolve_data_settings",
     "retrieval_recall",
     "train_linear_probe",
