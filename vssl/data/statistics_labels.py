@@ -507,9 +507,8 @@ def _appearance_regions(clip: np.ndarray) -> AppearanceRegions:
         else:
             torch.minimum(lowest, hist, out=lowest)
             torch.maximum(highest, hist, out=highest)
-    # Sums of whole counts: exact in float64 whatever the order.
-    inter = lowest.view(-1, 3, 256).sum(-1, dtype=torch.float64).numpy()  # (28, 3)
-    union = highest.view(-1, 3, 256).sum(-1, dtype=torch.float64).numpy()
+    inter = lowest.numpy().reshape(-1, 3, 256).sum(axis=-1, dtype=np.float64)  # (28, 3)
+    union = highest.numpy().reshape(-1, 3, 256).sum(axis=-1, dtype=np.float64)
     iou = (inter / union).mean(axis=-1)
     atom_octants = _atom_octant_counts(clip, n_atoms)
     counts = _region_sums(geo, atom_octants)  # (28, 8)
