@@ -16,8 +16,9 @@ Every label of the two sides is checked equal (``np.array_equal``) on the clips 
 and transform rows (with the same torch seed for the random crop and flip) before timing.
 The ratio column is old / new: the median of the per-round ratios, with their min-max.
 
-    python benchmarks/statistics_worker.py
-    python benchmarks/statistics_worker.py --rounds 9 --seconds 1 --old HEAD~3
+    python benchmarks/statistics_worker.py                 # uncommitted changes against HEAD
+    python benchmarks/statistics_worker.py --old e1dcf1c   # against the torch crop, flip, copy
+    python benchmarks/statistics_worker.py --prepared DIR --rounds 9 --seconds 1
 """
 
 from __future__ import annotations
