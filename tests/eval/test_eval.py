@@ -256,6 +256,15 @@ def test_settings_key_follows_checkpoint_modification(tmp_path):
         FeatureSettings(root="r", split="train", backbone="tiny3d", crops=2)
 
 
+def test_settings_key_ignores_crop_scale_without_random_views():
+    common = {"root": "r", "split": "test", "backbone": "tiny3d"}
+    plain = FeatureSettings(**common).key()
+    # the probe's test clips (crop scale given for its training views) and retrieval's queries
+    assert FeatureSettings(**common, crop_scale=(0.3, 1.0)).key() == plain
+    views = {**common, "random_views": 3}
+    assert FeatureSettings(**views, crop_scale=(0.3, 1.0)).key() != FeatureSettings(**views).key()
+
+
 def test_load_task_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.ckpt: checkpoint not found"):
         load_task(tmp_path / "missing.ckpt")

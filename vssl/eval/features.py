@@ -101,7 +101,8 @@ class FeatureSettings:
             )
 
     def key(self) -> str:
-        """Hash of the settings, including the checkpoint file's modification time."""
+        """Hash of the settings, including the checkpoint file's modification time; settings
+        that do not change the features (``crop_scale`` without random views) are left out."""
         record = asdict(self)
         if self.corruption is None:  # the keys of features cached before corruptions existed
             del record["corruption"], record["severity"]
@@ -109,6 +110,8 @@ class FeatureSettings:
             del record["data_options"]
         if self.ckpt_format == "auto":  # nor those cached before checkpoint formats existed
             del record["ckpt_format"]
+        if not self.random_views:  # unused without random views: probe and retrieve share
+            record["crop_scale"] = [0.2, 1.0]
         if self.ckpt is not None:
             path = Path(self.ckpt)
             record["ckpt"] = str(path.resolve())
