@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vssl.commands.common import clip_settings, data_block, parse
-from vssl.commands.probe import PROG, build_parser, train_and_test_features
+from vssl.commands.common import parse
+from vssl.commands.probe import build_parser, probe_features
 from vssl.eval.classifiers import (
     FEATURE_NORMS,
     knn_accuracy,
@@ -71,17 +71,8 @@ def data_name(argv: list[str]) -> str:
 def measure(argv: list[str], wds: list[float], steps: int, long_steps: int) -> dict[str, Any]:
     """Every normalisation's results on the features of one probe command."""
     args, given = parse(build_parser(), argv)
-    data, data_given = data_block(args, given)
-    clip, _ = clip_settings(PROG, args, given, data_given, flip=False)
     views = max(1, args.train_views)
-    train, test = train_and_test_features(
-        args,
-        data,
-        clip,
-        (args.train_clips, args.train_crops),
-        (args.clips, args.crops),
-        args.train_views,
-    )
+    train, test, _ = probe_features(args, given)
     num_classes = len(train.classes)
     x_all = train.feats.reshape(len(train.paths), views, -1)
     result: dict[str, Any] = {"num_train": len(train.paths), "num_test": len(test.paths)}

@@ -355,6 +355,25 @@ def audio_main(args: Namespace, given: Namespace) -> int:
     return 0
 
 
+def probe_features(
+    args: Namespace, given: Namespace, tokens: bool = False
+) -> tuple[Features, Features, dict[str, str]]:
+    """The training and test features (tokens with ``tokens``) of a parsed ``vssl probe``
+    command line, and where each clip setting came from."""
+    data, data_given = data_block(args, given)
+    clip, sources = clip_settings(PROG, args, given, data_given, flip=False)
+    train, test = train_and_test_features(
+        args,
+        data,
+        clip,
+        (args.train_clips, args.train_crops),
+        (args.clips, args.crops),
+        train_views=args.train_views,
+        tokens=tokens,
+    )
+    return train, test, sources
+
+
 def main(argv: list[str]) -> int:
     """Runs ``vssl probe ARGV``; 0 when done."""
     args, given = parse(build_parser(), argv)
@@ -365,18 +384,8 @@ def main(argv: list[str]) -> int:
             "--untrained is for --modality audio; the video baseline is --backbone NAME"
         )
     name = model_choice(args)
-    data, data_given = data_block(args, given)
-    clip, sources = clip_settings(PROG, args, given, data_given, flip=False)
     attentive = args.head == "attentive"
-    train, test = train_and_test_features(
-        args,
-        data,
-        clip,
-        (args.train_clips, args.train_crops),
-        (args.clips, args.crops),
-        train_views=args.train_views,
-        tokens=attentive,
-    )
+    train, test, sources = probe_features(args, given, tokens=attentive)
     if attentive:
         results, rows = attentive_results(args, train, test)
         title = "attentive probe"
