@@ -270,22 +270,42 @@ class MotionBoundaries:
     @property
     def angle(self) -> np.ndarray:
         """Direction of the summed gradient, degrees in [0, 360), x right and y down."""
-        return np.degrees(np.arctan2(self.dy, self.dx)) % 360.0
+        return np.degrees(np.arctan2(self.dy.astype(np.float64), self.dx)) % 360.0
+
+
+def _magnitude_into(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``sqrt(x * x + y * y)`` of float32 arrays into ``out``, each operation rounded on its own.
+
+    Not ``cv2.magnitude``: its IPP code is off by up to two units in the last place, in a way
+    that no other implementation reproduces, and the labels on the device
+    (`vssl.data.statistics_labels_torch`) must be bit for bit these.
+    """
+    yy = scratch("magnitude_yy", x.shape)
+    np.multiply(x, x, out=out)
+    np.multiply(y, y, out=yy)
+    np.add(out, yy, out=out)
+    return np.sqrt(out, out=out)
 
 
 def _boundaries_padded(padded: np.ndarray) -> MotionBoundaries:
     """`MotionBoundaries` of flow laid out as `vssl.data.flow.compute_flow_into` writes it with
-    ``pad=1``: float32 ``(T, 2, S + 2, S)``, edge rows repeated."""
+    ``pad=1``: float32 ``(T, 2, S + 2, S)``, edge rows repeated.
+
+    Sums over time and over a field's pixels are float64 sums of float32 values (exact unless
+    the values span very many binades, so their order does not matter), in torch: several
+    times faster than numpy's on these sizes.
+    """
     t, _, hp, w = padded.shape
     dx, dy = _prewitt_padded(padded.reshape(2 * t, hp, w))
-    field_magnitude = scratch("boundary_magnitude", dx.shape)
-    cv2.magnitude(dx.reshape(-1, w), dy.reshape(-1, w), field_magnitude.reshape(-1, w))
-    # torch's float32 sums: several times faster than numpy's pairwise ones on these sizes
+    field_magnitude = _magnitude_into(dx, dy, scratch("boundary_magnitude", dx.shape))
     inner = torch.from_numpy(field_magnitude).view(t, 2, hp, w)[:, :, 1:-1]
-    per_field = inner.reshape(t, 2, -1).sum(-1).numpy()
-    sx = torch.from_numpy(dx).view(t, 2, hp, w).sum(0)[:, 1:-1].contiguous().numpy()
-    sy = torch.from_numpy(dy).view(t, 2, hp, w).sum(0)[:, 1:-1].contiguous().numpy()
-    magnitude = cv2.magnitude(sx.reshape(-1, w), sy.reshape(-1, w)).reshape(sx.shape)
+    per_field = inner.reshape(t, 2, -1).sum(-1, dtype=torch.float64).numpy()
+    sums = []
+    for d in (dx, dy):
+        total = torch.from_numpy(d).view(t, 2, hp, w)[:, :, 1:-1].sum(0, dtype=torch.float64)
+        sums.append(total.float().numpy())
+    sx, sy = sums
+    magnitude = _magnitude_into(sx, sy, np.empty_like(sx))
     return MotionBoundaries(sx, sy, magnitude, per_field)
 
 
@@ -355,7 +375,7 @@ def _motion_labels(mb: MotionBoundaries) -> np.ndarray:
     if slots:
         pixels = np.concatenate(chosen)
         hist = orientation_histogram(
-            np.degrees(np.arctan2(mb.dy.ravel()[pixels], mb.dx.ravel()[pixels])),
+            np.degrees(np.arctan2(mb.dy.ravel()[pixels].astype(np.float64), mb.dx.ravel()[pixels])),
             mb.magnitude.ravel()[pixels],
             np.concatenate(groups),
             len(slots),
@@ -559,6 +579,11 @@ def label_classes(name: str, num_fields: int) -> int:
     return NUM_BINS
 
 
+LABEL_PLACES = ("worker", "device")
+"""Where the statistics task's labels are computed: in the DataLoader workers, per clip, by this
+module, or per batch on the model's device (`vssl.data.statistics_labels_torch`)."""
+
+
 class StatisticsTransform:
     """Worker-side transform of the statistics task: one sample's T + 1 frames -> T frames + labels.
 
@@ -568,7 +593,15 @@ class StatisticsTransform:
     frames, and drops the last frame. Frames whose short side is below ``crop_size`` are
     resized up first.
     The sample's ``video`` becomes uint8 ``(T, 3, S, S)``; ``motion`` (14) and ``appearance``
-    (13) int64 label tensors are added.
+    (13) int64 label tensors are added. With ``labels="device"`` the labels are left to the
+    task, which computes them per batch on its device (`vssl.data.statistics_labels_torch`,
+    the same values): the sample gets the cropped, flipped ``flow``, float32 ``(T, 2, S, S)``,
+    instead.
+
+    Precomputed flow: when the sample holds ``flow``, float32 ``(T, 2, H, W)`` in pixels at the
+    frames' size (field t from frame t to t + 1, u to the right, v downwards), it is cropped
+    with the frames' box, flipped with them (u negated, unlike the official code) and used
+    instead of computing flow.
     """
 
     def __init__(
@@ -578,14 +611,18 @@ class StatisticsTransform:
         flip: bool = True,
         flow_method: str = "dis",
         flip_p: float = 0.5,
+        labels: str = "worker",
     ):
         _check_size(crop_size, "statistics task crop_size")
         if flow_method not in FLOW_METHODS:
             raise ValueError(f"unknown flow_method {flow_method!r}; choose one of {FLOW_METHODS}")
         if not 0.0 <= flip_p <= 1.0:
             raise ValueError(f"flip_p must be in [0, 1], got {flip_p}")
+        if labels not in LABEL_PLACES:
+            raise ValueError(f"labels must be one of {LABEL_PLACES}, got {labels!r}")
         self.crop_size, self.train, self.flow_method = crop_size, train, flow_method
         self.flip_p = flip_p if flip else 0.0
+        self.labels = labels
 
     def _checked(self, clip: Tensor) -> Tensor:
         """The clip validated and, when its short side is below the crop, resized up."""
@@ -618,16 +655,15 @@ class StatisticsTransform:
         clip = clip[:, :, top : top + size, left : left + size]
         return clip.flip(-1) if flip else clip
 
-    def _frames(self, clip: Tensor) -> tuple[np.ndarray, Tensor]:
+    def _frames(self, clip: Tensor) -> tuple[np.ndarray, Tensor, tuple[int, int, bool]]:
         """`crop_and_flip` as two copies: the frames channels-last ``(N, S, S, 3)`` (a scratch
         array, for flow and labels) and the first N - 1 planar ``(N - 1, 3, S, S)`` (a new
-        tensor, the sample's video).
+        tensor, the sample's video); and the crop box ``(top, left, flip)``.
 
         OpenCV flips, splits and merges the frames: torch's strided permutes and flips of uint8
         clips cost several times as much. Frames that are channels-last in memory (the MJPEG
         reader's) are copied (or flipped) row by row; planar frames come from one planar copy.
         """
-        clip = self._checked(clip)
         size = self.crop_size
         top, left, flip = self._crop_box(*clip.shape[-2:])
         view = clip[:, :, top : top + size, left : left + size]
@@ -655,21 +691,72 @@ class StatisticsTransform:
                 np.copyto(planes, view.numpy().transpose(1, 0, 2, 3))
             cv2.merge(tall_planes, dst=frames.reshape(n * s, s, 3))
         video = torch.from_numpy(planes[:, :-1].transpose(1, 0, 2, 3).copy())  # not scratch
-        return frames, video
+        return frames, video, (top, left, flip)
+
+    def _given_flow(self, flow: object, decoded: Tensor, clip: Tensor) -> Tensor:
+        """A sample's precomputed flow checked against its ``decoded`` frames, and resized (and
+        rescaled, in pixels) as they were to ``clip``: float32 ``(T, 2, H, W)``."""
+        n, _, h, w = decoded.shape
+        if not isinstance(flow, Tensor | np.ndarray):
+            raise ValueError(f"the sample's flow must be a tensor, got {type(flow).__name__}")
+        flow = torch.as_tensor(flow)
+        if flow.dtype != torch.float32 or tuple(flow.shape) != (n - 1, 2, h, w):
+            raise ValueError(
+                f"the sample's precomputed flow must be float32 ({n - 1}, 2, {h}, {w}) (one field "
+                f"per pair of its {n} frames of {h}x{w}), got {flow.dtype} of shape "
+                f"{tuple(flow.shape)}"
+            )
+        nh, nw = clip.shape[-2:]
+        if (nh, nw) != (h, w):
+            flow = torch.nn.functional.interpolate(
+                flow, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True
+            )
+            flow *= torch.tensor([nw / w, nh / h]).view(1, 2, 1, 1)
+        return flow
+
+    def _cropped_flow(self, flow: Tensor, box: tuple[int, int, bool]) -> np.ndarray:
+        """Precomputed flow cut to the crop box and flipped with the frames: u negated, since
+        a motion to the right is one to the left in the mirrored clip. float32 ``(T, 2, S, S)``
+        (a scratch array)."""
+        top, left, flip = box
+        size = self.crop_size
+        view = flow[:, :, top : top + size, left : left + size].numpy()
+        out = scratch("transform_given_flow", view.shape)
+        if flip:
+            np.copyto(out, view[..., ::-1])
+            np.negative(out[:, 0], out=out[:, 0])
+        else:
+            np.copyto(out, view)
+        return out
 
     def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
         # Work arrays are reused from clip to clip (`vssl.data.flow.scratch`).
         with limit_threads(1):
-            frames, video = self._frames(sample["video"])
+            clip = self._checked(sample["video"])
+            given = None
+            if "flow" in sample:
+                given = self._given_flow(sample["flow"], sample["video"], clip)
+            frames, video, box = self._frames(clip)
             n, s = frames.shape[:2]
-            gray = scratch("transform_gray", (n, s, s), np.uint8)
-            cv2.cvtColor(frames.reshape(n * s, s, 3), cv2.COLOR_RGB2GRAY, gray.reshape(n * s, s))
-            flow = scratch("transform_flow", (n - 1, 2, s + 2, s))
-            compute_flow_into(gray, flow, method=self.flow_method, pad=1)
-            motion = _motion_labels(_boundaries_padded(flow))
+            if given is None:
+                gray = scratch("transform_gray", (n, s, s), np.uint8)
+                cv2.cvtColor(
+                    frames.reshape(n * s, s, 3), cv2.COLOR_RGB2GRAY, gray.reshape(n * s, s)
+                )
+                padded = scratch("transform_flow", (n - 1, 2, s + 2, s))
+                compute_flow_into(gray, padded, method=self.flow_method, pad=1)
+            else:
+                cropped = self._cropped_flow(given, box)
+                padded = _pad_rows(cropped.reshape(2 * (n - 1), s, s), "transform_flow")
+                padded = padded.reshape(n - 1, 2, s + 2, s)
+            out = dict(sample)
+            out.pop("flow", None)
+            out["video"] = video
+            if self.labels == "device":
+                out["flow"] = torch.from_numpy(padded[:, :, 1:-1].copy())
+                return out
+            motion = _motion_labels(_boundaries_padded(padded))
             appearance = _appearance_labels(_appearance_regions(frames[:-1]))
-        out = dict(sample)
-        out["video"] = video
         out["motion"] = torch.from_numpy(motion)
         out["appearance"] = torch.from_numpy(appearance)
         return out

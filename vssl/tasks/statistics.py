@@ -27,6 +27,7 @@ from vssl.data.sampling import ClipSampler, ClipSpec, RandomClip, UniformClips
 from vssl.data.statistics_labels import (
     APPEARANCE_LABELS,
     LABEL_GROUPS,
+    LABEL_PLACES,
     MOTION_LABELS,
     NUM_BINS,
     OCTANT_COLOURS,
@@ -46,6 +47,7 @@ from vssl.data.statistics_labels import (
     region_masks,
     region_scores,
 )
+from vssl.data.statistics_labels_torch import batch_labels
 from vssl.heads import STATISTICS_HEAD_KINDS, StatisticsHead
 from vssl.tasks.base import StepOutput, VSSLTask
 
@@ -54,6 +56,7 @@ from vssl.tasks.base import StepOutput, VSSLTask
 __all__ = [
     "APPEARANCE_LABELS",
     "LABEL_GROUPS",
+    "LABEL_PLACES",
     "MOTION_LABELS",
     "NUM_BINS",
     "OCTANT_COLOURS",
@@ -122,6 +125,14 @@ class SpatioTemporalStatistics(VSSLTask):
         clip_len: frames the network sees (the datamodule's ``clip_len``; the task reads one
             more for the last flow field). Sets the classes of the global motion labels.
         flow_method: ``dis`` (default) or ``farneback`` (`vssl.data.flow.compute_flow`).
+        labels: where the labels are computed. ``worker``: in the DataLoader workers, clip by
+            clip (`StatisticsTransform`). ``device``: per batch on the model's device, from the
+            uint8 frames and the flow that the workers send instead
+            (`vssl.data.statistics_labels_torch.batch_labels`, before normalisation; the same
+            labels). ``auto`` (default): ``device`` when the trainer runs on an accelerator,
+            where the labels cost next to nothing, ``worker`` otherwise, where the workers
+            compute them in parallel with the training step and the main process would only
+            add their time to every step.
         **kwargs: the shared settings of `VSSLTask`. Photometric ``augment`` settings are
             refused while appearance labels are on: colour changes after labelling would make
             the colour labels wrong.
@@ -137,6 +148,7 @@ class SpatioTemporalStatistics(VSSLTask):
         appearance_weight: float = 0.1,
         clip_len: int = 16,
         flow_method: str = "dis",
+        labels: str = "auto",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -149,13 +161,15 @@ class SpatioTemporalStatistics(VSSLTask):
             raise ValueError(f"unknown flow_method {flow_method!r}; choose one of {FLOW_METHODS}")
         if clip_len < 1:
             raise ValueError(f"clip_len must be >= 1, got {clip_len}")
+        if labels not in ("auto", *LABEL_PLACES):
+            raise ValueError(f"labels must be 'auto', 'worker' or 'device', got {labels!r}")
         if appearance and self.augment.photometric:
             raise ValueError(
                 "photometric augmentation (augment: jitter, grayscale, blur, solarize) would "
                 "change the colours after the appearance labels were computed; switch it off "
                 "or set appearance: false"
             )
-        self.clip_len, self.flow_method = clip_len, flow_method
+        self.clip_len, self.flow_method, self.labels = clip_len, flow_method, labels
         families = []
         for name, key, names, on, weight in (
             ("motion", "motion", MOTION_LABELS, motion, motion_weight),
@@ -186,9 +200,35 @@ class SpatioTemporalStatistics(VSSLTask):
             return RandomClip(spec.clip_len, spec.stride, extra_frames=1)
         return UniformClips(spec.clip_len + 1, spec.stride, num_clips=1, stack=False)
 
+    def label_place(self) -> str:
+        """Where this run computes the labels: ``worker`` or ``device`` (``labels="auto"``:
+        ``device`` when the attached trainer runs on an accelerator)."""
+        if self.labels != "auto":
+            return self.labels
+        trainer = self.attached_trainer()
+        on_accelerator = trainer is not None and trainer.strategy.root_device.type != "cpu"
+        return "device" if on_accelerator else "worker"
+
     def clip_transform(self, stage: str, spec: ClipSpec) -> Callable:
-        """Crop (random or central), flip (training, if the data allows), flow and labels."""
-        return StatisticsTransform(spec.crop_size, stage == "train", spec.flip, self.flow_method)
+        """Crop (random or central), flip (training, if the data allows), flow, and (with the
+        labels in the workers) labels."""
+        return StatisticsTransform(
+            spec.crop_size, stage == "train", spec.flip, self.flow_method, labels=self.label_place()
+        )
+
+    def augment_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The labels of a batch that brings flow instead (``labels="device"``), computed from
+        its uint8 frames before they are normalised; then the shared augmentation."""
+        if "flow" in batch:
+            flow = batch.pop("flow")
+            video = batch["video"]
+            if video.dtype != torch.uint8:
+                raise ValueError(
+                    f"the statistics labels need the batch's uint8 frames, got {video.dtype}"
+                )
+            with torch.no_grad():
+                batch["motion"], batch["appearance"] = batch_labels(video, flow)
+        return super().augment_batch(batch)
 
     def _label_losses(self, family: _Family, out: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Per-label losses and accuracies ``(L,)`` over the samples whose label is defined."""
