@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from vssl.data.dataset import VideoDataset
+from vssl.data.flow import DEFAULT_BOUND, FlowSource, flow_source
 from vssl.data.index import VideoIndex
 from vssl.data.layouts import VideoItem, load_layout
 from vssl.data.sampling import ClipSampler, ClipSpec, RandomClip, UniformClips
@@ -134,6 +135,18 @@ class VideoDataModule(LightningDataModule):
             smaller subset lies inside a larger one; see `vssl.data.subset`). None: all.
         subset_seed: the seed of the subset's choice (kept apart from the run's seed, so that
             runs with different seeds train on the same videos).
+        flow: precomputed optical flow for the tasks that read flow (the statistics task):
+            None (default) computes flow on the fly in the workers; ``"prepared"`` reads the
+            flow files ``vssl prepare --flow`` wrote beside each video; a folder reads flow
+            images in the two-stream layout ``FLOW/u/<video>/*.jpg`` + ``FLOW/v/<video>/``, or
+            per video ``FLOW/<video>/{u,v}/``, where ``<video>`` is the first that exists of
+            the video's path below ``root`` without its extension, its folder's name and its
+            stem (UCF101: ``ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01``), and its stem alone
+            (``v_ApplyEyeMakeup_g01_c01``, as the official ``tvl1_flow`` folders name them). Videos whose flow is missing or does not have frames - 1
+            fields are left out with a logged count and the first names (`vssl.data.flow`).
+            Clips must then be at stride 1.
+        flow_bound: the value range of flow images in a folder: byte ``0..255`` is
+            ``-flow_bound..flow_bound`` pixels (20 in the two-stream layout).
     """
 
     def __init__(
@@ -162,6 +175,8 @@ class VideoDataModule(LightningDataModule):
         decode_timeout: float | None = 60.0,
         subset: int | float | None = None,
         subset_seed: int = 0,
+        flow: str | None = None,
+        flow_bound: float = DEFAULT_BOUND,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -186,6 +201,8 @@ class VideoDataModule(LightningDataModule):
         self.synthetic = synthetic
         self.decode_timeout = decode_timeout
         self.subset, self.subset_seed = subset, subset_seed
+        self.flow, self.flow_bound = flow, flow_bound
+        self._flow_source: FlowSource | None = None
         self.datasets: dict[str, VideoDataset] = {}
         self._classes: list[str] | None = None
         self._resume_at: tuple[int, int] | None = None
@@ -302,6 +319,7 @@ class VideoDataModule(LightningDataModule):
         if sampler is None or transform is None:
             task_sampler, task_transform = self._task_pipeline(stage)
             sampler, transform = sampler or task_sampler, transform or task_transform
+        flow = self._flow_for(sampler)
         # The items and index entries are dropped once they are in the table's arrays: a
         # Python object per video would be copied into every DataLoader worker.
         table = VideoTable.from_items([items[i] for i in usable], [infos[i] for i in usable])
@@ -314,7 +332,24 @@ class VideoDataModule(LightningDataModule):
             max_failure_fraction=self.max_decode_failures,
             decode_timeout=self.decode_timeout,
             seed=self._resumable_seed(),
+            flow=flow,
         )
+
+    def _flow_for(self, sampler: ClipSampler) -> FlowSource | None:
+        """The precomputed flow source for ``sampler`` (None without ``flow`` or when the
+        sampler reads no flow); raises when the folder is missing or the clips skip frames."""
+        if self.flow is None or not getattr(sampler, "needs_flow", False):
+            return None
+        stride = int(getattr(sampler, "stride", self.clip_spec.stride))
+        if stride != 1:
+            raise ValueError(
+                f"flow={self.flow!r}: precomputed flow joins consecutive frames, but clips are "
+                f"sampled at stride {stride}; set stride: 1, or flow: null to compute flow on "
+                "the fly"
+            )
+        if self._flow_source is None:
+            self._flow_source = flow_source(self.flow, self.root, self.flow_bound)
+        return self._flow_source
 
     def setup(self, stage: str) -> None:
         """Builds the datasets that ``stage`` (fit, validate, test, predict) needs."""

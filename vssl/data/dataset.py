@@ -23,10 +23,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vssl.data.flow import FlowSource, flow_fields
 from vssl.data.index import VideoInfo
 from vssl.data.layouts import VideoItem
 from vssl.data.reader import VideoDecodeError, open_reader
-from vssl.data.sampling import AudioSpan, ClipSampler
+from vssl.data.sampling import AudioSpan, ClipSampler, FlowOf
 from vssl.data.table import VideoTable
 
 log = logging.getLogger("vssl")
@@ -67,15 +68,56 @@ def _with_audio(table: VideoTable) -> VideoTable:
             len(table) - len(keep),
             len(table),
         )
-        rows = np.asarray(keep)
-        table = VideoTable(
-            [table.path(i) for i in keep],
-            table.labels[rows],
-            table.num_frames[rows],
-            table.fps[rows],
-            table.width[rows],
-            table.height[rows],
+        table = _rows(table, keep)
+    return table
+
+
+def _rows(table: VideoTable, keep: list[int]) -> VideoTable:
+    """The rows ``keep`` of ``table``."""
+    rows = np.asarray(keep, dtype=np.int64)
+    return VideoTable(
+        [table.path(i) for i in keep],
+        table.labels[rows],
+        table.num_frames[rows],
+        table.fps[rows],
+        table.width[rows],
+        table.height[rows],
+    )
+
+
+def _with_flow(table: VideoTable, flow: FlowSource) -> VideoTable:
+    """The rows of ``table`` whose precomputed flow is there with one field per pair of frames
+    (frames - 1); the others are left out with one logged count and the first problems. Raises
+    a ValueError when none has usable flow."""
+    keep, problems = [], []
+    for i in range(len(table)):
+        path, expected = table.path(i), int(table.num_frames[i]) - 1
+        try:
+            fields = flow.fields(path)
+        except (OSError, ValueError) as err:
+            problems.append(str(err) if path in str(err) else f"{path}: {err}")
+            continue
+        if fields != expected:
+            problems.append(
+                f"{path}: {fields} flow fields in {flow}, expected {expected} (its frames - 1)"
+            )
+            continue
+        keep.append(i)
+    first = "\n  ".join(problems[:5])
+    if not keep:
+        raise ValueError(
+            f"none of the {len(table)} videos has usable precomputed flow ({flow}), and the "
+            f"task reads flow; first problems:\n  {first}"
         )
+    if problems:
+        log.warning(
+            "%d of %d videos have no usable precomputed flow (%s) and are left out; first:\n  %s",
+            len(problems),
+            len(table),
+            flow,
+            first,
+        )
+        table = _rows(table, keep)
     return table
 
 
@@ -96,7 +138,12 @@ class VideoDataset(Dataset):
     A sample is a dict: one uint8 tensor ``(T, 3, H, W)`` (or ``(N, T, 3, H, W)``) per view,
     plus ``label`` (-1 when unlabeled), ``index`` (the item's position) and ``skipped``; an
     audio view (`AudioSpan`) is a float32 waveform ``(C, N)``. When the sampler needs audio,
-    the videos without an audio stream are left out here, with one logged count.
+    the videos without an audio stream are left out here, with one logged count. ``flow`` (a
+    `vssl.data.flow.FlowSource`, None: none) is where precomputed optical flow is read from
+    for the sampler's flow views (`FlowOf`: float32 ``(T, 2, H, W)`` pixels at the decoded
+    frames' size); when the sampler needs flow, the videos whose flow is missing or does not
+    have frames - 1 fields are left out here, with one logged count and the first names.
+    Without ``flow``, flow views are dropped (the transform computes flow itself).
     """
 
     def __init__(
@@ -112,6 +159,7 @@ class VideoDataset(Dataset):
         min_failures: int = 10,
         decode_timeout: float | None = None,
         seed: int | None = None,
+        flow: FlowSource | None = None,
     ):
         if isinstance(items, VideoTable):
             if infos is not None:
@@ -128,7 +176,10 @@ class VideoDataset(Dataset):
             raise ValueError("the dataset is empty: no usable video was found")
         if getattr(sampler, "needs_audio", False):
             table = _with_audio(table)
+        if flow is not None and getattr(sampler, "needs_flow", False):
+            table = _with_flow(table, flow)
         self.table = table
+        self.flow = flow
         self.sampler = sampler
         self.transform = transform
         self.decode_size = decode_size
@@ -178,15 +229,16 @@ class VideoDataset(Dataset):
         num_frames = int(self.table.num_frames[index])
         views = self.sampler(num_frames, rng)
         spans = {name: v for name, v in views.items() if isinstance(v, AudioSpan)}
+        flows = {name: v for name, v in views.items() if isinstance(v, FlowOf)}
         targets = {
             name: torch.as_tensor(v)
             for name, v in views.items()
-            if np.ndim(v) == 0 and name not in spans
+            if name not in spans and name not in flows and np.ndim(v) == 0
         }
         views = {
             name: np.asarray(v)
             for name, v in views.items()
-            if name not in targets and name not in spans
+            if name not in targets and name not in spans and name not in flows
         }
         if len(views) == 1:
             wanted = next(iter(views.values())).ravel()
@@ -221,6 +273,8 @@ class VideoDataset(Dataset):
                 offset += idx.size
         if spans:
             sample.update(self._audio(index, spans, video_start))
+        if flows and self.flow is not None:
+            sample.update(self._flow(index, flows, views, frames.shape[-2:]))
         if self.transform is not None:
             sample = self.transform(sample)
         sample.update(targets)
@@ -247,6 +301,37 @@ class VideoDataset(Dataset):
             )
             for name, span in spans.items()
         }
+
+    def _flow(
+        self,
+        index: int,
+        flows: dict[str, FlowOf],
+        views: dict[str, np.ndarray],
+        size: tuple[int, int],
+    ) -> dict[str, Tensor]:
+        """The precomputed flow of the flow views of video ``index`` at ``size`` (H, W); a
+        flow file that cannot be read raises a `VideoDecodeError` (the sample is replaced)."""
+        path = self.table.path(index)
+        out = {}
+        for name, request in flows.items():
+            if request.view not in views:
+                raise ValueError(
+                    f"flow view {name!r} asks for the flow of view {request.view!r}, which the "
+                    f"sampler did not return (views: {sorted(views)})"
+                )
+            frames = views[request.view]
+            clips = frames.reshape(-1, frames.shape[-1])
+            for clip in clips:
+                flow_fields(clip)  # a clip at stride > 1 is the sampler's error: raise it
+            try:
+                if len(clips) == 1:  # one clip: no copy
+                    flow = self.flow.clip(path, clips[0], *size)[None]
+                else:
+                    flow = np.stack([self.flow.clip(path, clip, *size) for clip in clips])
+            except (OSError, ValueError, IndexError) as err:
+                raise VideoDecodeError(path, f"precomputed flow: {err}") from None
+            out[name] = torch.from_numpy(flow.reshape(*frames.shape[:-1], *flow.shape[1:]))
+        return out
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Tensor]:
         if self.seed is not None:

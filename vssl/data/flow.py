@@ -24,21 +24,43 @@ the named settings on the benchmark's clips.
 Units and layout everywhere: float32 ``(T, 2, H, W)`` in pixels, channel 0 = u (along x, to the
 right), channel 1 = v (along y, downwards); field ``t`` is the flow from frame ``t`` to ``t + 1``.
 
-Precomputed flow (for users who have TV-L1 flow on disk) follows the common JPEG layout of the
-two-stream and MAS/STS code: a folder with ``u/`` and ``v/`` subfolders holding one 8-bit
-grayscale image per field, sorted by name, where ``0..255`` maps linearly to ``-bound..bound``
-pixels (``bound`` = 20 by default).
+Precomputed flow, read by the data pipeline when a datamodule is given ``flow`` (see
+`flow_source`), comes in two forms:
+
+- Flow image folders (for users who have TV-L1 flow on disk), the common JPEG layout of the
+  two-stream and MAS/STS code: ``u/`` and ``v/`` folders holding one 8-bit grayscale image per
+  field, sorted by name, where ``0..255`` maps linearly to ``-bound..bound`` pixels (``bound`` =
+  20 by default, `decode_flow`). `FlowFolders` finds a video's folders in the two-stream layout
+  ``ROOT/u/<video>/`` + ``ROOT/v/<video>/`` or the per-video layout ``ROOT/<video>/{u,v}/``,
+  where ``<video>`` is the first that exists of: the video's path below the dataset root
+  without its extension, its folder's name and its stem (``ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01``
+  for UCF101's class folders), and its bare stem (``v_ApplyEyeMakeup_g01_c01``, as the official
+  ``tvl1_flow`` folders hold it).
+- Flow files (`FLOW_SUFFIX`, ``<video>.flow`` beside a prepared video), which ``vssl prepare
+  --flow`` writes (`write_flow_file`, `FlowFile`): every field's u plane stacked above its v
+  plane as one grayscale JPEG, quantised to ``+-PREPARED_BOUND`` px, with an offset table, so
+  that a clip's fields are one read and one libjpeg-turbo decode each.
+
+Either way the labels of the statistics task change: flow of the whole frame cropped is not
+flow computed on the crop (the borders differ), and quantisation and JPEG move the argmaxes the
+labels are; README's "Precomputed optical flow" has the measured agreement.
+
+Stored flow of another size than the decoded frames is resized to them with u scaled by the
+width ratio and v by the height ratio (`resize_flow`; the official STS code resizes flow images
+without scaling the values).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 import torch
 
 FLOW_METHODS = ("dis", "farneback")
@@ -54,6 +76,16 @@ DEFAULT_DIS_PRESET = "fast_vr3"
 """The default DIS setting (see the module docstring for the measurement behind it)."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_BOUND = 20.0
+"""Flow image folders' value range in pixels (the two-stream layout's +-20 px)."""
+FLOW_SUFFIX = ".flow"
+"""Ending added to a video's name for its flow file (``x.mp4.flow``)."""
+PREPARED_BOUND = 10.0
+"""Value range (+- pixels) of the flow files ``vssl prepare --flow`` writes: steps of 0.078 px.
+Chosen by ``benchmarks/flow_format.py`` (README, "Precomputed optical flow"): half the
+two-stream layout's range kept more of the motion labels of the unquantised flow than +-20 px,
+and clips far less motion than +-5 px on frames of short side 128."""
+PREPARED_QUALITY = 95
+"""JPEG quality of the flow files ``vssl prepare --flow`` writes (see `PREPARED_BOUND`)."""
 
 _local = threading.local()
 
@@ -260,31 +292,7 @@ def read_flow_folder(
     ``indices`` picks fields by position in the sorted file lists (all fields when None).
     """
     u_files, v_files = flow_image_files(folder)
-    count = len(u_files)
-    idx = np.arange(count) if indices is None else np.asarray(indices, dtype=np.int64).ravel()
-    bad = idx[(idx < 0) | (idx >= count)]
-    if bad.size:
-        raise IndexError(
-            f"{folder}: flow field indices {sorted(set(bad.tolist()))[:10]} out of range for "
-            f"{count} fields"
-        )
-    out: np.ndarray | None = None
-    for row, i in enumerate(idx):
-        for channel, path in enumerate((u_files[i], v_files[i])):
-            image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-            if image is None:
-                raise ValueError(f"{path}: not a readable image")
-            if out is None:
-                out = np.empty((len(idx), 2, *image.shape), dtype=np.uint8)
-            elif image.shape != out.shape[2:]:
-                raise ValueError(
-                    f"{path}: size {image.shape[1]}x{image.shape[0]} differs from the first flow "
-                    f"image's {out.shape[3]}x{out.shape[2]}"
-                )
-            out[row, channel] = image
-    if out is None:
-        return np.zeros((0, 2, 0, 0), dtype=np.float32)
-    return decode_flow(out, bound)
+    return _read_images(u_files, v_files, indices, bound, folder)
 
 
 def write_flow_folder(
@@ -306,6 +314,429 @@ def write_flow_folder(
             if not cv2.imwrite(str(path), images[t, channel]):
                 raise OSError(f"{path}: could not write the flow image")
     return folder
+
+
+_FLOW_MAGIC = b"VSSLFLW1"
+_FLOW_FIELDS = 8  # int64 header fields after the magic
+_CODECS = {"jpeg": 0, "png": 1}
+
+
+def _lut(bound: float) -> np.ndarray:
+    """float32 value in pixels of each byte ``0..255`` (`decode_flow`'s mapping)."""
+    return decode_flow(np.arange(256, dtype=np.uint8), bound)
+
+
+class FlowFileWriter:
+    """Writes a flow file (`write_flow_file`) of ``fields`` fields of ``height`` x ``width``
+    field by field (`add`), so that a long video's flow never has to be in memory at once;
+    `close` checks that every field came and makes the file complete (fsynced)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        fields: int,
+        height: int,
+        width: int,
+        bound: float = PREPARED_BOUND,
+        quality: int = PREPARED_QUALITY,
+        codec: str = "jpeg",
+    ) -> None:
+        self.path = str(path)
+        if codec not in _CODECS:
+            raise ValueError(
+                f"{path}: unknown flow file codec {codec!r}; choose one of {tuple(_CODECS)}"
+            )
+        if not 1 <= quality <= 100:
+            raise ValueError(f"{path}: JPEG quality must be 1..100, got {quality}")
+        if bound <= 0:
+            raise ValueError(f"{path}: bound must be positive, got {bound}")
+        if fields < 1 or height < 1 or width < 1:
+            raise ValueError(f"{path}: a flow file needs >= 1 field of >= 1x1 pixels")
+        self.fields, self.height, self.width = fields, height, width
+        self.bound, self.quality, self.codec = bound, quality, codec
+        self._rows = -(-height // 8) * 8
+        self._tall = np.empty((2, self._rows, width), dtype=np.uint8)
+        self._sizes: list[int] = []
+        header = np.array(
+            [
+                fields,
+                height,
+                width,
+                self._rows,
+                _CODECS[codec],
+                quality,
+                np.float64(bound).view(np.int64),
+                0,
+            ],
+            dtype="<i8",
+        )
+        self._handle = open(self.path, "wb")
+        self._handle.write(_FLOW_MAGIC + header.tobytes() + bytes(8 * (fields + 1)))
+        self.size = len(_FLOW_MAGIC) + header.nbytes + 8 * (fields + 1)
+
+    def add(self, flow: np.ndarray) -> None:
+        """Appends float ``(N, 2, height, width)`` flow fields (pixels)."""
+        flow = np.asarray(flow)
+        if flow.ndim != 4 or flow.shape[1:] != (2, self.height, self.width):
+            raise ValueError(
+                f"{self.path}: flow fields must have shape (N, 2, {self.height}, {self.width}), "
+                f"got {flow.shape}"
+            )
+        if len(self._sizes) + len(flow) > self.fields:
+            raise ValueError(f"{self.path}: more than the {self.fields} fields announced")
+        h, rows, tall = self.height, self._rows, self._tall
+        for field in encode_flow(flow, self.bound):
+            tall[:, :h] = field
+            tall[:, h:] = field[:, h - 1 : h]
+            if self.codec == "jpeg":
+                data = simplejpeg.encode_jpeg(
+                    tall.reshape(2 * rows, self.width, 1), quality=self.quality, colorspace="GRAY"
+                )
+            else:
+                ok, encoded = cv2.imencode(".png", tall.reshape(2 * rows, self.width))
+                if not ok:
+                    raise OSError(f"{self.path}: could not encode a flow field as PNG")
+                data = encoded.tobytes()
+            self._handle.write(data)
+            self._sizes.append(len(data))
+            self.size += len(data)
+
+    def close(self) -> int:
+        """Writes the offsets and syncs the file; returns its size in bytes."""
+        handle = self._handle
+        if handle.closed:
+            return self.size
+        try:
+            if len(self._sizes) != self.fields:
+                raise ValueError(
+                    f"{self.path}: {len(self._sizes)} of the {self.fields} fields were written"
+                )
+            offsets = np.cumsum([0, *self._sizes], dtype=np.int64).astype("<i8")
+            handle.seek(len(_FLOW_MAGIC) + 8 * _FLOW_FIELDS)
+            handle.write(offsets.tobytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        finally:
+            handle.close()
+        return self.size
+
+    def __enter__(self) -> FlowFileWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            self._handle.close()
+
+
+def write_flow_file(
+    path: str | Path,
+    flow: np.ndarray,
+    bound: float = PREPARED_BOUND,
+    quality: int = PREPARED_QUALITY,
+    codec: str = "jpeg",
+) -> int:
+    """Writes float ``(T, 2, H, W)`` flow to the flow file ``path``; returns the bytes written.
+
+    Each field is quantised to bytes over ``-bound..bound`` (`encode_flow`) and stored as one
+    grayscale image of its u plane above its v plane, each plane padded to a multiple of 8
+    rows by repeating its last row, so that no JPEG block mixes u and v: ``codec`` ``jpeg``
+    (libjpeg-turbo at ``quality``) or ``png`` (lossless after quantisation). The file is the
+    magic, a header, the images' offsets, then the images: `FlowFile` reads it.
+    """
+    flow = np.asarray(flow)
+    if flow.ndim != 4 or flow.shape[1] != 2 or not flow.shape[0] or 0 in flow.shape[2:]:
+        raise ValueError(f"{path}: flow must have shape (T, 2, H, W), T >= 1, got {flow.shape}")
+    with FlowFileWriter(path, flow.shape[0], *flow.shape[2:], bound, quality, codec) as writer:
+        writer.add(flow)
+    return writer.size
+
+
+class FlowFile:
+    """One flow file (`write_flow_file`): ``fields`` fields of ``height`` x ``width``, read by
+    field index with `read`. Raises ValueError naming the file when it is not a whole one."""
+
+    fast_decode: bool = False
+    """Decode JPEG fields with libjpeg-turbo's fast integer IDCT instead of the accurate one:
+    off, as its errors change many more motion labels than the time it saves is worth
+    (benchmarks/flow_format.py)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        with open(self.path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            start = len(_FLOW_MAGIC) + 8 * _FLOW_FIELDS
+            head = handle.read(start)
+            if len(head) != start or not head.startswith(_FLOW_MAGIC):
+                raise ValueError(f"{self.path}: not a vssl flow file")
+            fields, h, w, rows, codec, quality, bound, _ = np.frombuffer(
+                head, "<i8", _FLOW_FIELDS, len(_FLOW_MAGIC)
+            ).tolist()
+            if fields < 1 or min(h, w) < 1 or rows < h or codec not in _CODECS.values():
+                raise ValueError(f"{self.path}: damaged flow file header")
+            table = handle.read(8 * (fields + 1))
+        offsets = np.frombuffer(table, "<i8").astype(np.int64)
+        self.data_start = start + 8 * (fields + 1)
+        if (
+            len(offsets) != fields + 1
+            or offsets[0] != 0
+            or np.any(np.diff(offsets) <= 0)
+            or self.data_start + int(offsets[-1]) != size
+        ):
+            raise ValueError(f"{self.path}: damaged or cut short (its offsets do not fit its size)")
+        self.fields, self.height, self.width, self._rows = fields, h, w, rows
+        self.codec = {v: k for k, v in _CODECS.items()}[codec]
+        self.quality = quality
+        self.bound = float(np.int64(bound).view(np.float64))
+        self.offsets = offsets
+
+    def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Fields ``indices`` (any order, repeats allowed) as float32 ``(N, 2, H, W)`` pixels."""
+        idx = np.asarray(indices, dtype=np.int64).ravel()
+        bad = idx[(idx < 0) | (idx >= self.fields)]
+        if bad.size:
+            raise IndexError(
+                f"{self.path}: flow fields {sorted(set(bad.tolist()))[:10]} out of range for "
+                f"{self.fields} fields"
+            )
+        out = np.empty((len(idx), 2, self.height, self.width), dtype=np.float32)
+        if not len(idx):
+            return out
+        lut = _lut(self.bound)
+        lo, hi = int(self.offsets[idx.min()]), int(self.offsets[idx.max() + 1])
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, hi - lo, self.data_start + lo)
+        finally:
+            os.close(fd)
+        if len(data) != hi - lo:
+            raise ValueError(f"{self.path}: cut short")
+        rows, h = self._rows, self.height
+        tall = scratch("flow_file_tall", (2 * rows, self.width, 1), np.uint8)
+        for n, i in enumerate(idx.tolist()):
+            a, b = int(self.offsets[i]) - lo, int(self.offsets[i + 1]) - lo
+            image = np.frombuffer(data, np.uint8, b - a, a)
+            try:
+                if self.codec == "jpeg":
+                    decoded = simplejpeg.decode_jpeg(
+                        image, "GRAY", fastdct=self.fast_decode, buffer=tall
+                    )
+                else:
+                    decoded = cv2.imdecode(image, cv2.IMREAD_GRAYSCALE)
+            except ValueError as err:
+                raise ValueError(f"{self.path}: flow field {i} does not decode ({err})") from None
+            if decoded is None or decoded.shape[:2] != (2 * rows, self.width):
+                raise ValueError(f"{self.path}: flow field {i} does not decode to its size")
+            planes = decoded.reshape(2, rows, self.width)
+            cv2.LUT(planes[0, :h], lut, dst=out[n, 0])
+            cv2.LUT(planes[1, :h], lut, dst=out[n, 1])
+        return out
+
+
+def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
+    """float32 flow ``(T, 2, h, w)`` resized to ``(T, 2, height, width)``, u scaled by
+    ``width / w`` and v by ``height / h`` (a flow of one pixel is ``width / w`` pixels in the
+    larger frames). The flow itself when the size is already right."""
+    t, _, h, w = flow.shape
+    if (h, w) == (height, width):
+        return flow
+    shrink = height < h and width < w
+    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    out = np.empty((t, 2, height, width), dtype=np.float32)
+    for n in range(t):
+        for c, ratio in ((0, width / w), (1, height / h)):
+            cv2.resize(flow[n, c], (width, height), dst=out[n, c], interpolation=interpolation)
+            out[n, c] *= np.float32(ratio)
+    return out
+
+
+def flow_fields(frames: np.ndarray) -> np.ndarray:
+    """The stored field of each pair of consecutive ``frames`` (frame indices, ``(T + 1,)``):
+    field ``frames[t]`` when ``frames[t + 1] == frames[t] + 1``, -1 (zero flow) when the clip
+    repeats a frame or wraps around to the start (a clip longer than its video). Raises
+    ValueError for a pair more than one frame apart: stored fields join consecutive frames."""
+    frames = np.asarray(frames, dtype=np.int64).ravel()
+    if len(frames) < 2:
+        raise ValueError(f"flow needs at least 2 frames, got {len(frames)}")
+    step = np.diff(frames)
+    if np.any(step > 1):
+        t = int(np.flatnonzero(step > 1)[0])
+        raise ValueError(
+            f"precomputed flow joins consecutive frames, but the clip goes from frame "
+            f"{frames[t]} to {frames[t + 1]}; sample clips at stride 1, or compute flow on the fly"
+        )
+    return np.where(step == 1, frames[:-1], -1)
+
+
+class FlowSource:
+    """Where the precomputed flow of each video is: `fields` counts a video's stored fields
+    (raising FileNotFoundError or ValueError naming the file when there is no usable flow),
+    `read` returns fields by index as float32 ``(N, 2, H, W)`` pixels at the stored size."""
+
+    def fields(self, video: str) -> int:
+        raise NotImplementedError
+
+    def read(self, video: str, indices: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def clip(self, video: str, frames: np.ndarray, height: int, width: int) -> np.ndarray:
+        """The flow of a clip's ``frames`` (`flow_fields`) at ``height`` x ``width``
+        (`resize_flow`): float32 ``(T, 2, height, width)``, field t from frame t to t + 1."""
+        fields = flow_fields(frames)
+        valid = fields >= 0
+        if valid.all():
+            flow = self.read(video, fields)
+        else:
+            stored = self.read(video, fields[valid]) if valid.any() else None
+            shape = stored.shape[2:] if stored is not None else (height, width)
+            flow = np.zeros((len(fields), 2, *shape), dtype=np.float32)
+            if stored is not None:
+                flow[valid] = stored
+        return resize_flow(flow, height, width)
+
+
+class PreparedFlow(FlowSource):
+    """The flow files that ``vssl prepare --flow`` wrote beside each video (``<video>.flow``)."""
+
+    def fields(self, video: str) -> int:
+        path = video + FLOW_SUFFIX
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path}: no flow file (run 'vssl prepare --flow' over the dataset)"
+            )
+        return FlowFile(path).fields
+
+    def read(self, video: str, indices: np.ndarray) -> np.ndarray:
+        return FlowFile(video + FLOW_SUFFIX).read(indices)
+
+    def __repr__(self) -> str:
+        return "PreparedFlow()"
+
+
+class FlowFolders(FlowSource):
+    """Flow image folders under ``root`` (see the module docstring for the two layouts and how
+    a video finds its folder) for the videos below ``data_root``, images over ``+-bound`` px."""
+
+    def __init__(self, root: str | Path, data_root: str | Path, bound: float = DEFAULT_BOUND):
+        self.root, self.data_root = Path(root), Path(data_root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: flow folder not found (no such directory)")
+        if bound <= 0:
+            raise ValueError(f"{self.root}: flow bound must be positive, got {bound}")
+        self.bound = bound
+        self.two_stream = (self.root / "u").is_dir() and (self.root / "v").is_dir()
+
+    def folders(self, video: str) -> tuple[Path, Path]:
+        """The ``u`` and ``v`` folders of ``video``; FileNotFoundError naming where it looked."""
+        path = Path(video)
+        keys = []
+        for base, full in (
+            (Path(os.path.abspath(self.data_root)), Path(os.path.abspath(path))),
+            (self.data_root.resolve(), path.resolve()),
+        ):
+            if full.is_relative_to(base):
+                keys.append(full.relative_to(base).with_suffix("").as_posix())
+                break
+        for key in (f"{path.parent.name}/{path.stem}", path.stem):
+            if key not in keys:
+                keys.append(key)
+        tried = []
+        for key in keys:
+            if self.two_stream:
+                u, v = self.root / "u" / key, self.root / "v" / key
+            else:
+                u, v = self.root / key / "u", self.root / key / "v"
+            if u.is_dir() or v.is_dir():
+                return u, v
+            tried.append(str(u))
+        raise FileNotFoundError(f"{video}: no flow folder (looked for {' and '.join(tried)})")
+
+    def files(self, video: str) -> tuple[list[Path], list[Path]]:
+        """The sorted u and v images of ``video``; raises when they do not pair up."""
+        u_dir, v_dir = self.folders(video)
+        return _paired_images(u_dir, v_dir, f"{video}: flow folders {u_dir} and {v_dir}")
+
+    def fields(self, video: str) -> int:
+        return len(self.files(video)[0])
+
+    def read(self, video: str, indices: np.ndarray) -> np.ndarray:
+        u_files, v_files = self.files(video)
+        return _read_images(u_files, v_files, indices, self.bound, video)
+
+    def __repr__(self) -> str:
+        return f"FlowFolders({str(self.root)!r}, bound={self.bound:g})"
+
+
+def flow_source(
+    flow: str | Path | FlowSource | None, data_root: str | Path, bound: float = DEFAULT_BOUND
+) -> FlowSource | None:
+    """The `FlowSource` a datamodule's ``flow`` setting names: None (flow computed on the fly),
+    ``"prepared"`` (`PreparedFlow`), or a folder of flow images (`FlowFolders`)."""
+    if flow is None or isinstance(flow, FlowSource):
+        return flow
+    if str(flow) == "prepared":
+        return PreparedFlow()
+    return FlowFolders(flow, data_root, bound)
+
+
+def _paired_images(u_dir: Path, v_dir: Path, what: str) -> tuple[list[Path], list[Path]]:
+    files = []
+    for sub in (u_dir, v_dir):
+        if not sub.is_dir():
+            raise FileNotFoundError(f"{what}: {sub} is missing")
+        found = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise FileNotFoundError(f"{what}: no flow images in {sub}")
+        files.append(found)
+    u, v = files
+    if len(u) != len(v):
+        raise ValueError(f"{what}: {len(u)} images in {u_dir} but {len(v)} in {v_dir}")
+    return u, v
+
+
+def _read_image(path: Path) -> np.ndarray | None:
+    """One 8-bit flow image, grayscale: JPEGs by libjpeg-turbo, other formats by OpenCV."""
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        try:
+            return simplejpeg.decode_jpeg(path.read_bytes(), "GRAY")[..., 0]
+        except ValueError:
+            return None
+    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+
+
+def _read_images(
+    u_files: list[Path],
+    v_files: list[Path],
+    indices: Sequence[int] | np.ndarray | None,
+    bound: float,
+    what: str | Path,
+) -> np.ndarray:
+    count = len(u_files)
+    idx = np.arange(count) if indices is None else np.asarray(indices, dtype=np.int64).ravel()
+    bad = idx[(idx < 0) | (idx >= count)]
+    if bad.size:
+        raise IndexError(
+            f"{what}: flow field indices {sorted(set(bad.tolist()))[:10]} out of range for "
+            f"{count} fields"
+        )
+    out: np.ndarray | None = None
+    for row, i in enumerate(idx):
+        for channel, path in enumerate((u_files[i], v_files[i])):
+            image = _read_image(path)
+            if image is None:
+                raise ValueError(f"{path}: not a readable image")
+            if out is None:
+                out = np.empty((len(idx), 2, *image.shape), dtype=np.uint8)
+            elif image.shape != out.shape[2:]:
+                raise ValueError(
+                    f"{path}: size {image.shape[1]}x{image.shape[0]} differs from the first flow "
+                    f"image's {out.shape[3]}x{out.shape[2]}"
+                )
+            out[row, channel] = image
+    if out is None:
+        return np.zeros((0, 2, 0, 0), dtype=np.float32)
+    return decode_flow(out, bound)
 
 
 def flow_to_rgb(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
@@ -331,15 +762,27 @@ __all__ = [
     "DEFAULT_DIS_PRESET",
     "DIS_PRESETS",
     "FLOW_METHODS",
+    "FLOW_SUFFIX",
+    "PREPARED_BOUND",
+    "PREPARED_QUALITY",
+    "FlowFile",
+    "FlowFileWriter",
+    "FlowFolders",
+    "FlowSource",
+    "PreparedFlow",
     "compute_flow",
     "compute_flow_into",
     "decode_flow",
     "encode_flow",
+    "flow_fields",
     "flow_image_files",
+    "flow_source",
     "flow_to_rgb",
     "limit_threads",
     "read_flow_folder",
+    "resize_flow",
     "scratch",
     "to_gray_frames",
+    "write_flow_file",
     "write_flow_folder",
 ]

@@ -22,6 +22,16 @@ are deleted; an output renamed but not yet recorded is verified and kept), and r
 replace an output made with other settings or from a changed source unless ``overwrite``.
 Sources that cannot be read are listed with the reason in ``DST/prepare_report.json`` and on
 the console; they never stop the run.
+
+With ``flow`` (``--flow``), each prepared video also gets its optical flow beside it,
+``<output>.flow`` (`vssl.data.flow.FlowFile`): DIS flow (`vssl.data.flow.DEFAULT_DIS_PRESET`)
+of every pair of consecutive frames as the data pipeline decodes them (backend ``auto``, at the
+stored size), which ``VideoDataModule(flow="prepared")`` reads instead of computing flow in the
+workers. Flow files follow the same rules: written under a temporary name, verified (frames - 1
+fields, first and last decodable), renamed, recorded in the manifest with the video they
+describe; a rerun skips them, and one made with other settings or from another version of its
+video is replaced only with ``overwrite``. A video that is transcoded again loses its old flow
+file.
 """
 
 from __future__ import annotations
@@ -46,9 +56,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import av
+import numpy as np
 from av.video.frame import PictureType
 from av.video.reformatter import Interpolation, VideoReformatter
 
+from vssl.data import flow as flowlib
 from vssl.data.index import probe_video
 from vssl.data.layouts import is_video
 from vssl.data.reader import (
@@ -151,6 +163,12 @@ class PrepareSummary:
     bytes_after: int = 0
     fatal: str | None = None
     report: str = ""
+    flow: bool = False
+    flow_done: int = 0
+    flow_skipped: int = 0
+    flow_fields: int = 0
+    flow_seconds: float = 0.0
+    flow_bytes: int = 0
 
     @property
     def videos_per_core_second(self) -> float:
@@ -181,6 +199,13 @@ class PrepareSummary:
                 f"size: {_megabytes(self.bytes_before)} -> {_megabytes(self.bytes_after)} "
                 f"({100 * self.bytes_after / self.bytes_before:.1f}%) over "
                 f"{self.done + self.skipped} videos"
+            )
+        if self.flow:
+            rate = self.flow_fields / self.flow_seconds if self.flow_seconds else 0.0
+            lines.append(
+                f"flow: {self.flow_done} done, {self.flow_skipped} skipped (already done)"
+                + (f", {rate:.0f} fields/s per core" if self.flow_done else "")
+                + f", {_megabytes(self.flow_bytes)} of flow files"
             )
         if self.ignored_count:
             lines.append(
@@ -354,8 +379,8 @@ def _copy_atomic(source: Path, out: Path) -> None:
             os.unlink(tmp)
 
 
-def _settings_difference(recorded: Any, settings: Settings) -> str:
-    now = settings.key()
+def _settings_difference(recorded: Any, settings: Settings | dict[str, Any]) -> str:
+    now = settings.key() if isinstance(settings, Settings) else settings
     if not isinstance(recorded, dict):
         return "unknown settings"
     diffs = [f"{k}={recorded.get(k)!r} (now {v!r})" for k, v in now.items() if recorded.get(k) != v]
@@ -697,6 +722,8 @@ def _run_job(job: _Job) -> _Outcome:
             return _Outcome(job, "failed", "the source changed while it was transcoded")
         _write_sidecar(tmp, job.output, job.settings.codec)
         os.replace(tmp, job.output)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(job.output + flowlib.FLOW_SUFFIX)  # it described the video replaced
         return _Outcome(
             job,
             "done",
@@ -715,6 +742,250 @@ def _run_job(job: _Job) -> _Outcome:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+# ---------------------------------------------------------------- optical flow
+
+
+FLOW_CHUNK = 64
+"""Frames decoded at a time while computing a video's flow (memory stays small)."""
+
+
+def flow_settings() -> dict[str, Any]:
+    """What a flow file depends on besides its video; recorded with every flow file."""
+    return {
+        "version": 1,
+        "method": "dis",
+        "preset": flowlib.DEFAULT_DIS_PRESET,
+        "codec": "jpeg",
+        "bound": flowlib.PREPARED_BOUND,
+        "quality": flowlib.PREPARED_QUALITY,
+    }
+
+
+@dataclass(frozen=True)
+class _FlowJob:
+    video: str  # the prepared video
+    output: str  # its flow file
+    rel_output: str
+    frames: int
+    video_key: list[int]
+    adopt: bool  # the flow file exists unrecorded: verify it instead of computing it
+
+
+@dataclass
+class _FlowOutcome:
+    job: _FlowJob
+    status: Literal["done", "adopted", "failed", "conflict", "fatal"]
+    reason: str = ""
+    seconds: float = 0.0
+    output_size: int = 0
+
+
+def _flow_problem(path: str, frames: int) -> str | None:
+    """Why the flow file at ``path`` is not a flow file of these settings for a video of
+    ``frames`` frames, or None when it is."""
+    try:
+        file = flowlib.FlowFile(path)
+        settings = flow_settings()
+        if (file.codec, file.bound, file.quality) != (
+            settings["codec"],
+            settings["bound"],
+            settings["quality"],
+        ):
+            return f"made with codec {file.codec}, bound {file.bound:g}, quality {file.quality}"
+        if file.fields != frames - 1:
+            return f"{file.fields} flow fields, expected {frames - 1} (frames - 1)"
+        file.read([0, file.fields - 1])
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def _compute_flow_file(video: str, tmp: str, frames: int) -> int:
+    """DIS flow of every pair of consecutive frames of ``video`` (decoded as the data pipeline
+    decodes them) written to the flow file ``tmp``; returns the fields written."""
+    from vssl.data.reader import open_reader
+
+    with flowlib.limit_threads(1), open_reader(video, "auto", num_frames=frames) as reader:
+        height, width = output_size(reader.height, reader.width, None)
+        with flowlib.FlowFileWriter(
+            tmp, frames - 1, height, width, flowlib.PREPARED_BOUND, flowlib.PREPARED_QUALITY
+        ) as writer:
+            for begin in range(0, frames - 1, FLOW_CHUNK):
+                stop = min(frames, begin + FLOW_CHUNK + 1)
+                gray = flowlib.to_gray_frames(reader.get_frames(np.arange(begin, stop)))
+                out = np.empty((len(gray) - 1, 2, height, width), dtype=np.float32)
+                writer.add(flowlib.compute_flow_into(gray, out))
+    return frames - 1
+
+
+def _run_flow_job(job: _FlowJob) -> _FlowOutcome:
+    """Compute (or, for an unrecorded existing flow file, verify) one video's flow; never
+    raises."""
+    began = time.perf_counter()
+    tmp = f"{job.output}.{os.getpid()}{TMP_SUFFIX}"
+    try:
+        if job.adopt:
+            problem = _flow_problem(job.output, job.frames)
+            if problem:
+                return _FlowOutcome(
+                    job,
+                    "conflict",
+                    f"exists and is not a flow file of these settings ({problem}); pass "
+                    "--overwrite to replace it",
+                )
+            return _FlowOutcome(job, "adopted", output_size=os.stat(job.output).st_size)
+        if job.frames < 2:
+            return _FlowOutcome(job, "failed", "flow: a video of one frame has no flow")
+        _compute_flow_file(job.video, tmp, job.frames)
+        problem = _flow_problem(tmp, job.frames)
+        if problem:
+            return _FlowOutcome(
+                job, "failed", f"flow: the flow file failed verification: {problem}"
+            )
+        if _file_key(job.video) != job.video_key:
+            return _FlowOutcome(
+                job, "failed", "flow: the video changed while its flow was computed"
+            )
+        os.replace(tmp, job.output)
+        return _FlowOutcome(
+            job,
+            "done",
+            seconds=time.perf_counter() - began,
+            output_size=os.stat(job.output).st_size,
+        )
+    except OSError as exc:
+        status: Literal["fatal", "failed"] = "fatal" if exc.errno in _FATAL_ERRNOS else "failed"
+        return _FlowOutcome(job, status, f"flow: {exc.strerror or exc}")
+    except VideoDecodeError as exc:
+        return _FlowOutcome(job, "failed", f"flow: {exc.problem}")
+    except Exception as exc:  # a damaged video must never stop the run
+        return _FlowOutcome(job, "failed", f"flow: {type(exc).__name__}: {exc}")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _plan_flow(
+    dst: Path,
+    rels: list[str],
+    settings: Settings,
+    overwrite: bool,
+    manifest: dict[str, dict[str, Any]],
+    summary: PrepareSummary,
+) -> list[_FlowJob]:
+    """Flow jobs for the prepared videos (outputs of ``rels`` made with ``settings`` and in
+    place) whose flow file is not done; done ones are counted as skipped."""
+    ext = CODECS[settings.codec][0]
+    wanted = flow_settings()
+    jobs = []
+    for rel in rels:
+        rel_video = Path(rel).with_suffix(ext).as_posix()
+        video_record = manifest.get(rel_video)
+        video = dst / rel_video
+        if video_record is None or video_record.get("settings") != settings.key():
+            continue  # not prepared (failed, or a conflict): nothing to compute flow of
+        try:
+            video_key = _file_key(str(video))
+        except OSError:
+            continue
+        if video_key[0] != video_record.get("output_size"):
+            continue
+        rel_flow = rel_video + flowlib.FLOW_SUFFIX
+        out = dst / rel_flow
+        frames = int(video_record.get("frames", 0))
+        adopt = False
+        if os.path.lexists(out):
+            record = manifest.get(rel_flow)
+            size = out.stat().st_size if out.is_file() and not out.is_symlink() else -1
+            if record is not None and record.get("output_size") == size:
+                if record.get("flow_settings") != wanted:
+                    difference = _settings_difference(record.get("flow_settings"), wanted)
+                    if not overwrite:
+                        summary.conflicts.append((rel_flow, f"made with {difference}"))
+                        continue
+                elif record.get("video") != video_key:
+                    if not overwrite:
+                        summary.conflicts.append(
+                            (rel_flow, f"made from another version of {rel_video}")
+                        )
+                        continue
+                else:
+                    summary.flow_skipped += 1
+                    summary.flow_bytes += size
+                    continue
+            elif size < 0:
+                summary.failed.append((rel_flow, "not a regular file; not written"))
+                continue
+            else:
+                adopt = not overwrite
+        jobs.append(_FlowJob(str(video), str(out), rel_flow, frames, video_key, adopt))
+    return jobs
+
+
+def _run_flow_jobs(
+    jobs: list[_FlowJob], workers: int, manifest_file: Path, summary: PrepareSummary, progress: bool
+) -> None:
+    """Run the flow jobs in a process pool (in this process for one worker), recording each
+    finished flow file as it comes; a fatal error (a full disk) stops the submissions."""
+    if not jobs:
+        return
+    wanted = flow_settings()
+    with open(manifest_file, "a", encoding="utf-8") as manifest, _progress(progress) as bar:
+        task = bar.add_task("optical flow", total=len(jobs), fps=0.0)
+        began = time.perf_counter()
+
+        def record(outcome: _FlowOutcome) -> None:
+            job = outcome.job
+            if outcome.status in ("done", "adopted"):
+                line = {
+                    "output": job.rel_output,
+                    "kind": "flow",
+                    "video": job.video_key,
+                    "output_size": outcome.output_size,
+                    "fields": job.frames - 1,
+                    "flow_settings": wanted,
+                }
+                manifest.write(json.dumps(line) + "\n")
+                manifest.flush()
+                os.fsync(manifest.fileno())
+                summary.flow_bytes += outcome.output_size
+                if outcome.status == "done":
+                    summary.flow_done += 1
+                    summary.flow_fields += job.frames - 1
+                    summary.flow_seconds += outcome.seconds
+                else:
+                    summary.flow_skipped += 1
+            elif outcome.status == "conflict":
+                summary.conflicts.append((job.rel_output, outcome.reason))
+                bar.console.print(f"conflict: {job.rel_output}: {outcome.reason}", markup=False)
+            else:
+                summary.failed.append((job.rel_output, outcome.reason))
+                if outcome.status == "fatal":
+                    summary.fatal = f"{job.rel_output}: {outcome.reason}"
+                bar.console.print(f"failed: {job.rel_output}: {outcome.reason}", markup=False)
+            elapsed = time.perf_counter() - began
+            bar.update(task, advance=1, fps=summary.flow_fields / elapsed if elapsed else 0.0)
+
+        if workers <= 1:
+            for job in jobs:
+                record(_run_flow_job(job))
+                if summary.fatal:
+                    break
+            return
+        queue, ahead = iter(jobs), 4 * workers
+        with ProcessPoolExecutor(workers) as pool:
+            pending = {pool.submit(_run_flow_job, job) for job in itertools.islice(queue, ahead)}
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    record(future.result())
+                while not summary.fatal and len(pending) < ahead:
+                    job = next(queue, None)
+                    if job is None:
+                        break
+                    pending.add(pool.submit(_run_flow_job, job))
 
 
 # ---------------------------------------------------------------- the run
@@ -947,6 +1218,15 @@ def _write_report(dst: Path, summary: PrepareSummary) -> None:
         "bytes": {"before": summary.bytes_before, "after": summary.bytes_after},
         "fatal": summary.fatal,
     }
+    if summary.flow:
+        report["flow"] = {
+            "settings": flow_settings(),
+            "done": summary.flow_done,
+            "skipped": summary.flow_skipped,
+            "fields": summary.flow_fields,
+            "worker_seconds": round(summary.flow_seconds, 3),
+            "bytes": summary.flow_bytes,
+        }
     _write_atomic(dst / REPORT_NAME, json.dumps(report, indent=1) + "\n")
 
 
@@ -962,6 +1242,7 @@ def prepare(
     keep_audio: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    flow: bool = False,
 ) -> PrepareSummary:
     """Transcode the dataset tree ``src`` into ``dst`` for fast random access.
 
@@ -984,6 +1265,9 @@ def prepare(
         overwrite: replace outputs made with other settings or from changed sources, and
             annotation files that differ.
         progress: show a progress bar and print failures and the summary.
+        flow: also compute each video's optical flow and store it beside the video
+            (``<output>.flow``, read by ``VideoDataModule(flow="prepared")``; see the module
+            docstring). Failures are reported as for videos.
     """
     settings = Settings(
         short_side, gop, codec, None if fps is None else float(fps), crf, keep_audio
@@ -992,7 +1276,7 @@ def prepare(
     began = time.perf_counter()
     src_path, dst_path = Path(src), Path(dst)
     real_src, real_dst = _check_roots(src_path, dst_path)
-    summary = PrepareSummary(str(src_path), str(dst_path), settings.key())
+    summary = PrepareSummary(str(src_path), str(dst_path), settings.key(), flow=bool(flow))
     summary.report = str(dst_path / REPORT_NAME)
     real_dst.mkdir(parents=True, exist_ok=True)
     state = real_dst / STATE_DIR
@@ -1025,6 +1309,10 @@ def prepare(
                 print(f"failed: {path}: {reason}", file=sys.stderr)
         summary.workers = max(1, min(workers or _cpus(), len(jobs)))
         _run_jobs(jobs, summary.workers, manifest_file, summary, progress)
+        if flow and not summary.fatal:
+            _flow_phase(
+                real_dst, videos, settings, overwrite, manifest_file, workers, summary, progress
+            )
         _compact_manifest(manifest_file)
         summary.wall_seconds = time.perf_counter() - began
         _write_report(real_dst, summary)
@@ -1034,18 +1322,45 @@ def prepare(
     return summary
 
 
+def _flow_phase(
+    dst: Path,
+    videos: list[str],
+    settings: Settings,
+    overwrite: bool,
+    manifest_file: Path,
+    workers: int | None,
+    summary: PrepareSummary,
+    progress: bool,
+) -> None:
+    """Compute the flow files the prepared videos lack; raises PrepareError (after writing
+    the report) when existing flow files differ from what this run would write."""
+    conflicts = len(summary.conflicts)
+    jobs = _plan_flow(dst, videos, settings, overwrite, _load_manifest(manifest_file), summary)
+    if len(summary.conflicts) > conflicts:
+        _compact_manifest(manifest_file)
+        _write_report(dst, summary)
+        first = "; ".join(f"{path}: {why}" for path, why in summary.conflicts[conflicts:][:3])
+        raise PrepareError(
+            f"{summary.dst}: {len(summary.conflicts) - conflicts} existing flow files differ "
+            f"from what this run would write ({first}; all in {summary.report}); pass "
+            "--overwrite to replace them, or pick another DST"
+        )
+    count = max(1, min(workers or _cpus(), len(jobs)))
+    _run_flow_jobs(jobs, count, manifest_file, summary, progress)
+
+
 def _compact_manifest(file: Path) -> None:
     """Rewrite the manifest with one line per output (the latest)."""
     records = _load_manifest(file)
     _write_atomic(file, "".join(json.dumps(r) + "\n" for r in records.values()))
 
 
-_FLAGS = ("--keep_audio", "--overwrite", "--progress")
+_FLAGS = ("--keep_audio", "--overwrite", "--progress", "--flow")
 
 
 def _normalize_argv(argv: list[str]) -> list[str]:
     """Accept ``--short-side`` for jsonargparse's ``--short_side``, and a bare ``--overwrite``
-    (or ``--keep-audio``, ``--progress``) for ``--overwrite true``."""
+    (or ``--keep-audio``, ``--progress``, ``--flow``) for ``--overwrite true``."""
     out: list[str] = []
     for n, arg in enumerate(argv):
         if arg.startswith("--") and len(arg) > 2:
@@ -1070,7 +1385,8 @@ def main(argv: list[str] | None = None) -> int:
         description=(
             "Transcode a dataset tree for fast random access (short side; every frame a "
             "keyframe with MJPEG, or with H.264 a keyframe every GOP frames and no B-frames), "
-            "keeping relative paths and copying annotation files. "
+            "keeping relative paths and copying annotation files; with --flow, also store "
+            "each video's optical flow beside it. "
             "Options may also be spelled with dashes (--short-side)."
         ),
     )
@@ -1093,6 +1409,7 @@ __all__ = [
     "PrepareError",
     "PrepareSummary",
     "Settings",
+    "flow_settings",
     "main",
     "prepare",
 ]

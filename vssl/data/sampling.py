@@ -98,6 +98,23 @@ class AudioSpan:
         return low + self.draw * (high - low)
 
 
+@dataclass(frozen=True)
+class FlowOf:
+    """A flow view: the precomputed optical flow of the frames of view ``view`` (a ``(T + 1,)``
+    clip), float32 ``(T, 2, H, W)`` pixels at the decoded frames' size, field ``t`` from frame
+    ``t`` to ``t + 1``, channel 0 = u (to the right), 1 = v (downwards).
+
+    A sampler returns one under the name the flow should have in the sample (``"flow"``); the
+    dataset reads it when the datamodule has precomputed flow (``VideoDataModule(flow=...)``)
+    and drops the request otherwise (the task's transform then computes flow on the fly).
+    Stored fields join consecutive frames, so the clip must be at stride 1; a clip that repeats
+    a frame or wraps around to the video's start gets zero flow for that pair
+    (`vssl.data.flow.flow_fields`).
+    """
+
+    view: str = "video"
+
+
 class ClipSampler:
     """Base class: maps a video's frame count to the frame indices of each view.
 
@@ -106,10 +123,13 @@ class ClipSampler:
     A 0-d integer array is not a view but a target the sampler chose (a playback rate, say): the
     dataset puts it in the sample as a scalar tensor under its name, untouched by transforms.
     An `AudioSpan` is an audio view; a sampler that returns them sets ``needs_audio``, and the
-    dataset then leaves out the videos without an audio stream.
+    dataset then leaves out the videos without an audio stream. A `FlowOf` is a flow view; a
+    sampler that returns them sets ``needs_flow``, and with precomputed flow the dataset then
+    leaves out the videos whose flow is missing or has the wrong number of fields.
     """
 
     needs_audio: bool = False
+    needs_flow: bool = False
 
     def __call__(self, num_frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -262,3 +282,35 @@ class RhoClips(ClipSampler):
             for s in self.starts(num_frames, rng)
         ]
         return {self.view: np.stack(clips)}
+
+
+@dataclass
+class WithFlow(ClipSampler):
+    """``sampler``'s views plus the precomputed flow of its view ``view`` under ``name``
+    (`FlowOf`): how a task asks for flow, e.g. ``WithFlow(RandomClip(16, extra_frames=1))``."""
+
+    sampler: ClipSampler
+    view: str = "video"
+    name: str = "flow"
+
+    needs_flow = True
+
+    @property
+    def needs_audio(self) -> bool:  # type: ignore[override]
+        """Whether the wrapped sampler needs audio."""
+        return bool(getattr(self.sampler, "needs_audio", False))
+
+    @property
+    def stride(self) -> int:
+        """The wrapped sampler's stride (1 when it has none)."""
+        return int(getattr(self.sampler, "stride", 1))
+
+    def __call__(self, num_frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        views = dict(self.sampler(num_frames, rng))
+        if self.view not in views:
+            raise ValueError(
+                f"WithFlow: the sampler has no view {self.view!r} to take flow of "
+                f"(views: {sorted(views)})"
+            )
+        views[self.name] = FlowOf(self.view)
+        return views
