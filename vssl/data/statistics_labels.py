@@ -738,23 +738,29 @@ class StatisticsTransform:
                 given = self._given_flow(sample["flow"], sample["video"], clip)
             frames, video, box = self._frames(clip)
             n, s = frames.shape[:2]
+            out = dict(sample)
+            out.pop("flow", None)
+            out["video"] = video
+            device = self.labels == "device"
             if given is None:
                 gray = scratch("transform_gray", (n, s, s), np.uint8)
                 cv2.cvtColor(
                     frames.reshape(n * s, s, 3), cv2.COLOR_RGB2GRAY, gray.reshape(n * s, s)
                 )
+                if device:  # the sample's own array, without the rows that the filters use
+                    flow = np.empty((n - 1, 2, s, s), np.float32)
+                    compute_flow_into(gray, flow, method=self.flow_method)
+                    out["flow"] = torch.from_numpy(flow)
+                    return out
                 padded = scratch("transform_flow", (n - 1, 2, s + 2, s))
                 compute_flow_into(gray, padded, method=self.flow_method, pad=1)
             else:
                 cropped = self._cropped_flow(given, box)
+                if device:
+                    out["flow"] = torch.from_numpy(cropped.copy())
+                    return out
                 padded = _pad_rows(cropped.reshape(2 * (n - 1), s, s), "transform_flow")
                 padded = padded.reshape(n - 1, 2, s + 2, s)
-            out = dict(sample)
-            out.pop("flow", None)
-            out["video"] = video
-            if self.labels == "device":
-                out["flow"] = torch.from_numpy(padded[:, :, 1:-1].copy())
-                return out
             motion = _motion_labels(_boundaries_padded(padded))
             appearance = _appearance_labels(_appearance_regions(frames[:-1]))
         out["motion"] = torch.from_numpy(motion)

@@ -4,8 +4,10 @@ The task of MAS and STS: from the RGB frames alone, predict where a clip's large
 in which direction it goes, where its colours change most and least, and which colours
 dominate, over three spatial partitions of the frame (14 motion and 13 appearance labels). The
 labels, and the worker transform that computes them (optical flow on the frames as cropped and
-flipped, then the labels), are in `vssl.data.statistics_labels`; this module holds the task:
-its sampling, its two heads (`vssl.heads.StatisticsHead`) and its loss.
+flipped, then the labels), are in `vssl.data.statistics_labels`, and the same labels for a
+batch on the model's device in `vssl.data.statistics_labels_torch`; this module holds the
+task: its sampling, where its labels are computed, its two heads (`vssl.heads.StatisticsHead`)
+and its loss.
 
 - Wang et al., "Self-supervised Spatio-temporal Representation Learning for Videos by Predicting
   Motion and Appearance Statistics" (MAS), CVPR 2019, https://arxiv.org/abs/1904.03597
@@ -96,9 +98,10 @@ class SpatioTemporalStatistics(VSSLTask):
 
     Views: T + 1 consecutive frames, one random ``crop_size`` crop shared by all (the papers'
     crop of 112 from frames decoded at 128x171, not a random *resized* crop: the datamodule's
-    ``crop_scale`` is not used), flipped at random when the data allows (`ClipSpec.flip`); flow and
-    labels are computed in the workers on those frames (`StatisticsTransform`). Validation and
-    test take the central window and the central crop, unflipped.
+    ``crop_scale`` is not used), flipped at random when the data allows (`ClipSpec.flip`); flow is
+    computed in the workers on those frames (`StatisticsTransform`), or read with them when the
+    dataset has precomputed flow, and the labels from it there or on the device (``labels``).
+    Validation and test take the central window and the central crop, unflipped.
 
     Backbone -> pooled features -> a linear motion head and a linear appearance head
     (`StatisticsHead`). ``head="classification"``: one softmax per label (as many classes as the
