@@ -16,9 +16,19 @@ Every label of the two sides is checked equal (``np.array_equal``) on the clips 
 and transform rows (with the same torch seed for the random crop and flip) before timing.
 The ratio column is old / new: the median of the per-round ratios, with their min-max.
 
+``--modes``: the working tree's worker with the labels in the workers (``labels="worker"``)
+against the worker that leaves them to the device (``labels="device"``: decode, crop, flip and
+flow only), paired the same way (transform and worker sample rows), and the cost of the device
+labels themselves per clip for batches of ``--batch`` clips on this machine's device (on a CPU:
+`batch_labels`, which runs the numpy code clip by clip there, and the batched torch code
+beside it); before that, the agreement of the batched torch labels with the numpy labels on
+``--agreement`` clips (label by label; with float16 flow too, to see whether the worker could
+send half the bytes).
+
     python benchmarks/statistics_worker.py                 # uncommitted changes against HEAD
     python benchmarks/statistics_worker.py --old e1dcf1c   # against the torch crop, flip, copy
     python benchmarks/statistics_worker.py --prepared DIR --rounds 9 --seconds 1
+    python benchmarks/statistics_worker.py --modes --agreement 500
 """
 
 from __future__ import annotations
@@ -174,6 +184,118 @@ def over(items: list, fn: Callable[[object], object]) -> Callable[[], object]:
     return step
 
 
+def device_batches(
+    samples: list[dict], batch: int, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches (uint8 clips (B, T, 3, S, S), flow (B, T, 2, S, S)) on ``device`` of the
+    device-mode transform's samples (random crops and flips)."""
+    transform = new_module.StatisticsTransform(CROP, True, labels="device")
+    torch.manual_seed(0)
+    out = [transform(s) for s in samples]
+    batches = []
+    for start in range(0, len(out) - batch + 1, batch):
+        part = out[start : start + batch]
+        video = torch.stack([s["video"] for s in part]).to(device)
+        flow = torch.stack([s["flow"] for s in part]).to(device)
+        batches.append((video, flow))
+    return batches
+
+
+def agreement(samples: list[dict]) -> None:
+    """Prints how often the batched torch labels equal the numpy labels, and with the flow
+    rounded to float16."""
+    from vssl.data.statistics_labels_torch import appearance_labels, motion_labels
+
+    transform = new_module.StatisticsTransform(CROP, True, labels="device")
+    torch.manual_seed(1)
+    motion_eq = appearance_eq = half_eq = 0
+    for sample in samples:
+        out = transform(sample)
+        video, flow = out["video"], out["flow"]
+        expected_m = new_module.motion_statistics(flow)
+        expected_a = new_module.appearance_statistics(video)
+        motion_eq += int((motion_labels(flow[None])[0].numpy() == expected_m).sum())
+        appearance_eq += int((appearance_labels(video[None])[0].numpy() == expected_a).sum())
+        half_eq += int((new_module.motion_statistics(flow.half().float()) == expected_m).sum())
+    n = len(samples)
+    print(
+        f"agreement with the numpy labels on {n} clips (random crops and flips): motion "
+        f"{motion_eq} of {14 * n}, appearance {appearance_eq} of {13 * n}; numpy motion labels "
+        f"of float16-rounded flow equal to float32's: {half_eq} of {14 * n} "
+        f"({100 * half_eq / (14 * n):.2f}%)"
+    )
+
+
+def modes(args: argparse.Namespace, paths: list[Path]) -> dict[str, dict[str, float]]:
+    """The ``--modes`` measurement (see the module docstring)."""
+    from vssl.data.statistics_labels_torch import appearance_labels, batch_labels, motion_labels
+
+    raw = dataset(paths, None)
+    rng = np.random.default_rng(0)
+    if args.agreement:
+        agreement([raw[int(rng.integers(len(raw)))] for _ in range(args.agreement)])
+    samples = [raw[int(rng.integers(len(raw)))] for _ in range(max(args.clips, args.batch))]
+    transforms = {
+        place: new_module.StatisticsTransform(CROP, True, labels=place)
+        for place in ("worker", "device")
+    }
+    rows = {"transform": {p: over(samples, lambda x, t=t: t(x)) for p, t in transforms.items()}}
+    datasets = {p: dataset(paths, t) for p, t in transforms.items()}
+    items = [int(i) for i in rng.integers(0, len(raw), 4096)]
+    rows["worker sample"] = {p: over(items, lambda i, d=d: d[i]) for p, d in datasets.items()}
+    print(
+        f"\nms per clip (CPU time, one thread; {CLIP_LEN}+1 frames cropped to {CROP}; median of "
+        f"{args.rounds} alternating rounds of {args.seconds:g} CPU-s per side)"
+    )
+    print("| row | labels in the worker | labels on the device | ratio (min-max) |")
+    print("|---|---|---|---|")
+    results: dict[str, dict[str, float]] = {}
+    for row, sides in rows.items():
+        got = paired(sides, args.rounds, args.seconds)
+        ratios = [w / d for w, d in zip(got["worker"], got["device"], strict=True)]
+        worker_ms, device_ms = statistics.median(got["worker"]), statistics.median(got["device"])
+        print(
+            f"| {row} | {worker_ms:.2f} ms ({1e3 / worker_ms:.1f} clips/s) | {device_ms:.2f} ms "
+            f"({1e3 / device_ms:.1f} clips/s) | {statistics.median(ratios):.2f} "
+            f"({min(ratios):.2f}-{max(ratios):.2f}) |"
+        )
+        results[row] = {"worker_ms": worker_ms, "device_ms": device_ms}
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    batches = device_batches(samples, args.batch, device)
+
+    def timed(fn: Callable) -> Callable[[], object]:
+        def run() -> object:
+            for video, flow in batches:
+                fn(video, flow)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return None
+
+        return run
+
+    sides = {"batch_labels": timed(batch_labels)}
+    if device.type == "cpu":  # batch_labels runs the numpy code there: the torch code beside it
+        sides["torch code"] = timed(lambda v, f: (motion_labels(f), appearance_labels(v)))
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    per_clip = {}
+    for name, fn in sides.items():
+        fn()
+        times = []
+        for _ in range(args.rounds):
+            start = clock()
+            fn()
+            times.append(1e3 * (clock() - start) / (len(batches) * args.batch))
+        per_clip[name] = statistics.median(times)
+    print(
+        f"\ndevice labels on {device} ({torch.get_num_threads()} thread(s)), batches of "
+        f"{args.batch}, ms per clip ({'wall' if device.type == 'cuda' else 'CPU'} time, median of "
+        f"{args.rounds}): " + ", ".join(f"{k} {v:.2f}" for k, v in per_clip.items())
+    )
+    results["device labels"] = per_clip
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--videos", type=Path, default=ROOT.parent / "shared" / "videos")
@@ -184,10 +306,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     p.add_argument("--rounds", type=int, default=7, help="alternating rounds (7)")
     p.add_argument("--seconds", type=float, default=1.0, help="CPU seconds per side per round")
     p.add_argument("--seeds", type=int, default=3, help="torch seeds of the equality check")
+    p.add_argument("--modes", action="store_true", help="labels in the worker against device")
+    p.add_argument("--batch", type=int, default=32, help="--modes: clips per device batch (32)")
+    p.add_argument("--agreement", type=int, default=0, help="--modes: clips to compare labels")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    old = load_old(args.old)
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.prepared:
@@ -196,6 +320,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             paths = prepared_files(args.videos, args.work_dir or Path(tmp))
         if not paths:
             sys.exit("no prepared files: pass --prepared DIR or --videos with videos in it")
+        if args.modes:
+            return modes(args, paths)
+        old = load_old(args.old)
         raw = dataset(paths, None)
         rng = np.random.default_rng(0)
         samples = [raw[int(rng.integers(len(raw)))] for _ in range(args.clips)]
