@@ -19,8 +19,11 @@ cores one GPU needs, in one run.
    ``train_clip_transform(crop)`` (random resized crop and flip) instead of the random crop: a
    real task's worker rate. The sides alternate round by round and each figure is the median of
    the rounds, so that a noisy machine slows every side alike.
-4. The statistics task's whole worker pipeline (17 frames decoded, crop, flip, DIS flow, the 27
-   labels) on the 128 files.
+4. The statistics task's worker pipeline on the 128 files, in its default mode on a GPU (17
+   frames decoded, crop, flip, DIS flow; the 27 labels are left to the device), with, next to
+   it, what the labels cost per clip on the device this benchmark runs on (batches of 32; on a
+   CPU, `batch_labels` runs the numpy code clip by clip), and the worker that computes the
+   labels itself (the default on a CPU), the two workers alternating round by round.
 5. The budget: CPU cores per GPU = GPU training clips/s / training clips/s per core, for R3D-18
    at 16x112 (from the 128 files) and R3D-50 and ViT-B at 16x224 (from the 256 files). GPU
    clips/s come from ``--gpu-rates`` (measured by benchmarks/gpu_budget.py on a GPU) or else
@@ -174,26 +177,58 @@ def pytorchvideo_clips(paths: list[Path], size: int, crop: int) -> Iterator[int]
         yield 1
 
 
-def statistics_clips(paths: list[Path]) -> Iterator[int]:
-    """Training samples of the statistics task: its own sampler and worker transform."""
+def statistics_dataset(paths: list[Path], labels: str):
+    """The statistics task's training dataset: its own sampler and worker transform, with the
+    labels computed in the worker (``labels="worker"``) or left to the device."""
     from vssl.data.dataset import VideoDataset
     from vssl.data.layouts import VideoItem
     from vssl.data.sampling import ClipSpec
     from vssl.tasks import SpatioTemporalStatistics
 
-    task = SpatioTemporalStatistics(backbone="tiny3d", clip_len=CLIP_LEN)
+    task = SpatioTemporalStatistics(backbone="tiny3d", clip_len=CLIP_LEN, labels=labels)
     spec = ClipSpec(clip_len=CLIP_LEN, stride=1, crop_size=112, flip=True)
-    ds = VideoDataset(
+    return VideoDataset(
         [VideoItem(p, 0) for p in paths],
         [probe_video(p) for p in paths],
         task.clip_sampler("train", spec),
         transform=task.clip_transform("train", spec),
         decode_size=128,
     )
+
+
+def statistics_clips(paths: list[Path], labels: str) -> Iterator[int]:
+    """Training samples of the statistics task (`statistics_dataset`)."""
+    ds = statistics_dataset(paths, labels)
     rng = np.random.default_rng(0)
     while True:
         ds[int(rng.integers(len(ds)))]
         yield 1
+
+
+def statistics_label_ms(paths: list[Path], batch: int = 32, batches: int = 3) -> tuple[float, str]:
+    """Milliseconds per clip of the device labels (`batch_labels`) of batches of ``batch``
+    device-mode samples on this machine's device (a GPU when there is one; CPU time on a CPU),
+    the median of five passes over ``batches`` batches; and the device's name."""
+    from vssl.data.statistics_labels_torch import batch_labels
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ds = statistics_dataset(paths, "device")
+    rng = np.random.default_rng(1)
+    data = []
+    for _ in range(batches):
+        samples = [ds[int(rng.integers(len(ds)))] for _ in range(batch)]
+        data.append([torch.stack([s[k] for s in samples]).to(device) for k in ("video", "flow")])
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    times = []
+    for _ in range(6):  # the first pass warms up
+        start = clock()
+        for video, flow in data:
+            batch_labels(video, flow)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(1e3 * (clock() - start) / (batch * batches))
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "this CPU, one thread"
+    return statistics.median(times[1:]), name
 
 
 def rate(source: Iterator[int], seconds: float) -> float:
@@ -317,14 +352,17 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{k} {statistics.median(v):.1f}" for k, v in results[(name, size)].items()
                 )
             )
-        stats_rate = None
+        stats_rate = stats_worker_rate = label_ms = None
         if not args.no_statistics and f"prepared-128 {CODECS[0]}" in sets:
+            files = sets[f"prepared-128 {CODECS[0]}"]
             got = measure(
-                {"statistics": lambda: statistics_clips(sets[f"prepared-128 {CODECS[0]}"])},
+                {p: lambda p=p: statistics_clips(files, p) for p in ("device", "worker")},
                 args.seconds,
                 args.rounds,
             )
-            stats_rate = statistics.median(got["statistics"])
+            stats_rate = statistics.median(got["device"])
+            stats_worker_rate = statistics.median(got["worker"])
+            label_ms, label_device = statistics_label_ms(files)
 
     print(
         f"\nTraining clips per CPU-second (one core): random {CLIP_LEN}-frame clips at stride "
@@ -369,8 +407,11 @@ def main(argv: list[str] | None = None) -> dict:
                 )
     if stats_rate is not None:
         print(
-            f"  statistics task, decode + flow + labels on the 128 files: {stats_rate:.1f} "
-            f"clips/s/core (target >= 120)"
+            f"  statistics task on the 128 files, worker with the labels on the device (the "
+            f"default on a GPU: decode + crop + flow): {stats_rate:.1f} clips/s/core (target >= "
+            f"120); the labels on the device ({label_device}, batches of 32): {label_ms:.2f} ms "
+            f"per clip; the worker with the labels in it (the default on a CPU: decode + crop + "
+            f"flow + labels): {stats_worker_rate:.1f} clips/s/core"
         )
 
     measured = gpu_rates(args.gpu_rates)
@@ -407,6 +448,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"{gpu / prepared:.1f} | {task:.1f} | {gpu / task:.1f} | "
             + ("- | - |" if math.isnan(raw) else f"{raw:.1f} | {gpu / raw:.1f} |")
         )
+    if stats_rate is not None and "r3d_18" in budget:
+        gpu = budget["r3d_18"]["gpu"]
+        print(
+            f"\nstatistics task, r3d_18 at 16x112 from the 128 files: {gpu / stats_rate:.1f} cores "
+            f"per GPU with the labels on the GPU, {gpu / stats_worker_rate:.1f} with them in the "
+            "workers"
+        )
     if not measured:
         print(
             f"\nGPU clips/s estimated: forward+backward FLOPs per clip at "
@@ -416,6 +464,8 @@ def main(argv: list[str] | None = None) -> dict:
     return {
         "rates": {f"{n}@{s}": r for (n, s), r in results.items()},
         "statistics": stats_rate,
+        "statistics_worker_labels": stats_worker_rate,
+        "statistics_label_ms": label_ms,
         "budget": budget,
     }
 

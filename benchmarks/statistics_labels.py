@@ -13,9 +13,11 @@ disturbed by other processes); CPU time per clip is reported beside wall time.
 (per label and on average), the check behind the default setting (`vssl.data.flow`).
 
 The share of a training step: the labels of one batch (``--batch`` clips) against one forward
-and backward pass of the backbone on that batch, both on one thread. In training the labels run
-in the DataLoader workers, in parallel with the step, so the share says how many workers per
-training process keep the step fed.
+and backward pass of the backbone on that batch, both on one thread. In training on a CPU the
+labels run in the DataLoader workers, in parallel with the step, so the share says how many
+workers per training process keep the step fed; on a GPU they run per batch on the GPU by
+default (`SpatioTemporalStatistics` ``labels``; ``benchmarks/statistics_worker.py --modes``
+measures both workers).
 
     python benchmarks/statistics_labels.py
     python benchmarks/statistics_labels.py --clips 16 --backbones tiny3d r3d_18 --method farneback
