@@ -1,6 +1,8 @@
 """The statistics task with its labels computed on the device, and precomputed flow in the
 worker transform: same labels as in the workers, flow cropped and flipped with the frames."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -72,10 +74,16 @@ def test_device_transform_sends_the_flow_of_the_cropped_flipped_frames():
     np.testing.assert_array_equal(out["video"].permute(0, 2, 3, 1).numpy(), frames[:-1])
 
 
-def test_label_place_auto_is_the_worker_without_an_accelerator():
+def test_label_place_auto_is_the_device_on_a_gpu_and_the_worker_elsewhere():
     task = make_task()
-    assert task.labels == "auto" and task.label_place() == "worker"
+    assert task.labels == "auto" and task.label_place() == "worker"  # no trainer
     assert task.clip_transform("train", ClipSpec(clip_len=T, crop_size=S)).labels == "worker"
+    fixed = make_task(labels="worker")
+    for device, place in (("cuda", "device"), ("cpu", "worker"), ("mps", "worker")):
+        trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+        task._trainer = fixed._trainer = trainer
+        assert task.label_place() == place, device
+        assert fixed.label_place() == "worker"  # an explicit choice stays
     with pytest.raises(ValueError, match="labels must be 'auto', 'worker' or 'device'"):
         make_task(labels="gpu")
     with pytest.raises(ValueError, match="labels must be one of"):
@@ -143,6 +151,10 @@ def test_given_flow_is_cropped_with_the_frames_box():
     expected[:, 0] *= -1
     assert torch.equal(out["flow"], expected)
     assert out["flow"][0, 0, 0, 0] == -(left + S - 1 + 100 * top)
+    # the sample's flow is its own array: later samples do not write into it
+    transform({"video": video, "flow": flow + 1})
+    transform({"video": videos(1, size=40)[0]})
+    assert torch.equal(out["flow"], expected)
 
 
 def test_given_flow_is_resized_and_rescaled_with_small_frames():

@@ -714,14 +714,14 @@ class StatisticsTransform:
             flow *= torch.tensor([nw / w, nh / h]).view(1, 2, 1, 1)
         return flow
 
-    def _cropped_flow(self, flow: Tensor, box: tuple[int, int, bool]) -> np.ndarray:
+    def _cropped_flow(self, flow: Tensor, box: tuple[int, int, bool], new: bool) -> np.ndarray:
         """Precomputed flow cut to the crop box and flipped with the frames: u negated, since
-        a motion to the right is one to the left in the mirrored clip. float32 ``(T, 2, S, S)``
-        (a scratch array)."""
+        a motion to the right is one to the left in the mirrored clip. float32 ``(T, 2, S, S)``:
+        a new array if ``new``, else a scratch array."""
         top, left, flip = box
         size = self.crop_size
         view = flow[:, :, top : top + size, left : left + size].numpy()
-        out = scratch("transform_given_flow", view.shape)
+        out = np.empty(view.shape, np.float32) if new else scratch("given_flow", view.shape)
         if flip:
             np.copyto(out, view[..., ::-1])
             np.negative(out[:, 0], out=out[:, 0])
@@ -755,9 +755,9 @@ class StatisticsTransform:
                 padded = scratch("transform_flow", (n - 1, 2, s + 2, s))
                 compute_flow_into(gray, padded, method=self.flow_method, pad=1)
             else:
-                cropped = self._cropped_flow(given, box)
+                cropped = self._cropped_flow(given, box, new=device)
                 if device:
-                    out["flow"] = torch.from_numpy(cropped.copy())
+                    out["flow"] = torch.from_numpy(cropped)
                     return out
                 padded = _pad_rows(cropped.reshape(2 * (n - 1), s, s), "transform_flow")
                 padded = padded.reshape(n - 1, 2, s + 2, s)

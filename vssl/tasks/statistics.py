@@ -132,7 +132,7 @@ class SpatioTemporalStatistics(VSSLTask):
             clip (`StatisticsTransform`). ``device``: per batch on the model's device, from the
             uint8 frames and the flow that the workers send instead
             (`vssl.data.statistics_labels_torch.batch_labels`, before normalisation; the same
-            labels). ``auto`` (default): ``device`` when the trainer runs on an accelerator,
+            labels). ``auto`` (default): ``device`` when the trainer runs on a CUDA GPU,
             where the labels cost next to nothing, ``worker`` otherwise, where the workers
             compute them in parallel with the training step and the main process would only
             add their time to every step.
@@ -205,12 +205,12 @@ class SpatioTemporalStatistics(VSSLTask):
 
     def label_place(self) -> str:
         """Where this run computes the labels: ``worker`` or ``device`` (``labels="auto"``:
-        ``device`` when the attached trainer runs on an accelerator)."""
+        ``device`` when the attached trainer runs on a CUDA GPU)."""
         if self.labels != "auto":
             return self.labels
         trainer = self.attached_trainer()
-        on_accelerator = trainer is not None and trainer.strategy.root_device.type != "cpu"
-        return "device" if on_accelerator else "worker"
+        on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        return "device" if on_gpu else "worker"
 
     def clip_transform(self, stage: str, spec: ClipSpec) -> Callable:
         """Crop (random or central), flip (training, if the data allows), flow, and (with the
