@@ -107,6 +107,16 @@ def test_a_rerun_skips_finished_flow_and_finishes_an_interrupted_one(tree):
     assert flow_a.read_bytes() == files[flow_a][1]  # the same flow again
 
 
+def test_flow_is_added_to_a_tree_prepared_without_it(tree):
+    src, dst = tree
+    first = run(src, dst, flow=False)
+    assert first.done == 2 and not list(dst.rglob(f"*{FLOW_SUFFIX}"))
+    assert not any(line.startswith("flow:") for line in first.lines())
+    second = run(src, dst)
+    assert (second.done, second.skipped, second.flow_done) == (0, 2, 2)
+    assert FlowFile(dst / f"a.mp4{FLOW_SUFFIX}").fields == 12
+
+
 def test_a_flow_file_this_run_did_not_write_is_not_replaced(tree, monkeypatch):
     src, dst = tree
     run(src, dst)
