@@ -16,6 +16,7 @@ import torch
 
 from vssl.data.flow import compute_flow
 from vssl.data.statistics_labels import (
+    _sum_over_time,
     appearance_statistics,
     motion_boundaries,
     motion_statistics,
@@ -28,6 +29,7 @@ from vssl.data.statistics_labels_torch import (
     magnitude,
     motion_labels,
     prewitt_batch,
+    sum_over_time,
 )
 from vssl.data.synthetic import SYNTHETIC_CLASSES, clip_rng, render_clip
 
@@ -64,12 +66,20 @@ def test_prewitt_and_magnitudes_are_the_numpy_floats_bit_for_bit():
     np.testing.assert_array_equal(dx.numpy(), ex)
     np.testing.assert_array_equal(dy.numpy(), ey)
     mb = motion_boundaries(flow)
-    sx = dx.sum(0, dtype=torch.float64).float()
-    sy = dy.sum(0, dtype=torch.float64).float()
+    sx, sy = sum_over_time(dx[None])[0], sum_over_time(dy[None])[0]
     np.testing.assert_array_equal(sx.numpy(), mb.dx)
     np.testing.assert_array_equal(magnitude(sx, sy).numpy(), mb.magnitude)
     per_field = magnitude(dx, dy).sum((-2, -1), dtype=torch.float64)
     np.testing.assert_array_equal(per_field.numpy(), mb.per_field)
+
+
+def test_sums_over_time_add_in_time_order():
+    # in float32, (1e8 + 1) - 1e8 is 0 while (1e8 - 1e8) + 1 is 1: the order shows
+    planes = np.array([1e8, 1.0, -1e8], np.float32).reshape(3, 1, 1)
+    assert sum_over_time(torch.from_numpy(planes)[None]).item() == 0.0
+    assert _sum_over_time(planes).item() == 0.0
+    assert _sum_over_time(planes[[0, 2, 1]]).item() == 1.0
+    assert sum_over_time(torch.from_numpy(planes[:1])[None]).item() == 1e8  # one field
 
 
 def test_prewitt_of_a_ramp():

@@ -465,7 +465,8 @@ def previous_flow(frames: np.ndarray) -> np.ndarray:
 
 def previous_boundaries(flow: np.ndarray) -> MotionBoundaries:
     """The boundaries written plainly: one OpenCV filter per plane, float32 magnitudes with each
-    operation rounded on its own, float64 sums of the float32 values."""
+    operation rounded on its own, float32 sums over time in time order, float64 sums over a
+    field's pixels."""
     diff, box = np.array([-1, 0, 1], np.float32), np.ones(3, np.float32)
     planes = flow.reshape(-1, *flow.shape[2:])
     border = cv2.BORDER_REPLICATE
@@ -474,8 +475,9 @@ def previous_boundaries(flow: np.ndarray) -> MotionBoundaries:
     dx, dy = dx.reshape(flow.shape), dy.reshape(flow.shape)
     field_magnitude = np.sqrt(dx * dx + dy * dy)
     per_field = field_magnitude.reshape(flow.shape[0], 2, -1).sum(-1, dtype=np.float64)
-    sx = dx.sum(0, dtype=np.float64).astype(np.float32)
-    sy = dy.sum(0, dtype=np.float64).astype(np.float32)
+    sx, sy = dx[0].copy(), dy[0].copy()
+    for t in range(1, len(dx)):
+        sx, sy = sx + dx[t], sy + dy[t]
     return MotionBoundaries(sx, sy, np.sqrt(sx * sx + sy * sy), per_field)
 
 

@@ -287,24 +287,32 @@ def _magnitude_into(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray
     return np.sqrt(out, out=out)
 
 
+def _sum_over_time(planes: np.ndarray) -> np.ndarray:
+    """float32 planes ``(T, ...)`` -> their sum ``(...)``, added in time order in float32:
+    ``((p0 + p1) + p2) + ...``, the order that `vssl.data.statistics_labels_torch` follows."""
+    total = np.empty(planes.shape[1:], np.float32)
+    if len(planes) == 1:
+        np.copyto(total, planes[0])
+        return total
+    np.add(planes[0], planes[1], out=total)
+    for plane in planes[2:]:
+        np.add(total, plane, out=total)
+    return total
+
+
 def _boundaries_padded(padded: np.ndarray) -> MotionBoundaries:
     """`MotionBoundaries` of flow laid out as `vssl.data.flow.compute_flow_into` writes it with
     ``pad=1``: float32 ``(T, 2, S + 2, S)``, edge rows repeated.
 
-    Sums over time and over a field's pixels are float64 sums of float32 values (exact unless
-    the values span very many binades, so their order does not matter), in torch: several
-    times faster than numpy's on these sizes.
+    Sums over time are float32 additions in time order; a field's pixels are summed in float64
+    (whatever their order, within a few float64 roundings of the exact sum).
     """
     t, _, hp, w = padded.shape
     dx, dy = _prewitt_padded(padded.reshape(2 * t, hp, w))
     field_magnitude = _magnitude_into(dx, dy, scratch("boundary_magnitude", dx.shape))
-    inner = torch.from_numpy(field_magnitude).view(t, 2, hp, w)[:, :, 1:-1]
-    per_field = inner.reshape(t, 2, -1).sum(-1, dtype=torch.float64).numpy()
-    sums = []
-    for d in (dx, dy):
-        total = torch.from_numpy(d).view(t, 2, hp, w)[:, :, 1:-1].sum(0, dtype=torch.float64)
-        sums.append(total.float().numpy())
-    sx, sy = sums
+    per_field = field_magnitude[:, 1:-1].sum(axis=(1, 2), dtype=np.float64).reshape(t, 2)
+    sx = _sum_over_time(dx.reshape(t, 2, hp, w)[:, :, 1:-1])
+    sy = _sum_over_time(dy.reshape(t, 2, hp, w)[:, :, 1:-1])
     magnitude = _magnitude_into(sx, sy, np.empty_like(sx))
     return MotionBoundaries(sx, sy, magnitude, per_field)
 

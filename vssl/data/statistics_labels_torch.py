@@ -18,17 +18,19 @@ therefore compute every float the same way:
   library's choice.
 - Magnitudes ``sqrt(x * x + y * y)`` in float32, one correctly rounded operation per tensor op
   (no fused multiply-add, no approximate hypot or square root).
-- Sums over time, over a field's pixels and over regions in float64 of float32 values: such sums
-  are exact (hence independent of order and device) unless the summands span more than about 29
-  binades, and off by one float64 rounding when not.
+- Sums over time in float32, added in time order (``((p0 + p1) + p2) + ...``): the same
+  roundings on every device.
+- Sums over a field's pixels and over regions in float64 of float32 values: whatever their
+  order, within a few float64 roundings (about 1e-16 of the sum) of the exact sum, and equal to
+  it when the summands span fewer than about 16 binades.
 - Angles in float64.
 - Histograms and colour counts in integers (exact), combined into regions with float64
   products of 0/1 matrices (exact; TF32 never applies to float64).
 
-What is left to rounding: the order of float64 additions in the orientation histograms (and, on
-a GPU, in the region sums, whose atomics add in any order) and the float64 ``atan2`` of
-different math libraries: both move a score by about 1e-16 of its size, which flips a label only
-at a tie that close.
+What is left to rounding: the order of the float64 additions of the per-field, region and
+orientation sums (on a GPU, the orientation histograms' atomics add in any order) and the
+float64 ``atan2`` of different math libraries: both move a score by about 1e-16 of its size,
+which flips a label only at a tie that close.
 """
 
 from __future__ import annotations
@@ -101,6 +103,15 @@ def magnitude(x: Tensor, y: Tensor) -> Tensor:
     return torch.sqrt((xx + yy).double()).float()
 
 
+def sum_over_time(planes: Tensor) -> Tensor:
+    """``(B, T, ...)`` -> the sum over T, added in time order in float32 (``((p0 + p1) + p2)
+    + ...``), as `vssl.data.statistics_labels` adds them."""
+    total = planes[:, 0].clone()
+    for t in range(1, planes.shape[1]):
+        total = total + planes[:, t]
+    return total
+
+
 def motion_labels(flow: Tensor) -> Tensor:
     """The 14 motion labels of each clip of float flow ``(B, T, 2, S, S)`` (pixels): ``(B, 14)``.
 
@@ -116,8 +127,7 @@ def motion_labels(flow: Tensor) -> Tensor:
     geo = _device_geometry(s, flow.device)
     dx, dy = prewitt_batch(flow)  # (B, T, 2, S, S)
     per_field = magnitude(dx, dy).sum((-2, -1), dtype=torch.float64)  # (B, T, 2)
-    sx = dx.sum(1, dtype=torch.float64).float()  # (B, 2, S, S)
-    sy = dy.sum(1, dtype=torch.float64).float()
+    sx, sy = sum_over_time(dx), sum_over_time(dy)  # (B, 2, S, S)
     mag = magnitude(sx, sy).reshape(b, 2, s * s).double()
     scores = mag @ geo["regions"]  # (B, 2, 28)
     scores[..., 16:20] /= geo["sizes"][16:20]
