@@ -29,6 +29,8 @@ evaluation datasets, clean and corrupted. A grid file::
     checkpoint: {save_top_k: 0}          # the fit's checkpoint callback (ModelCheckpoint)
     backbone_kwargs:                     # a backbone's builder arguments wherever it is used
       vit_tiny_8_image: {patch_size: 4}  # (a pretraining cell's model and random init alike)
+    threads: 1                           # torch's intra-op threads of every fit and evaluation
+                                         # (optional; default: torch's own, one per core)
     evaluate:
       data:                              # name -> options of probe / retrieve
         motion: {root: data/synthetic, layout: folder}
@@ -42,6 +44,13 @@ last checkpoints can validate seldom (``trainer: {check_val_every_n_epoch: 10}``
 best checkpoint (``checkpoint: {monitor: null, save_top_k: 0, save_on_train_epoch_end: true}``):
 ``last.ckpt`` is then still written at every epoch end, so an interrupted cell resumes from its
 last finished epoch.
+
+``threads`` reaches each pretraining as ``OMP_NUM_THREADS`` (its DataLoader workers keep torch's
+one thread each) and each evaluation (run in the bench process) as ``torch.set_num_threads``;
+``commands.sh`` shows it before each command. It is not part of a cell's identity or settings:
+it changes how fast a cell runs, not what it computes (beyond the order of floating-point
+sums), so cells finished before it was set are kept. On a small machine with tiny models one
+thread beside the workers avoids oversubscribing the cores (docs/benchmarks.md).
 
 A cell is one (method, backbone, pretraining data, subset, seed); the random baseline has no
 pretraining, so its cells do not vary with the pretraining data or subset. Each cell runs
@@ -100,6 +109,7 @@ GRID_KEYS = {
     "checkpoint",
     "backbone_kwargs",
     "evaluate",
+    "threads",
 }
 EVAL_KEYS = {"data", "settings", "protocols", "corruptions"}
 METHOD_KEYS = {
@@ -249,6 +259,7 @@ class Grid:
     corruptions: list[str]
     checkpoint_settings: dict[str, Any] = field(default_factory=dict)
     backbone_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    threads: int | None = None
     cells: list[Cell] = field(default_factory=list)
 
     @classmethod
@@ -274,6 +285,14 @@ class Grid:
             raise InvalidInputError(
                 f"{path}: backbone_kwargs maps a backbone name to its builder's arguments "
                 f"(vit_tiny_8_image: {{patch_size: 4}}), got {backbone_kwargs!r}"
+            )
+        threads = raw.get("threads")
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        ):
+            raise InvalidInputError(
+                f"{path}: threads is the number of torch threads of every fit and evaluation, "
+                f"a whole number >= 1 (or null: torch's default), got {threads!r}"
             )
         evaluate = raw.get("evaluate") or {}
         _check_keys(f"{path}: evaluate", evaluate, EVAL_KEYS)
@@ -331,6 +350,7 @@ class Grid:
             corruptions=corruptions,
             checkpoint_settings=raw.get("checkpoint") or {},
             backbone_kwargs=backbone_kwargs,
+            threads=threads,
         )
         if not grid.pretrain_data and any(m["config"] for m in methods.values()):
             grid.pretrain_data = {"config": {}}  # the configs' own data
@@ -503,35 +523,48 @@ def _corruption_args(corruption: str, file: Path) -> list[str]:
     return ["--corruption", kind, "--severity", severity]
 
 
-def _run(args: list[str], log: Path) -> int:
-    """``python -m vssl ARGS`` in a fresh process, its output in ``log``; the exit status."""
+def _run(args: list[str], log: Path, threads: int | None = None) -> int:
+    """``python -m vssl ARGS`` in a fresh process (with ``threads`` torch threads, by
+    ``OMP_NUM_THREADS``), its output in ``log``; the exit status."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     with log.open("w") as out:
         return subprocess.run(
             [sys.executable, "-m", "vssl", *args], stdout=out, stderr=subprocess.STDOUT, env=env
         ).returncode
 
 
-def _run_here(args: list[str], log: Path) -> int:
+def _run_here(args: list[str], log: Path, threads: int | None = None) -> int:
     """``python -m vssl ARGS`` in this process (an evaluation: no trainer, so nothing lingers
-    between cells, and no interpreter start per evaluation), its output in ``log``."""
+    between cells, and no interpreter start per evaluation), with ``threads`` torch threads
+    (restored after), its output in ``log``."""
+    import torch
+
     from vssl.cli import main as vssl_main
 
     log.parent.mkdir(parents=True, exist_ok=True)
+    before = torch.get_num_threads()
     with log.open("w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         try:
+            if threads is not None:
+                torch.set_num_threads(threads)
             return vssl_main(args)
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else 1
         except Exception:
             traceback.print_exc()
             return 1
+        finally:
+            torch.set_num_threads(before)
 
 
-def _shown(args: list[str]) -> str:
-    """The command line a user types for ``python -m vssl ARGS``."""
-    return shlex.join(["python", "-m", "vssl", *args])
+def _shown(args: list[str], threads: int | None = None) -> str:
+    """The command line a user types for ``python -m vssl ARGS`` (with ``threads``, after
+    ``OMP_NUM_THREADS=N``)."""
+    env = [] if threads is None else [f"OMP_NUM_THREADS={threads}"]
+    return shlex.join([*env, "python", "-m", "vssl", *args])
 
 
 def _tail(log: Path, lines: int = 5) -> str:
@@ -595,7 +628,7 @@ def run_cell(grid: Grid, cell: Cell, say: Any = print) -> bool:
     lines = [f"# cell {cell.name} of {grid.file}", "set -e"]
     pretrains = bool(grid.methods[cell.method]["config"])
     if pretrains:
-        lines.append(_shown(fit_command(grid, cell)))
+        lines.append(_shown(fit_command(grid, cell), grid.threads))
     if pretrains and not (folder / "fit.done").is_file() and grid.teacher_cells(cell):
         missing = grid.missing_teachers(cell)
         if missing:
@@ -618,7 +651,7 @@ def run_cell(grid: Grid, cell: Cell, say: Any = print) -> bool:
             config.rename(kept)
         resumed = " (resuming from last.ckpt)" if "--ckpt_path" in command else ""
         say(f"{cell.name}: pretraining{resumed}")
-        if _run(command, folder / "logs" / "fit.log") != 0:
+        if _run(command, folder / "logs" / "fit.log", grid.threads) != 0:
             say(f"{cell.name}: pretraining failed: {_tail(folder / 'logs' / 'fit.log')}")
             return False
         (folder / "fit.done").write_text(str(folder / "fit" / "checkpoints" / "last.ckpt") + "\n")
@@ -628,11 +661,12 @@ def run_cell(grid: Grid, cell: Cell, say: Any = print) -> bool:
         result = folder / "eval" / f"{stem}.json"
         partial = result.with_suffix(".json.partial")
         command = [*command, "--out", str(partial)]
-        lines.append(_shown([*command[:-1], str(result)]))
+        lines.append(_shown([*command[:-1], str(result)], grid.threads))
         if result.is_file():
             continue
         say(f"{cell.name}: {protocol} on {data}, {corruption}")
-        if _run_here(command, folder / "logs" / f"{stem}.log") != 0 or not partial.is_file():
+        log = folder / "logs" / f"{stem}.log"
+        if _run_here(command, log, grid.threads) != 0 or not partial.is_file():
             say(
                 f"{cell.name}: {protocol} on {data} ({corruption}) failed: "
                 f"{_tail(folder / 'logs' / f'{stem}.log')}"
