@@ -28,9 +28,10 @@ therefore compute every float the same way:
   products of 0/1 matrices (exact; TF32 never applies to float64).
 
 What is left to rounding: the order of the float64 additions of the per-field, region and
-orientation sums (on a GPU, the orientation histograms' atomics add in any order) and the
-float64 ``atan2`` of different math libraries: both move a score by about 1e-16 of its size,
-which flips a label only at a tie that close.
+orientation sums (on a GPU, the orientation histograms' atomics add in any order, unless
+``torch.use_deterministic_algorithms`` is on) and the float64 ``atan2`` of different math
+libraries: both move a score by about 1e-16 of its size, which flips a label only at a tie
+that close.
 """
 
 from __future__ import annotations
@@ -112,6 +113,29 @@ def sum_over_time(planes: Tensor) -> Tensor:
     return total
 
 
+def _histogram(bins: Tensor, votes: Tensor) -> Tensor:
+    """Votes ``(B, 2, P)`` float64 summed per bin ``(B, 2, P)`` (< 8): ``(B, 2, 8)``.
+
+    One 1-D ``scatter_add_``: on a CPU it adds each group's votes in pixel order (numpy's
+    order), and on CUDA it has a deterministic version for ``use_deterministic_algorithms``.
+    """
+    groups = torch.arange(bins.shape[0] * 2, device=bins.device).view(-1, 2, 1) * NUM_BINS
+    out = torch.zeros(bins.shape[0] * 2 * NUM_BINS, dtype=votes.dtype, device=votes.device)
+    out.scatter_add_(0, (groups + bins).reshape(-1), votes.reshape(-1))
+    return out.view(-1, 2, NUM_BINS)
+
+
+def _count(index: Tensor, size: int) -> Tensor:
+    """How often each value ``< size`` occurs in ``index``: int64 ``(size,)``.
+
+    ``index_add_`` rather than ``bincount``, which refuses CUDA tensors under
+    ``use_deterministic_algorithms`` in some torch versions (integer counts are exact in any
+    order).
+    """
+    ones = torch.ones((), dtype=torch.int64, device=index.device).expand(index.numel())
+    return torch.zeros(size, dtype=torch.int64, device=index.device).index_add_(0, index, ones)
+
+
 def motion_labels(flow: Tensor) -> Tensor:
     """The 14 motion labels of each clip of float flow ``(B, T, 2, S, S)`` (pixels): ``(B, 14)``.
 
@@ -145,10 +169,8 @@ def motion_labels(flow: Tensor) -> Tensor:
         best, region = scores[..., start:stop].max(-1)  # (B, 2): first maximum
         defined = best > 0
         inside = geo["masks"][start + region]  # (B, 2, S*S)
-        hist = torch.zeros(b, 2, NUM_BINS, dtype=torch.float64, device=flow.device)
-        hist.scatter_add_(-1, lo, vote_lo * inside)
-        hist_hi = torch.zeros_like(hist).scatter_add_(-1, hi, vote_hi * inside)
-        orientation = (hist + hist_hi).argmax(-1)
+        hist = _histogram(lo, vote_lo * inside) + _histogram(hi, vote_hi * inside)
+        orientation = hist.argmax(-1)
         for c in range(2):
             labels[:, 4 * k + 2 * c] = torch.where(defined[:, c], region[:, c] + 1, 0)
             labels[:, 4 * k + 2 * c + 1] = torch.where(defined[:, c], orientation[:, c] + 1, 0)
@@ -187,7 +209,7 @@ def appearance_labels(video: Tensor) -> Tensor:
     lowest = highest = None
     for frame in video.unbind(1):  # (B, 3, S, S): one frame's histograms at a time
         index = (base + frame.long()).reshape(-1)
-        atom_hist = torch.bincount(index, minlength=slots * 256).reshape(b * 3, n_atoms, 256)
+        atom_hist = _count(index, slots * 256).reshape(b * 3, n_atoms, 256)
         hist = members @ atom_hist.double()  # (B * 3, 28, 256)
         if lowest is None:
             lowest, highest = hist, hist.clone()
@@ -204,7 +226,7 @@ def appearance_labels(video: Tensor) -> Tensor:
     octant = 2 * high[:, :, 0].long() + high[:, :, 1].long() + 4 * (~high[:, :, 2]).long()
     clip_slot = torch.arange(b, device=video.device).reshape(b, 1, 1, 1)
     index = ((clip_slot * n_atoms + geo["atom_map"]) * NUM_BINS + octant).reshape(-1)
-    atom_counts = torch.bincount(index, minlength=b * n_atoms * NUM_BINS)
+    atom_counts = _count(index, b * n_atoms * NUM_BINS)
     atom_counts = atom_counts.reshape(b, n_atoms, NUM_BINS).double()
     counts = members @ atom_counts  # (B, 28, 8)
     global_counts = atom_counts.sum(1)  # (B, 8)
