@@ -246,3 +246,30 @@ def test_flow_file_round_trip_and_bad_files(tmp_path: Path):
         FlowFile(path)
     with pytest.raises(ValueError, match=r"shape \(T, 2, H, W\)"):
         write_flow_file(path, flow[:, 0])
+
+
+def test_the_statistics_task_trains_on_the_stored_flow(tmp_path: Path):
+    """The task asks for flow: with ``flow="prepared"`` its samples carry the stored fields,
+    cropped and flipped with the frames (u negated), not DIS flow of the frames."""
+    from vssl.data.sampling import ClipSpec
+    from vssl.tasks.statistics import SpatioTemporalStatistics
+
+    data = tmp_path / "data"
+    for i, path in enumerate(make_videos(data)):
+        write_flow_file(str(path) + FLOW_SUFFIX, coded_flow(FRAMES, i), bound=20, codec="png")
+    task = SpatioTemporalStatistics(
+        backbone="tiny3d", clip_len=4, online_probe=False, labels="device"
+    )
+    spec = ClipSpec(clip_len=4, crop_size=16, flip=True)
+    sampler = task.clip_sampler("train", spec)
+    assert sampler.needs_flow
+    dm = datamodule(data, tmp_path, flow="prepared")
+    transform = task.clip_transform("train", spec)
+    transform.flip_p = 1.0
+    ds = dm.build_dataset("train", sampler=sampler, transform=transform)
+    sample = ds[1]
+    flow = sample["flow"].numpy()
+    assert flow.shape == (4, 2, 16, 16) and sample["video"].shape == (4, 3, 16, 16)
+    u = flow[:, 0].mean(axis=(1, 2))
+    assert np.all(np.abs(np.diff(u) + 1) < 0.1)  # field k's u = k - 8, negated by the flip
+    np.testing.assert_allclose(flow[:, 1], int(sample["index"]) - 4, atol=0.1)

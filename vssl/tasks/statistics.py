@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from vssl.data.flow import FLOW_METHODS
-from vssl.data.sampling import ClipSampler, ClipSpec, RandomClip, UniformClips
+from vssl.data.sampling import ClipSampler, ClipSpec, RandomClip, UniformClips, WithFlow
 from vssl.data.statistics_labels import (
     APPEARANCE_LABELS,
     LABEL_GROUPS,
@@ -193,15 +193,16 @@ class SpatioTemporalStatistics(VSSLTask):
         )
 
     def clip_sampler(self, stage: str, spec: ClipSpec) -> ClipSampler:
-        """T + 1 consecutive frames (a random window in training, the central one otherwise)."""
+        """T + 1 consecutive frames (a random window in training, the central one otherwise),
+        with their T flow fields when the datamodule has precomputed flow (``data.flow``)."""
         if spec.clip_len != self.clip_len:
             raise ValueError(
                 f"the datamodule's clip_len {spec.clip_len} differs from the statistics task's "
                 f"clip_len {self.clip_len}; set model.init_args.clip_len: {spec.clip_len}"
             )
         if stage == "train":
-            return RandomClip(spec.clip_len, spec.stride, extra_frames=1)
-        return UniformClips(spec.clip_len + 1, spec.stride, num_clips=1, stack=False)
+            return WithFlow(RandomClip(spec.clip_len, spec.stride, extra_frames=1))
+        return WithFlow(UniformClips(spec.clip_len + 1, spec.stride, num_clips=1, stack=False))
 
     def label_place(self) -> str:
         """Where this run computes the labels: ``worker`` or ``device`` (``labels="auto"``:
