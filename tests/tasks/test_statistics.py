@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vssl.data.flow import compute_flow
-from vssl.data.sampling import ClipSpec, RandomClip, UniformClips
+from vssl.data.sampling import ClipSpec, FlowOf, RandomClip, UniformClips, WithFlow
 from vssl.data.statistics_labels import (
     APPEARANCE_LABELS,
     MOTION_LABELS,
@@ -589,8 +589,12 @@ def test_task_heads_and_groups():
 def test_task_sampling():
     task = make_task()
     train = task.clip_sampler("train", ClipSpec(clip_len=8, stride=2))
+    assert isinstance(train, WithFlow) and train.needs_flow  # used when data.flow is set
+    train = train.sampler
     assert isinstance(train, RandomClip) and train.clip_len == 8 and train.extra_frames == 1
     val = task.clip_sampler("val", ClipSpec(clip_len=8))
+    assert isinstance(val, WithFlow) and val(30, None)["flow"] == FlowOf("video")
+    val = val.sampler
     assert isinstance(val, UniformClips) and val(30, None)["video"].tolist() == list(range(10, 19))
     with pytest.raises(
         ValueError, match="clip_len 16 differs from the statistics task's clip_len 8"
