@@ -207,11 +207,14 @@ class InitialWeights(Callback):
 
 
 class RunInfo(Callback):
-    """Saves the library versions next to the run's logs and says where logs and checkpoints are."""
+    """Saves the library versions next to the run's logs and says where logs and checkpoints are.
+
+    Without a logger there is no log folder (Lightning's ``log_dir`` is then the working
+    directory), and nothing is written."""
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every process must ask
-        if trainer.is_global_zero and log_dir:
+        if trainer.is_global_zero and log_dir and trainer.loggers:
             path = Path(log_dir) / "versions.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(package_versions(), indent=2) + "\n")
