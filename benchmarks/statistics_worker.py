@@ -201,6 +201,34 @@ def device_batches(
     return batches
 
 
+def label_ms_per_clip(
+    fn: Callable[[torch.Tensor, torch.Tensor], object],
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    passes: int,
+    device: torch.device,
+) -> float:
+    """Milliseconds per clip of ``fn(video, flow)`` over ``batches``: the median of ``passes``
+    timed passes after one untimed warm-up pass; on CUDA wall time with the device
+    synchronised at the end of each pass, elsewhere this process's CPU time."""
+    cuda = device.type == "cuda"
+    clock = time.perf_counter if cuda else time.process_time
+    clips = sum(len(video) for video, _ in batches)
+
+    def one_pass() -> None:
+        for video, flow in batches:
+            fn(video, flow)
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    one_pass()
+    times = []
+    for _ in range(passes):
+        start = clock()
+        one_pass()
+        times.append(1e3 * (clock() - start) / clips)
+    return statistics.median(times)
+
+
 def agreement(samples: list[dict]) -> None:
     """Prints how often the batched torch labels equal the numpy labels, and with the flow
     rounded to float16."""
@@ -264,29 +292,12 @@ def modes(args: argparse.Namespace, paths: list[Path]) -> dict[str, dict[str, fl
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batches = device_batches(samples, args.batch, device)
 
-    def timed(fn: Callable) -> Callable[[], object]:
-        def run() -> object:
-            for video, flow in batches:
-                fn(video, flow)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            return None
-
-        return run
-
-    sides = {"batch_labels": timed(batch_labels)}
+    sides = {"batch_labels": batch_labels}
     if device.type == "cpu":  # batch_labels runs the numpy code there: the torch code beside it
-        sides["torch code"] = timed(lambda v, f: (motion_labels(f), appearance_labels(v)))
-    clock = time.perf_counter if device.type == "cuda" else time.process_time
-    per_clip = {}
-    for name, fn in sides.items():
-        fn()
-        times = []
-        for _ in range(args.rounds):
-            start = clock()
-            fn()
-            times.append(1e3 * (clock() - start) / (len(batches) * args.batch))
-        per_clip[name] = statistics.median(times)
+        sides["torch code"] = lambda v, f: (motion_labels(f), appearance_labels(v))
+    per_clip = {
+        name: label_ms_per_clip(fn, batches, args.rounds, device) for name, fn in sides.items()
+    }
     print(
         f"\ndevice labels on {device} ({torch.get_num_threads()} thread(s)), batches of "
         f"{args.batch}, ms per clip ({'wall' if device.type == 'cuda' else 'CPU'} time, median of "
