@@ -1,6 +1,7 @@
 """``vssl bench``: a grid's ``threads`` reaches every pretraining (``OMP_NUM_THREADS`` of its
-process) and every evaluation (``torch.set_num_threads`` in the bench process, restored after),
-is shown in ``commands.sh``, and leaves a cell's name and pretraining settings as they were."""
+process) and not the evaluations (``_run_here`` can set ``torch.set_num_threads`` and restores
+it), is shown in ``commands.sh`` before the fits, and leaves a cell's name and pretraining
+settings as they were."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from vssl import bench
 from vssl.bench import Grid, main
 
 
-def test_threads_reach_every_fit_and_evaluation_and_commands_sh(tmp_path, monkeypatch):
+def test_threads_reach_every_fit_not_the_evaluations_and_commands_sh(tmp_path, monkeypatch):
     fits, evaluations = [], []
 
     def fake_fit(args: list[str], log: Path, threads: int | None = None) -> int:
@@ -39,10 +40,14 @@ def test_threads_reach_every_fit_and_evaluation_and_commands_sh(tmp_path, monkey
     assert bench.run_cell(grid, random, say=lambda m: None)
     assert fits == [("fit", 1)]
     # the grid's probe on its one dataset, clean and corrupted, for each cell
-    assert evaluations == [("probe", 1)] * 4
+    assert evaluations == [("probe", None)] * 4
     for cell in (supervised, random):
         commands = (grid.folder(cell) / "commands.sh").read_text().splitlines()[2:]
-        assert commands and all(c.startswith("OMP_NUM_THREADS=1 python -m vssl ") for c in commands)
+        fit = [c for c in commands if " fit " in c]
+        assert fit == [c for c in fit if c.startswith("OMP_NUM_THREADS=1 python -m vssl fit ")]
+        assert len(fit) == (cell is supervised)
+        probes = [c for c in commands if " probe " in c]
+        assert len(probes) == 2 and all(c.startswith("python -m vssl probe ") for c in probes)
 
 
 def test_threads_leave_the_cells_and_their_settings_unchanged(tmp_path):

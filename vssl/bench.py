@@ -29,7 +29,7 @@ evaluation datasets, clean and corrupted. A grid file::
     checkpoint: {save_top_k: 0}          # the fit's checkpoint callback (ModelCheckpoint)
     backbone_kwargs:                     # a backbone's builder arguments wherever it is used
       vit_tiny_8_image: {patch_size: 4}  # (a pretraining cell's model and random init alike)
-    threads: 1                           # torch's intra-op threads of every fit and evaluation
+    threads: 1                           # torch's intra-op threads of every pretraining fit
                                          # (optional; default: torch's own, one per core)
     evaluate:
       data:                              # name -> options of probe / retrieve
@@ -46,8 +46,8 @@ best checkpoint (``checkpoint: {monitor: null, save_top_k: 0, save_on_train_epoc
 last finished epoch.
 
 ``threads`` reaches each pretraining as ``OMP_NUM_THREADS`` (its DataLoader workers keep torch's
-one thread each) and each evaluation (run in the bench process) as ``torch.set_num_threads``;
-``commands.sh`` shows it before each command. It is not part of a cell's identity or settings:
+one thread each); ``commands.sh`` shows it before each fit command. Evaluations (run in the
+bench process) keep torch's default: on the idle 2-core machine one thread made them slower. It is not part of a cell's identity or settings:
 it changes how fast a cell runs, not what it computes (beyond the order of floating-point
 sums), so cells finished before it was set are kept. On a small machine with tiny models one
 thread beside the workers avoids oversubscribing the cores (docs/benchmarks.md).
@@ -661,12 +661,12 @@ def run_cell(grid: Grid, cell: Cell, say: Any = print) -> bool:
         result = folder / "eval" / f"{stem}.json"
         partial = result.with_suffix(".json.partial")
         command = [*command, "--out", str(partial)]
-        lines.append(_shown([*command[:-1], str(result)], grid.threads))
+        lines.append(_shown([*command[:-1], str(result)]))
         if result.is_file():
             continue
         say(f"{cell.name}: {protocol} on {data}, {corruption}")
         log = folder / "logs" / f"{stem}.log"
-        if _run_here(command, log, grid.threads) != 0 or not partial.is_file():
+        if _run_here(command, log) != 0 or not partial.is_file():
             say(
                 f"{cell.name}: {protocol} on {data} ({corruption}) failed: "
                 f"{_tail(folder / 'logs' / f'{stem}.log')}"
