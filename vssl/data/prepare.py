@@ -387,6 +387,37 @@ def _settings_difference(recorded: Any, settings: Settings | dict[str, Any]) -> 
     return ", ".join(diffs)
 
 
+def _existing_output(
+    out: Path,
+    record: dict[str, Any] | None,
+    settings: tuple[str, Any],
+    source: tuple[str, Any, str],
+    overwrite: bool,
+) -> tuple[str, str, int]:
+    """What to do with an output path of this run, from its manifest ``record``: ``("new", "",
+    -1)`` when nothing is there; ``("skip", "", size)`` when it is done with these settings
+    from this source; ``("conflict", why, size)`` when it was made with other ``settings``
+    (``(field, wanted)``) or from another version of the source (``(field, key, what)``) and
+    ``overwrite`` is off; ``("redo", "", size)`` when it is to be made again; ``("adopt", "",
+    size)`` when a file this run did not record is there, to be verified and kept;
+    ``("failed", why, -1)`` when it is not a regular file."""
+    if not os.path.lexists(out):
+        return "new", "", -1
+    size = out.stat().st_size if out.is_file() and not out.is_symlink() else -1
+    if record is not None and record.get("output_size") == size:
+        field, wanted = settings
+        if record.get(field) != wanted:
+            reason = f"made with {_settings_difference(record.get(field), wanted)}"
+            return ("redo", "", size) if overwrite else ("conflict", reason, size)
+        source_field, key, what = source
+        if record.get(source_field) != key:
+            return ("redo", "", size) if overwrite else ("conflict", f"made from {what}", size)
+        return "skip", "", size
+    if size < 0:
+        return "failed", "not a regular file; not written", -1
+    return ("redo", "", size) if overwrite else ("adopt", "", size)
+
+
 # ---------------------------------------------------------------- the worker
 
 
@@ -895,31 +926,24 @@ def _plan_flow(
         rel_flow = rel_video + flowlib.FLOW_SUFFIX
         out = dst / rel_flow
         frames = int(video_record.get("frames", 0))
-        adopt = False
-        if os.path.lexists(out):
-            record = manifest.get(rel_flow)
-            size = out.stat().st_size if out.is_file() and not out.is_symlink() else -1
-            if record is not None and record.get("output_size") == size:
-                if record.get("flow_settings") != wanted:
-                    difference = _settings_difference(record.get("flow_settings"), wanted)
-                    if not overwrite:
-                        summary.conflicts.append((rel_flow, f"made with {difference}"))
-                        continue
-                elif record.get("video") != video_key:
-                    if not overwrite:
-                        summary.conflicts.append(
-                            (rel_flow, f"made from another version of {rel_video}")
-                        )
-                        continue
-                else:
-                    summary.flow_skipped += 1
-                    summary.flow_bytes += size
-                    continue
-            elif size < 0:
-                summary.failed.append((rel_flow, "not a regular file; not written"))
-                continue
-            else:
-                adopt = not overwrite
+        state, reason, size = _existing_output(
+            out,
+            manifest.get(rel_flow),
+            ("flow_settings", wanted),
+            ("video", video_key, f"another version of {rel_video}"),
+            overwrite,
+        )
+        if state == "skip":
+            summary.flow_skipped += 1
+            summary.flow_bytes += size
+            continue
+        if state == "conflict":
+            summary.conflicts.append((rel_flow, reason))
+            continue
+        if state == "failed":
+            summary.failed.append((rel_flow, reason))
+            continue
+        adopt = state == "adopt"
         jobs.append(_FlowJob(str(video), str(out), rel_flow, frames, video_key, adopt))
     return jobs
 
@@ -1046,29 +1070,25 @@ def _plan_videos(
         except OSError as exc:
             summary.failed.append((rel, f"cannot read it: {exc.strerror or exc}"))
             continue
-        adopt = False
-        if os.path.lexists(out):
-            record = manifest.get(rel_out)
-            out_size = out.stat().st_size if out.is_file() else -1
-            if record is not None and record.get("output_size") == out_size:
-                if record.get("settings") != settings.key():
-                    difference = _settings_difference(record.get("settings"), settings)
-                    if not overwrite:
-                        summary.conflicts.append((rel_out, f"made with {difference}"))
-                        continue
-                elif record.get("source") != key:
-                    if not overwrite:
-                        summary.conflicts.append(
-                            (rel_out, f"made from an earlier version of {rel}")
-                        )
-                        continue
-                else:
-                    summary.skipped += 1
-                    summary.bytes_before += key[0]
-                    summary.bytes_after += out_size
-                    continue
-            else:
-                adopt = not overwrite
+        state, reason, out_size = _existing_output(
+            out,
+            manifest.get(rel_out),
+            ("settings", settings.key()),
+            ("source", key, f"an earlier version of {rel}"),
+            overwrite,
+        )
+        if state == "skip":
+            summary.skipped += 1
+            summary.bytes_before += key[0]
+            summary.bytes_after += out_size
+            continue
+        if state == "conflict":
+            summary.conflicts.append((rel_out, reason))
+            continue
+        if state == "failed":
+            summary.failed.append((rel, f"its output {rel_out} is {reason}"))
+            continue
+        adopt = state == "adopt"
         jobs.append(_Job(str(source), str(out), rel, rel_out, settings, adopt))
     return jobs
 
