@@ -267,19 +267,7 @@ def decode_flow(images: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
 def flow_image_files(folder: str | Path) -> tuple[list[Path], list[Path]]:
     """The sorted image files of ``folder/u`` and ``folder/v``; raises if they do not pair up."""
     folder = Path(folder)
-    files = []
-    for name in ("u", "v"):
-        sub = folder / name
-        if not sub.is_dir():
-            raise FileNotFoundError(f"{folder}: no '{name}' folder of flow images (expected {sub})")
-        found = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not found:
-            raise FileNotFoundError(f"{sub}: no flow images ({', '.join(IMAGE_SUFFIXES)})")
-        files.append(found)
-    u, v = files
-    if len(u) != len(v):
-        raise ValueError(f"{folder}: {len(u)} images in u/ but {len(v)} in v/")
-    return u, v
+    return _paired_images(folder / "u", folder / "v", str(folder))
 
 
 def read_flow_folder(
@@ -681,17 +669,21 @@ def flow_source(
 
 
 def _paired_images(u_dir: Path, v_dir: Path, what: str) -> tuple[list[Path], list[Path]]:
+    """The sorted flow images of ``u_dir`` and ``v_dir`` (``what`` names the video in errors);
+    raises if a folder is missing or empty, or if they do not pair up."""
     files = []
-    for sub in (u_dir, v_dir):
+    for name, sub in (("u", u_dir), ("v", v_dir)):
         if not sub.is_dir():
-            raise FileNotFoundError(f"{what}: {sub} is missing")
+            raise FileNotFoundError(f"{what}: no '{name}' folder of flow images (expected {sub})")
         found = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
-            raise FileNotFoundError(f"{what}: no flow images in {sub}")
+            raise FileNotFoundError(
+                f"{what}: no flow images in {sub} ({', '.join(IMAGE_SUFFIXES)})"
+            )
         files.append(found)
     u, v = files
     if len(u) != len(v):
-        raise ValueError(f"{what}: {len(u)} images in {u_dir} but {len(v)} in {v_dir}")
+        raise ValueError(f"{what}: {len(u)} images in u/ but {len(v)} in v/ ({u_dir}, {v_dir})")
     return u, v
 
 
