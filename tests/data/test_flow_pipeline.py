@@ -5,6 +5,7 @@ resized with their values scaled, and videos without usable flow are left out at
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import cv2
@@ -273,3 +274,35 @@ def test_the_statistics_task_trains_on_the_stored_flow(tmp_path: Path):
     u = flow[:, 0].mean(axis=(1, 2))
     assert np.all(np.abs(np.diff(u) + 1) < 0.1)  # field k's u = k - 8, negated by the flip
     np.testing.assert_allclose(flow[:, 1], int(sample["index"]) - 4, atol=0.1)
+
+
+@pytest.mark.parametrize("flow", ["prepared", "nowhere"])
+def test_fit_without_the_flow_it_asks_for_is_one_clear_line(
+    tmp_path: Path, capsys, monkeypatch, flow
+):
+    """`vssl fit` of the statistics task with flow that is not there: exit 2, the folder or
+    the first videos named, no traceback (the check runs when the datamodule sets up)."""
+    from vssl.cli import main
+    from vssl.data.synthetic import make_synthetic
+
+    root = make_synthetic(tmp_path / "data", classes=2, videos_per_class=2, frames=10, size=32)
+    args = [
+        "fit",
+        "--config",
+        str(Path(__file__).parents[2] / "configs/statistics/synthetic_tiny.yaml"),
+    ]
+    args += ["--data.init_args.root", str(root), "--data.init_args.synthetic", "null"]
+    args += ["--data.init_args.flow", flow if flow == "prepared" else str(tmp_path / flow)]
+    args += ["--data.init_args.num_workers", "0", "--data.init_args.clip_len", "4"]
+    args += ["--model.init_args.clip_len", "4", "--data.init_args.crop_size", "24"]
+    args += ["--data.init_args.decode_size", "32", "--trainer.max_epochs", "1"]
+    args += ["--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "runs")]
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("vssl fit: error: ")
+    if flow == "prepared":
+        assert re.search(r"error: none of the \d+ videos has usable precomputed flow", err)
+        assert ".mp4.flow: no flow file (run 'vssl prepare --flow' over the dataset)" in err
+    else:
+        assert f"{tmp_path / flow}: flow folder not found" in err

@@ -29,6 +29,7 @@ from vssl.data.sampling import ClipSampler, ClipSpec, RandomClip, UniformClips
 from vssl.data.subset import balanced_subset
 from vssl.data.table import VideoTable
 from vssl.data.transforms import ViewTransform, eval_clip_transform, train_clip_transform
+from vssl.errors import InvalidInputError
 
 log = logging.getLogger("vssl")
 
@@ -342,7 +343,7 @@ class VideoDataModule(LightningDataModule):
             return None
         stride = int(getattr(sampler, "stride", self.clip_spec.stride))
         if stride != 1:
-            raise ValueError(
+            raise InvalidInputError(
                 f"flow={self.flow!r}: precomputed flow joins consecutive frames, but clips are "
                 f"sampled at stride {stride}; set stride: 1, or flow: null to compute flow on "
                 "the fly"

@@ -29,6 +29,7 @@ from vssl.data.layouts import VideoItem
 from vssl.data.reader import VideoDecodeError, open_reader
 from vssl.data.sampling import AudioSpan, ClipSampler, FlowOf
 from vssl.data.table import VideoTable
+from vssl.errors import InvalidInputError
 
 log = logging.getLogger("vssl")
 
@@ -47,7 +48,8 @@ class TooManyDecodeFailures(RuntimeError):
 
 def _with_audio(table: VideoTable) -> VideoTable:
     """The rows of ``table`` whose file has an audio stream (its header says so); the others
-    are left out with one logged count. Raises a ValueError when none has one."""
+    are left out with one logged count. Raises an `InvalidInputError` (a ValueError) when none
+    has one."""
     from vssl.data.audio import probe_audio
 
     keep = []
@@ -58,7 +60,7 @@ def _with_audio(table: VideoTable) -> VideoTable:
         except VideoDecodeError as err:
             log.warning("leaving out a video: %s", err)
     if not keep:
-        raise ValueError(
+        raise InvalidInputError(
             f"none of the {len(table)} videos has an audio stream (first: {table.path(0)}), and "
             "the task needs audio"
         )
@@ -88,7 +90,7 @@ def _rows(table: VideoTable, keep: list[int]) -> VideoTable:
 def _with_flow(table: VideoTable, flow: FlowSource) -> VideoTable:
     """The rows of ``table`` whose precomputed flow is there with one field per pair of frames
     (frames - 1); the others are left out with one logged count and the first problems. Raises
-    a ValueError when none has usable flow."""
+    an `InvalidInputError` (a ValueError) when none has usable flow."""
     keep, problems = [], []
     for i in range(len(table)):
         path, expected = table.path(i), int(table.num_frames[i]) - 1
@@ -105,7 +107,7 @@ def _with_flow(table: VideoTable, flow: FlowSource) -> VideoTable:
         keep.append(i)
     first = "\n  ".join(problems[:5])
     if not keep:
-        raise ValueError(
+        raise InvalidInputError(
             f"none of the {len(table)} videos has usable precomputed flow ({flow}), and the "
             f"task reads flow; first problems:\n  {first}"
         )
@@ -173,7 +175,7 @@ class VideoDataset(Dataset):
         else:
             table = VideoTable.from_items(items, infos)
         if not len(table):
-            raise ValueError("the dataset is empty: no usable video was found")
+            raise InvalidInputError("the dataset is empty: no usable video was found")
         if getattr(sampler, "needs_audio", False):
             table = _with_audio(table)
         if flow is not None and getattr(sampler, "needs_flow", False):

@@ -63,6 +63,8 @@ import numpy as np
 import simplejpeg
 import torch
 
+from vssl.errors import MissingInputError
+
 FLOW_METHODS = ("dis", "farneback")
 DIS_PRESETS: dict[str, tuple[int, int | None]] = {
     "ultrafast": (cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, None),
@@ -609,7 +611,7 @@ class FlowFolders(FlowSource):
     def __init__(self, root: str | Path, data_root: str | Path, bound: float = DEFAULT_BOUND):
         self.root, self.data_root = Path(root), Path(data_root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.root}: flow folder not found (no such directory)")
+            raise MissingInputError(f"{self.root}: flow folder not found (no such directory)")
         if bound <= 0:
             raise ValueError(f"{self.root}: flow bound must be positive, got {bound}")
         self.bound = bound
