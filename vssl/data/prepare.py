@@ -956,7 +956,11 @@ def _run_flow_jobs(
     if not jobs:
         return
     wanted = flow_settings()
-    with open(manifest_file, "a", encoding="utf-8") as manifest, _progress(progress) as bar:
+    with (
+        _outcomes(_run_flow_job, jobs, workers, summary) as outcomes,
+        open(manifest_file, "a", encoding="utf-8") as manifest,
+        _progress(progress) as bar,
+    ):
         task = bar.add_task("optical flow", total=len(jobs), fps=0.0)
         began = time.perf_counter()
 
@@ -992,24 +996,8 @@ def _run_flow_jobs(
             elapsed = time.perf_counter() - began
             bar.update(task, advance=1, fps=summary.flow_fields / elapsed if elapsed else 0.0)
 
-        if workers <= 1:
-            for job in jobs:
-                record(_run_flow_job(job))
-                if summary.fatal:
-                    break
-            return
-        queue, ahead = iter(jobs), 4 * workers
-        with ProcessPoolExecutor(workers) as pool:
-            pending = {pool.submit(_run_flow_job, job) for job in itertools.islice(queue, ahead)}
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    record(future.result())
-                while not summary.fatal and len(pending) < ahead:
-                    job = next(queue, None)
-                    if job is None:
-                        break
-                    pending.add(pool.submit(_run_flow_job, job))
+        for outcome in outcomes:
+            record(outcome)
 
 
 # ---------------------------------------------------------------- the run
@@ -1178,6 +1166,43 @@ def _recorder(
         yield record
 
 
+@contextlib.contextmanager
+def _outcomes(
+    run: Callable[[Any], Any], jobs: list[Any], workers: int, summary: PrepareSummary
+) -> Iterator[Iterator[Any]]:
+    """The outcomes of ``run`` over ``jobs`` as they finish: in this process for one worker,
+    else in a process pool with at most ``4 * workers`` jobs in flight. No job starts once
+    ``summary.fatal`` is set (a full disk). The pool's workers are forked on entry, so enter
+    this before anything that starts a thread (the progress bar)."""
+    if workers <= 1:
+
+        def serial() -> Iterator[Any]:
+            for job in jobs:
+                yield run(job)
+                if summary.fatal:
+                    return
+
+        yield serial()
+        return
+    queue, ahead = iter(jobs), 4 * workers
+    with ProcessPoolExecutor(workers) as pool:
+        pending = {pool.submit(run, job) for job in itertools.islice(queue, ahead)}
+
+        def pooled() -> Iterator[Any]:
+            nonlocal pending
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield future.result()
+                while not summary.fatal and len(pending) < ahead:
+                    job = next(queue, None)
+                    if job is None:
+                        break
+                    pending.add(pool.submit(run, job))
+
+        yield pooled()
+
+
 def _run_jobs(
     jobs: list[_Job], workers: int, manifest_file: Path, summary: PrepareSummary, progress: bool
 ) -> None:
@@ -1185,27 +1210,10 @@ def _run_jobs(
     finished output as it comes; a fatal error (a full disk) stops the submissions."""
     if not jobs:
         return
-    if workers <= 1:
+    with _outcomes(_run_job, jobs, workers, summary) as outcomes:
         with _recorder(manifest_file, summary, progress, len(jobs)) as record:
-            for job in jobs:
-                record(_run_job(job))
-                if summary.fatal:
-                    break
-        return
-    queue, ahead = iter(jobs), 4 * workers
-    with ProcessPoolExecutor(workers) as pool:
-        # The first submission forks every worker: before the progress bar starts its thread.
-        pending = {pool.submit(_run_job, job) for job in itertools.islice(queue, ahead)}
-        with _recorder(manifest_file, summary, progress, len(jobs)) as record:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    record(future.result())
-                while not summary.fatal and len(pending) < ahead:
-                    job = next(queue, None)
-                    if job is None:
-                        break
-                    pending.add(pool.submit(_run_job, job))
+            for outcome in outcomes:
+                record(outcome)
 
 
 def _write_report(dst: Path, summary: PrepareSummary) -> None:
