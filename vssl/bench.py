@@ -59,7 +59,10 @@ pretraining, so its cells do not vary with the pretraining data or subset. Each 
 and corruption (``cells/<cell>/eval/*.json``), each command written to ``cells/<cell>/commands.sh``
 and its output to ``cells/<cell>/logs/``, so any cell can be re-run or inspected alone. Finished
 steps are skipped on the next run; an interrupted pretraining continues from its ``last.ckpt``;
-``--list`` numbers the cells and ``--cell N`` runs one (a SLURM array task, a sweep agent);
+``--list`` numbers the cells and ``--cell N`` runs one (a SLURM array task, a sweep agent;
+``--no-results`` leaves the results to one ``--collect`` at the end); ``--jobs N`` runs N cells
+at a time on this machine, each in its own process (a cell's lock keeps a second process off
+it, and a distilled cell waits for its teachers);
 ``--collect`` only gathers what the cells wrote into ``results.json`` (every setting of every
 evaluation), ``results.md`` (mean and standard error over seeds, or over the test videos with
 one seed) and charts.
@@ -88,7 +91,7 @@ import shlex
 import subprocess
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -620,8 +623,57 @@ def record_teachers(grid: Grid, cell: Cell) -> str | None:
     return None
 
 
+#: The file a process running a cell holds a lock on (``flock``: released when the process
+#: ends, however it ends), so that one cell is never run by two processes at once.
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def _cell_lock(folder: Path) -> Iterator[bool]:
+    """Holds the lock of the cell in ``folder`` while the block runs; yields False (and holds
+    nothing) when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): nothing to hold
+        yield True
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / LOCK_FILE).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cell_complete(grid: Grid, cell: Cell) -> bool:
+    """Whether ``cell`` has everything it should write: its pretraining (if it has one) and
+    every evaluation's result."""
+    folder = grid.folder(cell)
+    if grid.methods[cell.method]["config"] and not (folder / "fit.done").is_file():
+        return False
+    return all(
+        (folder / "eval" / f"{data}.{corruption}.{protocol}.json").is_file()
+        for data, corruption, protocol, _ in grid.evaluations(cell)
+    )
+
+
 def run_cell(grid: Grid, cell: Cell, say: Any = print) -> bool:
-    """Run what ``cell`` still lacks; True when everything it should write is there."""
+    """Run what ``cell`` still lacks; True when everything it should write is there. A cell
+    that another process is running (its lock is held) is left to it: False."""
+    folder = grid.folder(cell)
+    with _cell_lock(folder) as mine:
+        if not mine:
+            say(f"{cell.name}: not run: another process is running it ({folder / LOCK_FILE})")
+            return False
+        return _run_cell(grid, cell, say)
+
+
+def _run_cell(grid: Grid, cell: Cell, say: Any) -> bool:
     folder = grid.folder(cell)
     folder.mkdir(parents=True, exist_ok=True)
     commands = folder / "commands.sh"
@@ -676,6 +728,105 @@ def run_cell(grid: Grid, cell: Cell, say: Any = print) -> bool:
         partial.replace(result)
     commands.write_text("\n".join(lines) + "\n")
     return ok
+
+
+@dataclass
+class _Job:
+    cell: Cell
+    process: subprocess.Popen
+    log: Path
+    started: float
+
+
+def _job_threads(jobs: int) -> str:
+    """Torch threads of each job's evaluations: the machine's cores shared among the jobs
+    (``OMP_NUM_THREADS`` if the user set it)."""
+    return os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def run_jobs(grid: Grid, jobs: int, say: Any = print) -> list[str]:
+    """Runs the grid's unfinished cells ``jobs`` at a time on this machine, each as its own
+    ``python -m vssl bench GRID --cell N --no-results`` process (its output in the cell's
+    ``logs/bench.log``), in the grid's order; a cell starts once its teacher cells have
+    finished pretraining. The names of the cells that failed or could not run are returned.
+    Interrupted (Ctrl-C, SIGTERM), it stops the running cells, which resume on the next run."""
+    import signal
+    import time
+
+    pending = [c for c in grid.cells if not cell_complete(grid, c)]
+    total, finished = len(grid.cells), len(grid.cells) - len(pending)
+    running: list[_Job] = []
+    failed: list[str] = []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": _job_threads(jobs)}
+
+    def state() -> str:
+        return f"{finished} done, {len(running)} running, {len(pending)} left of {total}"
+
+    def start(cell: Cell) -> None:
+        log = grid.folder(cell) / "logs" / "bench.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "vssl", "bench", str(grid.file), "--out", str(grid.out)]
+        command += ["--cell", str(grid.number(cell)), "--no-results"]
+        with log.open("w") as out:
+            process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        running.append(_Job(cell, process, log, time.monotonic()))
+        say(f"started {grid.number(cell)} {cell.name} ({state()})")
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        while pending or running:
+            blocked = {c.name for c in pending} | {j.cell.name for j in running}
+            for cell in list(pending):
+                if len(running) >= jobs:
+                    break
+                missing = grid.missing_teachers(cell)
+                if any(t.name in failed for t in missing):
+                    pending.remove(cell)
+                    failed.append(cell.name)
+                    say(f"not run: {cell.name}: a teacher cell failed")
+                elif not any(t.name in blocked for t in missing):
+                    pending.remove(cell)
+                    start(cell)
+            if not running:
+                for cell in pending:  # waiting for teachers that will never finish
+                    failed.append(cell.name)
+                    say(f"not run: {cell.name}: {waiting_for(grid, grid.missing_teachers(cell))}")
+                break
+            time.sleep(0.5)
+            for job in [j for j in running if j.process.poll() is not None]:
+                running.remove(job)
+                took = _minutes(time.monotonic() - job.started)
+                if job.process.returncode == 0 and cell_complete(grid, job.cell):
+                    finished += 1
+                    say(f"finished {grid.number(job.cell)} {job.cell.name} in {took} ({state()})")
+                else:
+                    failed.append(job.cell.name)
+                    say(f"failed {job.cell.name} after {took}: {_tail(job.log, 3)} ({job.log})")
+    except KeyboardInterrupt:
+        say(f"interrupted: stopping {len(running)} running cells (they resume on the next run)")
+        for job in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.process.pid, signal.SIGTERM)
+        for job in running:
+            try:
+                job.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(job.process.pid, signal.SIGKILL)
+                job.process.wait()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    return failed
 
 
 def _dig(record: dict[str, Any], path: tuple[str, ...]) -> float | None:
@@ -913,9 +1064,19 @@ def charts(summary: list[dict[str, Any]], grid: Grid) -> list[Path]:
 
 
 def _save(fig: Any, file: Path, plt: Any) -> Path:
-    fig.savefig(file, dpi=110)
+    tmp = file.with_name(f".{file.stem}.{os.getpid()}{file.suffix}")
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
+    tmp.replace(file)
     return file
+
+
+def _write_text(file: Path, text: str) -> None:
+    """Writes ``file`` whole or not at all (another process collecting the same grid at the
+    same time, a SLURM array's tasks say, never leaves a mixture)."""
+    tmp = file.with_name(f".{file.name}.{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(file)
 
 
 def write_results(grid: Grid) -> tuple[list[dict[str, Any]], list[Path]]:
@@ -935,10 +1096,11 @@ def write_results(grid: Grid) -> tuple[list[dict[str, Any]], list[Path]]:
         ],
     }
     files = [grid.out / "results.json", grid.out / "results.md"]
-    files[0].write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
-    files[1].write_text(
+    _write_text(files[0], json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    _write_text(
+        files[1],
         f"# {grid.file.name}: {len(done)} of {len(grid.cells)} cells with results\n\n"
-        + markdown(summary, grid)
+        + markdown(summary, grid),
     )
     return rows, files + charts(summary, grid)
 
@@ -1003,6 +1165,18 @@ def _main(argv: list[str] | None) -> int:
         action="store_true",
         help="run nothing: gather what the cells wrote into the results",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="cells run at once on this machine, each its own process (default 1: one after "
+        "another in this process)",
+    )
+    parser.add_argument(
+        "--no-results",
+        action="store_true",
+        help="run the cells but write no results (array tasks of one grid; --collect gathers)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         grid = Grid.load(args.grid, args.out)
@@ -1013,6 +1187,8 @@ def _main(argv: list[str] | None) -> int:
                 teachers = f"  (teachers: cells {teachers})" if teachers else ""
                 print(f"{n:4d}  {cell.name}{teachers}{done}")
             return 0
+        if args.jobs < 1:
+            raise InvalidInputError(f"--jobs {args.jobs}: give 1 or more")
         if args.cell is not None and not 0 <= args.cell < len(grid.cells):
             raise InvalidInputError(
                 f"--cell {args.cell}: the grid has cells 0 to {len(grid.cells) - 1}"
@@ -1028,12 +1204,24 @@ def _main(argv: list[str] | None) -> int:
         print(f"vssl bench: error: {exc}", file=sys.stderr)
         return 2
     failed = []
-    if not args.collect:
+    if args.collect:
+        pass
+    elif args.jobs > 1 and args.cell is None:
+        try:
+            failed = run_jobs(grid, args.jobs, say=lambda m: print(m, flush=True))
+        except KeyboardInterrupt:
+            print("vssl bench: interrupted; run it again to resume", file=sys.stderr)
+            return 130
+    else:
         cells = grid.cells if args.cell is None else [grid.cells[args.cell]]
         for n, cell in enumerate(cells, 1):
             print(f"[{n}/{len(cells)}] {cell.name}", flush=True)
             if not run_cell(grid, cell, say=lambda m: print("  " + m, flush=True)):
                 failed.append(cell.name)
+    if args.no_results:
+        if failed:
+            print(f"vssl bench: failed: {', '.join(failed)} (see their logs/)", file=sys.stderr)
+        return 1 if failed else 0
     rows, files = write_results(grid)
     print(
         f"{len({r['cell'] for r in rows})} of {len(grid.cells)} cells have results; wrote "
