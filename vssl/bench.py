@@ -748,7 +748,32 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def run_jobs(grid: Grid, jobs: int, say: Any = print) -> list[str]:
+def _no_update(done: int, running: list[str], left: int) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def _display(total: int) -> Iterator[tuple[Any, Any]]:
+    """Where a run's messages and its counts of cells done / running / left go: ``(say,
+    update)``, a rich progress bar under the messages on a terminal, plain lines elsewhere (a
+    log file, a SLURM job's output)."""
+    if not sys.stdout.isatty():
+        yield (lambda message: print(message, flush=True)), _no_update
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn("cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, TextColumn("{task.fields[state]}")) as bar:
+        task = bar.add_task("cells", total=total, state="")
+
+        def update(done: int, running: list[str], left: int) -> None:
+            names = f" ({', '.join(running)})" if running else ""
+            bar.update(task, completed=done, state=f"{len(running)} running{names}, {left} left")
+
+        yield (lambda message: bar.console.print(message, markup=False, highlight=False)), update
+
+
+def run_jobs(grid: Grid, jobs: int, say: Any = print, update: Any = _no_update) -> list[str]:
     """Runs the grid's unfinished cells ``jobs`` at a time on this machine, each as its own
     ``python -m vssl bench GRID --cell N --no-results`` process (its output in the cell's
     ``logs/bench.log``), in the grid's order; a cell starts once its teacher cells have
@@ -764,6 +789,7 @@ def run_jobs(grid: Grid, jobs: int, say: Any = print) -> list[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": _job_threads(jobs)}
 
     def state() -> str:
+        update(finished, [j.cell.name for j in running], len(pending))
         return f"{finished} done, {len(running)} running, {len(pending)} left of {total}"
 
     def start(cell: Cell) -> None:
@@ -1204,20 +1230,24 @@ def _main(argv: list[str] | None) -> int:
         print(f"vssl bench: error: {exc}", file=sys.stderr)
         return 2
     failed = []
+    cells = grid.cells if args.cell is None else [grid.cells[args.cell]]
     if args.collect:
         pass
     elif args.jobs > 1 and args.cell is None:
         try:
-            failed = run_jobs(grid, args.jobs, say=lambda m: print(m, flush=True))
+            with _display(len(cells)) as (say, update):
+                failed = run_jobs(grid, args.jobs, say=say, update=update)
         except KeyboardInterrupt:
             print("vssl bench: interrupted; run it again to resume", file=sys.stderr)
             return 130
     else:
-        cells = grid.cells if args.cell is None else [grid.cells[args.cell]]
-        for n, cell in enumerate(cells, 1):
-            print(f"[{n}/{len(cells)}] {cell.name}", flush=True)
-            if not run_cell(grid, cell, say=lambda m: print("  " + m, flush=True)):
-                failed.append(cell.name)
+        with _display(len(cells)) as (say, update):
+            for n, cell in enumerate(cells, 1):
+                update(n - 1, [cell.name], len(cells) - n)
+                say(f"[{n}/{len(cells)}] {cell.name}")
+                if not run_cell(grid, cell, say=lambda m: say("  " + m)):
+                    failed.append(cell.name)
+            update(len(cells), [], 0)
     if args.no_results:
         if failed:
             print(f"vssl bench: failed: {', '.join(failed)} (see their logs/)", file=sys.stderr)
