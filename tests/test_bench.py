@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vssl.bench import Grid, main, markdown, versus_random
+from vssl.bench import Grid, best_gains, main, markdown, versus_random
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -290,6 +290,9 @@ def test_gain_over_random_init_of_the_same_backbone_data_and_corruption(tmp_path
     small = entry("rotation", "tiny3d", (0.29, 0.03))
     grid = Grid.load(write_grid(tmp_path, tmp_path / "data"))
     table = markdown([cvrl, small, summary[3]], grid).splitlines()
+    table = table[
+        table.index(next(t for t in table if t.startswith("| method | backbone | pre"))) :
+    ]
     assert table[0].startswith("| method |") and table[0].endswith(
         "| linear | vs random | linear 10% | linear 1% | kNN |"
     )
@@ -306,3 +309,35 @@ def test_options_from_a_config_file(tmp_path, capsys):
     listed = capsys.readouterr().out
     assert main([str(grid), "--list"]) == 0
     assert listed == capsys.readouterr().out and listed.strip()
+
+
+def test_best_gain_per_method_and_evaluation_dataset_over_its_clean_cells(tmp_path):
+    def at(method, linear, pretrain="motion", subset=None, **keys):
+        return {
+            **entry(method, "tiny3d", linear, **keys),
+            "pretrain_data": pretrain,
+            "subset": subset,
+        }
+
+    summary = [
+        entry("random", "tiny3d", (0.20, 0.04)),
+        entry("random", "tiny3d", (0.10, 0.03), eval_data="mnist"),
+        entry("random", "tiny3d", (0.05, 0.01), corruption="gaussian-3"),
+        at("cvrl", (0.30, 0.03), subset=0.25),  # +10 +- 5
+        at("cvrl", (0.26, 0.03)),  # +6: not the best
+        at("cvrl", (0.90, 0.01), corruption="gaussian-3"),  # corrupted: not counted
+        at("cvrl", (0.31, 0.04), pretrain="mnist", eval_data="mnist"),  # +21 +- 5
+        at("rotation", (0.25, 0.03)),  # +5 +- 5: within 2 errors
+    ]
+    best = best_gains(summary)
+    assert [(b["method"], b["beyond_2se"]) for b in best] == [("cvrl", True), ("rotation", False)]
+    assert best[0]["gains"]["motion"] == pytest.approx((0.10, 0.05, "motion", 0.25))
+    assert best[0]["gains"]["mnist"] == pytest.approx((0.21, 0.05, "mnist", None))
+    assert list(best[1]["gains"]) == ["motion"]
+    table = markdown(summary, Grid.load(write_grid(tmp_path, tmp_path / "data"))).splitlines()
+    assert table[2:6] == [
+        "| method | backbone | motion | mnist | beyond 2 SE |",
+        "|---|---|---:|---:|---|",
+        "| cvrl | tiny3d | +10.0 ± 5.0 (motion, 0.25) | **+21.0 ± 5.0** (mnist) | yes |",
+        "| rotation | tiny3d | +5.0 ± 5.0 (motion) | - | no |",
+    ]

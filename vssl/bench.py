@@ -957,9 +957,64 @@ def versus_random(
     return None
 
 
+def best_gains(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method and backbone (random init aside) and evaluation dataset, its cell with the
+    largest linear gain over random init on clean test clips (every pretraining dataset and
+    subset considered): ``method``, ``backbone``, ``gains`` (evaluation dataset -> (gain, se,
+    pretraining data, subset)) and ``beyond_2se`` (on any evaluation dataset)."""
+    best: dict[tuple[str, str | None], dict[str, tuple]] = {}
+    for entry in summary:
+        gain = versus_random(entry, summary) if entry["corruption"] == "clean" else None
+        if gain is None:
+            continue
+        gains = best.setdefault((entry["method"], entry["backbone"]), {})
+        if entry["eval_data"] not in gains or gain[0] > gains[entry["eval_data"]][0]:
+            gains[entry["eval_data"]] = (*gain, entry["pretrain_data"], entry["subset"])
+    return [
+        {
+            "method": method,
+            "backbone": backbone,
+            "gains": gains,
+            "beyond_2se": any(g > 2 * se for g, se, *_ in gains.values()),
+        }
+        for (method, backbone), gains in best.items()
+    ]
+
+
+def _best_gains_markdown(summary: list[dict[str, Any]]) -> str:
+    """The table of `best_gains` (empty without a random init or clean test clips)."""
+    rows = best_gains(summary)
+    if not rows:
+        return ""
+    datasets = list(dict.fromkeys(d for r in rows for d in r["gains"]))
+    lines = [
+        "Best linear gain over random init per evaluation dataset (clean test clips; the best of "
+        "a method's pretraining datasets and subsets, so a little optimistic):",
+        "",
+        "| method | backbone | " + " | ".join(datasets) + " | beyond 2 SE |",
+        "|---|---|" + "---:|" * len(datasets) + "---|",
+    ]
+    for r in rows:
+        cells = [r["method"], r["backbone"] or "(config's)"]
+        for data in datasets:
+            if data not in r["gains"]:
+                cells.append("-")
+                continue
+            gain, se, pretrain, subset = r["gains"][data]
+            text = f"{100 * gain:+.1f} ± {100 * se:.1f}"
+            where = ", ".join(x for x in (pretrain, None if subset is None else str(subset)) if x)
+            cells.append(
+                (f"**{text}**" if gain > 2 * se else text) + (f" ({where})" if where else "")
+            )
+        cells.append("yes" if r["beyond_2se"] else "no")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n"
+
+
 def markdown(summary: list[dict[str, Any]], grid: Grid) -> str:
     """The results table, in percent, mean ± standard error; with a ``random`` method, the
-    linear probe's gain over it ("vs random", bold beyond two standard errors)."""
+    linear probe's gain over it ("vs random", bold beyond two standard errors), and first the
+    best gain of each method (`best_gains`)."""
     labels = [label for p in grid.protocols for label, _ in HEADLINES[p]]
     gains = RANDOM in grid.methods and "linear" in labels
     if gains:
@@ -996,7 +1051,8 @@ def markdown(summary: list[dict[str, Any]], grid: Grid) -> str:
             else:
                 cells.append("-")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    best = _best_gains_markdown(summary) if gains else ""
+    return best + "\n".join(lines) + "\n"
 
 
 def charts(summary: list[dict[str, Any]], grid: Grid) -> list[Path]:
@@ -1119,6 +1175,16 @@ def write_results(grid: Grid) -> tuple[list[dict[str, Any]], list[Path]]:
         "summary": [
             {**e, "figures": {k: {"mean": m, "se": s} for k, (m, s) in e["figures"].items()}}
             for e in summary
+        ],
+        "best_gains": [
+            {
+                **b,
+                "gains": {
+                    d: {"gain": g, "se": se, "pretrain_data": p, "subset": s}
+                    for d, (g, se, p, s) in b["gains"].items()
+                },
+            }
+            for b in best_gains(summary)
         ],
     }
     files = [grid.out / "results.json", grid.out / "results.md"]
