@@ -8,7 +8,11 @@ Your Own Latent"), or rises linearly (V-JEPA, "Revisiting Feature Prediction for
 Representations from Video"). It is `torch.optim.swa_utils.AveragedModel` with that schedule, so
 its state (``module.*`` and ``n_averaged``) is checkpointed with the task; under DDP every process
 starts from the same broadcast copy and applies the same update to the same synchronised online
-weights, so the targets stay identical.
+weights, so the targets' parameters stay identical. Buffers are not synchronised by DDP's
+gradients: each process's batch norm updates its own running statistics in its forward pass, so
+after the copy `MomentumEncoder.update` broadcasts the target's buffers from process 0 (what DDP's
+``broadcast_buffers`` does for the online network before each forward, and what process 0
+checkpoints); without it the targets' running statistics drift apart.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import distributed as dist
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -81,3 +86,21 @@ class MomentumEncoder(AveragedModel):
         self.momentum = self.momentum_at(progress)
         self.multi_avg_fn = get_ema_multi_avg_fn(self.momentum)
         self.update_parameters(online)
+        broadcast_buffers(self.module)
+
+
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Gives every process process ``src``'s buffers of ``module`` (one broadcast per device and
+    dtype); nothing outside a multi-process run."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for buffer in module.buffers():
+        groups.setdefault((buffer.device, buffer.dtype), []).append(buffer)
+    for buffers in groups.values():
+        flat = torch.cat([b.detach().reshape(-1) for b in buffers])
+        dist.broadcast(flat, src=src)
+        offset = 0
+        for b in buffers:
+            b.detach().copy_(flat[offset : offset + b.numel()].view_as(b))
+            offset += b.numel()
