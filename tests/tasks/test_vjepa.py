@@ -204,6 +204,76 @@ def test_predictor_initialisation_is_the_official_one():
         assert abs(std - 0.02 / math.sqrt(2 * layer)) < 0.1 * 0.02 / math.sqrt(2 * layer)
 
 
+def test_encoder_initialisation_jepa_is_the_official_one():
+    kwargs = {**TINY, "backbone_kwargs": {"dim": 64, "depth": 3, "heads": 2}}
+    torch.manual_seed(0)
+    task = VJEPA(**kwargs, encoder_init="jepa")
+    trunk = task.backbone.trunk
+    conv = trunk.patch_embed
+    assert torch.all(conv.bias == 0) and abs(conv.weight.std().item() - 0.02) < 0.001
+    for layer, block in enumerate(trunk.blocks, start=1):
+        for linear, std in (
+            (block.attn.qkv, 0.02),
+            (block.mlp.fc1, 0.02),
+            (block.attn.proj, 0.02 / math.sqrt(2 * layer)),  # official _rescale_blocks
+            (block.mlp.fc2, 0.02 / math.sqrt(2 * layer)),
+        ):
+            assert torch.all(linear.bias == 0)
+            assert abs(linear.weight.std().item() - std) < 0.05 * std, (layer, linear)
+        assert torch.all(block.norm1.weight == 1) and torch.all(block.norm1.bias == 0)
+    online = task._online_encoder()
+    for p, q in zip(online.parameters(), task.target_encoder.module.parameters(), strict=True):
+        assert torch.equal(p, q)  # the target is copied after the initialisation
+    torch.manual_seed(0)
+    default = VJEPA(**kwargs).backbone.trunk.blocks[0].attn.qkv.weight.std().item()
+    assert abs(default - math.sqrt(2 / (64 + 192))) < 0.005  # the video ViT's Xavier uniform
+    with pytest.raises(ValueError, match="encoder_init must be one of"):
+        VJEPA(**TINY, encoder_init="xavier")
+
+
+def test_gradient_clipping_per_network_after_the_warm_up():
+    task = VJEPA(**TINY, num_classes=4, clip_grad=1.0, warmup_epochs=2)
+    encoder = [p for p in task._online_encoder().parameters() if p.requires_grad]
+    predictor = list(task.predictor.parameters())
+    probe = list(task.probe.parameters())
+    for p in encoder + predictor + probe:
+        p.grad = torch.full_like(p, 3.0)
+
+    def norm(params):
+        return torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params)).item()
+
+    n_encoder, n_predictor = (sum(p.numel() for p in ps) for ps in (encoder, predictor))
+    task.clip_gradients_per_network(epoch=2)  # epoch 2 is not past 2 warm-up epochs
+    assert norm(encoder) == pytest.approx(3 * math.sqrt(n_encoder))
+    task.clip_gradients_per_network(epoch=3)
+    assert norm(encoder) == pytest.approx(1.0, rel=1e-5)  # each network to norm 1 on its own
+    assert norm(predictor) == pytest.approx(1.0, rel=1e-5)
+    assert encoder[0].grad.flatten()[0].item() == pytest.approx(1 / math.sqrt(n_encoder), rel=1e-5)
+    assert predictor[0].grad.flatten()[0].item() == pytest.approx(
+        1 / math.sqrt(n_predictor), rel=1e-5
+    )
+    assert all(torch.all(p.grad == 3.0) for p in probe)  # the online probe is not clipped
+    optimizer = torch.optim.AdamW(task.parameter_groups())
+    with pytest.raises(ValueError, match="unset trainer.gradient_clip_val"):
+        task.configure_gradient_clipping(optimizer, 10.0, "norm")
+    with pytest.raises(ValueError, match="clip_grad must be positive"):
+        VJEPA(**TINY, clip_grad=0.0)
+
+
+def test_crop_ratio_sets_the_training_crop_aspect_range():
+    from vssl.data.sampling import ClipSpec
+
+    spec = ClipSpec(clip_len=4, crop_size=32, flip=False, scale=(0.3, 1.0))
+    crop = VJEPA(**TINY, crop_ratio=[0.75, 1.35]).clip_transform("train", spec).transform
+    resize = crop.transforms[0]
+    assert (resize.scale, resize.ratio) == ((0.3, 1.0), (0.75, 1.35))
+    assert len(crop.transforms) == 1  # no flip where the data forbids it
+    default = VJEPA(**TINY).clip_transform("train", spec).transform.transforms[0]
+    assert default.ratio == pytest.approx((3 / 4, 4 / 3))
+    with pytest.raises(ValueError, match="crop_ratio must be a range"):
+        VJEPA(**TINY, crop_ratio=[1.5, 0.5])
+
+
 # ---------------------------------------------------------------- loss and target
 def test_l1_loss_by_hand():
     p1, t1 = torch.zeros(1, 2, 2), torch.tensor([[[1.0, -2.0], [3.0, 0.0]]])  # mean |.| 1.5

@@ -17,7 +17,9 @@ Bardes et al., "Revisiting Feature Prediction for Learning Visual Representation
 - Context encoder: the task's video ViT (`vssl.backbones.vit`) on the context tokens only (the
   positions added before the tokens are dropped), then a LayerNorm (``encoder_norm``, the
   official encoder's final ``norm``). One encoder pass per mask set, as the official
-  ``MultiMaskWrapper``.
+  ``MultiMaskWrapper``. ``encoder_init="jepa"`` (the paper config) initialises it as the
+  official ``VisionTransformer`` (`jepa_init_`); its positions stay the video ViT's 1-D
+  sinusoids (the official encoder has the 3-D table of the predictor).
 - Target: `vssl.tasks.momentum.MomentumEncoder` of the encoder and ``encoder_norm`` on every
   token of the clip, its output layer-normed again without affine parameters; the tokens of
   each mask set's target blocks are the targets. No gradient reaches it; after every optimiser
@@ -36,7 +38,11 @@ Bardes et al., "Revisiting Feature Prediction for Learning Visual Representation
   decay rising on a cosine from 0.04 to 0.4; the lr warms up linearly from ``start_lr_ratio *
   lr`` (2e-4 for lr 6.25e-4) over ``warmup_epochs``, then decays on a cosine to ``min_lr_ratio *
   lr`` (1e-6), both cosines stretched over ``schedule_scale`` times the training, as the
-  official schedulers (`VJEPA.lr_factor`, `VJEPA.weight_decay_at`).
+  official schedulers (`VJEPA.lr_factor`, `VJEPA.weight_decay_at`). With ``clip_grad`` (10 in
+  the paper config) the encoder's and the predictor's gradient norms are clipped separately,
+  only after the warm-up (`VJEPA.clip_gradients_per_network`), as the official loop.
+- Augmentation: random resized crop (``crop_ratio``: the official aspect range 0.75-1.35 in the
+  paper config) and flips, no colour.
 
 Online probe: its features are the pooled context tokens of the first mask set (detached), so
 the probe costs no extra pass. Evaluation (``forward``, ``extract_features``) runs the context
@@ -48,6 +54,7 @@ backbone's ``fc_norm`` takes no part in the loss and is frozen, as in `vssl.task
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +63,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from vssl.backbones.vit import LN_EPS, Block, VideoViT
+from vssl.data.datamodule import default_clip_transform
+from vssl.data.sampling import ClipSpec
+from vssl.data.transforms import ViewTransform, train_clip_transform
 from vssl.tasks.base import StepOutput, VSSLTask
 from vssl.tasks.momentum import MomentumEncoder
+
+#: How the encoder is initialised: ``vit``, the video ViT's own (Xavier-uniform Linears, as
+#: VideoMAE); ``jepa``, the official V-JEPA ``VisionTransformer``'s (`jepa_init_`).
+ENCODER_INITS = ("vit", "jepa")
 
 #: Redraws of a sample's blocks before a mask set whose blocks keep covering every token is an
 #: error (the official collator loops until a context is left).
@@ -251,6 +265,25 @@ def sincos_3d_position_embedding(grid: tuple[int, int, int], dim: int) -> Tensor
     return table[:, :dim].float()
 
 
+def jepa_init_(encoder: nn.Module, blocks: nn.ModuleList, init_std: float = 0.02) -> None:
+    """The official ``VisionTransformer`` initialisation (``_init_weights``, ``_rescale_blocks``),
+    in place: every Linear and convolution of ``encoder`` truncated normal (std ``init_std``) with
+    zero biases, LayerNorms at weight 1 and bias 0, then the output projections of the attention
+    and the MLP of block ``l`` (1-based) of ``blocks`` divided by ``sqrt(2 l)``."""
+    for module in encoder.modules():
+        if isinstance(module, nn.Linear | nn.Conv2d | nn.Conv3d):
+            nn.init.trunc_normal_(module.weight, std=init_std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    with torch.no_grad():
+        for layer, block in enumerate(blocks, start=1):
+            block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
+            block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
+
+
 def jepa_loss(predictions: list[Tensor], targets: list[Tensor]) -> Tensor:
     """The L1 loss: ``mean |prediction - target|`` of each mask set, averaged over the sets."""
     if len(predictions) != len(targets) or not predictions:
@@ -357,6 +390,17 @@ class VJEPA(VSSLTask):
             ``None`` keeps it constant.
         augment: `BatchAugment` settings; ``None`` gives ``{}`` (normalisation only), as the
             paper uses no colour augmentation.
+        crop_ratio: the aspect-ratio range (width / height) of the training clips' random
+            resized crop (the official ``random_resize_aspect_ratio`` is ``[0.75, 1.35]``);
+            ``None``: the datamodule's ``(3/4, 4/3)``.
+        encoder_init: ``vit`` keeps the video ViT's initialisation (Xavier-uniform Linears);
+            ``jepa`` re-initialises the encoder as the official ``VisionTransformer``
+            (`jepa_init_`), before the target is copied from it.
+        clip_grad: the official gradient clipping: the gradient norms of the encoder (with
+            ``encoder_norm``) and of the predictor are each clipped to ``clip_grad``, from the
+            first epoch after the warm-up on (the official ``epoch > warmup``; 10 in the paper).
+            ``None``: none here (the trainer's ``gradient_clip_val``, over all parameters, still
+            applies); with ``clip_grad`` set, ``gradient_clip_val`` must be unset.
         optimizer, lr, weight_decay, lr_schedule, warmup_epochs, min_lr_ratio: the official
             ViT-L run (AdamW, lr 6.25e-4 for its batch of 3072, weight decay 0.04, 40 warm-up
             epochs, cosine to 1e-6).
@@ -376,6 +420,9 @@ class VJEPA(VSSLTask):
         start_lr_ratio: float = 0.32,
         final_weight_decay: float | None = 0.4,
         augment: dict[str, Any] | None = None,
+        crop_ratio: tuple[float, float] | list[float] | None = None,
+        encoder_init: str = "vit",
+        clip_grad: float | None = None,
         optimizer: str = "adamw",
         lr: float = 6.25e-4,
         weight_decay: float = 0.04,
@@ -391,6 +438,15 @@ class VJEPA(VSSLTask):
             raise ValueError(f"schedule_scale must be at least 1, got {schedule_scale}")
         if not 0.0 <= start_lr_ratio <= 1.0:
             raise ValueError(f"start_lr_ratio must be in [0, 1], got {start_lr_ratio}")
+        if encoder_init not in ENCODER_INITS:
+            raise ValueError(f"encoder_init must be one of {ENCODER_INITS}, got {encoder_init!r}")
+        if clip_grad is not None and clip_grad <= 0:
+            raise ValueError(f"clip_grad must be positive or None, got {clip_grad}")
+        if crop_ratio is not None:
+            low, high = (float(r) for r in crop_ratio)
+            if not 0 < low <= high:
+                raise ValueError(f"crop_ratio must be a range 0 < low <= high, got {crop_ratio}")
+            crop_ratio = (low, high)
         super().__init__(
             backbone=backbone,
             augment={} if augment is None else augment,
@@ -408,6 +464,8 @@ class VJEPA(VSSLTask):
                 f"vit_tiny_8, ...), got backbone {backbone!r} ({type(self.backbone).__name__})"
             )
         self.mask_specs = specs
+        self.crop_ratio = crop_ratio
+        self.clip_grad = None if clip_grad is None else float(clip_grad)
         self.schedule_scale = float(schedule_scale)
         self.start_lr_ratio = float(start_lr_ratio)
         self.final_weight_decay = final_weight_decay
@@ -416,6 +474,8 @@ class VJEPA(VSSLTask):
         # The fine-tuning pooling norm is not part of the loss (see the module docstring).
         self.backbone.fc_norm.requires_grad_(False)
         self.encoder_norm = nn.LayerNorm(dim, eps=LN_EPS)
+        if encoder_init == "jepa":
+            jepa_init_(self.backbone, self.backbone.trunk.blocks)
         self.predictor = JEPAPredictor(
             dim, predictor_dim, predictor_depth, heads, num_mask_tokens=len(specs)
         )
@@ -426,6 +486,16 @@ class VJEPA(VSSLTask):
 
     def _online_encoder(self) -> nn.ModuleDict:
         return nn.ModuleDict({"backbone": self.backbone, "norm": self.encoder_norm})
+
+    # ---------------------------------------------------------------- data
+    def clip_transform(self, stage: str, spec: ClipSpec) -> Callable:
+        """The datamodule's transforms; with ``crop_ratio``, the training crop's aspect range."""
+        if stage != "train" or self.crop_ratio is None:
+            return default_clip_transform(stage, spec)
+        crop = train_clip_transform(
+            spec.crop_size, scale=tuple(spec.scale), ratio=self.crop_ratio, flip=spec.flip
+        )
+        return ViewTransform(crop)
 
     # ---------------------------------------------------------------- masking
     def mask_generator(self) -> torch.Generator:
@@ -495,6 +565,38 @@ class VJEPA(VSSLTask):
     def after_optimizer_step(self) -> None:
         """The EMA update of the target encoder, after every optimiser step."""
         self.target_encoder.update(self._online_encoder(), self.ema_progress())
+
+    def clip_gradients_per_network(self, epoch: int) -> None:
+        """The official clipping (``app/vjepa/train.py``): at 0-based ``epoch`` past
+        ``warmup_epochs``, the encoder's gradients (backbone and ``encoder_norm``) and the
+        predictor's are each clipped to norm ``clip_grad``; nothing before, or without
+        ``clip_grad``."""
+        if self.clip_grad is None or epoch <= self.hparams.warmup_epochs:
+            return
+        for network in (self._online_encoder(), self.predictor):
+            grads = [p for p in network.parameters() if p.grad is not None]
+            if grads:
+                nn.utils.clip_grad_norm_(grads, self.clip_grad)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """With ``clip_grad``, `clip_gradients_per_network` (the trainer's ``gradient_clip_val``
+        must then be unset); else Lightning's clipping over all parameters."""
+        if self.clip_grad is None:
+            super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
+            return
+        if gradient_clip_val:
+            raise ValueError(
+                f"VJEPA clips the encoder and the predictor separately (clip_grad {self.clip_grad})"
+                f"; unset trainer.gradient_clip_val ({gradient_clip_val}) or clip_grad"
+            )
+        self.clip_gradients_per_network(self.current_epoch)
 
     def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
         """Biases and 1-d parameters get no weight decay (the official ``init_opt``)."""
