@@ -251,6 +251,71 @@ def test_target_gets_the_scheduled_ema_after_an_optimiser_step(
     assert task.momentum_encoder.momentum == pytest.approx(m)
 
 
+# ---------------------------------------------------------------- the official optimiser
+def test_official_optimiser_groups_nesterov_bn_without_decay_and_lars():
+    official = {"nesterov": True, "norm_weight_decay": 0.0, "lars": True}
+    task = RhoBYOL(**BYOL_TINY, **official, reference_batch_size=None, num_classes=4)
+    others, norms, probe = task.parameter_groups()
+    names = {id(p): n for n, p in task.named_parameters()}
+    norm_names = {names[id(p)] for p in norms["params"]}
+    bn = {
+        f"{m}.{n}"
+        for m, module in task.named_modules()
+        if isinstance(module, torch.nn.modules.batchnorm._NormBase)
+        and not m.startswith(("momentum_encoder", "probe"))
+        for n, _ in module.named_parameters()
+    }
+    assert norm_names == bn and {"projector.1.weight", "predictor.1.bias"} <= bn
+    assert not norm_names & {names[id(p)] for p in others["params"]}
+    assert (norms["weight_decay"], norms.get("lars", False), norms["nesterov"]) == (
+        0.0,
+        False,
+        True,
+    )
+    assert (others["weight_decay"], others["lars_weight_decay"]) == (0.0, 1e-6)
+    assert others["lars"] and others["nesterov"] and "nesterov" not in probe
+    opt = torch.optim.SGD([others, norms, probe], momentum=0.9)
+    assert [g["nesterov"] for g in opt.param_groups] == [True, True, False]
+    plain = RhoBYOL(**BYOL_TINY, reference_batch_size=None, num_classes=4).parameter_groups()
+    assert len(plain) == 2 and "nesterov" not in plain[0] and plain[0]["weight_decay"] == 1e-6
+    with pytest.raises(ValueError, match="nesterov and lars need optimizer sgd"):
+        RhoMoCo(**MOCO_TINY, optimizer="adamw", nesterov=True)
+
+
+def test_lars_scales_the_gradients_as_slowfast():
+    w = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))  # |w| = 5
+    b = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    bn = torch.nn.Parameter(torch.tensor([[1.0, 1.0]]))
+    w.grad, b.grad, bn.grad = torch.tensor([[0.0, 1.0]]), torch.tensor([1.0, 1.0]), torch.ones(1, 2)
+    groups = [
+        {"params": [w, b], "lars": True, "lars_weight_decay": 0.1, "weight_decay": 0.0},
+        {"params": [bn], "weight_decay": 0.0},
+    ]
+    from vssl.tasks.rho import lars_adapt_
+
+    lars_adapt_(groups)
+    adaptive = 0.001 * 5 / (1 + 5 * 0.1 + 1e-8)  # trust |w| / (|g| + wd |w| + eps)
+    expected = (torch.tensor([[0.0, 1.0]]) + 0.1 * torch.tensor([[3.0, 4.0]])) * adaptive
+    torch.testing.assert_close(w.grad, expected)
+    assert torch.equal(b.grad, torch.ones(2)) and torch.equal(bn.grad, torch.ones(1, 2))
+
+
+def test_slowfast_schedule_is_one_cosine_over_the_training_after_a_warm_up_from_0001():
+    task = RhoBYOL(**BYOL_TINY, slowfast_schedule=True)  # lr 0.6, 35 warm-up epochs
+
+    def c(e):
+        return (math.cos(math.pi * e / 200) + 1) / 2
+
+    # 200 epochs of 10 steps: the cosine over all 200 epochs, not the last 165.
+    start = 0.001 / 0.6
+    assert task.lr_factor(0, 2000, 10) == pytest.approx(start)
+    assert task.lr_factor(105, 2000, 10) == pytest.approx(start + 10.5 * (c(35) - start) / 35)
+    assert task.lr_factor(350, 2000, 10) == pytest.approx(c(35))  # 0.926, not 1
+    assert task.lr_factor(1999, 2000, 10) == pytest.approx(c(199.9))
+    vssl = RhoBYOL(**BYOL_TINY)
+    assert vssl.lr_factor(350, 2000, 10) == pytest.approx(1.0)
+
+
 # ---------------------------------------------------------------- training through the CLI
 @pytest.fixture(scope="module")
 def colour_videos(tmp_path_factory):

@@ -16,14 +16,26 @@ the features must persist over up to the video's whole length.
 - Validation and test sample the same way with centre crops and no photometric augmentation, so
   ``val/loss`` is the task's loss on held-out videos. The online probe sees the backbone
   features of the first clip.
+- The official optimiser (SlowFast's ``construct_optimizer``, ``LARS`` and
+  ``lr_policy.get_lr_at_epoch``), opt-in and set in the paper configs: ``nesterov``
+  (``SOLVER.NESTEROV``, SlowFast's default True), ``norm_weight_decay`` (``BN.WEIGHT_DECAY``:
+  the parameters of every batch-norm layer in a group of their own), ``lars`` (``LARS_ON``: the
+  other parameters' gradients scaled by `lars_adapt_`, trust 0.001, no clipping, 1-d parameters
+  left alone) and ``slowfast_schedule`` (``COSINE_AFTER_WARMUP: False``: the cosine spans the
+  whole training and the warm-up rises linearly from ``warmup_start_lr`` to the cosine's value at
+  its end; `RhoTask.lr_factor`). Without them: vssl's SGD, weight decay on every parameter, and
+  the cosine after a warm-up from 0 (the CPU configs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase
 
 from vssl.data.sampling import ClipSampler, ClipSpec, RhoClips
 from vssl.data.transforms import ViewTransform, eval_clip_transform, train_clip_transform
@@ -47,6 +59,31 @@ brightness, contrast and saturation 0.6, hue 0.15, grayscale 0.2): MoCo v2's col
 p 0.8 in random order, grayscale, Gaussian blur with p 0.5 and sigma 0.1..2. The official code
 jitters a clip as one tall image, so contrast blends toward one grey mean per clip."""
 
+#: SlowFast's LARS trust coefficient (``LARS(optimizer, trust_coefficient=0.001, clip=False)``).
+LARS_TRUST = 0.001
+
+
+@torch.no_grad()
+def lars_adapt_(
+    param_groups: Iterable[dict[str, Any]], trust: float = LARS_TRUST, eps: float = 1e-8
+):
+    """SlowFast's ``LARS.step`` before the wrapped SGD step, in place on the gradients: in each
+    group marked ``lars``, every parameter with more than one dimension and non-zero weights and
+    gradient gets ``g <- (g + wd p) * trust |p| / (|g| + wd |p| + eps)`` with ``wd`` the group's
+    ``lars_weight_decay`` (the group's own ``weight_decay`` is 0, as LARS sets it for the step);
+    1-d parameters are left alone (``ignore_1d_param``), so they get no weight decay either."""
+    for group in param_groups:
+        if not group.get("lars"):
+            continue
+        wd = float(group.get("lars_weight_decay", 0.0))
+        for p in group["params"]:
+            if p.grad is None or p.ndim == 1:
+                continue
+            param_norm, grad_norm = torch.norm(p), torch.norm(p.grad)
+            if param_norm != 0 and grad_norm != 0:
+                adaptive = trust * param_norm / (grad_norm + param_norm * wd + eps)
+                p.grad.add_(p, alpha=wd).mul_(adaptive)
+
 
 class RhoTask(VSSLTask):
     """Base of the rho-clip tasks: the sampler, the per-clip transforms, the clip stack.
@@ -58,16 +95,106 @@ class RhoTask(VSSLTask):
         rho: clips per video (the paper's configs: 2 and 4).
         augment: `BatchAugment` settings per clip; None gives `RHO_AUGMENT`, ``{}`` switches the
             photometric augmentation off.
+        nesterov: Nesterov momentum for SGD (the official ``SOLVER.NESTEROV`` True).
+        norm_weight_decay: weight decay of the batch-norm layers' parameters (the official
+            ``BN.WEIGHT_DECAY`` 0.0); None: the others' ``weight_decay``.
+        lars: SlowFast's LARS (`lars_adapt_`) on every parameter but the batch-norm ones (the
+            official BYOL config's ``LARS_ON``); SGD only.
+        slowfast_schedule: the official ``cosine`` schedule (`RhoTask.lr_factor`).
+        warmup_start_lr: the lr at the start of that warm-up, per ``reference_batch_size``
+            videos as ``lr`` (the official ``WARMUP_START_LR`` 0.001).
         **kwargs: the other settings of `VSSLTask`.
     """
 
     video_keys = (VIEW,)
 
-    def __init__(self, rho: int = 2, augment: dict[str, Any] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        rho: int = 2,
+        augment: dict[str, Any] | None = None,
+        nesterov: bool = False,
+        norm_weight_decay: float | None = None,
+        lars: bool = False,
+        slowfast_schedule: bool = False,
+        warmup_start_lr: float = 0.001,
+        **kwargs: Any,
+    ):
         if augment is None:
             augment = dict(RHO_AUGMENT)  # rebound before the base saves the hyperparameters
         super().__init__(augment=augment, **kwargs)
         self.rho = RhoClips(rho=rho).rho
+        hp = self.hparams
+        if (nesterov or lars) and hp.optimizer != "sgd":
+            raise ValueError(f"nesterov and lars need optimizer sgd, got {hp.optimizer!r}")
+        if nesterov and hp.momentum <= 0:
+            raise ValueError(f"nesterov needs a positive momentum, got {hp.momentum}")
+        if warmup_start_lr < 0:
+            raise ValueError(f"warmup_start_lr must be >= 0, got {warmup_start_lr}")
+        self.nesterov, self.lars = bool(nesterov), bool(lars)
+        self.norm_weight_decay = norm_weight_decay
+        self.slowfast_schedule, self.warmup_start_lr = bool(slowfast_schedule), warmup_start_lr
+
+    # ---------------------------------------------------------------- optimisation
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The base groups; with ``norm_weight_decay`` or ``lars`` the main group is split into
+        the batch-norm parameters (``norm_weight_decay``, no LARS) and the others (marked
+        ``lars``, their weight decay moved to ``lars_weight_decay``), as SlowFast's
+        ``construct_optimizer``; with ``nesterov`` those groups use Nesterov momentum. The
+        online probe's group is left as it is."""
+        main, *rest = super().parameter_groups()
+        groups = [main]
+        if self.norm_weight_decay is not None or self.lars:
+            norm_ids = {
+                id(p)
+                for m in self.modules()
+                if isinstance(m, _NormBase)
+                for p in m.parameters(recurse=False)
+            }
+            norm_decay = main["weight_decay"]
+            if self.norm_weight_decay is not None:
+                norm_decay = float(self.norm_weight_decay)
+            split = [
+                {**main, "params": [p for p in main["params"] if id(p) not in norm_ids]},
+                {
+                    **main,
+                    "params": [p for p in main["params"] if id(p) in norm_ids],
+                    "weight_decay": norm_decay,
+                },
+            ]
+            groups = [g for g in split if g["params"]]
+            if self.lars:
+                others = groups[0]
+                others.update(lars=True, lars_weight_decay=others["weight_decay"], weight_decay=0.0)
+        if self.nesterov:
+            for group in groups:
+                group["nesterov"] = True
+        return groups + rest
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """With ``lars``, SlowFast's LARS scaling of the gradients (`lars_adapt_`)."""
+        if self.lars:
+            lars_adapt_(optimizer.param_groups)
+
+    def lr_factor(self, step: int, total_steps: int, steps_per_epoch: float) -> float:
+        """With ``slowfast_schedule`` and the cosine schedule, SlowFast's ``get_lr_at_epoch``
+        with ``COSINE_AFTER_WARMUP: False`` as a multiple of ``lr``, at ``e = step /
+        steps_per_epoch`` of ``E`` epochs: ``c(e) = m + (1 - m) (cos(pi e / E) + 1) / 2`` (``m``
+        = ``min_lr_ratio``, the official ``COSINE_END_LR`` 0), and during the ``W`` warm-up
+        epochs ``s + e (c(W) - s) / W`` from ``s = warmup_start_lr / lr``. Else the base's."""
+        hp = self.hparams
+        if not self.slowfast_schedule or hp.lr_schedule != "cosine":
+            return super().lr_factor(step, total_steps, steps_per_epoch)
+        epoch, epochs = step / steps_per_epoch, max(1.0, total_steps / steps_per_epoch)
+        low = hp.min_lr_ratio
+
+        def cosine(e: float) -> float:
+            return low + (1 - low) * (math.cos(math.pi * e / epochs) + 1) * 0.5
+
+        warmup = hp.warmup_epochs
+        if epoch < warmup:
+            start = self.warmup_start_lr / hp.lr
+            return start + epoch * (cosine(warmup) - start) / warmup
+        return cosine(epoch)
 
     # ---------------------------------------------------------------- data
     def clip_sampler(self, stage: str, spec: ClipSpec) -> ClipSampler:

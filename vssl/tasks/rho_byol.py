@@ -45,7 +45,9 @@ class RhoBYOL(RhoTask):
         optimizer, lr, reference_batch_size, weight_decay, momentum, lr_schedule, warmup_epochs:
             the official SGD (momentum 0.9, lr 0.6 per 64 videos of global batch for rho 2, 1.2
             for rho 4, scaled linearly, 35 warm-up epochs, cosine, weight decay 1e-6). The
-            official runs wrap it in LARS, which vssl does not have.
+            official runs' LARS, Nesterov momentum, batch norm without weight decay and
+            schedule are `RhoTask`'s ``lars``, ``nesterov``, ``norm_weight_decay`` and
+            ``slowfast_schedule`` (set in ``configs/rho_byol/slow_r50_k400.yaml``).
         augment: `BatchAugment` settings per clip (None: `vssl.tasks.rho.RHO_AUGMENT`).
         **kwargs: the other settings of `VSSLTask` (backbone_kwargs, online_probe, ...).
 

@@ -60,7 +60,9 @@ class RhoMoCo(RhoTask):
             smaller batch is split into as many as fit); not used under DDP.
         optimizer, lr, reference_batch_size, weight_decay, momentum, lr_schedule, warmup_epochs:
             the official SGD (momentum 0.9, lr 0.1 per 64 videos of global batch, scaled
-            linearly, 35 warm-up epochs, cosine, weight decay 1e-4).
+            linearly, 35 warm-up epochs, cosine, weight decay 1e-4). Its Nesterov momentum,
+            batch norm without weight decay and schedule are `RhoTask`'s ``nesterov``,
+            ``norm_weight_decay`` and ``slowfast_schedule`` (set in the paper config).
         augment: `BatchAugment` settings per clip (None: `vssl.tasks.rho.RHO_AUGMENT`).
         **kwargs: the other settings of `VSSLTask` (backbone_kwargs, online_probe, ...).
 
