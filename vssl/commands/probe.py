@@ -32,7 +32,7 @@ from vssl.commands.common import (
 )
 from vssl.data.index import default_cache_dir
 from vssl.errors import UserError
-from vssl.eval.attentive import attentive_probe, extract_tokens
+from vssl.eval.attentive import attentive_probe, default_heads, encoder_heads, extract_tokens
 from vssl.eval.audio_probe import probe_audio
 from vssl.eval.classifiers import (
     FeatureNormName,
@@ -49,6 +49,7 @@ from vssl.eval.features import (
     extract_features,
     load_task,
 )
+from vssl.tasks.base import VSSLTask
 
 PROG = "vssl probe"
 DEFAULT_LINEAR_NORM: FeatureNormName = "standardize"
@@ -166,6 +167,14 @@ def build_parser() -> ArgumentParser:
         "--attentive-depth", type=int, default=1, help="attention blocks of the attentive pooler"
     )
     parser.add_argument(
+        "--attentive-heads",
+        type=int | None,
+        default=None,
+        help="attention heads of the attentive pooler; null: the encoder's (a ViT's, a Video "
+        "Swin's last stage's: V-JEPA's choice), or for a CNN's map 64 channels a head where 64 "
+        "divides the channels, else one",
+    )
+    parser.add_argument(
         "--attend-across-clips",
         type=bool,
         default=False,
@@ -223,10 +232,12 @@ def train_and_test_features(
     test: tuple[int, int],
     train_views: int = 0,
     tokens: bool = False,
+    model: VSSLTask | None = None,
 ) -> tuple[Features, Features]:
     """Features of the data block's training split (``train``: clips, crops) and test split
     (``test``; corrupted when ``--corruption`` is given); every view's tokens with ``tokens``
-    (`vssl.eval.attentive.extract_tokens`), else pooled features averaged over the views."""
+    (`vssl.eval.attentive.extract_tokens`), else pooled features averaged over the views.
+    ``model``: the model the options name, when the caller has built it (`command_model`)."""
     train_split, test_split = splits(data)
     train_s = feature_settings(args, data, clip, train_split, *train, random_views=train_views)
     test_s = feature_settings(args, data, clip, test_split, *test, corrupted=True)
@@ -236,7 +247,8 @@ def train_and_test_features(
             f"{test_s.severity}; training clips clean",
             flush=True,
         )
-    model = build_model(train_s, trust=args.trust_checkpoint)
+    if model is None:
+        model = build_model(train_s, trust=args.trust_checkpoint)
     cache = None if str(args.cache_dir).lower() == "none" else args.cache_dir
     opts = {
         "model": model,
@@ -355,13 +367,29 @@ def audio_main(args: Namespace, given: Namespace) -> int:
     return 0
 
 
+def command_model(args: Namespace, data: dict[str, Any], clip: dict[str, Any]) -> VSSLTask:
+    """The model a parsed command line names (its checkpoint's task, or a seeded random-init
+    backbone), as `train_and_test_features` builds it."""
+    settings = feature_settings(args, data, clip, splits(data)[0], 1, 1)
+    return build_model(settings, trust=args.trust_checkpoint)
+
+
 def probe_features(
     args: Namespace, given: Namespace, tokens: bool = False
 ) -> tuple[Features, Features, dict[str, str]]:
     """The training and test features (tokens with ``tokens``) of a parsed ``vssl probe``
     command line, and where each clip setting came from."""
+    train, test, sources, _ = probe_inputs(args, given, tokens)
+    return train, test, sources
+
+
+def probe_inputs(
+    args: Namespace, given: Namespace, tokens: bool = False
+) -> tuple[Features, Features, dict[str, str], VSSLTask]:
+    """`probe_features` and the model the features came from."""
     data, data_given = data_block(args, given)
     clip, sources = clip_settings(PROG, args, given, data_given, flip=False)
+    model = command_model(args, data, clip)
     train, test = train_and_test_features(
         args,
         data,
@@ -370,8 +398,9 @@ def probe_features(
         (args.clips, args.crops),
         train_views=args.train_views,
         tokens=tokens,
+        model=model,
     )
-    return train, test, sources
+    return train, test, sources, model
 
 
 def main(argv: list[str]) -> int:
@@ -385,9 +414,12 @@ def main(argv: list[str]) -> int:
         )
     name = model_choice(args)
     attentive = args.head == "attentive"
-    train, test, sources = probe_features(args, given, tokens=attentive)
+    train, test, sources, model = probe_inputs(args, given, tokens=attentive)
     if attentive:
-        results, rows = attentive_results(args, train, test)
+        heads = args.attentive_heads
+        results, rows = attentive_results(
+            args, train, test, heads=encoder_heads(model) if heads is None else heads
+        )
         title = "attentive probe"
     else:
         results, rows = linear_and_knn_results(args, train, test, max(1, args.train_views))
@@ -429,14 +461,21 @@ ATTENTIVE_KEYS = (
     "attentive_lr",
     "attentive_batch_size",
     "attentive_depth",
+    "attentive_heads",
     "attend_across_clips",
 )
 
 
 def attentive_results(
-    args: Namespace, train: Features, test: Features
+    args: Namespace, train: Features, test: Features, heads: int | None = None
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """The attentive probe at each label fraction on token features: results and table rows."""
+    """The attentive probe at each label fraction on token features: results and table rows.
+
+    ``heads``: the pooler's attention heads (`vssl.eval.attentive.encoder_heads` of the model,
+    or ``--attentive-heads``); None: `vssl.eval.attentive.default_heads` of the channels. The
+    heads used are in the results (``attentive_heads``)."""
+    if heads is None:
+        heads = default_heads(train.feats.shape[-1])
     results = attentive_probe(
         train,
         test,
@@ -445,10 +484,12 @@ def attentive_results(
         batch_size=args.attentive_batch_size,
         lr=args.attentive_lr,
         depth=args.attentive_depth,
+        heads=heads,
         attend_across_clips=args.attend_across_clips,
         seed=args.seed,
         device=args.device,
     )
+    results["attentive_heads"] = heads
     rows = [
         (
             f"attentive top-1 ({float(f):.0%} labels, {results['train_videos'][f]} videos)",
@@ -484,9 +525,11 @@ __all__ = [
     "attentive_results",
     "audio_main",
     "build_parser",
+    "command_model",
     "feature_settings",
     "linear_and_knn_results",
     "linear_results",
     "main",
+    "probe_inputs",
     "train_and_test_features",
 ]

@@ -14,7 +14,8 @@ Learning Visual Representations from Video", 2024), following its code (facebook
   divided by ``sqrt(2 i)``. The reference divides the extra blocks with a call that fails for
   depth > 1 (``enumerate(1, blocks)``); here they get the rescaling that call intends.
 - `AttentiveClassifier`: the pooler with one query, then a linear layer. V-JEPA uses depth 1 and
-  the encoder's head count; `default_heads` gives 64-channel heads, as its ViT-B and ViT-L have.
+  the encoder's head count (`encoder_heads`, which ``vssl probe`` passes); without one (a CNN's
+  map) `default_heads` gives 64-channel heads, as V-JEPA's ViT-B and ViT-L have.
 - `train_attentive_probe`: AdamW at lr 1e-3 held (no warm-up) and cosine-decayed to 0, weight
   decay cosine-decayed from 0.01 to 1e-6 on the weights (not on biases and norm gains), the
   gradient norm clipped at 1, cross-entropy; 20 epochs in the paper (at a batch of 256 over 64
@@ -31,8 +32,11 @@ pooled features of `vssl.eval.features`, so the training views are a fixed set o
 with random resized crops per video; V-JEPA decodes and augments anew every epoch (RandAugment,
 random erasing). A token is one position of the backbone's unpooled map
 (`vssl.backbones.Backbone.forward_features`, ``(B, C, T', H', W')`` flattened in (t, h, w) raster
-order): a ViT's tokens, or a CNN's last feature map. Cached tokens take ``T' H' W' C`` numbers
-per view, so large encoders at full resolution need ``dtype=torch.float16`` or few views.
+order): a ViT's tokens, or a CNN's last feature map; a task may choose its own
+(`vssl.eval.features.clip_tokens`: V-JEPA with ``eval_encoder: target`` gives the official
+target encoder's tokens after its final norm, else its context encoder's without that norm).
+Cached tokens take ``T' H' W' C`` numbers per view, so large encoders at full resolution need
+``dtype=torch.float16`` or few views.
 """
 
 from __future__ import annotations
@@ -64,6 +68,24 @@ def default_heads(dim: int) -> int:
     if dim < 1:
         raise ValueError(f"token channels must be positive, got {dim}")
     return dim // 64 if dim % 64 == 0 else 1
+
+
+def encoder_heads(model: VSSLTask) -> int | None:
+    """The attention heads of the encoder whose tokens the probe reads, as V-JEPA's probe takes
+    ``encoder.num_heads``: the last attention module of the backbone with an integer ``heads``
+    (vssl's ViTs) or ``num_heads`` (torchvision's Video Swin: its last stage, whose tokens these
+    are). None for a backbone without attention (a CNN's map: the pooler then uses
+    `default_heads`) or whose head count does not divide its output channels."""
+    found = None
+    for module in model.backbone.modules():
+        for name in ("heads", "num_heads"):
+            value = getattr(module, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                found = value
+    dim = getattr(model.backbone, "out_dim", None)
+    if found is None or not isinstance(dim, int) or dim % found:
+        return None
+    return found
 
 
 class CrossAttention(nn.Module):
@@ -416,6 +438,7 @@ __all__ = [
     "attentive_probe",
     "clip_tokens",
     "default_heads",
+    "encoder_heads",
     "extract_tokens",
     "multiview_scores",
     "train_attentive_probe",

@@ -2,10 +2,12 @@
 
 A model comes from a checkpoint of any vssl task (the class recorded by LightningCLI in the
 checkpoint's hyperparameters, else the first class of `vssl.tasks` that loads it) or from a bare
-backbone name with random initialisation. Features are the backbone's pooled features, averaged
-over every clip and crop of a video. Results are cached on disk as a ``.pt`` file named by a
-hash of the settings (checkpoint path and modification time, dataset, split, clips, crops,
-sizes, seed) and reused only when the stored settings equal the requested ones.
+backbone name with random initialisation. Features are the task's evaluation features
+(`VSSLTask.extract_features`: the backbone's pooled features, or what the task chooses, as
+V-JEPA's target encoder with ``eval_encoder: target``), averaged over every clip and crop of a
+video. Results are cached on disk as a ``.pt`` file named by a hash of the settings (checkpoint
+path and modification time, dataset, split, clips, crops, sizes, seed) and reused only when the
+stored settings equal the requested ones.
 
 The commands take their clip length, stride, crop size, decode size and flip from the
 checkpoint's training data settings (`resolve_data_settings`) unless the user gives them.
@@ -426,7 +428,10 @@ def feature_dataset(settings: FeatureSettings, index_cache: str | None) -> tuple
 
 def clip_tokens(model: VSSLTask, video: Tensor) -> Tensor:
     """Frozen tokens ``(B, T' H' W', C)`` of clips: the backbone's unpooled map, flattened in
-    (t, h, w) raster order (a ViT's tokens, a CNN's last map). uint8 ``(B, T, C, H, W)`` clips
+    (t, h, w) raster order (a ViT's tokens, a CNN's last map), or the tokens of a task that
+    chooses its own evaluation encoder (an ``evaluation_tokens(video)`` method returning
+    ``(B, N, C)``: `vssl.tasks.VJEPA` with ``eval_encoder: target`` reads its target encoder
+    after its final norm, as the official frozen evaluation). uint8 ``(B, T, C, H, W)`` clips
     are normalised first by the task's augmentation in eval mode, as
     `VSSLTask.extract_features` does."""
     if video.dtype == torch.uint8:
@@ -436,6 +441,9 @@ def clip_tokens(model: VSSLTask, video: Tensor) -> Tensor:
             video = model.augment(video)
         finally:
             model.augment.train(was)
+    evaluation_tokens = getattr(model, "evaluation_tokens", None)
+    if callable(evaluation_tokens):
+        return evaluation_tokens(video)
     return model.backbone.forward_features(video).flatten(2).transpose(1, 2)
 
 

@@ -45,10 +45,14 @@ Bardes et al., "Revisiting Feature Prediction for Learning Visual Representation
   paper config) and flips, no colour.
 
 Online probe: its features are the pooled context tokens of the first mask set (detached), so
-the probe costs no extra pass. Evaluation (``forward``, ``extract_features``) runs the context
-encoder, ``self.backbone``, on every token; the official evaluations read the target encoder
-(``checkpoint_key: target_encoder``), which is ``target_encoder.module["backbone"]`` here. The
-backbone's ``fc_norm`` takes no part in the loss and is frozen, as in `vssl.tasks.VideoMAE`.
+the probe costs no extra pass. Evaluation (``extract_features``, and `evaluation_tokens` for the
+attentive probe) reads ``eval_encoder``: ``context`` (the default) runs the context encoder,
+``self.backbone``, on every token without ``encoder_norm``; ``target`` is the official frozen
+evaluation (``evals/video_classification_frozen/eval.py``: ``checkpoint_key: target_encoder``,
+whose ``VisionTransformer.forward`` ends with its ``norm``): the target encoder's backbone on
+every token, then the target's copy of ``encoder_norm``. The backbone's ``fc_norm`` takes no part
+in the loss and is frozen, as in `vssl.tasks.VideoMAE`; pooled features are ``fc_norm`` of the
+mean token of the chosen encoder. ``forward`` stays the context backbone's.
 """
 
 from __future__ import annotations
@@ -72,6 +76,10 @@ from vssl.tasks.momentum import MomentumEncoder
 #: How the encoder is initialised: ``vit``, the video ViT's own (Xavier-uniform Linears, as
 #: VideoMAE); ``jepa``, the official V-JEPA ``VisionTransformer``'s (`jepa_init_`).
 ENCODER_INITS = ("vit", "jepa")
+
+#: Which encoder evaluation reads: ``context``, the online backbone without ``encoder_norm``;
+#: ``target``, the EMA target and its norm, as the official frozen evaluation.
+EVAL_ENCODERS = ("context", "target")
 
 #: Redraws of a sample's blocks before a mask set whose blocks keep covering every token is an
 #: error (the official collator loops until a context is left).
@@ -396,6 +404,11 @@ class VJEPA(VSSLTask):
         encoder_init: ``vit`` keeps the video ViT's initialisation (Xavier-uniform Linears);
             ``jepa`` re-initialises the encoder as the official ``VisionTransformer``
             (`jepa_init_`), before the target is copied from it.
+        eval_encoder: what evaluation reads (`extract_features`, `evaluation_tokens`):
+            ``context``, the context encoder ``self.backbone`` without ``encoder_norm`` (the
+            earlier behaviour); ``target``, the target encoder followed by its copy of
+            ``encoder_norm``, as the official frozen evaluation (``checkpoint_key:
+            target_encoder``, the encoder's output after its final ``norm``).
         clip_grad: the official gradient clipping: the gradient norms of the encoder (with
             ``encoder_norm``) and of the predictor are each clipped to ``clip_grad``, from the
             first epoch after the warm-up on (the official ``epoch > warmup``; 10 in the paper).
@@ -423,6 +436,7 @@ class VJEPA(VSSLTask):
         crop_ratio: tuple[float, float] | list[float] | None = None,
         encoder_init: str = "vit",
         clip_grad: float | None = None,
+        eval_encoder: str = "context",
         optimizer: str = "adamw",
         lr: float = 6.25e-4,
         weight_decay: float = 0.04,
@@ -440,6 +454,8 @@ class VJEPA(VSSLTask):
             raise ValueError(f"start_lr_ratio must be in [0, 1], got {start_lr_ratio}")
         if encoder_init not in ENCODER_INITS:
             raise ValueError(f"encoder_init must be one of {ENCODER_INITS}, got {encoder_init!r}")
+        if eval_encoder not in EVAL_ENCODERS:
+            raise ValueError(f"eval_encoder must be one of {EVAL_ENCODERS}, got {eval_encoder!r}")
         if clip_grad is not None and clip_grad <= 0:
             raise ValueError(f"clip_grad must be positive or None, got {clip_grad}")
         if crop_ratio is not None:
@@ -465,6 +481,7 @@ class VJEPA(VSSLTask):
             )
         self.mask_specs = specs
         self.crop_ratio = crop_ratio
+        self.eval_encoder = eval_encoder
         self.clip_grad = None if clip_grad is None else float(clip_grad)
         self.schedule_scale = float(schedule_scale)
         self.start_lr_ratio = float(start_lr_ratio)
@@ -556,6 +573,28 @@ class VJEPA(VSSLTask):
             loss = jepa_loss(predictions, targets)
         logs = {"ema_momentum": self.target_encoder.momentum} if stage == "train" else {}
         return StepOutput(loss, logs, self.backbone.pool(encoded.detach()))
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluation_tokens(self, video: Tensor) -> Tensor:
+        """Frozen tokens ``(B, N, D)`` of float clips ``(B, 3, T, H, W)`` for the attentive
+        probe (`vssl.eval.features.clip_tokens`), from ``eval_encoder``: the context backbone's
+        token map (``forward_features``, no norm), or the target encoder's tokens after the
+        target's ``encoder_norm`` (the official frozen evaluation's)."""
+        if self.eval_encoder == "target":
+            target = self.target_encoder.module
+            return target["norm"](target["backbone"].encode(target["backbone"].embed(video)))
+        return self.backbone.forward_features(video).flatten(2).transpose(1, 2)
+
+    @torch.no_grad()
+    def extract_features(self, video: Tensor) -> Tensor:
+        """Pooled features for evaluation (uint8 ``(B, T, C, H, W)`` are normalised first): the
+        context backbone's (``fc_norm`` of the mean token), or with ``eval_encoder: target`` the
+        target backbone's ``fc_norm`` of the mean of `evaluation_tokens`."""
+        if self.eval_encoder != "target":
+            return super().extract_features(video)
+        if video.dtype == torch.uint8:
+            video = self._normalise(video)
+        return self.target_encoder.module["backbone"].pool(self.evaluation_tokens(video))
 
     # ---------------------------------------------------------------- optimisation
     def ema_progress(self) -> float:
