@@ -59,6 +59,19 @@ def sinusoid_position_embedding(num_tokens: int, dim: int) -> Tensor:
     return _sinusoid_table(num_tokens, dim)
 
 
+def init_jepa_weights(module: nn.Module, std: float = 0.02) -> None:
+    """The official V-JEPA initialisation of one module (``_init_weights`` of its
+    ``VisionTransformer`` and ``AttentivePooler``): truncated-normal Linear and convolution
+    weights (std ``std``), zero biases, unit LayerNorms; use with ``module.apply``."""
+    if isinstance(module, nn.Linear | nn.Conv2d | nn.Conv3d):
+        nn.init.trunc_normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 def init_vit_weights(module: nn.Module) -> None:
     """The official initialisation: Xavier-uniform Linear weights, zero biases, unit LayerNorms."""
     if isinstance(module, nn.Linear):

@@ -42,6 +42,7 @@ Cached tokens take ``T' H' W' C`` numbers per view, so large encoders at full re
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from vssl.backbones.vit import Block, Mlp
+from vssl.backbones.vit import Block, Mlp, init_jepa_weights
 from vssl.eval.classifiers import label_fraction_indices
 from vssl.eval.features import Features, FeatureSettings, clip_tokens, extract_features
 from vssl.tasks.base import VSSLTask
@@ -156,7 +157,7 @@ class AttentivePooler(nn.Module):
         for block in self.blocks:
             block.norm1.eps = block.norm2.eps = nn.LayerNorm(dim).eps
         nn.init.trunc_normal_(self.query_tokens, std=INIT_STD)
-        self.apply(_init_weights)
+        self.apply(partial(init_jepa_weights, std=INIT_STD))
         with torch.no_grad():
             self.cross_attention_block.xattn.proj.weight.div_(math.sqrt(2.0))
             self.cross_attention_block.mlp.fc2.weight.div_(math.sqrt(2.0))
@@ -174,16 +175,6 @@ class AttentivePooler(nn.Module):
         for block in self.blocks:
             q = block(q)
         return q
-
-
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=INIT_STD)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 class AttentiveClassifier(nn.Module):

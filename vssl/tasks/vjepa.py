@@ -60,13 +60,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from vssl.backbones.vit import LN_EPS, Block, VideoViT
+from vssl.backbones.vit import LN_EPS, Block, VideoViT, init_jepa_weights
 from vssl.data.datamodule import default_clip_transform
 from vssl.data.sampling import ClipSpec
 from vssl.data.transforms import ViewTransform, train_clip_transform
@@ -278,14 +279,7 @@ def jepa_init_(encoder: nn.Module, blocks: nn.ModuleList, init_std: float = 0.02
     in place: every Linear and convolution of ``encoder`` truncated normal (std ``init_std``) with
     zero biases, LayerNorms at weight 1 and bias 0, then the output projections of the attention
     and the MLP of block ``l`` (1-based) of ``blocks`` divided by ``sqrt(2 l)``."""
-    for module in encoder.modules():
-        if isinstance(module, nn.Linear | nn.Conv2d | nn.Conv3d):
-            nn.init.trunc_normal_(module.weight, std=init_std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+    encoder.apply(partial(init_jepa_weights, std=init_std))
     with torch.no_grad():
         for layer, block in enumerate(blocks, start=1):
             block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
