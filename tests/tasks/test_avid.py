@@ -21,6 +21,7 @@ from vssl.tasks.avid import (
     AudioVisualClip,
     AVIDProjectionHead,
     InstanceMemory,
+    batch_nce,
     nce_loss,
     volume_jitter,
 )
@@ -50,6 +51,20 @@ def test_nce_loss_by_hand() -> None:
     two = nce_loss(torch.tensor([0.5, 0.0]), torch.tensor([[0.1, -0.2], [0.0, 0.0]]), 2.0)
     other = -math.log(1 / 5) - 2 * math.log(4 / 5)
     assert abs(float(two) - (data + noise + other) / 2) < 1e-6
+
+
+def test_batch_nce_by_hand() -> None:
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    k = torch.tensor([[0.6, 0.8], [1.0, 0.0]])
+    # scores over t = 0.5: row 0 [1.2 (its own key), 2.0], row 1 [1.6, 0.0 (its own key)]
+    row0 = -math.log(math.exp(1.2) / (math.exp(1.2) + math.exp(2.0)))
+    row1 = -math.log(math.exp(0.0) / (math.exp(1.6) + math.exp(0.0)))
+    assert abs(float(batch_nce(q, k, 0.5)) - (row0 + row1) / 2) < 1e-6
+    # under DDP the keys are every process's; rank 1's queries own rows 2 and 3. Each key
+    # twice doubles every denominator: log 2 more per row
+    keys = torch.cat([k.flip(0), k])
+    expected = (row0 + row1) / 2 + math.log(2)
+    assert abs(float(batch_nce(q, keys, 0.5, rank=1)) - expected) < 1e-6
 
 
 def test_sampler_centres_the_sound_on_the_clip() -> None:
@@ -167,6 +182,21 @@ def test_step_scores_against_the_memory_and_moves_it() -> None:
         task.step({**batch, "index": torch.tensor([0, 1, 7])}, "train")
 
 
+def test_batch_negatives_train_without_the_memory() -> None:
+    torch.manual_seed(0)
+    task = AVID(negatives="batch", **TINY)
+    batch = task.augment_batch(_batch())
+    out = task.step(batch, "train")
+    assert task.memory.size == 0 and float(task.partition) == -1.0
+    assert set(out.logs) == {"xmodal_acc", "nce_v2a", "nce_a2v"}
+    _, v, a = task.embed(batch["video"], batch["audio"])
+    expected = 0.5 * (batch_nce(v, a, 0.07) + batch_nce(a, v, 0.07))
+    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.logs["nce_v2a"], batch_nce(v, a, 0.07))
+    # the same loss as the evaluation one
+    torch.testing.assert_close(task.step(batch, "val").loss, expected)
+
+
 def test_volume_jitter_scales_each_waveform_once() -> None:
     wave = torch.tensor([[[1.0, -2.0, 0.5]], [[0.25, 0.0, 4.0]]])
     jittered = volume_jitter(wave, 0.1, torch.Generator().manual_seed(5))
@@ -203,6 +233,10 @@ def test_bad_settings_are_refused() -> None:
         AVID(memory_momentum=1.0, **TINY)
     with pytest.raises(ValueError, match="cross_weight and within_weight"):
         AVID(cross_weight=0.0, **TINY)
+    with pytest.raises(ValueError, match="negatives must be 'memory' or 'batch', got 'bank'"):
+        AVID(negatives="bank", **TINY)
+    with pytest.raises(ValueError, match="within_weight needs negatives='memory'"):
+        AVID(negatives="batch", within_weight=1.0, **TINY)
 
 
 @pytest.fixture(scope="module")

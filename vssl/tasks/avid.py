@@ -37,6 +37,12 @@ https://arxiv.org/abs/2004.12943. vssl follows the official code (facebookresear
   ``within_weight`` adds v2v and a2a ("Joint"). The total is ``sum_d w_d L_d / 2`` with the two
   weights normalised to sum to 1 (official ``loss_coeff``).
 
+``negatives="batch"`` (not in the paper; the CPU config's choice) trains without the memory:
+each clip's negatives are the other sounds of the (global) batch and each sound's the other
+clips, by the cross-modal InfoNCE `batch_nce` at the same temperature. On small data the
+memory's NCE learns slowly (its targets are a random memory at first, refreshed once an epoch),
+while the in-batch loss learns within minutes on a CPU (README has the figures).
+
 Evaluation stages have no memory of their videos: their loss is the in-batch cross-modal
 InfoNCE (each clip against the batch's audio, and each audio against the batch's clips), and
 ``xmodal_acc`` (logged in every stage) is the share of clips whose own audio is the nearest of
@@ -66,6 +72,7 @@ __all__ = [
     "AVIDProjectionHead",
     "AudioVisualClip",
     "InstanceMemory",
+    "batch_nce",
     "nce_loss",
     "volume_jitter",
 ]
@@ -224,9 +231,14 @@ def nce_loss(positive: Tensor, negative: Tensor, z: Tensor | float) -> Tensor:
     return (data + noise_term).mean()
 
 
-def _in_batch_nce(query: Tensor, keys: Tensor, tau: float) -> Tensor:
-    logits = query @ keys.T / tau
-    return F.cross_entropy(logits, torch.arange(len(query), device=query.device))
+def batch_nce(query: Tensor, keys: Tensor, temperature: float, rank: int = 0) -> Tensor:
+    """Cross-modal InfoNCE of unit embeddings: query ``i`` ``(n, D)`` against every key
+    ``(W * n, D)``, its own (row ``rank * n + i``) the positive, ``mean_i -log(exp(q_i . k_i /
+    t) / sum_j exp(q_i . k_j / t))``. ``keys`` are the batch's other modality, gathered from
+    every process (rank-major) under DDP."""
+    logits = query @ keys.T / temperature
+    targets = rank * len(query) + torch.arange(len(query), device=query.device)
+    return F.cross_entropy(logits, targets)
 
 
 class AVID(VSSLTask):
@@ -240,6 +252,9 @@ class AVID(VSSLTask):
         memory_momentum: of the memory update (official 0.5).
         temperature: of the scores (official 0.07).
         memory_size: videos in the memory; None sizes it as the training set at setup.
+        negatives: ``"memory"`` (the paper's: ``num_negatives`` memories per sample) or
+            ``"batch"`` (the batch's other clips and sounds, no memory; see the module
+            docstring).
         cross_weight, within_weight: the cross-modal (v2a, a2v) and within-modal (v2v, a2a)
             terms (official Cross: 1 and 0).
         audio_seconds, sample_rate: the audio window (official 2 s at 24 kHz).
@@ -269,6 +284,7 @@ class AVID(VSSLTask):
         memory_momentum: float = 0.5,
         temperature: float = 0.07,
         memory_size: int | None = None,
+        negatives: str = "memory",
         cross_weight: float = 1.0,
         within_weight: float = 0.0,
         audio_seconds: float = 2.0,
@@ -302,6 +318,13 @@ class AVID(VSSLTask):
                 f"cross_weight and within_weight must be >= 0, not both 0, got {cross_weight} "
                 f"and {within_weight}"
             )
+        if negatives not in ("memory", "batch"):
+            raise ValueError(f"negatives must be 'memory' or 'batch', got {negatives!r}")
+        if negatives == "batch" and within_weight > 0:
+            raise ValueError(
+                "within_weight needs negatives='memory': in a batch a clip's only within-modal "
+                "positive is itself"
+            )
         if not spectrogram_fps > 0:
             raise ValueError(f"spectrogram_fps must be positive, got {spectrogram_fps}")
         AudioVisualClip(  # checks the three
@@ -325,7 +348,7 @@ class AVID(VSSLTask):
         self.num_negatives, self.memory_momentum = num_negatives, memory_momentum
         self.temperature = temperature
         self.audio_seconds, self.sample_rate = audio_seconds, sample_rate
-        self.memory_size = memory_size
+        self.memory_size, self.negatives = memory_size, negatives
         self.audio_volume_jitter = audio_volume_jitter
         self.audio_offsync = audio_offsync
 
@@ -344,11 +367,12 @@ class AVID(VSSLTask):
         )
 
     def setup(self, stage: str) -> None:
-        """Sizes the memory as the training set (``memory_size`` None), or checks it fits."""
+        """Sizes the memory as the training set (``memory_size`` None), or checks it fits
+        (memory negatives only)."""
         trainer = self.attached_trainer()
         datasets = getattr(getattr(trainer, "datamodule", None), "datasets", {})
         train = datasets.get("train") if isinstance(datasets, dict) else None
-        if train is None:
+        if train is None or self.negatives == "batch":
             return
         if self.memory_size is None and self.memory.size != len(train):
             self.memory.resize(len(train))
@@ -388,15 +412,23 @@ class AVID(VSSLTask):
         return self.partition
 
     def step(self, batch: dict[str, Tensor], stage: str) -> StepOutput:
-        """The memory NCE in training; the in-batch cross-modal InfoNCE in evaluation."""
+        """The memory NCE in training (``negatives="memory"``); the in-batch cross-modal
+        InfoNCE in evaluation, and in training with ``negatives="batch"``."""
         features, v, a = self.embed(batch["video"], batch["audio"])
         with torch.no_grad():
             hits = (v @ a.T).argmax(dim=1) == torch.arange(len(v), device=v.device)
         logs: dict[str, Any] = {"xmodal_acc": hits.float().mean()}
-        if stage != "train":
-            tau = self.temperature
-            loss = 0.5 * (_in_batch_nce(v, a, tau) + _in_batch_nce(a, v, tau))
-            return StepOutput(loss, logs, features)
+        if stage != "train" or self.negatives == "batch":
+            keys_v, keys_a, rank = v, a, 0
+            if stage == "train" and self.world_size() > 1:
+                rank = self.global_rank
+                keys_v = self.all_gather(v, sync_grads=True).flatten(0, 1)
+                keys_a = self.all_gather(a, sync_grads=True).flatten(0, 1)
+            v2a = batch_nce(v, keys_a, self.temperature, rank)
+            a2v = batch_nce(a, keys_v, self.temperature, rank)
+            if stage == "train":
+                logs.update(nce_v2a=v2a.detach(), nce_a2v=a2v.detach())
+            return StepOutput(0.5 * (v2a + a2v), logs, features)
         index = batch["index"].long()
         if self.memory.size == 0 or int(index.max()) >= self.memory.size:
             raise ValueError(
