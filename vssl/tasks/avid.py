@@ -39,9 +39,9 @@ https://arxiv.org/abs/2004.12943. vssl follows the official code (facebookresear
 
 ``negatives="batch"`` (not in the paper; the CPU config's choice) trains without the memory:
 each clip's negatives are the other sounds of the (global) batch and each sound's the other
-clips, by the cross-modal InfoNCE `batch_nce` at the same temperature. On small data the
-memory's NCE learns slowly (its targets are a random memory at first, refreshed once an epoch),
-while the in-batch loss learns within minutes on a CPU (README has the figures).
+clips, by the cross-modal InfoNCE `batch_nce` at the same temperature. On the synthetic data
+on a CPU the memory's NCE learned little in the steps a CPU affords, the in-batch loss a lot
+(`docs/fidelity.md` has the figures).
 
 Evaluation stages have no memory of their videos: their loss is the in-batch cross-modal
 InfoNCE (each clip against the batch's audio, and each audio against the batch's clips), and
